@@ -1,0 +1,150 @@
+"""The model artifact: a directory holding `model.keras` (the encoder) and `card.json`.
+
+The card says everything needed to use the model correctly (input shape and preprocessing,
+embedding size, calibrated thresholds) and where it came from (data, settings, metrics, time).
+Its `model_id` is a hash of the weights and preprocessing, so a gallery can tell whether it was
+built with the same model; loading recomputes it and refuses a card that does not match.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .calibration import Calibration
+from .errors import ModelError
+from .images import Preprocessing
+
+MODEL_FILE = "model.keras"
+CARD_FILE = "card.json"
+CARD_FORMAT = 1
+
+
+@dataclass
+class ModelCard:
+    model_id: str
+    architecture: str
+    embedding_dim: int
+    preprocessing: Preprocessing
+    calibration: Calibration
+    validation: dict[str, Any] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)
+    created: str = ""
+    distance: str = "euclidean"
+    format: int = CARD_FORMAT
+
+    @property
+    def threshold(self) -> float:
+        return self.calibration.threshold
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["preprocessing"] = self.preprocessing.to_dict()
+        d["calibration"] = self.calibration.to_dict()
+        d["input_shape"] = list(self.preprocessing.shape)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], where: str = CARD_FILE) -> "ModelCard":
+        try:
+            if d.get("format") != CARD_FORMAT:
+                raise ModelError(f"{where}: card format {d.get('format')!r} is not {CARD_FORMAT}")
+            return cls(model_id=str(d["model_id"]), architecture=str(d["architecture"]),
+                       embedding_dim=int(d["embedding_dim"]),
+                       preprocessing=Preprocessing.from_dict(d["preprocessing"]),
+                       calibration=Calibration(**d["calibration"]),
+                       validation=dict(d.get("validation", {})), training=dict(d.get("training", {})),
+                       created=str(d.get("created", "")), distance=str(d.get("distance", "euclidean")))
+        except ModelError:
+            raise
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelError(f"{where}: incomplete or malformed model card ({type(exc).__name__}: "
+                             f"{exc})") from None
+
+
+def compute_model_id(weights: list[np.ndarray], pre: Preprocessing, architecture: str) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps({"pre": pre.to_dict(), "arch": architecture}, sort_keys=True).encode())
+    for w in weights:
+        h.update(str(w.shape).encode())
+        h.update(np.ascontiguousarray(w, dtype=np.float32).tobytes())
+    return h.hexdigest()[:16]
+
+
+def now() -> str:
+    return dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()
+
+
+def save_model(directory: str | os.PathLike, encoder, card: ModelCard) -> Path:
+    """Write model and card into a fresh temp directory, then move it into place, so a crash never
+    leaves a half-written model behind. An existing model directory is replaced."""
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        encoder.save(tmp / MODEL_FILE)
+        (tmp / CARD_FILE).write_text(json.dumps(card.to_dict(), indent=2) + "\n")
+        if directory.exists():
+            old = directory.with_name(f".{directory.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            directory.rename(old)
+            tmp.rename(directory)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return directory
+
+
+def load_card(directory: str | os.PathLike) -> ModelCard:
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise ModelError(f"{directory}: no such model directory")
+    path = directory / CARD_FILE
+    if not path.is_file():
+        raise ModelError(f"{directory}: no {CARD_FILE}; a model directory holds {MODEL_FILE} and "
+                         f"{CARD_FILE} as written by siamese-train")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise ModelError(f"{path}: expected a JSON object")
+    return ModelCard.from_dict(data, str(path))
+
+
+def load_model(directory: str | os.PathLike):
+    """The Keras encoder and its card, checked against each other."""
+    import keras
+
+    directory = Path(directory)
+    card = load_card(directory)
+    path = directory / MODEL_FILE
+    if not path.is_file():
+        raise ModelError(f"{directory}: no {MODEL_FILE}")
+    try:
+        model = keras.saving.load_model(path, compile=False, safe_mode=True)
+    except Exception as exc:  # Keras raises many types for a damaged file
+        raise ModelError(f"{path}: cannot load the Keras model ({type(exc).__name__}: {exc})") from None
+    expected = (None, *card.preprocessing.shape)
+    if tuple(model.input_shape) != expected:
+        raise ModelError(f"{directory}: model input {model.input_shape} does not match the card's "
+                         f"{expected}")
+    if tuple(model.output_shape) != (None, card.embedding_dim):
+        raise ModelError(f"{directory}: model output {model.output_shape} does not match the card's "
+                         f"embedding size {card.embedding_dim}")
+    actual = compute_model_id(model.get_weights(), card.preprocessing, card.architecture)
+    if actual != card.model_id:
+        raise ModelError(f"{directory}: card is for model {card.model_id} but the weights hash to "
+                         f"{actual}; the card and model file do not belong together")
+    return model, card

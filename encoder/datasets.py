@@ -1,0 +1,266 @@
+"""Labelled image datasets as uint8 arrays: Fashion-MNIST idx files, class-per-subfolder trees, Omniglot.
+
+Every loader returns a `Dataset` of *raw* images (uint8 (N, H, W, C), not inverted) and integer
+labels. Model input is made from it by `images.prepare_batch`, the one preprocessing path.
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import logging
+import os
+import time
+import zipfile
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+from PIL import Image
+
+from .errors import BadImageError, DatasetError
+from .images import MAX_IMAGE_BYTES, Preprocessing, decode, read_bytes, to_array
+
+log = logging.getLogger(__name__)
+
+FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                         "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".pgm", ".ppm"}
+DATASET_KINDS = ("fashion-mnist", "folder", "omniglot")
+
+
+@dataclass
+class Dataset:
+    images: np.ndarray  # uint8 (N, H, W, C), raw
+    labels: np.ndarray  # int64 (N,), 0..len(class_names)-1
+    class_names: list[str]
+    name: str
+    groups: Optional[np.ndarray] = None  # e.g. the Omniglot alphabet of each image
+    group_names: list[str] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def class_counts(self) -> dict[str, int]:
+        counts = np.bincount(self.labels, minlength=self.num_classes)
+        return {name: int(c) for name, c in zip(self.class_names, counts)}
+
+    def fingerprint(self) -> str:
+        h = hashlib.sha256()
+        h.update(str(self.images.shape).encode())
+        h.update(np.ascontiguousarray(self.images).tobytes())
+        h.update(self.labels.astype("<i8").tobytes())
+        return h.hexdigest()[:16]
+
+    def subset(self, index: np.ndarray, name: Optional[str] = None) -> "Dataset":
+        return replace(self, images=self.images[index], labels=self.labels[index],
+                       groups=None if self.groups is None else self.groups[index],
+                       name=name or self.name, skipped=[])
+
+    def check_trainable(self) -> None:
+        """Refuse datasets that cannot give both positive and negative pairs."""
+        if self.num_classes < 2 or len(np.unique(self.labels)) < 2:
+            raise DatasetError(f"{self.name}: needs at least two classes, found "
+                               f"{len(np.unique(self.labels))}")
+        small = [n for n, c in self.class_counts().items() if c < 2]
+        if small:
+            shown = ", ".join(small[:5]) + (f" and {len(small) - 5} more" if len(small) > 5 else "")
+            raise DatasetError(f"{self.name}: every class needs at least two images; "
+                               f"{len(small)} class(es) have fewer: {shown}")
+
+
+# --- Fashion-MNIST ---------------------------------------------------------------------------
+
+def _read_idx(folder: Path, stem: str) -> bytes:
+    """An idx file's decompressed bytes, from `stem.gz`, split `stem.gz.partNN` files, or `stem`."""
+    parts = sorted(folder.glob(stem + ".gz.part*"))
+    try:
+        if parts:
+            return gzip.decompress(b"".join(p.read_bytes() for p in parts))
+        if (folder / (stem + ".gz")).is_file():
+            return gzip.decompress((folder / (stem + ".gz")).read_bytes())
+        if (folder / stem).is_file():
+            return (folder / stem).read_bytes()
+    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        raise DatasetError(f"{folder / stem}: corrupt or truncated gzip file ({exc})") from None
+    raise DatasetError(f"{folder}: no {stem}.gz (or .gz.partNN parts, or {stem}) found")
+
+
+def _parse_idx(raw: bytes, ndim: int, where: str) -> np.ndarray:
+    magic = 0x0800 + ndim
+    if len(raw) < 4 + 4 * ndim or int.from_bytes(raw[:4], "big") != magic:
+        raise DatasetError(f"{where}: not an idx file of {ndim} dimension(s) (bad magic number)")
+    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    offset = 4 + 4 * ndim
+    if len(raw) - offset != int(np.prod(dims)):
+        raise DatasetError(f"{where}: header says {dims} but holds {len(raw) - offset:,} bytes")
+    return np.frombuffer(raw, np.uint8, offset=offset).reshape(dims)
+
+
+def load_fashion_mnist(folder: str | os.PathLike, split: str = "train") -> Dataset:
+    """Fashion-MNIST from a folder of the official idx files (whole `.gz`, split parts, or plain)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DatasetError(f"{folder}: no such folder")
+    prefix = {"train": "train", "test": "t10k"}.get(split)
+    if prefix is None:
+        raise DatasetError(f"split must be 'train' or 'test', not {split!r}")
+    x = _parse_idx(_read_idx(folder, f"{prefix}-images-idx3-ubyte"), 3, f"{folder}/{prefix}-images")
+    y = _parse_idx(_read_idx(folder, f"{prefix}-labels-idx1-ubyte"), 1, f"{folder}/{prefix}-labels")
+    if len(x) != len(y):
+        raise DatasetError(f"{folder}: {len(x)} images but {len(y)} labels in the {split} split")
+    if y.max() >= len(FASHION_MNIST_CLASSES):
+        raise DatasetError(f"{folder}: label {y.max()} is not a Fashion-MNIST class")
+    return Dataset(x[..., None], y.astype(np.int64), list(FASHION_MNIST_CLASSES),
+                   name=f"fashion-mnist:{split}")
+
+
+def load_fashion_mnist_keras(split: str = "train") -> Dataset:
+    """Fashion-MNIST through Keras' own loader (downloads once, when online, into ~/.keras)."""
+    import keras
+
+    try:
+        (xtr, ytr), (xte, yte) = keras.datasets.fashion_mnist.load_data()
+    except Exception as exc:  # network errors come in many types
+        raise DatasetError(f"Keras could not load Fashion-MNIST ({exc}); give the folder of the "
+                           "idx files instead: --dataset fashion-mnist PATH") from None
+    x, y = (xtr, ytr) if split == "train" else (xte, yte)
+    return Dataset(x[..., None], y.astype(np.int64), list(FASHION_MNIST_CLASSES),
+                   name=f"fashion-mnist:{split}")
+
+
+# --- image trees -----------------------------------------------------------------------------
+
+def _is_candidate(name: str) -> bool:
+    return not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES
+
+
+def infer_preprocessing(sizes: Sequence[tuple[int, int]], modes: Sequence[str]) -> Preprocessing:
+    """A sensible model input for a folder of images: grey unless any image has colour; a square
+    side near the median image size, between 28 and 64 pixels (small data does not need more)."""
+    grey = all(m in ("1", "L", "LA", "I", "I;16", "F") for m in modes)
+    side = int(np.median([min(w, h) for w, h in sizes]))
+    side = int(np.clip(round(side / 4) * 4, 28, 64))
+    return Preprocessing(height=side, width=side, channels=1 if grey else 3)
+
+
+def _report_progress(done: int, total: int, start: float, what: str) -> None:
+    if done % 2000 == 0 or done == total:
+        rate = done / max(time.perf_counter() - start, 1e-9)
+        log.info("%s: %d/%d images (%.0f/s, ETA %.0fs)", what, done, total, rate,
+                 (total - done) / max(rate, 1e-9))
+
+
+def _load_files(entries: list[tuple[str, int, Optional[int]]], read, pre: Optional[Preprocessing],
+                what: str) -> tuple[np.ndarray, list[int], list[Optional[int]], list[tuple[str, str]],
+                                    Preprocessing]:
+    """Decode (name, label, group) entries with `read(name) -> bytes`; skip and report bad files."""
+    skipped: list[tuple[str, str]] = []
+    decoded: list[tuple[Image.Image, int, Optional[int]]] = []
+    start = time.perf_counter()
+    for n, (name, label, group) in enumerate(entries, 1):
+        try:
+            decoded.append((decode(read(name), name=name), label, group))
+        except BadImageError as exc:
+            skipped.append((name, str(exc).removeprefix(name + ": ")))
+        _report_progress(n, len(entries), start, what)
+    if skipped:
+        log.warning("%s: skipped %d unreadable file(s), first: %s (%s)", what, len(skipped),
+                    *skipped[0])
+    if not decoded:
+        raise DatasetError(f"{what}: no readable images")
+    if pre is None:
+        pre = infer_preprocessing([im.size for im, _, _ in decoded], [im.mode for im, _, _ in decoded])
+    raw = replace(pre, invert=False)
+    images = np.stack([to_array(im, raw) for im, _, _ in decoded])
+    return images, [l for _, l, _ in decoded], [g for _, _, g in decoded], skipped, pre
+
+
+def load_image_folder(root: str | os.PathLike, pre: Optional[Preprocessing] = None) -> Dataset:
+    """A class-per-subfolder tree: `root/<class>/**/<image>`. Symbolic links to folders are not
+    followed (no loops); files that do not decode are reported in `skipped`."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"{root}: no such folder")
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not classes:
+        raise DatasetError(f"{root}: no class sub-folders (expected {root}/<class>/<image files>)")
+    entries = []
+    for label, cls in enumerate(classes):
+        for dirpath, dirnames, filenames in os.walk(root / cls, followlinks=False):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            entries += [(os.path.join(dirpath, f), label, None)
+                        for f in sorted(filenames) if _is_candidate(f)]
+    if not entries:
+        raise DatasetError(f"{root}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) "
+                           "in its class sub-folders")
+    images, labels, _, skipped, pre = _load_files(
+        entries, lambda p: read_bytes(p, MAX_IMAGE_BYTES), pre, str(root))
+    return Dataset(images, np.asarray(labels, np.int64), classes, name=f"folder:{root}",
+                   skipped=skipped)
+
+
+def load_omniglot(paths: Sequence[str | os.PathLike], pre: Optional[Preprocessing] = None) -> Dataset:
+    """Omniglot `<alphabet>/<character>/<image>.png` trees or zips of them (e.g. the background sets).
+
+    The class is (alphabet, character); an image present in several sources (Greek and Latin are in
+    both small background sets) is taken once. `groups` holds each image's alphabet."""
+    found: dict[tuple[str, str, str], tuple[object, str]] = {}
+    for path in map(Path, paths):
+        if zipfile.is_zipfile(path):
+            zf = zipfile.ZipFile(path)
+            names = [n for n in zf.namelist() if _is_candidate(n.rsplit("/", 1)[-1])]
+            for n in names:
+                parts = n.split("/")
+                if len(parts) >= 3:
+                    found.setdefault((parts[-3], parts[-2], parts[-1]), (zf, n))
+        elif path.is_dir():
+            for p in sorted(path.rglob("*")):
+                if p.is_file() and _is_candidate(p.name):
+                    rel = p.relative_to(path).parts
+                    if len(rel) >= 2:
+                        key = (rel[-3] if len(rel) >= 3 else path.name, rel[-2], rel[-1])
+                        found.setdefault(key, (None, str(p)))
+        else:
+            raise DatasetError(f"{path}: neither a folder nor a zip file")
+    if not found:
+        raise DatasetError(f"{', '.join(map(str, paths))}: no <alphabet>/<character>/<image> files")
+    keys = sorted(found)
+    alphabets = sorted({a for a, _, _ in keys})
+    classes = sorted({f"{a}/{c}" for a, c, _ in keys})
+    class_index = {c: i for i, c in enumerate(classes)}
+    alphabet_index = {a: i for i, a in enumerate(alphabets)}
+    entries = [(f"{a}/{c}/{f}", class_index[f"{a}/{c}"], alphabet_index[a]) for a, c, f in keys]
+    sources = {f"{a}/{c}/{f}": found[(a, c, f)] for a, c, f in keys}
+
+    def read(name: str) -> bytes:
+        zf, member = sources[name]
+        return zf.read(member) if zf is not None else read_bytes(member)
+
+    images, labels, groups, skipped, pre = _load_files(entries, read, pre, "omniglot")
+    return Dataset(images, np.asarray(labels, np.int64), classes, name="omniglot",
+                   groups=np.asarray(groups, np.int64), group_names=alphabets, skipped=skipped)
+
+
+def load_dataset(kind: str, paths: Sequence[str] = (), split: str = "train",
+                 pre: Optional[Preprocessing] = None) -> Dataset:
+    """Dispatch on the dataset kind named on the command line (`--dataset KIND [PATH ...]`)."""
+    if kind == "fashion-mnist":
+        if len(paths) > 1:
+            raise DatasetError("fashion-mnist takes one folder (of the four idx files)")
+        return load_fashion_mnist(paths[0], split) if paths else load_fashion_mnist_keras(split)
+    if kind == "folder":
+        if len(paths) != 1:
+            raise DatasetError("folder takes exactly one path: the root of a class-per-subfolder tree")
+        return load_image_folder(paths[0], pre)
+    if kind == "omniglot":
+        if not paths:
+            raise DatasetError("omniglot needs one or more folders or zip files")
+        return load_omniglot(paths, pre)
+    raise DatasetError(f"unknown dataset kind {kind!r}; expected one of {', '.join(DATASET_KINDS)}")

@@ -1,0 +1,181 @@
+"""Image decoding and preprocessing: the one place where an image becomes model input.
+
+Training, evaluation, indexing and querying all go through `prepare_batch`, driven by the
+`Preprocessing` recorded in the model card, so an image is never prepared two different ways.
+
+Model input is uint8 (N, H, W, C). Scaling to [0, 1] is the model's first layer, so no caller can
+scale twice (the tutorial's plotting code divided by 255 twice).
+"""
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence, Union
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from .errors import BadImageError
+
+MAX_IMAGE_BYTES = 20 * 1024 * 1024
+MAX_IMAGE_PIXELS = 40_000_000  # a 6000x6000 photo; beyond that it is almost surely a decompression bomb
+
+ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview, Image.Image, np.ndarray]
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How a decoded image becomes model input. Stored in the model card."""
+
+    height: int
+    width: int
+    channels: int  # 1 (grey) or 3 (RGB)
+    invert: bool = False  # True for dark-ink-on-white data (strokes, signatures): ink becomes bright
+
+    def __post_init__(self) -> None:
+        if self.channels not in (1, 3):
+            raise BadImageError(f"channels must be 1 or 3, not {self.channels}")
+        if not (4 <= self.height <= 1024 and 4 <= self.width <= 1024):
+            raise BadImageError(f"input size {self.height}x{self.width} is outside 4..1024")
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (self.height, self.width, self.channels)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "dtype": "uint8", "scale": "1/255 (first model layer)",
+                "resize": "bilinear", "colour": "L" if self.channels == 1 else "RGB"}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Preprocessing":
+        return cls(height=int(d["height"]), width=int(d["width"]),
+                   channels=int(d["channels"]), invert=bool(d.get("invert", False)))
+
+
+def source_name(source: Any) -> str:
+    """A short human name for an image source, used in error messages."""
+    if isinstance(source, (str, os.PathLike)):
+        return str(source)
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return f"<{len(source)} bytes>"
+    if isinstance(source, Image.Image):
+        return f"<PIL image {source.width}x{source.height} {source.mode}>"
+    return f"<{type(source).__name__}>"
+
+
+def read_bytes(path: Union[str, os.PathLike], max_bytes: int = MAX_IMAGE_BYTES) -> bytes:
+    """Read an image file, refusing missing, empty and over-size files before reading them."""
+    p = Path(path)
+    try:
+        size = p.stat().st_size
+        if not p.is_file():
+            raise BadImageError(f"{p}: not a file")
+        if size == 0:
+            raise BadImageError(f"{p}: empty file")
+        if size > max_bytes:
+            raise BadImageError(f"{p}: {size:,} bytes is over the {max_bytes:,}-byte limit")
+        return p.read_bytes()
+    except FileNotFoundError:
+        raise BadImageError(f"{p}: no such file") from None
+    except PermissionError:
+        raise BadImageError(f"{p}: permission denied") from None
+    except IsADirectoryError:
+        raise BadImageError(f"{p}: not a file") from None
+
+
+def decode(data: bytes, name: str = "image", max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
+    """Decode image bytes fully, with a precise error for every way they can be bad."""
+    if len(data) == 0:
+        raise BadImageError(f"{name}: empty file")
+    if len(data) > MAX_IMAGE_BYTES:
+        raise BadImageError(f"{name}: {len(data):,} bytes is over the {MAX_IMAGE_BYTES:,}-byte limit")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            # The header gives the size before any pixel is decoded: refuse bombs here.
+            if img.width * img.height > max_pixels:
+                raise BadImageError(f"{name}: {img.width}x{img.height} pixels is over the "
+                                    f"{max_pixels:,}-pixel limit")
+            img.load()
+    except BadImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise BadImageError(f"{name}: declared size is too large (decompression bomb)") from None
+    except Image.UnidentifiedImageError:
+        raise BadImageError(f"{name}: not an image Pillow can decode") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise BadImageError(f"{name}: truncated or corrupt image ({exc})") from None
+    if img.width == 0 or img.height == 0:
+        raise BadImageError(f"{name}: image has no pixels")
+    return img
+
+
+def open_image(source: ImageSource) -> Image.Image:
+    """A decoded PIL image from a path, bytes or a PIL image."""
+    if isinstance(source, Image.Image):
+        return source
+    if isinstance(source, (str, os.PathLike)):
+        return decode(read_bytes(source), name=str(source))
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return decode(bytes(source), name=source_name(source))
+    raise BadImageError(f"cannot read an image from {source_name(source)}: "
+                        "expected a path, bytes, a PIL image or a uint8 array")
+
+
+def to_array(img: Image.Image, pre: Preprocessing) -> np.ndarray:
+    """Colour mode, size and polarity as the model card says; uint8 (H, W, C)."""
+    img = ImageOps.exif_transpose(img)
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        # Transparent areas become white, as a viewer shows them.
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, rgba)
+    img = img.convert("L" if pre.channels == 1 else "RGB")
+    if img.size != (pre.width, pre.height):
+        img = img.resize((pre.width, pre.height), Image.Resampling.BILINEAR)
+    a = np.asarray(img, dtype=np.uint8)
+    if a.ndim == 2:
+        a = a[:, :, None]
+    return 255 - a if pre.invert else a
+
+
+def _array_batch(images: np.ndarray, pre: Preprocessing) -> np.ndarray:
+    if images.dtype != np.uint8:
+        raise BadImageError(f"image array must be uint8, not {images.dtype}")
+    if images.ndim == 3:
+        images = images[..., None]
+    if images.ndim != 4 or images.shape[-1] not in (1, 3, 4):
+        raise BadImageError(f"image array must have shape (N, H, W) or (N, H, W, C) with C in 1, 3, 4; "
+                            f"got {images.shape}")
+    if images.shape[1:] == pre.shape:
+        return 255 - images if pre.invert else images
+    out = np.empty((len(images), *pre.shape), np.uint8)
+    for i, a in enumerate(images):
+        mode = {1: "L", 3: "RGB", 4: "RGBA"}[a.shape[-1]]
+        out[i] = to_array(Image.fromarray(a.squeeze(-1) if mode == "L" else a, mode), pre)
+    return out
+
+
+def prepare_batch(images: Union[np.ndarray, Sequence[ImageSource], Iterable[ImageSource]],
+                  pre: Preprocessing) -> np.ndarray:
+    """Model input, uint8 (N, H, W, C), from raw images: paths, bytes, PIL images, or a uint8 array.
+
+    Arrays are raw images like any other source: they are resized, converted and inverted as the
+    card says (a fast path skips the per-image work when the shape already matches).
+    """
+    if isinstance(images, np.ndarray):
+        return _array_batch(images, pre)
+    if isinstance(images, (str, os.PathLike, bytes, bytearray, Image.Image)):
+        raise BadImageError("expected a list of images; wrap a single image in a list")
+    items = list(images)
+    out = np.empty((len(items), *pre.shape), np.uint8)
+    for i, source in enumerate(items):
+        if isinstance(source, np.ndarray):
+            out[i] = _array_batch(source[None], pre)[0]
+        else:
+            out[i] = to_array(open_image(source), pre)
+    return out

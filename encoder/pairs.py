@@ -1,0 +1,80 @@
+"""Which images to compare: index pairs and class-balanced batches, seeded and vectorised.
+
+Pairs are index arrays into a dataset, never float copies of the images.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import DatasetError
+
+
+def _class_members(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Images sorted by class, with each class's label, start in that order, and size."""
+    order = np.argsort(labels, kind="stable")
+    classes, starts, sizes = np.unique(labels[order], return_index=True, return_counts=True)
+    return order, classes, starts, sizes
+
+
+def tutorial_pairs(labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The tutorial's protocol: for every image one positive pair (label 1) with another image of
+    its class and one negative pair (label 0) with an image of another, uniformly drawn class.
+
+    Returns `(first, second, same)` of length 2N, pairs interleaved positive/negative as in the
+    tutorial. Unlike the tutorial, a positive pair never pairs an image with itself.
+    """
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    order, classes, starts, sizes = _class_members(labels)
+    if len(classes) < 2 or sizes.min() < 2:
+        raise DatasetError("pairs need at least two classes with at least two images each")
+    cls = np.searchsorted(classes, labels)  # class position of every image
+    rank = np.empty(len(labels), np.int64)
+    rank[order] = np.arange(len(labels)) - np.repeat(starts, sizes)
+    # Positive: another member of the same class (skip over the image itself).
+    r = rng.integers(0, sizes[cls] - 1)
+    r = r + (r >= rank)
+    positive = order[starts[cls] + r]
+    # Negative: a uniformly drawn other class, then a uniformly drawn member of it.
+    other = (cls + rng.integers(1, len(classes), size=len(labels))) % len(classes)
+    negative = order[starts[other] + rng.integers(0, sizes[other])]
+    first = np.repeat(np.arange(len(labels)), 2)
+    second = np.stack([positive, negative], 1).reshape(-1)
+    same = np.tile(np.array([1, 0], np.float32), len(labels))
+    return first, second, same
+
+
+def repeated_tutorial_pairs(labels: np.ndarray, seed: int, rounds: int):
+    """Several independent rounds of the tutorial protocol, for calibration with more pairs."""
+    parts = [tutorial_pairs(labels, seed + r) for r in range(rounds)]
+    return tuple(np.concatenate(p) for p in zip(*parts))
+
+
+def class_balanced_batches(labels: np.ndarray, classes_per_batch: int, per_class: int,
+                           seed: int) -> np.ndarray:
+    """One epoch of batches, (num_batches, classes_per_batch * per_class) image indices.
+
+    Each batch holds `per_class` images of each of `classes_per_batch` distinct classes, so every
+    batch yields many positive and negative pairs. Each class is walked in a fresh random order and
+    restarted when used up, so every image is seen about once per epoch.
+    """
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    order, classes, starts, sizes = _class_members(labels)
+    p = min(classes_per_batch, len(classes))
+    num_batches = max(1, len(labels) // (p * per_class))
+    streams = [rng.permutation(order[s:s + n]) for s, n in zip(starts, sizes)]
+    cursor = np.zeros(len(classes), np.int64)
+    # Classes are drawn in proportion to their size, so big classes are not under-sampled.
+    weights = sizes / sizes.sum()
+    batches = np.empty((num_batches, p * per_class), np.int64)
+    for b in range(num_batches):
+        chosen = rng.choice(len(classes), size=p, replace=False, p=weights)
+        for slot, c in enumerate(chosen):
+            if cursor[c] + per_class > sizes[c]:
+                streams[c] = rng.permutation(streams[c])
+                cursor[c] = 0
+            take = np.arange(cursor[c], cursor[c] + per_class) % sizes[c]
+            batches[b, slot * per_class:(slot + 1) * per_class] = streams[c][take]
+            cursor[c] += per_class
+    return batches

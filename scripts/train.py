@@ -1,0 +1,69 @@
+"""siamese-train: train a Siamese encoder, calibrate its threshold, save the model directory."""
+from __future__ import annotations
+
+import argparse
+
+from scripts.common import add_dataset_argument, run
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="siamese-train", description=__doc__,
+        epilog="example: siamese-train --dataset fashion-mnist ../shared/datasets/fashion-mnist "
+               "--out models/fashion-mnist --epochs 12")
+    add_dataset_argument(p)
+    p.add_argument("--out", required=True, help="model directory to write (model.keras + card.json)")
+    p.add_argument("--arch", default="default", choices=["default", "tutorial"],
+                   help="network: our default, or the tutorial's exact network (default: %(default)s)")
+    p.add_argument("--fix-defect", action="store_true",
+                   help="tutorial only: chain its second conv block to the first (the tutorial "
+                        "applies it to the input, leaving the first block dead)")
+    p.add_argument("--embedding-dim", type=int, help="embedding size (default: 64; tutorial 48)")
+    p.add_argument("--epochs", type=int, default=20, help="maximum epochs (default: %(default)s)")
+    p.add_argument("--time-budget", type=float, metavar="SECONDS",
+                   help="stop training after this many seconds (mid-epoch if need be)")
+    p.add_argument("--seed", type=int, default=0, help="seed for splits, pairs and weights")
+    p.add_argument("--sampler", choices=["batch", "pairs"],
+                   help="batch: every pair inside class-balanced batches (default for our arch); "
+                        "pairs: the tutorial's one positive + one negative pair per image, 64 per step")
+    p.add_argument("--classes-per-batch", type=int, default=10)
+    p.add_argument("--images-per-class", type=int, default=16)
+    p.add_argument("--hard-fraction", type=float, default=1.0,
+                   help="hard-pair mining: train on this hardest share of pairs (default 1: all)")
+    p.add_argument("--learning-rate", type=float, default=1e-3)
+    p.add_argument("--augment", choices=["none", "flip", "affine"], default="none")
+    p.add_argument("--invert", action="store_true", help="invert images (dark ink on white)")
+    p.add_argument("--val-fraction", type=float, default=0.1)
+    p.add_argument("--val-split", choices=["image", "class"], default="image",
+                   help="hold out a share of every class's images, or whole classes")
+    p.add_argument("--patience", type=int, default=5, help="early-stopping patience in epochs")
+    p.add_argument("--far-target", type=float, default=1e-3,
+                   help="false-accept rate for the strict threshold (default: %(default)s)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    from encoder.datasets import load_dataset
+    from encoder.training import TrainConfig, train
+
+    config = TrainConfig(
+        arch=args.arch, fix_defect=args.fix_defect, embedding_dim=args.embedding_dim,
+        epochs=args.epochs, time_budget=args.time_budget, seed=args.seed, sampler=args.sampler,
+        classes_per_batch=args.classes_per_batch, images_per_class=args.images_per_class,
+        hard_fraction=args.hard_fraction, learning_rate=args.learning_rate, augment=args.augment,
+        invert=args.invert, val_fraction=args.val_fraction, val_split=args.val_split,
+        patience=args.patience, far_target=args.far_target)
+    ds = load_dataset(args.dataset[0], args.dataset[1:], split="train")
+    for name, reason in ds.skipped:
+        print(f"skipped {name}: {reason}")
+    train(ds, config, args.out)
+    return 0
+
+
+def entry() -> None:
+    run(main)
+
+
+if __name__ == "__main__":
+    entry()
