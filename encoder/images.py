@@ -99,7 +99,7 @@ def decode(data: bytes, name: str = "image", max_pixels: int = MAX_IMAGE_PIXELS)
             # The header gives the size before any pixel is decoded: refuse bombs here.
             if img.width * img.height > max_pixels:
                 raise BadImageError(f"{name}: {img.width}x{img.height} pixels is over the "
-                                    f"{max_pixels:,}-pixel limit")
+                                    f"{max_pixels:,}-pixel limit (decompression bomb?)")
             img.load()
     except BadImageError:
         raise

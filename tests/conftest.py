@@ -1,0 +1,72 @@
+"""Shared fixtures: real data from ../shared/datasets, real PNG files, a tiny really-trained model."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+ROOT = Path(__file__).resolve().parents[1]
+DATASETS = ROOT.parent / "shared" / "datasets"
+FASHION = DATASETS / "fashion-mnist"
+OMNIGLOT = DATASETS / "omniglot"
+BUNDLED_MODEL = ROOT / "models" / "fashion-mnist"
+
+
+@pytest.fixture(scope="session")
+def fashion_dir() -> Path:
+    return FASHION
+
+
+@pytest.fixture(scope="session")
+def omniglot_dir() -> Path:
+    return OMNIGLOT
+
+
+@pytest.fixture(scope="session")
+def fashion_test():
+    from encoder.datasets import load_fashion_mnist
+
+    return load_fashion_mnist(FASHION, "test")
+
+
+def write_pngs(folder: Path, images: np.ndarray, labels: np.ndarray, names: list[str]) -> Path:
+    """A class-per-subfolder tree of real PNG files."""
+    for i, (img, label) in enumerate(zip(images, labels)):
+        d = folder / names[label]
+        d.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img.squeeze(-1)).save(d / f"{i:05d}.png")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def small_folder(tmp_path_factory, fashion_test) -> Path:
+    """30 images of each of 4 Fashion-MNIST classes as PNG files."""
+    pick = np.concatenate([np.nonzero(fashion_test.labels == c)[0][:30] for c in (0, 1, 7, 8)])
+    names = [n.replace("/", "-") for n in fashion_test.class_names]
+    return write_pngs(tmp_path_factory.mktemp("small"), fashion_test.images[pick],
+                      fashion_test.labels[pick], names)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory, small_folder) -> Path:
+    """A model really trained (briefly) by `encoder.training.train` on the small folder."""
+    from encoder.datasets import load_image_folder
+    from encoder.training import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("models") / "tiny"
+    ds = load_image_folder(small_folder)
+    train(ds, TrainConfig(epochs=2, seed=3, classes_per_batch=4, images_per_class=8,
+                          val_fraction=0.2, calibration_rounds=2), out, report=lambda s: None)
+    return out
+
+
+@pytest.fixture(scope="session")
+def embedder(tiny_model):
+    from encoder import Embedder
+
+    return Embedder.load(tiny_model)

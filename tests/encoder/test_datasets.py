@@ -1,0 +1,123 @@
+import gzip
+import os
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from encoder.datasets import load_dataset, load_fashion_mnist, load_image_folder, load_omniglot
+from encoder.errors import DatasetError
+from encoder.images import Preprocessing
+
+
+def test_fashion_mnist_from_split_parts_matches_the_official_order(fashion_dir):
+    train = load_fashion_mnist(fashion_dir, "train")
+    test = load_fashion_mnist(fashion_dir, "test")
+    assert train.images.shape == (60000, 28, 28, 1) and test.images.shape == (10000, 28, 28, 1)
+    assert train.labels[:10].tolist() == [9, 0, 0, 3, 0, 2, 7, 2, 5, 5]
+    assert test.labels[:10].tolist() == [9, 2, 1, 1, 6, 1, 4, 6, 5, 7]
+    assert set(test.class_counts().values()) == {1000}
+
+
+def _official_layout(fashion_dir, folder, gz: bool):
+    """The four official file names, whole (not split), gzipped or plain."""
+    for stem in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        parts = sorted(fashion_dir.glob(stem + ".gz*"))
+        raw = b"".join(p.read_bytes() for p in parts)
+        if gz:
+            (folder / (stem + ".gz")).write_bytes(raw)
+        else:
+            (folder / stem).write_bytes(gzip.decompress(raw))
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_fashion_mnist_from_whole_files(tmp_path, fashion_dir, fashion_test, gz):
+    _official_layout(fashion_dir, tmp_path, gz)
+    ds = load_fashion_mnist(tmp_path, "test")
+    np.testing.assert_array_equal(ds.images, fashion_test.images)
+
+
+def test_fashion_mnist_bad_files_are_named(tmp_path, fashion_dir):
+    with pytest.raises(DatasetError, match="no such folder"):
+        load_fashion_mnist(tmp_path / "nope")
+    with pytest.raises(DatasetError, match="no t10k-images-idx3-ubyte.gz"):
+        load_fashion_mnist(tmp_path, "test")
+    _official_layout(fashion_dir, tmp_path, gz=True)
+    (tmp_path / "t10k-images-idx3-ubyte.gz").write_bytes(b"\x1f\x8b\x08garbage")
+    with pytest.raises(DatasetError, match="corrupt or truncated gzip"):
+        load_fashion_mnist(tmp_path, "test")
+    (tmp_path / "t10k-images-idx3-ubyte.gz").write_bytes(gzip.compress(b"\x00\x00\x08\x01" + b"\x00" * 8))
+    with pytest.raises(DatasetError, match="bad magic number"):
+        load_fashion_mnist(tmp_path, "test")
+    with pytest.raises(DatasetError, match="split must be"):
+        load_fashion_mnist(fashion_dir, "validation")
+
+
+def test_folder_tree_reports_bad_files_and_skips_them(small_folder, tmp_path):
+    root = tmp_path / "tree"
+    shutil.copytree(small_folder, root)
+    cls = sorted(p for p in root.iterdir())[0]
+    (cls / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 20)
+    (cls / "empty.jpg").write_bytes(b"")
+    (cls / "notes.txt").write_text("not an image, and not an image name either")
+    ds = load_image_folder(root)
+    assert len(ds) == 120 and ds.num_classes == 4
+    assert sorted(os.path.basename(n) for n, _ in ds.skipped) == ["broken.png", "empty.jpg"]
+    assert ds.images.shape[1:] == (28, 28, 1)
+
+
+def test_folder_tree_mixed_sizes_and_modes_get_one_shape(tmp_path):
+    rng = np.random.default_rng(0)
+    for c in ("a", "b"):
+        (tmp_path / c).mkdir()
+        Image.fromarray(rng.integers(0, 255, (40, 60, 3), np.uint8)).save(tmp_path / c / "1.jpg")
+        Image.fromarray(rng.integers(0, 255, (50, 50), np.uint8)).save(tmp_path / c / "2.png")
+    ds = load_image_folder(tmp_path)
+    assert ds.images.shape == (4, 44, 44, 3)  # colour present -> RGB; median side 45 -> 44
+    ds = load_image_folder(tmp_path, Preprocessing(32, 32, 1))
+    assert ds.images.shape == (4, 32, 32, 1)
+
+
+def test_folder_tree_symlink_loop_does_not_hang(small_folder, tmp_path):
+    root = tmp_path / "tree"
+    shutil.copytree(small_folder, root)
+    cls = sorted(root.iterdir())[0]
+    os.symlink(root, cls / "loop")
+    assert len(load_image_folder(root)) == 120
+
+
+def test_too_few_classes_or_images_is_a_clear_error(tmp_path, small_folder):
+    one = tmp_path / "one"
+    shutil.copytree(sorted(small_folder.iterdir())[0], one / "only-class")
+    with pytest.raises(DatasetError, match="needs at least two classes, found 1"):
+        load_image_folder(one).check_trainable()
+    single = tmp_path / "single"
+    shutil.copytree(small_folder, single)
+    lonely = single / "lonely"
+    lonely.mkdir()
+    shutil.copy(next(sorted(small_folder.iterdir())[0].iterdir()), lonely / "x.png")
+    with pytest.raises(DatasetError, match="at least two images; 1 class.*lonely"):
+        load_image_folder(single).check_trainable()
+    with pytest.raises(DatasetError, match="no class sub-folders"):
+        load_image_folder(lonely)
+    with pytest.raises(DatasetError, match="unknown dataset kind 'mnist'"):
+        load_dataset("mnist", [])
+
+
+def test_omniglot_zips_are_merged_without_duplicates(omniglot_dir):
+    ds = load_omniglot([omniglot_dir / "images_background_small1.zip",
+                        omniglot_dir / "images_background_small2.zip"], Preprocessing(28, 28, 1))
+    assert len(ds) == 4840 and ds.num_classes == 242 and len(ds.group_names) == 8
+    assert set(ds.class_counts().values()) == {20}
+    assert ds.images.mean() > 200  # raw: white background, not inverted
+
+
+def test_omniglot_from_an_extracted_tree(tmp_path, omniglot_dir):
+    import zipfile
+
+    with zipfile.ZipFile(omniglot_dir / "images_background_small1.zip") as zf:
+        members = [n for n in zf.namelist() if "/Greek/" in n]
+        zf.extractall(tmp_path, members)
+    ds = load_omniglot([tmp_path / "images_background_small1"], Preprocessing(28, 28, 1))
+    assert ds.num_classes == 24 and len(ds) == 480 and ds.group_names == ["Greek"]

@@ -1,0 +1,115 @@
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from encoder.errors import BadImageError
+from encoder.images import Preprocessing, decode, open_image, prepare_batch, read_bytes
+
+GREY28 = Preprocessing(28, 28, 1)
+
+
+def png_bytes(array: np.ndarray, mode: str | None = None) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array, mode).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def bomb_png(width: int, height: int) -> bytes:
+    """A tiny PNG whose header declares a huge size (a decompression bomb)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
+            + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b""))
+
+
+def test_decode_rejects_empty_bytes():
+    with pytest.raises(BadImageError, match="q.png: empty file"):
+        decode(b"", name="q.png")
+
+
+def test_decode_rejects_non_image_bytes():
+    with pytest.raises(BadImageError, match="not an image"):
+        decode(b"hello, I am a text file\n" * 10, name="notes.txt")
+
+
+def test_decode_rejects_truncated_png():
+    data = png_bytes(np.random.default_rng(0).integers(0, 255, (64, 64), np.uint8))
+    with pytest.raises(BadImageError, match="truncated or corrupt"):
+        decode(data[: len(data) // 2], name="half.png")
+
+
+def test_decode_rejects_truncated_jpeg():
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8)).save(buf, "JPEG")
+    with pytest.raises(BadImageError, match="truncated or corrupt"):
+        decode(buf.getvalue()[:300], name="half.jpg")
+
+
+def test_decode_rejects_decompression_bombs_before_decoding():
+    with pytest.raises(BadImageError, match="7000x7000 pixels is over the 40,000,000-pixel limit"):
+        decode(bomb_png(7000, 7000), name="bomb.png")
+    with pytest.raises(BadImageError, match="bomb.png: declared size is too large"):
+        decode(bomb_png(50_000, 50_000), name="bomb.png")
+
+
+def test_read_bytes_rejects_missing_empty_and_oversize(tmp_path):
+    with pytest.raises(BadImageError, match="no such file"):
+        read_bytes(tmp_path / "absent.png")
+    (tmp_path / "empty.png").write_bytes(b"")
+    with pytest.raises(BadImageError, match="empty file"):
+        read_bytes(tmp_path / "empty.png")
+    (tmp_path / "big.png").write_bytes(b"x" * 2000)
+    with pytest.raises(BadImageError, match="over the 1,000-byte limit"):
+        read_bytes(tmp_path / "big.png", max_bytes=1000)
+    with pytest.raises(BadImageError, match="not a file"):
+        read_bytes(tmp_path)
+
+
+def test_all_sources_give_the_same_model_input(tmp_path):
+    a = np.random.default_rng(1).integers(0, 255, (28, 28), np.uint8)
+    data = png_bytes(a)
+    (tmp_path / "a.png").write_bytes(data)
+    expected = a[None, :, :, None]
+    for source in (str(tmp_path / "a.png"), tmp_path / "a.png", data, Image.open(io.BytesIO(data))):
+        np.testing.assert_array_equal(prepare_batch([source], GREY28), expected)
+    np.testing.assert_array_equal(prepare_batch(a[None], GREY28), expected)
+    np.testing.assert_array_equal(prepare_batch(a[None, :, :, None], GREY28), expected)
+
+
+def test_colour_and_size_are_converted_as_the_card_says():
+    rgb = np.zeros((56, 84, 3), np.uint8)
+    rgb[..., 0] = 255  # pure red
+    out = prepare_batch([png_bytes(rgb)], GREY28)
+    assert out.shape == (1, 28, 28, 1) and out.dtype == np.uint8
+    assert abs(int(out[0, 14, 14, 0]) - 76) <= 1  # ITU-R 601 luma of red
+    out3 = prepare_batch([png_bytes(np.full((10, 10), 200, np.uint8))], Preprocessing(16, 16, 3))
+    assert out3.shape == (1, 16, 16, 3) and (out3 == 200).all()
+
+
+def test_transparency_becomes_white_and_invert_applies():
+    rgba = np.zeros((28, 28, 4), np.uint8)  # fully transparent black
+    out = prepare_batch([png_bytes(rgba, "RGBA")], Preprocessing(28, 28, 1, invert=True))
+    assert (out == 0).all()  # white background, inverted
+
+
+def test_array_input_errors_are_precise():
+    with pytest.raises(BadImageError, match="must be uint8, not float32"):
+        prepare_batch(np.zeros((2, 28, 28), np.float32), GREY28)
+    with pytest.raises(BadImageError, match=r"shape \(N, H, W\)"):
+        prepare_batch(np.zeros((28, 28, 1, 1, 1), np.uint8), GREY28)
+    with pytest.raises(BadImageError, match="wrap a single image in a list"):
+        prepare_batch(b"abc", GREY28)
+    with pytest.raises(BadImageError, match="expected a path, bytes"):
+        open_image(12345)
+
+
+def test_one_bad_image_names_itself(tmp_path):
+    good = png_bytes(np.zeros((28, 28), np.uint8))
+    (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\nnope")
+    with pytest.raises(BadImageError, match="bad.png"):
+        prepare_batch([good, tmp_path / "bad.png"], GREY28)
