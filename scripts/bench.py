@@ -1,0 +1,39 @@
+"""siamese-bench: benchmarks that print a table and compare against a baseline in the same run.
+
+Machines here are shared and noisy, so every row is read against its baseline measured moments
+before or after it, as a ratio.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+
+from scripts.common import run
+
+# subcommand -> module with add_arguments(parser) and run(args) -> int
+BENCHMARKS = {
+    "encoder": ("scripts.bench_encoder", "embedding latency and throughput vs model.predict"),
+    "training": ("scripts.bench_training", "our default vs the tutorial, same wall-clock budget"),
+}
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="siamese-bench", description=__doc__)
+    sub = p.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
+    for name, (module, help_text) in BENCHMARKS.items():
+        sp = sub.add_parser(name, help=help_text, description=help_text)
+        importlib.import_module(module).add_arguments(sp)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    return importlib.import_module(BENCHMARKS[args.benchmark][0]).run(args)
+
+
+def entry() -> None:
+    run(main)
+
+
+if __name__ == "__main__":
+    entry()
