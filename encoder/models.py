@@ -42,7 +42,9 @@ def tutorial_encoder(pre: Preprocessing, embedding_dim: int = 48,
 
 def _conv_block(x: keras.KerasTensor, filters: int, name: str) -> keras.KerasTensor:
     x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv")(x)
-    x = layers.BatchNormalization(name=f"{name}_bn")(x)
+    # momentum 0.9, not Keras' 0.99: small datasets give few steps, and the moving statistics
+    # used at inference must have caught up with the real ones by the end of training.
+    x = layers.BatchNormalization(momentum=0.9, name=f"{name}_bn")(x)
     return layers.ReLU(name=f"{name}_relu")(x)
 
 

@@ -126,7 +126,7 @@ class _Augmenter:
 
 
 def train(ds: Dataset, config: TrainConfig, out_dir: str | os.PathLike,
-          report: Callable[[str], None] = print) -> ModelCard:
+          report: Callable[[str], None] = lambda line: print(line, flush=True)) -> ModelCard:
     """Train on `ds`, validate on a held-out part of it, calibrate, and save to `out_dir`."""
     import keras
     import tensorflow as tf

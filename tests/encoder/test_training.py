@@ -1,0 +1,79 @@
+import json
+
+import numpy as np
+import pytest
+
+from encoder import Embedder
+from encoder.datasets import load_image_folder
+from encoder.errors import ConfigError, DatasetError
+from encoder.images import Preprocessing
+from encoder.models import build_encoder, siamese_model
+from encoder.training import TrainConfig, split_train_val, train
+
+GREY28 = Preprocessing(28, 28, 1)
+
+
+def test_tutorial_network_is_reproduced_exactly():
+    broken = build_encoder("tutorial", GREY28)
+    fixed = build_encoder("tutorial", GREY28, fix_defect=True)
+    # Defect: only one Conv2D(128, 2x2) is connected (1*4*128 + 128), then Dense(48) (128*48 + 48).
+    assert broken.count_params() == 640 + 6192
+    assert fixed.count_params() == 640 + (128 * 4 * 128 + 128) + 6192
+    assert [l.__class__.__name__ for l in fixed.layers][2:] == [
+        "Conv2D", "MaxPooling2D", "Dropout", "Conv2D", "MaxPooling2D", "Dropout",
+        "GlobalAveragePooling2D", "Dense"]
+    assert broken.output_shape == (None, 48)
+    with pytest.raises(ConfigError, match="applies to --arch tutorial only"):
+        build_encoder("default", GREY28, fix_defect=True)
+    with pytest.raises(ConfigError, match="unknown architecture"):
+        build_encoder("resnet", GREY28)
+
+
+def test_siamese_model_shares_one_encoder():
+    encoder = build_encoder("default", GREY28)
+    siamese = siamese_model(encoder)
+    assert len(siamese.trainable_weights) == len(encoder.trainable_weights)
+    x = np.random.default_rng(0).integers(0, 255, (3, 28, 28, 1), np.uint8)
+    d = siamese.predict([x, x], verbose=0)
+    np.testing.assert_allclose(d, np.sqrt(1e-7), rtol=1e-3)  # sqrt(max(0, eps))
+
+
+def test_validation_split_by_image_and_by_class(small_folder):
+    ds = load_image_folder(small_folder)
+    train_idx, val_idx = split_train_val(ds, TrainConfig(val_fraction=0.2))
+    assert len(set(train_idx) & set(val_idx)) == 0 and len(val_idx) == 24
+    assert set(ds.labels[val_idx]) == set(ds.labels[train_idx])
+    train_idx, val_idx = split_train_val(ds, TrainConfig(val_fraction=0.5, val_split="class"))
+    assert not set(ds.labels[val_idx]) & set(ds.labels[train_idx])
+    with pytest.raises(DatasetError, match="too few to hold out"):
+        split_train_val(ds, TrainConfig(val_fraction=0.8, val_split="class"))
+
+
+def test_config_values_are_checked():
+    with pytest.raises(ConfigError, match="epochs must be at least 1, not 0"):
+        TrainConfig(epochs=0)
+    with pytest.raises(ConfigError, match="sampler must be one of"):
+        TrainConfig(sampler="triplets")
+    assert TrainConfig(arch="tutorial").sampler == "pairs"
+
+
+def test_training_learns_and_is_deterministic(small_folder, tiny_model, tmp_path):
+    ds = load_image_folder(small_folder)
+    config = TrainConfig(epochs=10, seed=3, classes_per_batch=4, images_per_class=8,
+                         val_fraction=0.2, calibration_rounds=2)
+    card = train(ds, config, tmp_path / "again", report=lambda s: None)
+    assert card.model_id == Embedder.load(tiny_model).model_id  # same seed, same weights
+    # Four visually distinct classes: a few dozen steps separate them.
+    assert card.validation["roc_auc"] > 0.9
+    history = json.loads((tmp_path / "again" / "card.json").read_text())["training"]["history"]
+    assert len(history) == card.training["epochs_run"] and history[0]["val_loss"] > 0
+
+
+def test_tutorial_recipe_trains_with_pairs_and_a_time_budget(small_folder, tmp_path):
+    lines = []
+    ds = load_image_folder(small_folder)
+    card = train(ds, TrainConfig(arch="tutorial", epochs=50, time_budget=0.5, val_fraction=0.2,
+                                 calibration_rounds=1), tmp_path / "tut", report=lines.append)
+    assert card.training["stopped_by"] == "time_budget" and card.training["epochs_run"] == 1
+    assert card.architecture == "tutorial" and card.embedding_dim == 48
+    assert any(line.startswith("epoch 1/50") and "img/s" in line and "ETA" in line for line in lines)
