@@ -50,10 +50,12 @@ def _conv_block(x: keras.KerasTensor, filters: int, name: str) -> keras.KerasTen
 
 def default_encoder(pre: Preprocessing, embedding_dim: int = 64, width: int = 32) -> keras.Model:
     """Our default: 3x3 conv + batch-norm blocks, halving resolution and doubling width until the
-    feature map is at most 8 pixels wide, then global average pooling and a two-layer head.
+    feature map is at most 8 pixels wide, then global average pooling, a two-layer head, and unit
+    length (embeddings on the unit sphere: distances in [0, 2], margin 1 means 60 degrees apart).
 
-    On 28x28 input that is 28 -> 14 -> 7 (three conv blocks, ~120k parameters): small enough to
-    embed thousands of images per second on two CPU cores, deep enough to beat the tutorial.
+    On 28x28 input that is 28 -> 14 -> 7 (three conv blocks, ~120k parameters at width 32): small
+    enough to embed thousands of images per second on two CPU cores, deep enough to beat the
+    tutorial. Unit length kept recall and loss better than a free scale in our runs.
     """
     inputs, x = _input(pre)
     side, filters, stage = min(pre.height, pre.width), width, 0
@@ -64,18 +66,19 @@ def default_encoder(pre: Preprocessing, embedding_dim: int = 64, width: int = 32
     x = _conv_block(x, filters, f"block{stage}")
     x = layers.GlobalAveragePooling2D(name="pool")(x)
     x = layers.Dense(2 * embedding_dim, activation="relu", name="head")(x)
-    outputs = layers.Dense(embedding_dim, name="embedding")(x)
+    x = layers.Dense(embedding_dim, name="embedding")(x)
+    outputs = layers.UnitNormalization(name="unit_length")(x)
     return keras.Model(inputs, outputs, name="default")
 
 
 def build_encoder(arch: str, pre: Preprocessing, embedding_dim: int | None = None,
-                  fix_defect: bool = False) -> keras.Model:
+                  fix_defect: bool = False, width: int = 32) -> keras.Model:
     if arch == "tutorial":
         return tutorial_encoder(pre, embedding_dim or 48, fix_defect)
     if fix_defect:
         raise ConfigError("--fix-defect applies to --arch tutorial only")
     if arch == "default":
-        return default_encoder(pre, embedding_dim or 64)
+        return default_encoder(pre, embedding_dim or 64, width)
     raise ConfigError(f"unknown architecture {arch!r}; expected one of {', '.join(ARCHITECTURES)}")
 
 

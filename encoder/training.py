@@ -30,6 +30,7 @@ AUGMENTATIONS = ("none", "flip", "affine")
 class TrainConfig:
     arch: str = "default"
     embedding_dim: Optional[int] = None  # default: 64 for ours, 48 for the tutorial's
+    width: int = 32  # filters of our default network's first block (doubling per block)
     epochs: int = 20
     time_budget: Optional[float] = None  # seconds of training; stops mid-epoch when spent
     seed: int = 0
@@ -39,7 +40,7 @@ class TrainConfig:
     images_per_class: int = 16
     learning_rate: float = 1e-3
     margin: float = 1.0
-    hard_fraction: float = 1.0
+    hard_fraction: float = 0.5
     val_fraction: float = 0.1
     val_split: str = "image"  # "image" (stratified) or "class" (held-out classes)
     patience: int = 5
@@ -63,6 +64,7 @@ class TrainConfig:
             (0.0 < self.hard_fraction <= 1.0, f"hard_fraction must be in (0, 1], not {self.hard_fraction}"),
             (self.classes_per_batch >= 2, "classes_per_batch must be at least 2"),
             (self.images_per_class >= 2, "images_per_class must be at least 2"),
+            (8 <= self.width <= 256, f"width must be in 8..256, not {self.width}"),
             (self.learning_rate > 0, f"learning rate must be positive, not {self.learning_rate}"),
         ]
         for ok, message in checks:
@@ -150,7 +152,7 @@ def train(ds: Dataset, config: TrainConfig, out_dir: str | os.PathLike,
     report(f"data: {ds.name}, {len(train_idx):,} training / {len(val_idx):,} validation images, "
            f"{len(np.unique(y_train))} / {len(np.unique(y_val))} classes, input {pre.shape}")
 
-    encoder = build_encoder(config.arch, pre, config.embedding_dim, config.fix_defect)
+    encoder = build_encoder(config.arch, pre, config.embedding_dim, config.fix_defect, config.width)
     siamese = siamese_model(encoder)
     embedding_dim = int(encoder.output_shape[-1])
 

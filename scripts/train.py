@@ -19,6 +19,8 @@ def parser() -> argparse.ArgumentParser:
                    help="tutorial only: chain its second conv block to the first (the tutorial "
                         "applies it to the input, leaving the first block dead)")
     p.add_argument("--embedding-dim", type=int, help="embedding size (default: 64; tutorial 48)")
+    p.add_argument("--width", type=int, default=32,
+                   help="default arch: filters of the first block, doubling per block (default 32)")
     p.add_argument("--epochs", type=int, default=20, help="maximum epochs (default: %(default)s)")
     p.add_argument("--time-budget", type=float, metavar="SECONDS",
                    help="stop training after this many seconds (mid-epoch if need be)")
@@ -28,8 +30,9 @@ def parser() -> argparse.ArgumentParser:
                         "pairs: the tutorial's one positive + one negative pair per image, 64 per step")
     p.add_argument("--classes-per-batch", type=int, default=10)
     p.add_argument("--images-per-class", type=int, default=16)
-    p.add_argument("--hard-fraction", type=float, default=1.0,
-                   help="hard-pair mining: train on this hardest share of pairs (default 1: all)")
+    p.add_argument("--hard-fraction", type=float, default=0.5,
+                   help="hard-pair mining: train on this hardest share of the positive and of the "
+                        "negative pairs in each batch (default 0.5; 1 = all pairs)")
     p.add_argument("--learning-rate", type=float, default=1e-3)
     p.add_argument("--augment", choices=["none", "flip", "affine"], default="none")
     p.add_argument("--invert", action="store_true", help="invert images (dark ink on white)")
@@ -48,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     from encoder.training import TrainConfig, train
 
     config = TrainConfig(
-        arch=args.arch, fix_defect=args.fix_defect, embedding_dim=args.embedding_dim,
+        arch=args.arch, fix_defect=args.fix_defect, embedding_dim=args.embedding_dim, width=args.width,
         epochs=args.epochs, time_budget=args.time_budget, seed=args.seed, sampler=args.sampler,
         classes_per_batch=args.classes_per_batch, images_per_class=args.images_per_class,
         hard_fraction=args.hard_fraction, learning_rate=args.learning_rate, augment=args.augment,
