@@ -93,6 +93,11 @@ def _utc(t: dt.datetime) -> dt.datetime:
     return t if t.tzinfo else t.replace(tzinfo=dt.timezone.utc)  # SQLite keeps no zone
 
 
+def _ints(ids: Sequence[int]) -> list[int]:
+    """Plain ints: the sqlite3 driver binds NumPy integers as blobs, which match nothing."""
+    return [int(i) for i in ids]
+
+
 def _chunks(values: Sequence, size: int = _CHUNK) -> Iterator[Sequence]:
     for start in range(0, len(values), size):
         yield values[start:start + size]
@@ -209,19 +214,20 @@ class Store:
     def missing(self, conn: Connection, ids: Sequence[int]) -> list[int]:
         """Those of `ids` that are not in the gallery."""
         present: set[int] = set()
-        for chunk in _chunks(list(ids)):
+        ids = _ints(ids)
+        for chunk in _chunks(ids):
             present.update(conn.execute(select(ITEMS.c.id).where(ITEMS.c.id.in_(chunk))).scalars())
         return [i for i in ids if i not in present]
 
     def delete(self, conn: Connection, ids: Sequence[int]) -> None:
-        for chunk in _chunks(list(ids)):
+        for chunk in _chunks(_ints(ids)):
             hashes = list(conn.execute(select(ITEMS.c.sha256).where(ITEMS.c.id.in_(chunk))).scalars())
             conn.execute(delete(ITEMS).where(ITEMS.c.id.in_(chunk)))
             conn.execute(delete(IMAGES).where(IMAGES.c.sha256.in_(hashes)))
 
     def items(self, conn: Connection, ids: Sequence[int]) -> dict[int, Item]:
         found: dict[int, Item] = {}
-        for chunk in _chunks(list(ids)):
+        for chunk in _chunks(_ints(ids)):
             rows = conn.execute(select(*_ITEM_COLUMNS).join(IMAGES).where(ITEMS.c.id.in_(chunk)))
             found.update({int(r.id): self._item(r) for r in rows})
         return found
@@ -264,7 +270,7 @@ class Store:
         if ids is None:
             rows = conn.execute(query).all()
         else:
-            rows = [r for chunk in _chunks(list(ids))
+            rows = [r for chunk in _chunks(_ints(ids))
                     for r in conn.execute(query.where(ITEMS.c.id.in_(chunk)))]
         blobs = [bytes(r.embedding) for r in rows]
         bad = [int(r.id) for r, b in zip(rows, blobs) if len(b) != 4 * dim]
