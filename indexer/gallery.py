@@ -323,8 +323,9 @@ class Gallery:
         return self.add_originals(originals, labels, metadata)
 
     def add_originals(self, originals: Sequence[Original], labels: Sequence[Optional[str]],
-                      metadata: Sequence[dict]) -> list[int]:
-        """`add` for images already read and decoded (`records.Original`), as a folder ingest has."""
+                      metadata: Sequence[dict], pixels: Optional[np.ndarray] = None) -> list[int]:
+        """`add` for images already read and decoded (`records.Original`), as a folder ingest has;
+        `pixels`: their model input (`embedder.prepare`), if already made."""
         for m in metadata:
             try:
                 json.dumps(m)
@@ -336,7 +337,8 @@ class Gallery:
             new = [i for i, o in enumerate(originals)
                    if o.sha256 not in known and first.setdefault(o.sha256, i) == i]
             if new:
-                vectors = self.embedder.embed([originals[i].image for i in new])
+                vectors = (self.embedder.embed([originals[i].image for i in new]) if pixels is None
+                           else self.embedder.embed_prepared(pixels[new]))
                 with self._store.write() as conn:
                     generation, first_id = self._store.next_generation(conn, len(new))
                     ids = self._store.insert(

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import csv
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+import numpy as np
 from encoder.datasets import IMAGE_SUFFIXES, image_files
 from encoder.errors import BadImageError, DatasetError, NotFoundError
 from encoder.images import read_bytes
@@ -116,42 +118,75 @@ def manifest_sources(manifest: str | Path, base: Optional[str | Path] = None) ->
 
 def ingest(gallery: Gallery, sources: Sequence[Source], batch_size: int = BATCH_SIZE,
            strict: bool = False, progress=None) -> IngestReport:
-    """Add `sources` to `gallery` in batches. `progress`: an object with `update(n)` (tqdm)."""
+    """Add `sources` to `gallery` in batches. `progress`: an object with `update(n)` (tqdm).
+
+    A worker thread reads, hashes and decodes the next batch while this one embeds and stores the
+    current one (TensorFlow and Pillow both work outside the GIL)."""
     report = IngestReport(files=len(sources))
     start = time.perf_counter()
-    seen: set[str] = set()  # hashes met in this run
-    for first in range(0, len(sources), batch_size):
-        chunk = sources[first:first + batch_size]
-        read: list[tuple[Source, bytes, str]] = []
-        for source in chunk:
-            try:
-                data = read_bytes(source.path)
-                read.append((source, data, sha256_of(data)))
-            except BadImageError as exc:
+    seen: set[str] = set()  # hashes added in this run
+    chunks = [sources[i:i + batch_size] for i in range(0, len(sources), batch_size)]
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-read") as worker:
+        pending = worker.submit(_read_batch, gallery, chunks[0]) if chunks else None
+        for n in range(len(chunks)):
+            batch = pending.result()
+            pending = worker.submit(_read_batch, gallery, chunks[n + 1]) if n + 1 < len(chunks) else None
+            for source, exc in batch.failed:
                 _fail(report, source, exc, strict)
-        known = gallery.known([sha for _, _, sha in read])
-        originals, labels, metadata = [], [], []
-        for source, data, sha in read:
-            if sha in known:
-                report.skipped += 1
-            elif sha in seen:
-                report.duplicates += 1
-            else:
-                try:
-                    originals.append(Original.from_bytes(data, source.path, sha))
-                except BadImageError as exc:
-                    _fail(report, source, exc, strict)
-                    continue
-                seen.add(sha)
-                labels.append(source.label)
-                metadata.append(source.metadata)
-        if originals:
-            gallery.add_originals(originals, labels, metadata)
-            report.added += len(originals)
-        if progress is not None:
-            progress.update(len(chunk))
+            report.skipped += batch.skipped
+            keep = [i for i, o in enumerate(batch.originals) if o.sha256 not in seen]
+            report.duplicates += batch.duplicates + len(batch.originals) - len(keep)
+            if keep:
+                originals = [batch.originals[i] for i in keep]
+                gallery.add_originals(originals, [batch.sources[i].label for i in keep],
+                                      [batch.sources[i].metadata for i in keep], batch.pixels[keep])
+                seen.update(o.sha256 for o in originals)
+                report.added += len(originals)
+            if progress is not None:
+                progress.update(len(chunks[n]))
     report.seconds = time.perf_counter() - start
     return report
+
+
+@dataclass
+class _Batch:
+    """One batch, read and decoded: the new images (and their model input), failures, skips."""
+
+    sources: list[Source] = field(default_factory=list)
+    originals: list[Original] = field(default_factory=list)
+    pixels: Optional[np.ndarray] = None
+    failed: list[tuple[Source, BadImageError]] = field(default_factory=list)
+    skipped: int = 0  # already in the gallery
+    duplicates: int = 0  # the same image as an earlier file of the batch
+
+
+def _read_batch(gallery: Gallery, chunk: Sequence[Source]) -> _Batch:
+    batch = _Batch()
+    read: list[tuple[Source, bytes, str]] = []
+    for source in chunk:
+        try:
+            data = read_bytes(source.path)
+            read.append((source, data, sha256_of(data)))
+        except BadImageError as exc:
+            batch.failed.append((source, exc))
+    known = gallery.known([sha for _, _, sha in read])
+    hashes: set[str] = set()
+    for source, data, sha in read:
+        if sha in known:
+            batch.skipped += 1
+            continue
+        if sha in hashes:
+            batch.duplicates += 1
+            continue
+        try:
+            batch.originals.append(Original.from_bytes(data, source.path, sha))
+        except BadImageError as exc:
+            batch.failed.append((source, exc))
+            continue
+        batch.sources.append(source)
+        hashes.add(sha)
+    batch.pixels = gallery.embedder.prepare([o.image for o in batch.originals])
+    return batch
 
 
 def _fail(report: IngestReport, source: Source, exc: BadImageError, strict: bool) -> None:

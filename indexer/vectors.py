@@ -43,6 +43,7 @@ MANIFEST_FILE = "index.json"
 MANIFEST_FORMAT = 1
 KINDS = {"flat": (), "hnsw": ("m", "ef_construction", "ef_search"), "ivf": ("nlist", "nprobe")}
 POINTS_PER_LIST = 39  # FAISS warns when k-means gets fewer training points per centroid
+TRAIN_POINTS_PER_LIST = 64  # ivf: k-means sample (FAISS would take up to 256 per list: slow, no better)
 TOMBSTONE_LIMIT = 0.2  # hnsw: rebuild once this share of the graph is deleted items
 RETRAIN_GROWTH = 4  # ivf: retrain once the index holds this many times its training set
 FEW_QUERIES = 16  # below this many queries, search on one thread (see `_one_thread`)
@@ -160,8 +161,10 @@ class VectorIndex:
             inner = faiss.IndexHNSWFlat(dim, spec.m)
             inner.hnsw.efConstruction = spec.ef_construction
         elif spec.kind == "ivf" and spec.trainable(len(vectors)):
-            ivf = faiss.IndexIVFFlat(faiss.IndexFlatL2(dim), dim, spec.nlist_for(len(vectors)))
-            ivf.train(vectors)
+            nlist = spec.nlist_for(len(vectors))
+            ivf = faiss.IndexIVFFlat(faiss.IndexFlatL2(dim), dim, nlist)
+            sample = np.random.default_rng(0).permutation(len(vectors))[:TRAIN_POINTS_PER_LIST * nlist]
+            ivf.train(vectors[np.sort(sample)])
             trained_on = len(vectors)
         else:  # flat, or ivf too small to train
             inner = faiss.IndexFlatL2(dim)
