@@ -60,7 +60,7 @@ class GalleryStats:
     model_id: str
     embedding_dim: int
     threshold: float
-    index: str  # the index as it runs, e.g. "hnsw:m=32,ef_construction=80,ef_search=64"
+    index: str  # the index as it runs, e.g. "hnsw:m=16,ef_construction=80,ef_search=64"
     vectors: int  # vectors in the index, deleted ones (hnsw tombstones) included
     recall_at_10: Optional[float]  # measured against exact search when the index was built
     recall_measured_on: Optional[int]  # items in the index at that time
@@ -171,9 +171,7 @@ class Gallery:
     def close(self) -> None:
         """Save the index if it has unsaved changes, and let go of the database."""
         with self._mutex:
-            if self._unsaved:
-                with self._lock:
-                    self._save()
+            self.flush()
             self._store.close()
 
     def __enter__(self) -> "Gallery":
@@ -215,6 +213,10 @@ class Gallery:
         """`search` for embeddings already computed with this gallery's model."""
         if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= 10_000:
             raise ConfigError(f"k must be an integer in 1..10000, not {k!r}")
+        vectors = np.asarray(vectors, np.float32)
+        if vectors.ndim != 2 or vectors.shape[1] != self._settings.embedding_dim:
+            raise ConfigError(f"expected embeddings of shape (N, {self._settings.embedding_dim}), "
+                              f"not {vectors.shape}")
         threshold = self.threshold if threshold is None else _check_threshold(threshold)
         with self._mutex:
             distances, ids = self._index.search(vectors, k)
@@ -373,11 +375,15 @@ class Gallery:
             self._sync()  # the spec changed: rebuilt
 
     def flush(self) -> None:
-        """Save the index file now if it has unsaved changes."""
+        """Save the index file now if it has unsaved changes, unless another process is writing
+        or has written since (its index file is the newer one; the database is the record)."""
         with self._mutex:
-            if self._unsaved:
-                with self._lock:
-                    self._save()
+            if self._unsaved and self._lock.acquire(blocking=False):
+                try:
+                    if self._store.generation() == self._generation:
+                        self._save()
+                finally:
+                    self._lock.release()
 
     # --- keeping the index in line with the database --------------------------------------------
 
@@ -427,12 +433,8 @@ class Gallery:
             self._index_model = settings.model_id
             self._generation = settings.generation
             self._unsaved = base is not loaded or base_generation != settings.generation
-        if self._unsaved and not self._lock.held and self._lock.acquire(blocking=False):
-            try:  # a reader that repaired the index saves it, if no writer is busy
-                if self._store.generation() == self._generation:
-                    self._save()
-            finally:
-                self._lock.release()
+        if not self._lock.held:
+            self.flush()  # a reader that repaired the index saves it, if no writer is busy
 
     def _build(self, conn) -> VectorIndex:
         ids, vectors = self._store.embeddings(conn, self._settings.embedding_dim)

@@ -33,7 +33,13 @@ class WriterLock:
         if self._depth:
             self._depth += 1
             return True
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            if not blocking:
+                return False  # e.g. a read-only gallery: readers carry on without saving
+            raise GalleryError(f"{self.path}: cannot open the gallery's lock file ({exc.strerror})") \
+                from None
         deadline = time.monotonic() + (self.timeout if blocking else 0.0)
         while True:
             try:

@@ -41,7 +41,7 @@ class SettingsRow(Base):
     schema: Mapped[int] = mapped_column(Integer)
     model_id: Mapped[str] = mapped_column(String(64))
     embedding_dim: Mapped[int] = mapped_column(Integer)
-    index: Mapped[str] = mapped_column(String(200))  # an IndexSpec, e.g. "hnsw:m=32,ef_construction=80,ef_search=64"
+    index: Mapped[str] = mapped_column(String(200))  # an IndexSpec, e.g. "hnsw:m=16,ef_construction=80,ef_search=64"
     threshold: Mapped[Optional[float]]  # None: the model card's
     generation: Mapped[int] = mapped_column(BigInteger)  # +1 per committed change
     next_id: Mapped[int] = mapped_column(BigInteger)

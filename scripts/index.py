@@ -32,7 +32,7 @@ def parser() -> argparse.ArgumentParser:
                         "relative to FOLDER if given, else to the CSV's folder")
     p.add_argument("--index", metavar="SPEC",
                    help="index of a new gallery, or switch an existing one (rebuilt): flat "
-                        "(exact, the default), hnsw[:m=32,ef_construction=80,ef_search=64], "
+                        "(exact, the default), hnsw[:m=16,ef_construction=80,ef_search=64], "
                         "ivf[:nlist=auto,nprobe=16]")
     p.add_argument("--reembed", action="store_true",
                    help="re-embed the gallery's stored images with --model (a new model), "
