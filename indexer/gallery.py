@@ -99,11 +99,15 @@ class Gallery:
     @classmethod
     def create(cls, path: Union[str, Path], embedder, index: Union[str, IndexSpec] = "flat",
                url: Optional[str] = None, threshold: Optional[float] = None,
-               **options: Any) -> "Gallery":
+               lock_timeout: float = 30.0, save_every: float = 0.0) -> "Gallery":
         """A new, empty gallery in folder `path` (created; it must not hold anything yet).
-        `url`: keep the metadata at this SQLAlchemy URL instead of `path/gallery.db` (then pass it
-        to `open` too: it is not written down, as it may hold a password). `threshold`: this
-        gallery's verification threshold instead of the model card's."""
+
+        `index`: an `IndexSpec` or its text ("flat", "hnsw:m=16", ...). `url`: keep the metadata at
+        this SQLAlchemy URL instead of `path/gallery.db` (then pass it to `open` too: it is not
+        written down, as it may hold a password). `threshold`: this gallery's verification
+        threshold instead of the model card's. `lock_timeout`: seconds to wait for another writer.
+        `save_every`: seconds between index saves while writing (0: after every change; the
+        database is the record, a lagging index file is caught up on open)."""
         path = Path(path)
         spec = index if isinstance(index, IndexSpec) else IndexSpec.parse(index)
         threshold = _check_threshold(threshold)
@@ -121,7 +125,7 @@ class Gallery:
         store.initialise(settings)
         write_json(path / GALLERY_FILE, {"format": GALLERY_FORMAT, "gallery_id": gallery_id,
                                          "database": EXTERNAL if url else DATABASE_FILE})
-        gallery = cls(path, embedder, store, settings, **options)
+        gallery = cls(path, embedder, store, settings, lock_timeout, save_every)
         with gallery._mutex, gallery._lock:
             gallery._index = VectorIndex.build(spec, embedder.embedding_dim, np.zeros(0, np.int64),
                                                np.zeros((0, embedder.embedding_dim), np.float32))
@@ -131,23 +135,24 @@ class Gallery:
 
     @classmethod
     def open(cls, path: Union[str, Path], embedder, url: Optional[str] = None,
-             **options: Any) -> "Gallery":
+             lock_timeout: float = 30.0, save_every: float = 0.0) -> "Gallery":
         """An existing gallery, checked: the model must be the one it was built with, and the index
-        is brought in line with the database (rebuilt from stored embeddings if need be)."""
+        is brought in line with the database (rebuilt from stored embeddings if need be).
+        Options as for `create`."""
         path, store, settings = _connect(Path(path), url)
-        gallery = cls(path, embedder, store, settings, **options)
+        gallery = cls(path, embedder, store, settings, lock_timeout, save_every)
         gallery._check_model(settings)
         gallery.refresh()
         return gallery
 
     @classmethod
     def reembed(cls, path: Union[str, Path], embedder, url: Optional[str] = None,
-                batch_size: int = 512, progress=None, **options: Any) -> "Gallery":
+                batch_size: int = 512, progress=None, lock_timeout: float = 30.0) -> "Gallery":
         """Re-embed every stored image with `embedder` (a new model), in one transaction, then
-        rebuild the index. Interrupted, it leaves the gallery as it was. `progress`: an object
-        with `update(n)` (e.g. tqdm)."""
+        rebuild the index; returns the gallery, open. Interrupted, it leaves the gallery as it
+        was. `progress`: an object with `update(n)` (e.g. tqdm)."""
         path, store, settings = _connect(Path(path), url)
-        gallery = cls(path, embedder, store, settings, **options)
+        gallery = cls(path, embedder, store, settings, lock_timeout)
         with gallery._mutex, gallery._lock:
             if settings.model_id == embedder.model_id:
                 log.info("%s: already embedded with model %s", path, embedder.model_id)
@@ -236,15 +241,16 @@ class Gallery:
         threshold = self.threshold if threshold is None else _check_threshold(threshold)
         vector = self.embedder.embed([image])[0]
         with self._store.read() as conn:
-            item = self.get(item_id, conn)
+            item = self._get(conn, item_id)
             _, stored = self._store.embeddings(conn, self._settings.embedding_dim, [item.id])
         return _match(item, float(euclidean(vector, stored[0])), threshold)
 
-    def get(self, item_id: int, conn=None) -> Item:
+    def get(self, item_id: int) -> Item:
+        with self._store.read() as conn:
+            return self._get(conn, item_id)
+
+    def _get(self, conn, item_id: int) -> Item:
         item_id = _check_id(item_id)
-        if conn is None:
-            with self._store.read() as conn:
-                return self.get(item_id, conn)
         found = self._store.items(conn, [item_id])
         if item_id not in found:
             raise NotFoundError(f"no item {item_id} in the gallery")
@@ -353,6 +359,8 @@ class Gallery:
     def remove(self, ids: Union[int, Sequence[int]]) -> None:
         """Remove items (rows, images and vectors). Unknown ids: `NotFoundError`, nothing removed."""
         ids = sorted({_check_id(i) for i in ([ids] if isinstance(ids, (int, np.integer)) else ids)})
+        if not ids:
+            return
         with self.writing():
             with self._store.write() as conn:
                 missing = self._store.missing(conn, ids)

@@ -128,9 +128,10 @@ def ingest(gallery: Gallery, sources: Sequence[Source], batch_size: int = BATCH_
     chunks = [sources[i:i + batch_size] for i in range(0, len(sources), batch_size)]
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-read") as worker:
         pending = worker.submit(_read_batch, gallery, chunks[0]) if chunks else None
-        for n in range(len(chunks)):
+        for n, chunk in enumerate(chunks):
             batch = pending.result()
-            pending = worker.submit(_read_batch, gallery, chunks[n + 1]) if n + 1 < len(chunks) else None
+            if n + 1 < len(chunks):
+                pending = worker.submit(_read_batch, gallery, chunks[n + 1])
             for source, exc in batch.failed:
                 _fail(report, source, exc, strict)
             report.skipped += batch.skipped
@@ -143,7 +144,7 @@ def ingest(gallery: Gallery, sources: Sequence[Source], batch_size: int = BATCH_
                 seen.update(o.sha256 for o in originals)
                 report.added += len(originals)
             if progress is not None:
-                progress.update(len(chunks[n]))
+                progress.update(len(chunk))
     report.seconds = time.perf_counter() - start
     return report
 
