@@ -192,8 +192,7 @@ class VectorIndex:
         if self.spec.kind == "ivf":
             if not self.trained_on:
                 return f"{self.spec} (exact until {self.spec.train_threshold():,} vectors)"
-            return f"{self.spec} ({self.spec.nlist_for(self.trained_on)} lists, trained on " \
-                   f"{self.trained_on:,} vectors)"
+            return f"{self.spec} ({self.index.nlist} lists, trained on {self.trained_on:,} vectors)"
         return str(self.spec)
 
     def wants_rebuild(self) -> Optional[str]:
