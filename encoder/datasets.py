@@ -141,6 +141,20 @@ def _is_candidate(name: str) -> bool:
     return not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES
 
 
+def image_files(folder: str | os.PathLike, others: Optional[list[str]] = None) -> list[str]:
+    """Image files below `folder`, in name order. Hidden files and folders are skipped and symbolic
+    links to folders are not followed (no loops). Files without an image suffix go to `others`."""
+    found: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for f in sorted(filenames):
+            if _is_candidate(f):
+                found.append(os.path.join(dirpath, f))
+            elif others is not None and not f.startswith("."):
+                others.append(os.path.join(dirpath, f))
+    return found
+
+
 def infer_preprocessing(sizes: Sequence[tuple[int, int]], modes: Sequence[str]) -> Preprocessing:
     """A sensible model input for a folder of images: grey unless any image has colour; a square
     side near the median image size, between 28 and 64 pixels (small data does not need more)."""
@@ -191,12 +205,8 @@ def load_image_folder(root: str | os.PathLike, pre: Optional[Preprocessing] = No
     classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not classes:
         raise DatasetError(f"{root}: no class sub-folders (expected {root}/<class>/<image files>)")
-    entries = []
-    for label, cls in enumerate(classes):
-        for dirpath, dirnames, filenames in os.walk(root / cls, followlinks=False):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            entries += [(os.path.join(dirpath, f), label, None)
-                        for f in sorted(filenames) if _is_candidate(f)]
+    entries = [(path, label, None) for label, cls in enumerate(classes)
+               for path in image_files(root / cls)]
     if not entries:
         raise DatasetError(f"{root}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) "
                            "in its class sub-folders")

@@ -1,0 +1,573 @@
+"""`Gallery`: the reference images that queries are matched against.
+
+A gallery is a folder:
+
+    gallery.json    what this folder is: format, gallery id, where the database is
+    gallery.db      the metadata store (SQLite; or any SQLAlchemy URL, see `store`)
+    index.faiss     the vector index, replaced atomically ...
+    index.json      ... beside its manifest: gallery id, model id, database generation, checksum
+    gallery.lock    held (flock) by the one process writing at a time
+
+The database is the record. Each change is one transaction (rows, embeddings and image bytes
+together) that bumps a generation counter; the index is updated after it and saved with the
+generation it reflects. Whatever happens between the two (a crash, a kill, a deleted or damaged
+index file), `open` and `refresh` bring the index back in line with the database: they load the
+index file if it is intact, then add the vectors of items it lacks and drop those it has too many,
+or rebuild it from the stored embeddings when the file cannot be used.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import threading
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterator, Optional, Sequence, Union
+
+import numpy as np
+
+from encoder.distance import euclidean
+from encoder.errors import ConfigError, GalleryError, ModelMismatchError, NotFoundError
+from encoder.images import ImageSource
+
+from .files import remove_leftovers, write_json
+from .lock import WriterLock
+from .records import Item, Match, Original
+from .store import SCHEMA_VERSION, Settings, Store
+from .vectors import INDEX_FILE, IndexSpec, VectorIndex
+
+log = logging.getLogger(__name__)
+
+GALLERY_FILE = "gallery.json"
+DATABASE_FILE = "gallery.db"
+LOCK_FILE = "gallery.lock"
+GALLERY_FORMAT = 1
+EXTERNAL = "external"  # gallery.json "database" value when the metadata lives at another URL
+
+Images = Union[ImageSource, Sequence[ImageSource]]
+
+
+@dataclass(frozen=True)
+class GalleryStats:
+    path: str
+    database: str
+    items: int
+    labels: dict[str, int]
+    model_id: str
+    embedding_dim: int
+    threshold: float
+    index: str  # the index as it runs, e.g. "hnsw:m=16,ef_construction=80,ef_search=64"
+    vectors: int  # vectors in the index, deleted ones (hnsw tombstones) included
+    recall_at_10: Optional[float]  # measured against exact search when the index was built
+    recall_measured_on: Optional[int]  # items in the index at that time
+    index_bytes: Optional[int]
+    generation: int
+    created: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Gallery:
+    """Images, their embeddings and metadata, searchable by image. Make one with `create` or `open`.
+
+    One process writes at a time (`gallery.lock`); any number read. Within a process a Gallery is
+    safe to share between threads. Another process's changes become visible after `refresh()`.
+    """
+
+    def __init__(self, path: Path, embedder, store: Store, settings: Settings,
+                 lock_timeout: float = 30.0, save_every: float = 0.0):
+        self.path = path
+        self.embedder = embedder
+        self.save_every = save_every  # seconds between index saves while writing; 0: every change
+        self._store = store
+        self._settings = settings
+        self._lock = WriterLock(path / LOCK_FILE, lock_timeout)
+        self._mutex = threading.RLock()
+        self._index: Optional[VectorIndex] = None
+        self._index_model: Optional[str] = None  # the model id the in-memory index was built for
+        self._generation = -1  # the database generation the in-memory index reflects
+        self._unsaved = False
+        self._last_save = time.monotonic()
+
+    # --- making and opening ----------------------------------------------------------------------
+
+    @classmethod
+    def create(cls, path: Union[str, Path], embedder, index: Union[str, IndexSpec] = "flat",
+               url: Optional[str] = None, threshold: Optional[float] = None,
+               lock_timeout: float = 30.0, save_every: float = 0.0) -> "Gallery":
+        """A new, empty gallery in folder `path` (created; it must not hold anything yet).
+
+        `index`: an `IndexSpec` or its text ("flat", "hnsw:m=16", ...). `url`: keep the metadata at
+        this SQLAlchemy URL instead of `path/gallery.db` (then pass it to `open` too: it is not
+        written down, as it may hold a password). `threshold`: this gallery's verification
+        threshold instead of the model card's. `lock_timeout`: seconds to wait for another writer.
+        `save_every`: seconds between index saves while writing (0: after every change; the
+        database is the record, a lagging index file is caught up on open)."""
+        path = Path(path)
+        spec = index if isinstance(index, IndexSpec) else IndexSpec.parse(index)
+        threshold = _check_threshold(threshold)
+        if (path / GALLERY_FILE).exists():
+            raise GalleryError(f"{path}: already a gallery; open it instead")
+        if path.exists() and (not path.is_dir() or any(path.iterdir())):
+            raise GalleryError(f"{path}: not a gallery, and not an empty folder to make one in")
+        path.mkdir(parents=True, exist_ok=True)
+        gallery_id = str(uuid.uuid4())
+        store = Store(url or _sqlite_url(path))
+        settings = Settings(gallery_id=gallery_id, schema=SCHEMA_VERSION,
+                            model_id=embedder.model_id, embedding_dim=embedder.embedding_dim,
+                            index=str(spec), threshold=threshold, generation=0, next_id=1,
+                            created=dt.datetime.now(dt.timezone.utc))
+        store.initialise(settings)
+        write_json(path / GALLERY_FILE, {"format": GALLERY_FORMAT, "gallery_id": gallery_id,
+                                         "database": EXTERNAL if url else DATABASE_FILE})
+        gallery = cls(path, embedder, store, settings, lock_timeout, save_every)
+        with gallery._mutex, gallery._lock:
+            gallery._index = VectorIndex.build(spec, embedder.embedding_dim, np.zeros(0, np.int64),
+                                               np.zeros((0, embedder.embedding_dim), np.float32))
+            gallery._index_model, gallery._generation = embedder.model_id, settings.generation
+            gallery._save()
+        return gallery
+
+    @classmethod
+    def open(cls, path: Union[str, Path], embedder, url: Optional[str] = None,
+             lock_timeout: float = 30.0, save_every: float = 0.0) -> "Gallery":
+        """An existing gallery, checked: the model must be the one it was built with, and the index
+        is brought in line with the database (rebuilt from stored embeddings if need be).
+        Options as for `create`."""
+        path, store, settings = _connect(Path(path), url)
+        gallery = cls(path, embedder, store, settings, lock_timeout, save_every)
+        gallery._check_model(settings)
+        gallery.refresh()
+        return gallery
+
+    @classmethod
+    def reembed(cls, path: Union[str, Path], embedder, url: Optional[str] = None,
+                batch_size: int = 512, progress=None, lock_timeout: float = 30.0) -> "Gallery":
+        """Re-embed every stored image with `embedder` (a new model), in one transaction, then
+        rebuild the index; returns the gallery, open. Interrupted, it leaves the gallery as it
+        was. `progress`: an object with `update(n)` (e.g. tqdm)."""
+        path, store, settings = _connect(Path(path), url)
+        gallery = cls(path, embedder, store, settings, lock_timeout)
+        with gallery._mutex, gallery._lock:
+            if settings.model_id == embedder.model_id:
+                log.info("%s: already embedded with model %s", path, embedder.model_id)
+            else:
+                with store.write() as conn:
+                    after = 0
+                    while batch := store.originals(conn, after, batch_size):
+                        vectors = embedder.embed([data for _, _, data in batch])
+                        store.set_embeddings(conn, [i for i, _, _ in batch], vectors)
+                        after = batch[-1][0]
+                        if progress is not None:
+                            progress.update(len(batch))
+                    store.next_generation(conn)
+                    store.update_settings(conn, model_id=embedder.model_id,
+                                          embedding_dim=embedder.embedding_dim)
+            gallery._sync()  # the manifest names the old model: a full rebuild
+            if gallery._unsaved:
+                gallery._save()
+        return gallery
+
+    def close(self) -> None:
+        """Save the index if it has unsaved changes, and let go of the database."""
+        with self._mutex:
+            self.flush()
+            self._store.close()
+
+    def __enter__(self) -> "Gallery":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # --- reading ---------------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        with self._mutex:
+            return len(self._index)
+
+    @property
+    def model_id(self) -> str:
+        return self._settings.model_id
+
+    @property
+    def threshold(self) -> float:
+        """`verified = distance <= threshold`: this gallery's, else the model card's."""
+        t = self._settings.threshold
+        return float(self.embedder.threshold if t is None else t)
+
+    @property
+    def index_spec(self) -> IndexSpec:
+        return IndexSpec.parse(self._settings.index)
+
+    def search(self, images: Images, k: int = 5, threshold: Optional[float] = None
+               ) -> Union[list[Match], list[list[Match]]]:
+        """The `k` nearest gallery items, nearest first, of one image (a path, bytes, a PIL image,
+        or an array (H, W[, C])), or of each image in a list (or 4-D array)."""
+        batch, single = _as_batch(images)
+        matches = self.search_vectors(self.embedder.embed(batch), k, threshold)
+        return matches[0] if single else matches
+
+    def search_vectors(self, vectors: np.ndarray, k: int = 5,
+                       threshold: Optional[float] = None) -> list[list[Match]]:
+        """`search` for embeddings already computed with this gallery's model."""
+        if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= 10_000:
+            raise ConfigError(f"k must be an integer in 1..10000, not {k!r}")
+        vectors = np.asarray(vectors, np.float32)
+        if vectors.ndim != 2 or vectors.shape[1] != self._settings.embedding_dim:
+            raise ConfigError(f"expected embeddings of shape (N, {self._settings.embedding_dim}), "
+                              f"not {vectors.shape}")
+        threshold = self.threshold if threshold is None else _check_threshold(threshold)
+        with self._mutex:
+            distances, ids = self._index.search(vectors, k)
+        with self._store.read() as conn:
+            items = self._store.items(conn, sorted({int(i) for i in ids.ravel() if i >= 0}))
+        return [[_match(items[int(i)], float(d), threshold) for d, i in zip(row_d, row_i)
+                 if int(i) in items]  # an item another process removed since our last refresh
+                for row_d, row_i in zip(distances, ids)]
+
+    def identify(self, image: ImageSource, threshold: Optional[float] = None) -> Optional[Match]:
+        """1:N verification: the nearest item if it is within the threshold, else None."""
+        best = self.search(image, k=1, threshold=threshold)
+        return best[0] if best and best[0].verified else None
+
+    def verify(self, image: ImageSource, item_id: int, threshold: Optional[float] = None) -> Match:
+        """1:1 verification: is `image` the same as gallery item `item_id`?"""
+        threshold = self.threshold if threshold is None else _check_threshold(threshold)
+        vector = self.embedder.embed([image])[0]
+        with self._store.read() as conn:
+            item = self._get(conn, item_id)
+            _, stored = self._store.embeddings(conn, self._settings.embedding_dim, [item.id])
+        return _match(item, float(euclidean(vector, stored[0])), threshold)
+
+    def get(self, item_id: int) -> Item:
+        with self._store.read() as conn:
+            return self._get(conn, item_id)
+
+    def _get(self, conn, item_id: int) -> Item:
+        item_id = _check_id(item_id)
+        found = self._store.items(conn, [item_id])
+        if item_id not in found:
+            raise NotFoundError(f"no item {item_id} in the gallery")
+        return found[item_id]
+
+    def image(self, item_id: int) -> tuple[bytes, str]:
+        """The original image bytes of an item, and their media type (e.g. `image/png`)."""
+        with self._store.read() as conn:
+            return self._store.image(conn, _check_id(item_id))
+
+    def items(self, offset: int = 0, limit: int = 100, label: Optional[str] = None) -> list[Item]:
+        """Items in id order, a page at a time."""
+        if offset < 0 or not 1 <= limit <= 10_000:
+            raise ConfigError(f"offset must be >= 0 and limit in 1..10000, not {offset}, {limit}")
+        with self._store.read() as conn:
+            return self._store.list_items(conn, offset, limit, label)
+
+    def known(self, hashes: Sequence[str]) -> dict[str, int]:
+        """{sha256: id} of the images (by the sha256 of their bytes) already in the gallery."""
+        with self._store.read() as conn:
+            return self._store.known(conn, hashes)
+
+    def stats(self) -> GalleryStats:
+        with self._mutex, self._store.read() as conn:
+            labels = self._store.label_counts(conn)
+            s, index = self._settings, self._index
+            file = self.path / INDEX_FILE
+            return GalleryStats(
+                path=str(self.path), database=self._store.engine.url.render_as_string(True),
+                items=sum(labels.values()),
+                labels={("" if k is None else k): v for k, v in labels.items()},
+                model_id=s.model_id, embedding_dim=s.embedding_dim, threshold=self.threshold,
+                index=index.describe(), vectors=index.index.ntotal,
+                recall_at_10=1.0 if index.exact else (index.recall.at_10 if index.recall else None),
+                recall_measured_on=index.recall.items if index.recall else None,
+                index_bytes=file.stat().st_size if file.exists() else None,
+                generation=self._generation, created=s.created.isoformat(timespec="seconds"))
+
+    def refresh(self) -> bool:
+        """Catch up with changes committed since (by this or another process). True if any."""
+        with self._mutex:
+            before = self._generation
+            self._sync()
+            return self._generation != before
+
+    # --- writing ---------------------------------------------------------------------------------
+
+    @contextmanager
+    def writing(self) -> Iterator["Gallery"]:
+        """Hold the writer lock for several changes. Each change takes it anyway; the index file is
+        saved when the outermost `writing` ends (at most every `save_every` seconds)."""
+        with self._mutex:
+            outermost = not self._lock.held
+            with self._lock:
+                if outermost:
+                    self._sync()  # another process may have written since
+                yield self
+                if outermost and self._unsaved and \
+                        time.monotonic() - self._last_save >= self.save_every:
+                    self._save()
+
+    def add(self, images: Images, labels: Union[None, str, Sequence[Optional[str]]] = None,
+            metadata: Union[None, dict, Sequence[dict]] = None,
+            sources: Optional[Sequence[str]] = None) -> list[int]:
+        """Add images (paths, bytes, PIL images or arrays); returns their ids, in order.
+
+        An image already in the gallery (same bytes, by sha256) is not added again: its existing
+        id is returned. `labels` and `metadata` (JSON-able dicts) go with the images, one each, or
+        one for all; `sources` names them (default: the path, or a description). If any image is
+        bad, nothing is added."""
+        batch, _ = _as_batch(images)
+        labels = _per_image(labels, len(batch), "labels", str, optional=True)
+        metadata = _per_image(metadata, len(batch), "metadata", dict, optional=True)
+        originals = [Original.from_source(image) for image in batch]
+        if sources is not None:
+            for original, name in zip(originals, _per_image(sources, len(batch), "sources", str)):
+                original.name = name
+        return self.add_originals(originals, labels, metadata)
+
+    def add_originals(self, originals: Sequence[Original], labels: Sequence[Optional[str]],
+                      metadata: Sequence[dict], pixels: Optional[np.ndarray] = None) -> list[int]:
+        """`add` for images already read and decoded (`records.Original`), as a folder ingest has;
+        `pixels`: their model input (`embedder.prepare`), if already made."""
+        for m in metadata:
+            try:
+                json.dumps(m)
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(f"metadata must be JSON-serialisable: {exc}") from None
+        with self.writing():
+            known = self.known([o.sha256 for o in originals])
+            first: dict[str, int] = {}  # the first of several equal images in this batch
+            new = [i for i, o in enumerate(originals)
+                   if o.sha256 not in known and first.setdefault(o.sha256, i) == i]
+            if new:
+                vectors = (self.embedder.embed([originals[i].image for i in new]) if pixels is None
+                           else self.embedder.embed_prepared(pixels[new]))
+                with self._store.write() as conn:
+                    generation, first_id = self._store.next_generation(conn, len(new))
+                    ids = self._store.insert(
+                        conn, first_id, [originals[i] for i in new], [labels[i] for i in new],
+                        [metadata[i] for i in new], vectors, dt.datetime.now(dt.timezone.utc))
+                self._changed(generation, lambda index: index.add(np.asarray(ids), vectors))
+                known.update({originals[i].sha256: item_id for i, item_id in zip(new, ids)})
+            return [known[o.sha256] for o in originals]
+
+    def remove(self, ids: Union[int, Sequence[int]]) -> None:
+        """Remove items (rows, images and vectors). Unknown ids: `NotFoundError`, nothing removed."""
+        ids = sorted({_check_id(i) for i in ([ids] if isinstance(ids, (int, np.integer)) else ids)})
+        if not ids:
+            return
+        with self.writing():
+            with self._store.write() as conn:
+                missing = self._store.missing(conn, ids)
+                if missing:
+                    shown = ", ".join(map(str, missing[:10])) + (" ..." if len(missing) > 10 else "")
+                    raise NotFoundError(f"no item(s) {shown} in the gallery; nothing was removed")
+                generation, _ = self._store.next_generation(conn)
+                self._store.delete(conn, ids)
+            self._changed(generation, lambda index: index.remove(np.asarray(ids, np.int64)))
+
+    def set_index(self, index: Union[str, IndexSpec]) -> None:
+        """Switch to another index kind or parameters (rebuilt from the stored embeddings)."""
+        spec = index if isinstance(index, IndexSpec) else IndexSpec.parse(index)
+        with self.writing():
+            if str(spec) == self._settings.index:
+                return
+            with self._store.write() as conn:
+                self._store.next_generation(conn)
+                self._store.update_settings(conn, index=str(spec))
+            self._sync()  # the spec changed: rebuilt
+
+    def flush(self) -> None:
+        """Save the index file now if it has unsaved changes, unless another process is writing
+        or has written since (its index file is the newer one; the database is the record)."""
+        with self._mutex:
+            if self._unsaved and self._lock.acquire(blocking=False):
+                try:
+                    if self._store.generation() == self._generation:
+                        self._save()
+                finally:
+                    self._lock.release()
+
+    # --- keeping the index in line with the database --------------------------------------------
+
+    def _changed(self, generation: int, update) -> None:
+        """After a committed change: apply it to the in-memory index (lock and mutex held)."""
+        if generation != self._generation + 1:
+            self._sync()  # someone wrote without our lock; catch up from the database instead
+            return
+        update(self._index)
+        self._generation = generation
+        self._unsaved = True
+        reason = self._index.wants_rebuild()
+        if reason:
+            log.info("%s: rebuilding the index: %s", self.path, reason)
+            self._rebuild()
+
+    def _sync(self) -> None:
+        """Bring the in-memory index to the database's current state (mutex held)."""
+        with self._store.read() as conn:
+            settings = self._store.settings(conn)
+            if settings.generation == self._generation:
+                return
+            self._check_model(settings)
+            self._settings = settings
+            spec = IndexSpec.parse(settings.index)
+            expect = {"gallery_id": settings.gallery_id, "model_id": settings.model_id,
+                      "spec": str(spec), "dim": settings.embedding_dim}
+            loaded, manifest, why = VectorIndex.load(self.path, expect)
+            current = self._index if (self._index is not None and self._index.spec == spec
+                                      and self._index_model == settings.model_id) else None
+            if loaded is not None and (current is None or manifest["generation"] > self._generation):
+                base, base_generation = loaded, int(manifest["generation"])
+            elif current is not None:
+                base, base_generation = current, self._generation
+            else:
+                base, base_generation = None, -1
+            if base is None:
+                if self._index is None and why:
+                    log.warning("%s: rebuilding the index from the stored embeddings: %s",
+                                self.path, why)
+                self._index = self._build(conn)
+            elif base_generation != settings.generation:
+                self._index = base
+                self._catch_up(conn, base_generation, settings.generation)
+            else:
+                self._index = base
+            self._index_model = settings.model_id
+            self._generation = settings.generation
+            self._unsaved = base is not loaded or base_generation != settings.generation
+        if not self._lock.held:
+            self.flush()  # a reader that repaired the index saves it, if no writer is busy
+
+    def _build(self, conn) -> VectorIndex:
+        ids, vectors = self._store.embeddings(conn, self._settings.embedding_dim)
+        return VectorIndex.build(IndexSpec.parse(self._settings.index),
+                                 self._settings.embedding_dim, ids, vectors)
+
+    def _rebuild(self) -> None:
+        with self._store.read() as conn:
+            self._index = self._build(conn)
+        self._unsaved = True
+
+    def _catch_up(self, conn, from_generation: int, to_generation: int) -> None:
+        stored = self._store.ids(conn)
+        indexed = self._index.ids()
+        extra = np.setdiff1d(indexed, stored)
+        missing = np.setdiff1d(stored, indexed)
+        self._index.remove(extra)
+        if len(missing):
+            ids, vectors = self._store.embeddings(conn, self._settings.embedding_dim,
+                                                  None if len(missing) == len(stored) else missing)
+            self._index.add(ids, vectors)
+        log.info("%s: index caught up from generation %d to %d: %d added, %d removed",
+                 self.path, from_generation, to_generation, len(missing), len(extra))
+        if self._index.wants_rebuild():
+            self._index = self._build(conn)
+
+    def _save(self) -> None:
+        """Write the index file and manifest (writer lock held)."""
+        remove_leftovers(self.path)
+        self._index.update_recall()
+        self._index.save(self.path, {"gallery_id": self._settings.gallery_id,
+                                     "model_id": self._settings.model_id,
+                                     "generation": self._generation})
+        self._unsaved = False
+        self._last_save = time.monotonic()
+
+    def _check_model(self, settings: Settings) -> None:
+        if settings.model_id != self.embedder.model_id:
+            raise ModelMismatchError(
+                f"{self.path}: this gallery was built with model {settings.model_id}, but the model "
+                f"given is {self.embedder.model_id}; use the gallery's model, or re-embed the gallery "
+                f"with the new one: siamese-index --gallery {self.path} --model NEW_MODEL --reembed")
+
+
+# --- helpers ---------------------------------------------------------------------------------------
+
+def _sqlite_url(path: Path) -> str:
+    return f"sqlite:///{(path / DATABASE_FILE).resolve()}"
+
+
+def _connect(path: Path, url: Optional[str]) -> tuple[Path, Store, Settings]:
+    """The store of the gallery at `path`, checked to be a gallery and to belong to this folder."""
+    if not path.exists():
+        raise NotFoundError(f"{path}: no such gallery")
+    marker = path / GALLERY_FILE
+    if not path.is_dir() or not marker.is_file():
+        raise GalleryError(f"{path}: not a gallery (a gallery is a folder with {GALLERY_FILE}, "
+                           "made by siamese-index or Gallery.create)")
+    try:
+        info = json.loads(marker.read_text())
+        gallery_id, database = info["gallery_id"], info["database"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise GalleryError(f"{marker}: unreadable or incomplete ({exc})") from None
+    if database == EXTERNAL and url is None:
+        raise ConfigError(f"{path}: this gallery keeps its metadata in an external database; "
+                          "give its SQLAlchemy URL")
+    store = Store(url or _sqlite_url(path))
+    where = store.engine.url.render_as_string(hide_password=True)
+    if not store.has_gallery():
+        store.close()
+        raise GalleryError(f"{path}: its database {where} holds no gallery")
+    with store.read() as conn:
+        settings = store.settings(conn)
+    if settings.gallery_id != gallery_id or settings.schema != SCHEMA_VERSION:
+        store.close()
+        raise GalleryError(f"{path}: {GALLERY_FILE} and the database {where} belong to different "
+                           "galleries (or database schema versions)")
+    return path, store, settings
+
+
+def _as_batch(images: Images) -> tuple[list, bool]:
+    """(list of images, whether one image was given). A list, a tuple or a 4-D array is a batch;
+    anything else, a 2-D or 3-D array included, is one image."""
+    if isinstance(images, (list, tuple)):
+        return list(images), False
+    if isinstance(images, np.ndarray) and images.ndim == 4:
+        return list(images), False
+    return [images], True
+
+
+def _per_image(values, n: int, what: str, kind: type, optional: bool = False) -> list:
+    """One value per image: `values` is one value for all, or a sequence of n."""
+    if values is None and optional:
+        return [None if kind is str else {}] * n
+    if isinstance(values, kind):
+        return [values] * n
+    if not isinstance(values, (list, tuple, np.ndarray)):
+        raise ConfigError(f"{what} must be a {kind.__name__} or a list, not {values!r}")
+    values = list(values)
+    if len(values) != n:
+        raise ConfigError(f"{len(values)} {what} for {n} image(s)")
+    bad = [v for v in values if not (isinstance(v, kind) or (optional and v is None))]
+    if bad:
+        raise ConfigError(f"each of the {what} must be a {kind.__name__}, not {bad[0]!r}")
+    return [({} if kind is dict else None) if v is None else v for v in values]
+
+
+def _match(item: Item, distance: float, threshold: float) -> Match:
+    return Match(id=item.id, label=item.label, distance=distance, verified=distance <= threshold,
+                 metadata=item.metadata, source=item.source)
+
+
+def _check_id(item_id: Any) -> int:
+    if isinstance(item_id, bool) or not isinstance(item_id, (int, np.integer)):
+        raise NotFoundError(f"item ids are integers, not {item_id!r}")
+    return int(item_id)
+
+
+def _check_threshold(threshold: Optional[float]) -> Optional[float]:
+    if threshold is None:
+        return None
+    try:
+        value = float(threshold)
+    except (TypeError, ValueError):
+        raise ConfigError(f"threshold must be a number, not {threshold!r}") from None
+    if not value >= 0.0 or not np.isfinite(value):
+        raise ConfigError(f"threshold must be a finite distance >= 0, not {threshold!r}")
+    return value

@@ -1,0 +1,294 @@
+"""The metadata store: SQLAlchemy tables for the gallery's settings, its items and their images.
+
+SQLite file by default; any SQLAlchemy URL works (the statements are plain Core SQL). Every change
+is one transaction that also bumps `gallery.generation`, the counter the index manifest records, so
+an item is either wholly present (row, embedding, image bytes) or absent, and a reader can tell in
+one cheap query whether anything changed. Item ids are allocated from `gallery.next_id` and never
+reused, so an id held by a client can never point at a different image later.
+"""
+from __future__ import annotations
+
+import datetime as dt
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Iterator, Optional, Sequence
+
+import numpy as np
+from sqlalchemy import (JSON, BigInteger, DateTime, ForeignKey, Integer, LargeBinary, String, Text,
+                        bindparam, create_engine, delete, event, func, insert, inspect, select,
+                        update)
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from encoder.errors import GalleryError, NotFoundError
+
+from .records import Item, Original
+
+SCHEMA_VERSION = 1
+_CHUNK = 500  # ids or hashes per IN (...) list, well under every database's parameter limit
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class SettingsRow(Base):
+    """The one row that describes the gallery."""
+
+    __tablename__ = "gallery"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)  # always 1
+    gallery_id: Mapped[str] = mapped_column(String(36))  # also in gallery.json and the index manifest
+    schema: Mapped[int] = mapped_column(Integer)
+    model_id: Mapped[str] = mapped_column(String(64))
+    embedding_dim: Mapped[int] = mapped_column(Integer)
+    index: Mapped[str] = mapped_column(String(200))  # an IndexSpec, e.g. "hnsw:m=16,ef_construction=80,ef_search=64"
+    threshold: Mapped[Optional[float]]  # None: the model card's
+    generation: Mapped[int] = mapped_column(BigInteger)  # +1 per committed change
+    next_id: Mapped[int] = mapped_column(BigInteger)
+    created: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ImageRow(Base):
+    """Original image bytes, content-addressed by their sha256 (kept to serve and to re-embed)."""
+
+    __tablename__ = "images"
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    media_type: Mapped[str] = mapped_column(String(64))
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class ItemRow(Base):
+    __tablename__ = "items"
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+                                    autoincrement=False)  # == the FAISS id
+    label: Mapped[Optional[str]] = mapped_column(String(200), index=True)
+    source: Mapped[str] = mapped_column(Text)  # original path or upload name
+    sha256: Mapped[str] = mapped_column(ForeignKey("images.sha256"), unique=True)
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    added: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSON)
+    embedding: Mapped[bytes] = mapped_column(LargeBinary)  # float32 little-endian, embedding_dim values
+
+
+SETTINGS, IMAGES, ITEMS = SettingsRow.__table__, ImageRow.__table__, ItemRow.__table__
+_ITEM_COLUMNS = [ITEMS.c.id, ITEMS.c.label, ITEMS.c.source, ITEMS.c.sha256, ITEMS.c.width,
+                 ITEMS.c.height, IMAGES.c.media_type, ITEMS.c.added, ITEMS.c.metadata]
+
+
+@dataclass(frozen=True)
+class Settings:
+    gallery_id: str
+    schema: int
+    model_id: str
+    embedding_dim: int
+    index: str
+    threshold: Optional[float]
+    generation: int
+    next_id: int
+    created: dt.datetime
+
+
+def _utc(t: dt.datetime) -> dt.datetime:
+    return t if t.tzinfo else t.replace(tzinfo=dt.timezone.utc)  # SQLite keeps no zone
+
+
+def _ints(ids: Sequence[int]) -> list[int]:
+    """Plain ints: the sqlite3 driver binds NumPy integers as blobs, which match nothing."""
+    return [int(i) for i in ids]
+
+
+def _chunks(values: Sequence, size: int = _CHUNK) -> Iterator[Sequence]:
+    for start in range(0, len(values), size):
+        yield values[start:start + size]
+
+
+def _sqlite_setup(engine: Engine) -> None:
+    """WAL (readers never block the writer), foreign keys, a busy timeout, and real transactions:
+    pysqlite does not emit BEGIN before a SELECT, so we emit it ourselves (SQLAlchemy's documented
+    recipe) and reads inside one transaction see one snapshot. Writes take the lock up front."""
+
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_connection, _record) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "foreign_keys=ON",
+                       "busy_timeout=30000"):
+            cursor.execute(f"PRAGMA {pragma}")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Connection) -> None:
+        writing = conn.get_execution_options().get("gallery_write", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if writing else "BEGIN")
+
+
+class Store:
+    """The tables behind one gallery, reached through one SQLAlchemy engine."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.engine = create_engine(url)
+        if self.engine.dialect.name == "sqlite":
+            _sqlite_setup(self.engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        """One consistent snapshot."""
+        with self.engine.connect() as conn, conn.begin():
+            yield conn
+
+    @contextmanager
+    def write(self) -> Iterator[Connection]:
+        """One transaction: committed at the end, rolled back on any exception."""
+        with self.engine.connect() as conn:
+            conn = conn.execution_options(gallery_write=True)
+            with conn.begin():
+                yield conn
+
+    # --- the gallery row -------------------------------------------------------------------------
+
+    def initialise(self, settings: Settings) -> None:
+        if inspect(self.engine).has_table(SETTINGS.name):
+            raise GalleryError(f"{self.engine.url.render_as_string(hide_password=True)}: "
+                               "already holds a gallery")
+        Base.metadata.create_all(self.engine)
+        with self.write() as conn:
+            conn.execute(insert(SETTINGS).values(id=1, **vars(settings)))
+
+    def has_gallery(self) -> bool:
+        return inspect(self.engine).has_table(SETTINGS.name)
+
+    def settings(self, conn: Connection) -> Settings:
+        row = conn.execute(select(SETTINGS).where(SETTINGS.c.id == 1)).mappings().first()
+        if row is None:
+            raise GalleryError(f"{self.engine.url.render_as_string(hide_password=True)}: "
+                               "gallery table is empty")
+        values = {k: row[k] for k in Settings.__dataclass_fields__}
+        return Settings(**{**values, "created": _utc(values["created"])})
+
+    def update_settings(self, conn: Connection, **values: Any) -> None:
+        conn.execute(update(SETTINGS).where(SETTINGS.c.id == 1).values(**values))
+
+    def generation(self, conn: Optional[Connection] = None) -> int:
+        if conn is None:
+            with self.read() as conn:
+                return self.generation(conn)
+        return int(conn.execute(select(SETTINGS.c.generation).where(SETTINGS.c.id == 1)).scalar_one())
+
+    def next_generation(self, conn: Connection, new_ids: int = 0) -> tuple[int, int]:
+        """Start a change: bump the generation and reserve `new_ids` ids.
+        Returns (new generation, first reserved id)."""
+        conn.execute(update(SETTINGS).where(SETTINGS.c.id == 1).values(
+            generation=SETTINGS.c.generation + 1, next_id=SETTINGS.c.next_id + new_ids))
+        generation, next_id = conn.execute(
+            select(SETTINGS.c.generation, SETTINGS.c.next_id).where(SETTINGS.c.id == 1)).one()
+        return int(generation), int(next_id) - new_ids
+
+    # --- items -----------------------------------------------------------------------------------
+
+    def known(self, conn: Connection, hashes: Sequence[str]) -> dict[str, int]:
+        """{sha256: id} of the given hashes that are already in the gallery."""
+        found: dict[str, int] = {}
+        for chunk in _chunks(list(hashes)):
+            rows = conn.execute(select(ITEMS.c.sha256, ITEMS.c.id).where(ITEMS.c.sha256.in_(chunk)))
+            found.update({sha: int(i) for sha, i in rows})
+        return found
+
+    def insert(self, conn: Connection, first_id: int, originals: Sequence[Original],
+               labels: Sequence[Optional[str]], metadata: Sequence[dict[str, Any]],
+               embeddings: np.ndarray, added: dt.datetime) -> list[int]:
+        ids = list(range(first_id, first_id + len(originals)))
+        vectors = np.ascontiguousarray(embeddings, "<f4")
+        conn.execute(insert(IMAGES), [
+            {"sha256": o.sha256, "media_type": o.media_type, "data": o.data} for o in originals])
+        conn.execute(insert(ITEMS), [
+            {"id": i, "label": label, "source": o.name, "sha256": o.sha256, "width": o.image.width,
+             "height": o.image.height, "added": added, "metadata": meta, "embedding": v.tobytes()}
+            for i, o, label, meta, v in zip(ids, originals, labels, metadata, vectors)])
+        return ids
+
+    def missing(self, conn: Connection, ids: Sequence[int]) -> list[int]:
+        """Those of `ids` that are not in the gallery."""
+        present: set[int] = set()
+        ids = _ints(ids)
+        for chunk in _chunks(ids):
+            present.update(conn.execute(select(ITEMS.c.id).where(ITEMS.c.id.in_(chunk))).scalars())
+        return [i for i in ids if i not in present]
+
+    def delete(self, conn: Connection, ids: Sequence[int]) -> None:
+        for chunk in _chunks(_ints(ids)):
+            hashes = list(conn.execute(select(ITEMS.c.sha256).where(ITEMS.c.id.in_(chunk))).scalars())
+            conn.execute(delete(ITEMS).where(ITEMS.c.id.in_(chunk)))
+            conn.execute(delete(IMAGES).where(IMAGES.c.sha256.in_(hashes)))
+
+    def items(self, conn: Connection, ids: Sequence[int]) -> dict[int, Item]:
+        found: dict[int, Item] = {}
+        for chunk in _chunks(_ints(ids)):
+            rows = conn.execute(select(*_ITEM_COLUMNS).join(IMAGES).where(ITEMS.c.id.in_(chunk)))
+            found.update({int(r.id): self._item(r) for r in rows})
+        return found
+
+    def list_items(self, conn: Connection, offset: int, limit: int,
+                   label: Optional[str] = None) -> list[Item]:
+        query = select(*_ITEM_COLUMNS).join(IMAGES).order_by(ITEMS.c.id).offset(offset).limit(limit)
+        if label is not None:
+            query = query.where(ITEMS.c.label == label)
+        return [self._item(r) for r in conn.execute(query)]
+
+    @staticmethod
+    def _item(r) -> Item:
+        return Item(id=int(r.id), label=r.label, source=r.source, sha256=r.sha256, width=r.width,
+                    height=r.height, media_type=r.media_type, added=_utc(r.added),
+                    metadata=r.metadata or {})
+
+    def image(self, conn: Connection, item_id: int) -> tuple[bytes, str]:
+        row = conn.execute(select(IMAGES.c.data, IMAGES.c.media_type).join(ITEMS)
+                           .where(ITEMS.c.id == item_id)).first()
+        if row is None:
+            raise NotFoundError(f"no item {item_id} in the gallery")
+        return bytes(row.data), row.media_type
+
+    def count(self, conn: Connection) -> int:
+        return int(conn.execute(select(func.count()).select_from(ITEMS)).scalar_one())
+
+    def label_counts(self, conn: Connection) -> dict[Optional[str], int]:
+        rows = conn.execute(select(ITEMS.c.label, func.count()).group_by(ITEMS.c.label)
+                            .order_by(ITEMS.c.label))
+        return {label: int(n) for label, n in rows}
+
+    def ids(self, conn: Connection) -> np.ndarray:
+        return np.fromiter(conn.execute(select(ITEMS.c.id).order_by(ITEMS.c.id)).scalars(), np.int64)
+
+    def embeddings(self, conn: Connection, dim: int, ids: Optional[Sequence[int]] = None
+                   ) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, float32 (N, dim)) of the given items, or of all items in id order."""
+        query = select(ITEMS.c.id, ITEMS.c.embedding).order_by(ITEMS.c.id)
+        if ids is None:
+            rows = conn.execute(query).all()
+        else:
+            rows = [r for chunk in _chunks(_ints(ids))
+                    for r in conn.execute(query.where(ITEMS.c.id.in_(chunk)))]
+        blobs = [bytes(r.embedding) for r in rows]
+        bad = [int(r.id) for r, b in zip(rows, blobs) if len(b) != 4 * dim]
+        if bad:
+            raise GalleryError(f"item {bad[0]} has a damaged embedding ({len(bad)} item(s) in all); "
+                               "re-embed the gallery with siamese-index --reembed")
+        vectors = np.frombuffer(b"".join(blobs), "<f4").reshape(len(rows), dim).astype(np.float32)
+        return np.array([int(r.id) for r in rows], np.int64), vectors
+
+    def originals(self, conn: Connection, after_id: int, limit: int
+                  ) -> list[tuple[int, str, bytes]]:
+        """(id, source, image bytes) of the next `limit` items with id > `after_id`."""
+        rows = conn.execute(select(ITEMS.c.id, ITEMS.c.source, IMAGES.c.data).join(IMAGES)
+                            .where(ITEMS.c.id > after_id).order_by(ITEMS.c.id).limit(limit))
+        return [(int(r.id), r.source, bytes(r.data)) for r in rows]
+
+    def set_embeddings(self, conn: Connection, ids: Sequence[int], vectors: np.ndarray) -> None:
+        vectors = np.ascontiguousarray(vectors, "<f4")
+        conn.execute(update(ITEMS).where(ITEMS.c.id == bindparam("item_id"))
+                     .values(embedding=bindparam("vector")),
+                     [{"item_id": int(i), "vector": v.tobytes()} for i, v in zip(ids, vectors)])

@@ -1,0 +1,124 @@
+"""siamese-index: add a folder of images to a gallery (created if need be), or re-embed a gallery.
+
+Labels are the first-level sub-folder names (FOLDER/<label>/**/<image>), or come from a CSV
+manifest. Images already in the gallery (same bytes) are skipped, so running the command again
+resumes an interrupted run and adds only what is new. Bad files are listed at the end.
+Exit status: 0 done, 1 done but some files failed, 2 error (nothing more was added).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from scripts.common import run
+from scripts.gallery_cli import add_gallery_arguments, load_embedder, quiet_faiss
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="siamese-index", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n"
+               "  siamese-index photos/ --gallery galleries/shop --model models/fashion-mnist\n"
+               "  siamese-index --manifest items.csv --gallery galleries/shop --index hnsw\n"
+               "  siamese-index --gallery galleries/shop --model models/new --reembed")
+    p.add_argument("folder", nargs="?", metavar="FOLDER",
+                   help="folder of images, labelled by sub-folder; with --manifest, the base of "
+                        "its relative paths")
+    add_gallery_arguments(p)
+    p.add_argument("--manifest", metavar="CSV",
+                   help="CSV file with a header row: path,label[,metadata columns...]; paths are "
+                        "relative to FOLDER if given, else to the CSV's folder")
+    p.add_argument("--index", metavar="SPEC",
+                   help="index of a new gallery, or switch an existing one (rebuilt): flat "
+                        "(exact, the default), hnsw[:m=16,ef_construction=80,ef_search=64], "
+                        "ivf[:nlist=auto,nprobe=16]")
+    p.add_argument("--reembed", action="store_true",
+                   help="re-embed the gallery's stored images with --model (a new model), "
+                        "then rebuild the index")
+    p.add_argument("--batch-size", type=int, default=512, help="images per batch (default: %(default)s)")
+    p.add_argument("--strict", action="store_true", help="stop at the first bad file (exit 2)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--progress", choices=["auto", "always", "never"], default="auto",
+                   help="progress bar on stderr (default: auto, when stderr is a terminal)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    quiet_faiss()
+    from encoder.errors import ConfigError, GalleryError
+    from indexer import Gallery
+    from indexer.gallery import GALLERY_FILE
+    from indexer.ingest import folder_sources, ingest, manifest_sources
+
+    if not (args.folder or args.manifest or args.reembed or args.index):
+        raise ConfigError("nothing to do: give a FOLDER or --manifest to add images, --reembed, "
+                          "or --index to switch the index")
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be at least 1, not {args.batch_size}")
+    # Read the folder or manifest before loading the model: a typo fails in a blink.
+    ignored: list[str] = []
+    if args.manifest:
+        sources = manifest_sources(args.manifest, args.folder)
+    elif args.folder:
+        sources, ignored = folder_sources(args.folder)
+    else:
+        sources = []
+    embedder = load_embedder(args.model)
+    path = Path(args.gallery)
+    bar = _progress(args.progress)
+    if (path / GALLERY_FILE).exists():
+        if args.reembed:
+            with bar(desc="re-embedding", unit="img") as progress:
+                gallery = Gallery.reembed(path, embedder, url=args.db_url, progress=progress)
+        else:
+            gallery = Gallery.open(path, embedder, url=args.db_url)
+        if args.index:
+            gallery.set_index(args.index)
+    elif args.reembed:
+        raise GalleryError(f"{path}: no gallery to re-embed")
+    else:
+        gallery = Gallery.create(path, embedder, index=args.index or "flat", url=args.db_url)
+    with gallery:
+        gallery.save_every = 5.0  # a long run saves its index now and then, and at the end
+        with bar(total=len(sources), desc="indexing", unit="img") as progress:
+            report = ingest(gallery, sources, args.batch_size, args.strict, progress)
+        gallery.flush()
+        report.ignored = ignored
+        stats = gallery.stats()
+    if args.json:
+        print(json.dumps({"report": report.to_dict(), "gallery": stats.to_dict()}, indent=2))
+    else:
+        _print_summary(report, stats)
+    return 1 if report.failed else 0
+
+
+def _progress(mode: str):
+    from tqdm import tqdm
+
+    disable = {"auto": None, "always": False, "never": True}[mode]  # None: only on a terminal
+    return lambda **kw: tqdm(file=sys.stderr, disable=disable, dynamic_ncols=True, **kw)
+
+
+def _print_summary(report, stats) -> None:
+    for name, reason in report.failed:
+        print(f"failed: {name}: {reason}")
+    if report.ignored:
+        print(f"ignored {len(report.ignored)} file(s) without an image suffix, e.g. {report.ignored[0]}")
+    if report.files:
+        print(f"added {report.added:,}, skipped {report.skipped:,} already in the gallery, "
+              f"{report.duplicates:,} duplicate(s), failed {len(report.failed):,}: "
+              f"{report.files:,} file(s) in {report.seconds:.1f} s ({report.images_per_s:,.0f} images/s)")
+    recall = f", recall@10 {stats.recall_at_10:.3f}" if stats.recall_at_10 is not None else ""
+    print(f"gallery {stats.path}: {stats.items:,} items, {len(stats.labels)} label(s), "
+          f"model {stats.model_id}, index {stats.index}{recall}")
+
+
+def entry() -> None:
+    run(main)
+
+
+if __name__ == "__main__":
+    entry()

@@ -1,0 +1,31 @@
+"""The gallery benchmark runs end to end on a tiny scale (the real numbers come from a long run)."""
+from __future__ import annotations
+
+import json
+
+from conftest import DATASETS
+from scripts import bench_gallery
+
+
+def test_bench_runs_small(model_dir, capsys):
+    code = bench_gallery.main(["--model", str(model_dir), "--dataset", str(DATASETS / "fashion-mnist"),
+                               "--images", "300", "--real", "2000", "--sizes", "1000,3000",
+                               "--queries", "60", "--seconds", "0.1", "--index", "flat",
+                               "--index", "hnsw:m=8,ef_search=16", "--index", "hnsw:m=8,ef_search=64",
+                               "--index", "ivf:nlist=16,nprobe=4", "--json"])
+    out, err = capsys.readouterr()
+    results = json.loads(out)
+    assert code == 0
+    ingest = results["ingest"]
+    assert ingest["added"] == 300 and ingest["again_added"] == 0 and ingest["images_per_s"] > 0
+    rows = results["search"]
+    assert [r["size"] for r in rows] == [1000] * 5 + [3000] * 5
+    assert rows[0]["index"] == "numpy brute force" and rows[1]["index"] == "flat"
+    assert rows[0]["recall_at_10"] == rows[1]["recall_at_10"] == 1.0  # both exact
+    hnsw = [r for r in rows if r["index"].startswith("hnsw") and r["size"] == 3000]
+    assert [r["index"] for r in hnsw] == ["hnsw:m=8,ef_construction=80,ef_search=16",
+                                          "hnsw:m=8,ef_construction=80,ef_search=64"]
+    assert hnsw[0]["build_s"] == hnsw[1]["build_s"]  # one build, two search settings
+    assert hnsw[1]["recall_at_10"] >= hnsw[0]["recall_at_10"]
+    assert all(r["p50_ms"] > 0 and r["queries"] >= 50 for r in rows)
+    assert "images/s end to end" in err

@@ -1,0 +1,289 @@
+"""The Gallery facade on real SQLite files, real FAISS indexes and real PNGs."""
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import sqlite3
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from encoder.errors import (BadImageError, ConfigError, GalleryError, ModelMismatchError,
+                            NotFoundError)
+from indexer import Gallery, Match
+from indexer.gallery import GALLERY_FILE
+from indexer.vectors import INDEX_FILE, MANIFEST_FILE
+
+
+def test_add_search_get_and_image(gallery, png_folder):
+    coat = sorted((png_folder / "Coat").glob("*.png"))[0]
+    matches = gallery.search(coat, k=3)
+    assert len(matches) == 3 and all(isinstance(m, Match) for m in matches)
+    best = matches[0]
+    assert best.label == "Coat" and best.source == str(coat) and best.verified
+    assert best.distance < 1e-3  # the very image: Euclidean distance ~0
+    assert [m.distance for m in matches] == sorted(m.distance for m in matches)
+    item = gallery.get(best.id)
+    assert (item.width, item.height, item.media_type) == (28, 28, "image/png")
+    data, media_type = gallery.image(best.id)
+    assert data == coat.read_bytes() and media_type == "image/png"
+    assert len(gallery) == 48 and gallery.stats().items == 48
+
+
+def test_search_accepts_bytes_pil_arrays_and_batches(gallery, png_folder):
+    path = sorted(png_folder.rglob("*.png"))[5]
+    pil = Image.open(path)
+    as_array = np.asarray(pil)
+    one = [gallery.search(x, k=2)[0].id for x in (path, path.read_bytes(), pil, as_array)]
+    assert len(set(one)) == 1
+    batch = gallery.search([path, path.read_bytes()], k=2)
+    assert [m[0].id for m in batch] == one[:2]
+    assert len(gallery.search(as_array[None, :, :, None], k=2)) == 1  # a 4-D array is a batch
+
+
+def test_verified_is_distance_within_threshold(gallery, png_folder, embedder):
+    query = sorted(png_folder.rglob("*.png"))[0]
+    matches = gallery.search(query, k=10)
+    assert gallery.threshold == pytest.approx(embedder.threshold)
+    assert all(m.verified == (m.distance <= embedder.threshold) for m in matches)
+    strict = gallery.search(query, k=10, threshold=1e-6)
+    assert [m.verified for m in strict] == [True] + [False] * 9
+    assert gallery.identify(query).id == matches[0].id
+    far = np.full((28, 28), 255, np.uint8)  # a white square is nothing in the gallery
+    assert gallery.identify(far, threshold=1e-6) is None
+
+
+def test_verify_one_to_one(gallery, png_folder):
+    path = sorted(png_folder.rglob("*.png"))[3]
+    best = gallery.search(path, k=2)
+    same = gallery.verify(path, best[0].id)
+    assert same.verified and same.distance < 1e-3
+    assert gallery.verify(path, best[1].id).distance == pytest.approx(best[1].distance, abs=1e-4)
+    with pytest.raises(NotFoundError, match="no item 999"):
+        gallery.verify(path, 999)
+
+
+def test_duplicates_return_the_existing_id(gallery, png_folder):
+    path = sorted(png_folder.rglob("*.png"))[0]
+    first = gallery.search(path, k=1)[0].id
+    generation = gallery.stats().generation
+    assert gallery.add([path, path.read_bytes()]) == [first, first]
+    assert len(gallery) == 48 and gallery.stats().generation == generation  # nothing written
+
+
+def test_metadata_labels_and_sources_are_stored(gallery, fashion):
+    ids = gallery.add(fashion.images[100:102], labels=["x", None],
+                      metadata=[{"sku": "A-1", "price": 3.5}, {}], sources=["a.png", "b.png"])
+    a, b = gallery.get(ids[0]), gallery.get(ids[1])
+    assert (a.label, a.metadata, a.source) == ("x", {"sku": "A-1", "price": 3.5}, "a.png")
+    assert (b.label, b.metadata) == (None, {})
+    assert gallery.search(fashion.images[100], k=1)[0].metadata == {"sku": "A-1", "price": 3.5}
+    assert [i.id for i in gallery.items(offset=48, limit=10)] == ids
+    assert [i.id for i in gallery.items(label="x")] == [ids[0]]
+
+
+def test_bad_input_is_refused_and_nothing_is_added(gallery, png_folder, tmp_path):
+    good = sorted(png_folder.rglob("*.png"))[:2]
+    (tmp_path / "notes.png").write_text("not an image")
+    with pytest.raises(BadImageError, match="notes.png: not an image Pillow can decode"):
+        gallery.add(good + [tmp_path / "notes.png"])
+    with pytest.raises(BadImageError, match="no such file"):
+        gallery.add(tmp_path / "absent.png")
+    with pytest.raises(ConfigError, match="2 labels for 1 image"):
+        gallery.add(good[:1], labels=["a", "b"])
+    with pytest.raises(ConfigError, match="JSON-serialisable"):
+        gallery.add(good[:1], metadata={"when": object()})
+    with pytest.raises(ConfigError, match="k must be an integer"):
+        gallery.search(good[0], k=0)
+    with pytest.raises(ConfigError, match="threshold must be a finite distance"):
+        gallery.search(good[0], threshold=-1)
+    assert len(gallery) == 48
+
+
+def test_remove_and_unknown_ids(gallery, png_folder):
+    path = sorted(png_folder.rglob("*.png"))[0]
+    item_id = gallery.search(path, k=1)[0].id
+    with pytest.raises(NotFoundError, match=r"no item\(s\) 999 in the gallery; nothing was removed"):
+        gallery.remove([item_id, 999])
+    assert len(gallery) == 48
+    gallery.remove(item_id)
+    assert len(gallery) == 47 and item_id not in [m.id for m in gallery.search(path, k=47)]
+    for call in (gallery.get, gallery.image):
+        with pytest.raises(NotFoundError, match=f"no item {item_id}"):
+            call(item_id)
+    with pytest.raises(NotFoundError, match="item ids are integers"):
+        gallery.get("7")
+    new_id = gallery.add(path)[0]  # ids are never reused
+    assert new_id > 48
+
+
+def test_reopen_uses_the_saved_index(gallery, embedder, caplog):
+    path, before = gallery.path, gallery.search(np.zeros((28, 28), np.uint8), k=5)
+    gallery.close()
+    with caplog.at_level("INFO", logger="indexer"):
+        reopened = Gallery.open(path, embedder)
+    assert not caplog.records  # nothing to repair
+    assert reopened.search(np.zeros((28, 28), np.uint8), k=5) == before
+    reopened.close()
+
+
+@pytest.mark.parametrize("damage", ["delete", "corrupt", "truncate", "manifest"])
+def test_open_rebuilds_a_missing_or_damaged_index(gallery, embedder, damage, caplog):
+    path = gallery.path
+    query = np.zeros((28, 28), np.uint8)
+    before = gallery.search(query, k=5)
+    gallery.close()
+    index_file = path / INDEX_FILE
+    if damage == "delete":
+        index_file.unlink()
+    elif damage == "corrupt":
+        data = bytearray(index_file.read_bytes())
+        data[-100] ^= 0x55
+        index_file.write_bytes(bytes(data))
+    elif damage == "truncate":
+        index_file.write_bytes(index_file.read_bytes()[:1000])
+    else:
+        (path / MANIFEST_FILE).write_text("garbage")
+    with caplog.at_level("WARNING", logger="indexer"):
+        reopened = Gallery.open(path, embedder)
+    assert "rebuilding the index from the stored embeddings" in caplog.text
+    assert reopened.search(query, k=5) == before
+    reopened.close()
+    caplog.clear()
+    Gallery.open(path, embedder).close()  # the rebuilt index was saved
+    assert not caplog.records
+
+
+def test_open_catches_up_a_stale_index(gallery, embedder, fashion, tmp_path):
+    """The state a crash between the database commit and the index save leaves behind."""
+    path = gallery.path
+    old = tmp_path / "old-index"
+    old.mkdir()
+    for name in (INDEX_FILE, MANIFEST_FILE):
+        shutil.copy(path / name, old / name)
+    added = gallery.add(fashion.images[200:210])
+    gallery.remove(gallery.items(limit=3)[0].id)
+    gallery.close()
+    for name in (INDEX_FILE, MANIFEST_FILE):
+        shutil.copy(old / name, path / name)  # back to the index of two changes ago
+    reopened = Gallery.open(path, embedder)
+    assert len(reopened) == 48 + 10 - 1
+    assert reopened.search(fashion.images[205], k=1)[0].id == added[5]
+    assert json.loads((path / MANIFEST_FILE).read_text())["generation"] == reopened.stats().generation
+    reopened.close()
+
+
+def test_a_reader_sees_a_writers_changes_after_refresh(gallery, embedder, fashion):
+    reader = Gallery.open(gallery.path, embedder)
+    new_id = gallery.add(fashion.images[300])[0]
+    assert len(reader) == 48 and reader.search(fashion.images[300], k=1)[0].id != new_id
+    assert reader.refresh() is True
+    assert len(reader) == 49 and reader.search(fashion.images[300], k=1)[0].id == new_id
+    assert reader.refresh() is False
+    gallery.remove(new_id)
+    assert reader.refresh() and len(reader) == 48
+    reader.close()
+
+
+def test_one_writer_at_a_time(gallery, embedder, fashion):
+    other = Gallery.open(gallery.path, embedder, lock_timeout=0.3)
+    with gallery.writing():
+        with pytest.raises(GalleryError, match=r"another process \(pid \d+\) is writing"):
+            other.add(fashion.images[400])
+        assert len(other.search(fashion.images[0], k=3)) == 3  # reading needs no lock
+    other.add(fashion.images[400])  # the lock is free again
+    assert gallery.refresh() and len(gallery) == 49
+    other.close()
+
+
+def test_model_mismatch_is_refused_then_reembed(gallery, embedder, other_model_dir, png_folder):
+    from encoder import Embedder
+
+    path = gallery.path
+    gallery.close()
+    other = Embedder.load(other_model_dir)
+    with pytest.raises(ModelMismatchError, match=f"built with model {embedder.model_id}, but the "
+                                                 f"model given is {other.model_id}.*--reembed"):
+        Gallery.open(path, other)
+    reembedded = Gallery.reembed(path, other)
+    assert reembedded.model_id == other.model_id and len(reembedded) == 48
+    query = sorted(png_folder.rglob("*.png"))[7]
+    best = reembedded.search(query, k=1)[0]
+    assert best.source == str(query) and best.distance < 1e-3
+    stored = other.embed([query])[0]
+    assert reembedded.verify(query, best.id).distance < 1e-3 and stored.shape == (64,)
+    reembedded.close()
+    with pytest.raises(ModelMismatchError):
+        Gallery.open(path, embedder)  # the old model is now the wrong one
+    Gallery.open(path, other).close()
+
+
+@pytest.mark.parametrize("kind", ["hnsw:m=16", "ivf:nlist=16"])
+def test_approximate_galleries(tmp_path, embedder, fashion, kind):
+    g = Gallery.create(tmp_path / "g", embedder, index=kind)
+    ids = g.add(fashion.images[:1000])
+    assert kind.split(":")[0] in g.stats().index
+    g.remove(ids[:300])  # hnsw: past a fifth deleted, the graph is rebuilt
+    assert len(g) == 700 and g.stats().vectors == 700
+    assert g.search(fashion.images[500], k=1)[0].id == ids[500]
+    assert g.stats().recall_at_10 >= 0.9
+    g.set_index("flat")
+    assert g.stats().index == "flat" and g.search(fashion.images[500], k=1)[0].id == ids[500]
+    g.close()
+
+
+def test_not_a_gallery(tmp_path, embedder):
+    with pytest.raises(NotFoundError, match="no such gallery"):
+        Gallery.open(tmp_path / "absent", embedder)
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "plain" / "x.txt").write_text("x")
+    with pytest.raises(GalleryError, match="not a gallery"):
+        Gallery.open(tmp_path / "plain", embedder)
+    with pytest.raises(GalleryError, match="not a gallery, and not an empty folder"):
+        Gallery.create(tmp_path / "plain", embedder)
+    (tmp_path / "plain" / GALLERY_FILE).write_text("{}")
+    with pytest.raises(GalleryError, match="unreadable or incomplete"):
+        Gallery.open(tmp_path / "plain", embedder)
+
+
+def test_database_and_folder_must_belong_together(tmp_path, embedder):
+    Gallery.create(tmp_path / "a", embedder).close()
+    Gallery.create(tmp_path / "b", embedder).close()
+    shutil.copy(tmp_path / "b" / GALLERY_FILE, tmp_path / "a" / GALLERY_FILE)
+    with pytest.raises(GalleryError, match="belong to different galleries"):
+        Gallery.open(tmp_path / "a", embedder)
+    with pytest.raises(GalleryError, match="already a gallery"):
+        Gallery.create(tmp_path / "b", embedder)
+
+
+def test_metadata_at_another_sqlalchemy_url(tmp_path, embedder, fashion):
+    url = f"sqlite:///{tmp_path / 'elsewhere.db'}"
+    g = Gallery.create(tmp_path / "g", embedder, url=url)
+    g.add(fashion.images[:5])
+    g.close()
+    assert not (tmp_path / "g" / "gallery.db").exists()
+    with pytest.raises(ConfigError, match="external database"):
+        Gallery.open(tmp_path / "g", embedder)
+    with Gallery.open(tmp_path / "g", embedder, url=url) as g:
+        assert len(g) == 5
+    rows = sqlite3.connect(tmp_path / "elsewhere.db").execute("select count(*) from items").fetchone()
+    assert rows == (5,)
+
+
+def test_gallery_threshold_overrides_the_card(tmp_path, embedder, fashion):
+    g = Gallery.create(tmp_path / "g", embedder, threshold=0.01)
+    g.add(fashion.images[:20])
+    assert g.threshold == 0.01
+    matches = g.search(fashion.images[0], k=5)
+    assert all(m.verified == (m.distance <= 0.01) for m in matches)
+    g.close()
+
+
+def test_stored_image_is_the_original_bytes(gallery):
+    item = gallery.items(limit=1)[0]
+    data, _ = gallery.image(item.id)
+    assert Image.open(io.BytesIO(data)).size == (item.width, item.height)
+    import hashlib
+    assert hashlib.sha256(data).hexdigest() == item.sha256

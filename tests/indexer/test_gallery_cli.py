@@ -1,0 +1,134 @@
+"""siamese-index and siamese-search, run as users run them (through `scripts.common.run`)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from PIL import Image
+
+from conftest import cli, error_line
+from indexer import Gallery
+from scripts import index as index_cmd
+from scripts import search as search_cmd
+
+
+def test_index_a_folder_then_again_adds_nothing(tmp_path, png_folder, model_dir, capsys):
+    gallery = tmp_path / "g"
+    code, out, _ = cli(index_cmd, [png_folder, "--gallery", gallery, "--model", model_dir, "--json"],
+                       capsys)
+    report = json.loads(out)
+    assert code == 0 and report["report"]["added"] == 48 and report["report"]["failed"] == []
+    assert report["gallery"]["items"] == 48 and len(report["gallery"]["labels"]) == 10
+    assert report["report"]["images_per_s"] > 0
+    code, out, _ = cli(index_cmd, [png_folder, "--gallery", gallery, "--model", model_dir], capsys)
+    assert code == 0
+    assert "added 0, skipped 48 already in the gallery, 0 duplicate(s), failed 0" in out
+
+
+def test_bad_files_are_reported_at_the_end_and_do_not_stop(tmp_path, png_folder, model_dir, capsys):
+    (png_folder / "Coat" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    (png_folder / "Coat" / "empty.jpg").write_bytes(b"")
+    (png_folder / "notes.txt").write_text("not an image")
+    first = sorted((png_folder / "Bag").glob("*.png"))[0]
+    (png_folder / "Bag" / "copy.png").write_bytes(first.read_bytes())
+    code, out, _ = cli(index_cmd, [png_folder, "--gallery", tmp_path / "g", "--model", model_dir],
+                       capsys)
+    assert code == 1
+    assert f"failed: {png_folder / 'Coat' / 'broken.png'}: " in out
+    assert f"failed: {png_folder / 'Coat' / 'empty.jpg'}: empty file" in out
+    assert "ignored 1 file(s) without an image suffix" in out
+    assert "added 48, skipped 0 already in the gallery, 1 duplicate(s), failed 2" in out
+
+
+def test_strict_stops_at_the_first_bad_file(tmp_path, png_folder, model_dir, capsys):
+    (png_folder / "Coat" / "broken.png").write_text("no")
+    code, _, err = cli(index_cmd, [png_folder, "--gallery", tmp_path / "g", "--model", model_dir,
+                                   "--strict"], capsys)
+    assert code == 2
+    assert error_line(err).startswith(f"error: {png_folder / 'Coat' / 'broken.png'}: not an image")
+    assert "stopped by --strict" in err
+
+
+def test_manifest_with_labels_metadata_and_absent_files(tmp_path, png_folder, model_dir, capsys):
+    paths = sorted(png_folder.rglob("*.png"))[:3]
+    rows = ["path,label,sku,colour"] + [f"{p.relative_to(png_folder)},item{i},S{i}," for i, p in
+                                        enumerate(paths)] + ["Coat/absent.png,ghost,S9,red"]
+    manifest = tmp_path / "items.csv"
+    manifest.write_text("\n".join(rows) + "\n")
+    code, out, _ = cli(index_cmd, [png_folder, "--manifest", manifest, "--gallery", tmp_path / "g",
+                                   "--model", model_dir, "--json"], capsys)
+    report = json.loads(out)["report"]
+    assert code == 1 and report["added"] == 3
+    assert report["failed"] == [{"file": f"{manifest} line 5 (Coat/absent.png)",
+                                 "reason": "no such file"}]
+    from encoder import Embedder
+    with Gallery.open(tmp_path / "g", Embedder.load(model_dir)) as g:
+        item = g.search(paths[1], k=1)[0]
+    assert (item.label, item.metadata) == ("item1", {"sku": "S1"})
+
+
+@pytest.mark.parametrize("setup, argv, message", [
+    (None, ["{tmp}/absent"], "{tmp}/absent: no such folder"),
+    ("empty", ["{tmp}/empty"], "{tmp}/empty: no image files"),
+    ("bad_csv", ["--manifest", "{tmp}/m.csv"], "{tmp}/m.csv: the first row must name the columns"),
+    ("not_gallery", ["{tmp}/photos", "--gallery", "{tmp}/photos"],
+     "{tmp}/photos: not a gallery, and not an empty folder to make one in"),
+    (None, [], "nothing to do"),
+    (None, ["{tmp}/photos", "--index", "annoy"], "unknown index kind 'annoy'"),
+    (None, ["{tmp}/photos", "--model", "{tmp}/no-model"], "{tmp}/no-model: no such model directory"),
+])
+def test_index_errors_are_one_line_exit_2(tmp_path, png_folder, model_dir, capsys, setup, argv,
+                                          message):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "readme.md").write_text("hi")
+    (tmp_path / "m.csv").write_text("file,label\na.png,x\n")
+    argv = [a.format(tmp=tmp_path) for a in argv]
+    if "--gallery" not in argv:
+        argv += ["--gallery", str(tmp_path / "g")]
+    if "--model" not in argv:
+        argv += ["--model", str(model_dir)]
+    code, out, err = cli(index_cmd, argv, capsys)
+    assert code == 2 and out == ""
+    assert error_line(err).startswith("error: " + message.format(tmp=tmp_path))
+    assert not (tmp_path / "g").exists()
+
+
+def test_model_mismatch_and_reembed(tmp_path, png_folder, model_dir, other_model_dir, capsys):
+    gallery, query = tmp_path / "g", sorted(png_folder.rglob("*.png"))[0]
+    assert cli(index_cmd, [png_folder, "--gallery", gallery, "--model", model_dir], capsys)[0] == 0
+    code, _, err = cli(search_cmd, [query, "--gallery", gallery,
+                                    "--model", other_model_dir], capsys)
+    assert code == 2 and "this gallery was built with model" in error_line(err)
+    code, out, _ = cli(index_cmd, ["--gallery", gallery, "--model", other_model_dir, "--reembed",
+                                   "--json"], capsys)
+    assert code == 0 and json.loads(out)["gallery"]["items"] == 48
+    code, out, _ = cli(search_cmd, [query, "--gallery", gallery, "--model", other_model_dir,
+                                    "-k", "2"], capsys)
+    assert code == 0 and "verified match" in out
+
+
+def test_search_command(tmp_path, png_folder, model_dir, capsys):
+    gallery = tmp_path / "g"
+    cli(index_cmd, [png_folder, "--gallery", gallery, "--model", model_dir, "--index", "hnsw:m=8"],
+        capsys)
+    query = sorted((png_folder / "Trouser").glob("*.png"))[0]
+    code, out, _ = cli(search_cmd, [query, "--gallery", gallery, "--model", model_dir, "-k", "3"],
+                       capsys)
+    assert code == 0
+    assert out.startswith(f"{query}: verified match: item ") and "(Trouser)" in out.splitlines()[0]
+    assert len(out.splitlines()) == 4
+    code, out, _ = cli(search_cmd, [query, query, "--gallery", gallery, "--model", model_dir,
+                                    "--threshold", "0", "--json"], capsys)
+    results = json.loads(out)
+    assert results["threshold"] == 0 and len(results["results"]) == 2
+    best = results["results"][0]["matches"][0]
+    assert best["source"] == str(query) and best["label"] == "Trouser"
+    not_image = tmp_path / "q.png"
+    not_image.write_text("x")
+    code, _, err = cli(search_cmd, [not_image, "--gallery", gallery, "--model", model_dir], capsys)
+    assert code == 2 and error_line(err) == f"error: {not_image}: not an image Pillow can decode"
+    code, _, err = cli(search_cmd, [query, "--gallery", tmp_path, "--model", model_dir], capsys)
+    assert code == 2 and f"{tmp_path}: not a gallery" in error_line(err)
+    Image.new("L", (5, 5)).save(tmp_path / "tiny.png")  # any size is resized as the card says
+    assert cli(search_cmd, [tmp_path / "tiny.png", "--gallery", gallery, "--model", model_dir],
+               capsys)[0] == 0

@@ -1,0 +1,105 @@
+"""Killed writers: a real child process, killed with SIGKILL in the middle of adding."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+from conftest import REPO, cli, write_pngs
+from indexer import Gallery
+from scripts import index as index_cmd
+
+ADD_IN_A_LOOP = """
+import sys
+from pathlib import Path
+from encoder import Embedder
+from indexer import Gallery
+gallery = Gallery.open(sys.argv[1], Embedder.load(sys.argv[2]))
+files = sorted(Path(sys.argv[3]).rglob("*.png"))
+for start in range(0, len(files), 8):
+    gallery.add(files[start:start + 8])
+    print(len(gallery), flush=True)
+"""
+
+
+def child_env() -> dict[str, str]:
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    return env
+
+
+def assert_consistent(gallery: Gallery, files) -> None:
+    """Every item is whole: row, original bytes, and a vector that finds it."""
+    by_source = {str(p): p for p in files}
+    items = gallery.items(limit=10_000)
+    assert len(items) == len(gallery) == gallery.stats().items
+    for item in items:
+        data, _ = gallery.image(item.id)
+        assert data == by_source[item.source].read_bytes()
+        best = gallery.search(data, k=1)[0]
+        assert best.id == item.id and best.distance < 1e-3
+
+
+def test_killed_in_the_middle_of_adds_leaves_whole_items_only(tmp_path, fashion, embedder,
+                                                             model_dir):
+    files = write_pngs(tmp_path / "photos", fashion, range(400))
+    Gallery.create(tmp_path / "g", embedder).close()
+    child = subprocess.Popen([sys.executable, "-c", ADD_IN_A_LOOP, tmp_path / "g", model_dir,
+                              tmp_path / "photos"], stdout=subprocess.PIPE, text=True,
+                             env=child_env())
+    try:
+        lines = [child.stdout.readline() for _ in range(5)]  # five adds done, the sixth under way
+        child.send_signal(signal.SIGKILL)
+    finally:
+        child.wait(timeout=60)
+        child.stdout.close()
+    assert child.returncode == -signal.SIGKILL and lines[-1].strip() == "40"
+
+    with Gallery.open(tmp_path / "g", embedder) as gallery:
+        n = len(gallery)
+        assert n >= 40 and n % 8 == 0, n  # each add is all or nothing
+        assert n < 400, "the child finished before it was killed"
+        assert_consistent(gallery, files)
+        gallery.add(files)  # carries on where the child stopped
+        assert len(gallery) == 400
+        assert not list(gallery.path.glob(".*.tmp"))  # a killed writer's temp files are swept
+
+
+def test_killed_index_command_resumes(tmp_path, fashion, embedder, model_dir, capsys):
+    files = write_pngs(tmp_path / "photos", fashion, range(600))
+    gallery = tmp_path / "g"
+    child = subprocess.Popen([sys.executable, "-m", "scripts.index", tmp_path / "photos",
+                              "--gallery", gallery, "--model", model_dir, "--batch-size", "16",
+                              "--progress", "never"], env=child_env(), cwd=REPO,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        committed = 0
+        deadline = time.monotonic() + 60
+        while committed < 48 and time.monotonic() < deadline and child.poll() is None:
+            time.sleep(0.02)
+            if (gallery / "gallery.db").exists():
+                try:
+                    with sqlite3.connect(f"file:{gallery / 'gallery.db'}?mode=ro", uri=True) as db:
+                        committed = db.execute("select count(*) from items").fetchone()[0]
+                except sqlite3.OperationalError:  # tables not made yet
+                    pass
+        child.send_signal(signal.SIGKILL)
+    finally:
+        child.wait(timeout=60)
+        stderr = child.stderr.read().decode()
+        child.stderr.close()
+    assert child.returncode == -signal.SIGKILL, stderr
+    assert 48 <= committed < 600
+
+    code, out, _ = cli(index_cmd, [tmp_path / "photos", "--gallery", gallery, "--model", model_dir,
+                                   "--json"], capsys)
+    report = json.loads(out)["report"]
+    assert code == 0 and report["failed"] == []
+    assert report["added"] + report["skipped"] == 600 and report["skipped"] >= committed
+    with Gallery.open(gallery, embedder) as g:
+        assert_consistent(g, files)
+        assert len(g) == 600
