@@ -14,6 +14,7 @@ from scripts.common import run
 BENCHMARKS = {
     "encoder": ("scripts.bench_encoder", "embedding latency and throughput vs model.predict"),
     "training": ("scripts.bench_training", "our default vs the tutorial, same wall-clock budget"),
+    "gallery": ("scripts.bench_gallery", "ingestion throughput and search latency vs NumPy"),
 }
 
 
