@@ -96,6 +96,15 @@ def split_train_val(ds: Dataset, config: TrainConfig) -> tuple[np.ndarray, np.nd
     return np.nonzero(~val)[0], np.nonzero(val)[0]
 
 
+def cosine_rate(base: float, progress: float, floor: float = 0.05) -> float:
+    """Cosine decay from `base` to `floor * base` as `progress` goes from 0 to 1.
+
+    Progress is the larger of the share of steps done and the share of the time budget spent, so
+    a time-limited run anneals fully whatever the machine's speed."""
+    progress = min(max(progress, 0.0), 1.0)
+    return base * (floor + (1 - floor) * 0.5 * (1 + np.cos(np.pi * progress)))
+
+
 def _clock(seconds: float) -> str:
     seconds = int(max(seconds, 0))
     return f"{seconds // 60}:{seconds % 60:02d}"
@@ -165,8 +174,7 @@ def train(ds: Dataset, config: TrainConfig, out_dir: str | os.PathLike,
                                                      config.images_per_class, 0))
         images_per_step = min(config.classes_per_batch, len(np.unique(y_train))) * config.images_per_class
     total_steps = steps_per_epoch * config.epochs
-    schedule = keras.optimizers.schedules.CosineDecay(config.learning_rate, total_steps, alpha=0.05)
-    optimizer = keras.optimizers.Adam(schedule)
+    optimizer = keras.optimizers.Adam(config.learning_rate)
     x_train = tf.constant(x_all[train_idx])
     labels_train = tf.constant(y_train, tf.int32)
     augment = _Augmenter(config.augment, config.seed)
@@ -204,7 +212,7 @@ def train(ds: Dataset, config: TrainConfig, out_dir: str | os.PathLike,
     history, stopped_by, epoch = [], "epochs", 0
     train_start = time.perf_counter()
     deadline = train_start + config.time_budget if config.time_budget else np.inf
-    images_seen = 0
+    images_seen, step_count = 0, 0
     for epoch in range(1, config.epochs + 1):
         epoch_start, last_note, losses = time.perf_counter(), time.perf_counter(), []
         if config.sampler == "pairs":
@@ -214,6 +222,11 @@ def train(ds: Dataset, config: TrainConfig, out_dir: str | os.PathLike,
             batches = class_balanced_batches(y_train, config.classes_per_batch,
                                              config.images_per_class, config.seed * 1000 + epoch)
         for step, index in enumerate(batches, 1):
+            progress = step_count / total_steps
+            if config.time_budget:
+                progress = max(progress, (time.perf_counter() - train_start) / config.time_budget)
+            optimizer.learning_rate.assign(cosine_rate(config.learning_rate, progress))
+            step_count += 1
             if config.sampler == "pairs":
                 loss = pair_step(first[index], second[index], same[index])
             else:

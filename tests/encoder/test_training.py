@@ -77,3 +77,12 @@ def test_tutorial_recipe_trains_with_pairs_and_a_time_budget(small_folder, tmp_p
     assert card.training["stopped_by"] == "time_budget" and card.training["epochs_run"] == 1
     assert card.architecture == "tutorial" and card.embedding_dim == 48
     assert any(line.startswith("epoch 1/50") and "img/s" in line and "ETA" in line for line in lines)
+
+
+def test_learning_rate_anneals_over_steps_or_time_budget():
+    from encoder.training import cosine_rate
+
+    assert cosine_rate(1e-3, 0.0) == pytest.approx(1e-3)
+    assert cosine_rate(1e-3, 0.5) == pytest.approx(0.525e-3)
+    assert cosine_rate(1e-3, 1.0) == pytest.approx(0.05e-3)
+    assert cosine_rate(1e-3, 7.0) == pytest.approx(0.05e-3)  # past the budget: stays at the floor
