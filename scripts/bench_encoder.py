@@ -59,15 +59,15 @@ def run(args) -> int:
     for name, fn in [("Embedder.embed, one uint8 array", lambda: embedder.embed(batch[:1])),
                      ("Embedder.embed, one PNG (decode included)", lambda: embedder.embed([png]))]:
         ms = _median_ms(fn, args.repeats)
-        rows.append([name, "median ms / image", ms, predict_one / ms])
-    rows.append(["baseline: model.predict, one image", "median ms / image", predict_one, 1.0])
+        rows.append([name, "median ms / image", ms, f"{predict_one / ms:.1f}x"])
+    rows.append(["baseline: model.predict, one image", "median ms / image", predict_one, "1x"])
 
     predict_loop = _rate(lambda: [model.predict(prepared[i:i + 1], verbose=0) for i in range(64)], 64, 1)
     predict_batch = _rate(lambda: model.predict(prepared, batch_size=256, verbose=0), 1024)
     embed_batch = _rate(lambda: embedder.embed(batch), 1024)
-    rows += [["Embedder.embed, batch of 1,024", "images / s", embed_batch, embed_batch / predict_loop],
-             ["model.predict, batch of 1,024", "images / s", predict_batch, predict_batch / predict_loop],
-             ["baseline: model.predict per image", "images / s", predict_loop, 1.0]]
+    rows += [["Embedder.embed, batch of 1,024", "images / s", embed_batch, f"{embed_batch / predict_loop:.0f}x"],
+             ["model.predict, batch of 1,024", "images / s", predict_batch, f"{predict_batch / predict_loop:.0f}x"],
+             ["baseline: model.predict per image", "images / s", predict_loop, "1x"]]
     if args.json:
         print(json.dumps([dict(zip(["what", "unit", "value", "speed-up vs baseline"], r)) for r in rows],
                          indent=2))
