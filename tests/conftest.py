@@ -2,6 +2,7 @@
 and the real model (bundled, or named by SIAMESE_TEST_MODEL) for the gallery and web tests."""
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -37,6 +38,20 @@ def model_embedder(model_dir):
     from encoder import Embedder
 
     return Embedder.load(model_dir)
+
+
+@pytest.fixture(scope="session")
+def other_model_dir(tmp_path_factory, model_dir) -> Path:
+    """A second real model (the first with its last layer's weights nudged), so its id differs."""
+    from encoder.artifact import compute_model_id, load_model, save_model
+
+    model, card = load_model(model_dir)
+    weights = model.get_weights()
+    weights[-2] = weights[-2] * np.float32(1.05)
+    model.set_weights(weights)
+    card = dataclasses.replace(card, model_id=compute_model_id(weights, card.preprocessing,
+                                                               card.architecture))
+    return save_model(tmp_path_factory.mktemp("models") / "nudged", model, card)
 
 
 @pytest.fixture(scope="session")

@@ -5,10 +5,8 @@ it, else the `SIAMESE_TEST_MODEL` environment variable (a model directory writte
 """
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
-import numpy as np
 import pytest
 from PIL import Image
 
@@ -77,17 +75,3 @@ def gallery(tmp_path, embedder, png_folder):
     g.add(paths, labels=[p.parent.name for p in paths])
     yield g
     g.close()
-
-
-@pytest.fixture(scope="session")
-def other_model_dir(tmp_path_factory, model_dir) -> Path:
-    """A second real model (the first with its last layer's weights nudged), so its id differs."""
-    from encoder.artifact import compute_model_id, load_model, save_model
-
-    model, card = load_model(model_dir)
-    weights = model.get_weights()
-    weights[-2] = weights[-2] * np.float32(1.05)
-    model.set_weights(weights)
-    card = dataclasses.replace(card, model_id=compute_model_id(weights, card.preprocessing,
-                                                               card.architecture))
-    return save_model(tmp_path_factory.mktemp("models") / "nudged", model, card)

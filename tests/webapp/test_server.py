@@ -68,6 +68,33 @@ def test_changes_reach_every_worker(server, fashion_test):
         assert found["matches"][0]["id"] != item["id"]
 
 
+def test_workers_write_concurrently_through_the_gallery_lock(server, fashion_test):
+    """Eight adds at once, spread over both workers: every one lands, none is lost."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    before = server.json("GET", "/healthz")[1]["items"]
+    images = [png_of(fashion_test.images[9600 + i, :, :, 0]) for i in range(8)]
+
+    def add(data: bytes):
+        return server.json("POST", "/api/gallery", headers=KEY,
+                           fields={"image": ("x.png", data), "label": "Concurrent"})
+
+    with ThreadPoolExecutor(8) as pool:
+        added = list(pool.map(add, images))
+    assert [status for status, _ in added] == [201] * 8, added
+    ids = sorted(body["item"]["id"] for _, body in added)
+    assert len(set(ids)) == 8
+    for _ in range(4):
+        status, listed = server.json("GET", "/api/gallery?label=Concurrent")
+        assert sorted(i["id"] for i in listed["items"]) == ids
+        assert server.json("GET", "/healthz")[1]["items"] == before + 8
+    with ThreadPoolExecutor(8) as pool:
+        removed = list(pool.map(lambda i: server.request("DELETE", f"/api/gallery/{i}",
+                                                         headers=KEY)[0], ids))
+    assert removed == [204] * 8
+    assert server.json("GET", "/healthz")[1]["items"] == before
+
+
 def test_bad_input_through_gunicorn(server):
     cases = [
         ({"image": ("x.txt", b"plain text")}, 415, "unsupported_media_type"),
@@ -103,6 +130,27 @@ def test_serve_refuses_a_missing_gallery_in_one_line(tmp_path, model_dir):
                            "--model", str(tmp_path)], cwd=REPO, capture_output=True, text=True,
                           timeout=60)
     assert done.returncode == 2 and "no card.json" in done.stderr
+
+
+def test_serve_stops_in_one_line_when_the_model_does_not_match(template_gallery, other_model_dir,
+                                                                tmp_path):
+    """Found in the worker (the master never loads the model): one error line, exit status 2."""
+    gallery = tmp_path / "gallery"
+    shutil.copytree(template_gallery, gallery)
+    done = subprocess.run([sys.executable, "-m", "scripts.serve", "--gallery", str(gallery),
+                           "--model", str(other_model_dir), "--port", "0", "--workers", "1"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, done.stderr
+    assert errors[0].startswith(f"error: {gallery}: this gallery was built with model ")
+    assert errors[0].endswith(f"siamese-index --gallery {gallery} --model NEW_MODEL --reembed")
+    assert "Traceback" not in done.stderr
+
+
+def test_master_process_never_loads_tensorflow(server):
+    maps = open(f"/proc/{server.process.pid}/maps").read()
+    assert "tensorflow" not in maps.lower() and "_pywrap_tensorflow" not in maps
 
 
 def test_demo_builds_once_then_starts_at_once(tmp_path, model_dir):
