@@ -7,17 +7,14 @@ import io
 import json
 import os
 import shutil
-import signal
-import socket
-import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
 
+from scripts.bench_web import free_port, start
 from webapp import Settings, create_app
 
 REPO = Path(__file__).resolve().parents[2]
@@ -93,17 +90,13 @@ def upload_fixture():
 
 # --- a real gunicorn ------------------------------------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Live:
-    """A running `siamese-serve`: its base URL, and a tiny HTTP client for it."""
+    """A running `siamese-serve` (a `scripts.bench_web.Server`): its URL and a tiny HTTP client."""
 
-    def __init__(self, url: str, gallery: Path, process: subprocess.Popen, log: Path):
-        self.url, self.gallery, self.process, self.log = url, gallery, process, log
+    def __init__(self, server, gallery: Path):
+        self.server, self.gallery = server, gallery
+        self.url = f"http://127.0.0.1:{server.port}"
+        self.process, self.log = server.process, server.log
 
     def request(self, method: str, path: str, fields: dict | None = None,
                 headers: dict | None = None) -> tuple[int, dict, bytes]:
@@ -142,36 +135,13 @@ def multipart(fields: dict) -> tuple[bytes, str]:
 
 
 def start_server(gallery: Path, model: Path, log: Path, *args: str, workers: int = 2,
-                 env: dict | None = None, wait: float = 90.0) -> Live:
+                 env: dict | None = None) -> Live:
     """`siamese-serve` in a child process, once all its workers have loaded the model."""
     port = free_port()
-    environment = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", **(env or {}))
-    environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO),
-                                                             environment.get("PYTHONPATH")]))
     command = [sys.executable, "-m", "scripts.serve", "--gallery", str(gallery), "--model",
                str(model), "--port", str(port), "--workers", str(workers), *args]
-    process = subprocess.Popen(command, stdout=log.open("wb"), stderr=subprocess.STDOUT,
-                               env=environment, cwd=REPO)
-    live = Live(f"http://127.0.0.1:{port}", gallery, process, log)
-    deadline = time.monotonic() + wait
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"siamese-serve exited with {process.returncode}:\n"
-                                 f"{log.read_text()}")
-        if log.read_text().count("ready: gallery of") >= workers:
-            return live
-        time.sleep(0.2)
-    stop_server(live)
-    raise AssertionError(f"siamese-serve did not start in {wait:g} s:\n{log.read_text()}")
-
-
-def stop_server(live: Live) -> None:
-    live.process.send_signal(signal.SIGTERM)
-    try:
-        live.process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        live.process.kill()
-        live.process.wait()
+    return Live(start("siamese-serve", command, env or {}, port, log, workers,
+                      ready="ready: gallery of"), gallery)
 
 
 @pytest.fixture(scope="session")
@@ -182,7 +152,7 @@ def server(tmp_path_factory, template_gallery, model_dir):
     shutil.copytree(template_gallery, gallery)
     live = start_server(gallery, model_dir, folder / "serve.log", env={"SIAMESE_API_KEY": "s3cret"})
     yield live
-    stop_server(live)
+    live.server.stop()
 
 
 # --- a real Chromium ----------------------------------------------------------------------------
