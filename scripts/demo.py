@@ -73,12 +73,7 @@ def build(samples: Path, gallery: Path, model: Path) -> None:
 
 
 def announce_demo(settings) -> None:
-    announce(settings)
-    if settings.api_key is None:
-        print("  to require an API key for gallery changes: SIAMESE_API_KEY=$(python3 -c "
-              "'import secrets; print(secrets.token_hex(16))') siamese-demo", file=sys.stderr,
-              flush=True)
-    print(f"\n  Open {settings.url} in a browser\n", file=sys.stderr, flush=True)
+    announce(settings, command="siamese-demo")
 
 
 def entry() -> None:

@@ -77,18 +77,21 @@ def check(settings) -> None:
                            f"siamese-index FOLDER --gallery {gallery}")
 
 
-def announce(settings) -> None:
+def announce(settings, command: str = "siamese-serve") -> None:
+    """Where the service is, and how to protect gallery changes (printed once a worker is ready)."""
     import sys
 
     lines = [f"siamese-search: serving gallery {settings.gallery} on {settings.url}"]
     if settings.api_key is None:
-        lines.append("  gallery changes are open to anyone who can reach this address; set "
-                     "SIAMESE_API_KEY to require a key in X-API-Key")
+        lines += ["  gallery changes (POST and DELETE /api/gallery) are open to anyone who can reach "
+                  "this address; to require a key in the X-API-Key header, start it with",
+                  f"    SIAMESE_API_KEY=$(python3 -c 'import secrets; print(secrets.token_hex(16))') "
+                  f"{command}"]
         if settings.host not in ("127.0.0.1", "localhost", "::1"):
             lines.append(f"  WARNING: listening on {settings.host} without an API key")
     else:
         lines.append("  gallery changes need the API key in the X-API-Key header")
-    lines.append("  stop with Ctrl-C")
+    lines.append(f"\n  Open {settings.url} in a browser. Stop with Ctrl-C.\n")
     print("\n".join(lines), file=sys.stderr, flush=True)
 
 

@@ -64,10 +64,9 @@ def search():
 def verify():
     a, b = uploads.image("image_a"), uploads.image("image_b")
     threshold = _threshold(uploads.threshold_param())
-    embedder = get_service().embedder
-    vectors = embedder.embed([a, b])
-    distance = float(embedder.distance(vectors[0], vectors[1]))
-    return jsonify(model=embedder.model_id, distance=distance, threshold=threshold,
+    service = get_service()
+    distance = service.distance(a, b)
+    return jsonify(model=service.embedder.model_id, distance=distance, threshold=threshold,
                    verified=distance <= threshold)
 
 

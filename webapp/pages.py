@@ -56,9 +56,7 @@ def verify():
     (a, data_a), (b, data_b) = uploads.image_and_bytes("image_a"), uploads.image_and_bytes("image_b")
     requested = uploads.threshold_param()
     threshold = threshold if requested is None else requested
-    embedder = get_service().embedder
-    vectors = embedder.embed([a, b])
-    distance = float(embedder.distance(vectors[0], vectors[1]))
+    distance = get_service().distance(a, b)
     result = {"distance": distance, "verified": distance <= threshold,
               "a": _data_url(data_a, a), "b": _data_url(data_b, b),
               "name_a": request.files["image_a"].filename or "first image",

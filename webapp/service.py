@@ -40,9 +40,14 @@ class Service:
             limit_tensorflow_threads(settings.tf_threads)
             embedder = Embedder.load(settings.model)
         gallery = Gallery.open(path, embedder, url=settings.db_url)
-        log.info("gallery %s: %d items, model %s, threshold %.4f", path, len(gallery),
+        log.debug("gallery %s: %d items, model %s, threshold %.4f", path, len(gallery),
                  embedder.model_id, gallery.threshold)
         return cls(settings, embedder, gallery)
+
+    def distance(self, a, b) -> float:
+        """The Euclidean distance between the embeddings of two images (1:1 verification)."""
+        vectors = self.embedder.embed([a, b])
+        return float(self.embedder.distance(vectors[0], vectors[1]))
 
     def close(self) -> None:
         self.gallery.close()
