@@ -61,8 +61,13 @@ def build(samples: Path, gallery: Path, model: Path) -> None:
     partial = gallery.with_name(gallery.name + ".building")
     print(f"siamese-demo: building the gallery {gallery} from {samples} with the model {model} "
           "(once; later runs start at once)", file=sys.stderr, flush=True)
-    done = subprocess.run([sys.executable, "-m", "scripts.index", str(samples), "--gallery",
-                           str(partial), "--model", str(model), "--progress", "always"])
+    # Inside the repository, the items' sources are recorded relative to it (samples/...).
+    source = samples.resolve()
+    if source.is_relative_to(REPO):
+        source = source.relative_to(REPO)
+    done = subprocess.run([sys.executable, "-m", "scripts.index", str(source), "--gallery",
+                           str(partial.resolve()), "--model", str(Path(model).resolve()),
+                           "--progress", "always"], cwd=REPO)
     if done.returncode not in (0, 1):  # 1: built, but some files were bad (listed above)
         from encoder.errors import GalleryError
 
