@@ -7,9 +7,9 @@ from .artifact import ModelCard, load_card
 from .calibration import Calibration, calibrate
 from .embedder import Embedder
 from .errors import (BadImageError, ConfigError, DatasetError, ModelError, ModelMismatchError,
-                     NotFoundError, SiameseSearchError)
+                     NotFoundError, SiameseSearchError, UnsupportedImageError)
 from .images import Preprocessing, prepare_batch
 
 __all__ = ["Embedder", "ModelCard", "load_card", "Calibration", "calibrate", "Preprocessing",
            "prepare_batch", "SiameseSearchError", "BadImageError", "ConfigError", "DatasetError",
-           "ModelError", "ModelMismatchError", "NotFoundError"]
+           "ModelError", "ModelMismatchError", "NotFoundError", "UnsupportedImageError"]

@@ -14,6 +14,10 @@ class BadImageError(SiameseSearchError):
     """An image could not be used: undecodable, empty, truncated, too large, wrong shape or type."""
 
 
+class UnsupportedImageError(BadImageError):
+    """Bytes that are not an image in any format we can decode (text, a PDF, an SVG, noise)."""
+
+
 class DatasetError(SiameseSearchError):
     """A dataset is missing, malformed or too small to train or evaluate on."""
 

@@ -18,7 +18,7 @@ from typing import Any, Iterable, Sequence, Union
 import numpy as np
 from PIL import Image, ImageOps
 
-from .errors import BadImageError
+from .errors import BadImageError, UnsupportedImageError
 
 MAX_IMAGE_BYTES = 20 * 1024 * 1024
 MAX_IMAGE_PIXELS = 40_000_000  # a 6000x6000 photo; beyond that it is almost surely a decompression bomb
@@ -106,7 +106,7 @@ def decode(data: bytes, name: str = "image", max_pixels: int = MAX_IMAGE_PIXELS)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise BadImageError(f"{name}: declared size is too large (decompression bomb)") from None
     except Image.UnidentifiedImageError:
-        raise BadImageError(f"{name}: not an image Pillow can decode") from None
+        raise UnsupportedImageError(f"{name}: not an image Pillow can decode") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise BadImageError(f"{name}: truncated or corrupt image ({exc})") from None
     if img.width == 0 or img.height == 0:

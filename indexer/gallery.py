@@ -23,6 +23,7 @@ import logging
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -47,6 +48,7 @@ DATABASE_FILE = "gallery.db"
 LOCK_FILE = "gallery.lock"
 GALLERY_FORMAT = 1
 EXTERNAL = "external"  # gallery.json "database" value when the metadata lives at another URL
+ITEM_CACHE = 50_000  # items kept in memory for search results (a few hundred bytes each)
 
 Images = Union[ImageSource, Sequence[ImageSource]]
 
@@ -93,6 +95,10 @@ class Gallery:
         self._generation = -1  # the database generation the in-memory index reflects
         self._unsaved = False
         self._last_save = time.monotonic()
+        # Search results' items, by id, least recently used first. An item never changes once
+        # added and its id is never reused, so a cached item is right for as long as the index
+        # holds its id (`search_vectors` only asks for ids the index, synced, returned).
+        self._item_cache: OrderedDict[int, Item] = OrderedDict()
 
     # --- making and opening ----------------------------------------------------------------------
 
@@ -225,11 +231,28 @@ class Gallery:
         threshold = self.threshold if threshold is None else _check_threshold(threshold)
         with self._mutex:
             distances, ids = self._index.search(vectors, k)
-        with self._store.read() as conn:
-            items = self._store.items(conn, sorted({int(i) for i in ids.ravel() if i >= 0}))
+            items = self._cached_items({int(i) for i in ids.ravel() if i >= 0})
         return [[_match(items[int(i)], float(d), threshold) for d, i in zip(row_d, row_i)
                  if int(i) in items]  # an item another process removed since our last refresh
                 for row_d, row_i in zip(distances, ids)]
+
+    def _cached_items(self, ids: set[int]) -> dict[int, Item]:
+        """The items of `ids` (mutex held): from the cache, the rest from the database (one
+        query, ~0.5 ms saved on a search whose items are all cached)."""
+        cache = self._item_cache
+        found = {}
+        for i in ids & cache.keys():
+            cache.move_to_end(i)
+            found[i] = cache[i]
+        missing = sorted(ids - found.keys())
+        if missing:
+            with self._store.read() as conn:
+                read = self._store.items(conn, missing)
+            found.update(read)
+            cache.update(read)
+            while len(cache) > ITEM_CACHE:
+                cache.popitem(last=False)
+        return found
 
     def identify(self, image: ImageSource, threshold: Optional[float] = None) -> Optional[Match]:
         """1:N verification: the nearest item if it is within the threshold, else None."""
@@ -369,6 +392,8 @@ class Gallery:
                     raise NotFoundError(f"no item(s) {shown} in the gallery; nothing was removed")
                 generation, _ = self._store.next_generation(conn)
                 self._store.delete(conn, ids)
+            for i in ids:
+                self._item_cache.pop(i, None)
             self._changed(generation, lambda index: index.remove(np.asarray(ids, np.int64)))
 
     def set_index(self, index: Union[str, IndexSpec]) -> None:
@@ -411,9 +436,9 @@ class Gallery:
     def _sync(self) -> None:
         """Bring the in-memory index to the database's current state (mutex held)."""
         with self._store.read() as conn:
+            if self._store.generation(conn) == self._generation:
+                return  # the common case, in one small query: nothing changed
             settings = self._store.settings(conn)
-            if settings.generation == self._generation:
-                return
             self._check_model(settings)
             self._settings = settings
             spec = IndexSpec.parse(settings.index)
@@ -460,6 +485,8 @@ class Gallery:
         extra = np.setdiff1d(indexed, stored)
         missing = np.setdiff1d(stored, indexed)
         self._index.remove(extra)
+        for i in extra:
+            self._item_cache.pop(int(i), None)
         if len(missing):
             ids, vectors = self._store.embeddings(conn, self._settings.embedding_dim,
                                                   None if len(missing) == len(stored) else missing)

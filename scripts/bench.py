@@ -15,6 +15,7 @@ BENCHMARKS = {
     "encoder": ("scripts.bench_encoder", "embedding latency and throughput vs model.predict"),
     "training": ("scripts.bench_training", "our default vs the tutorial, same wall-clock budget"),
     "gallery": ("scripts.bench_gallery", "ingestion throughput and search latency vs NumPy"),
+    "web": ("scripts.bench_web", "POST /api/search over HTTP, 1-16 clients, vs a naive Flask server"),
 }
 
 

@@ -1,6 +1,8 @@
-"""Shared fixtures: real data from ../shared/datasets, real PNG files, a tiny really-trained model."""
+"""Shared fixtures: real data from ../shared/datasets, real PNG files, a tiny really-trained model,
+and the real model (bundled, or named by SIAMESE_TEST_MODEL) for the gallery and web tests."""
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -15,6 +17,41 @@ DATASETS = ROOT.parent / "shared" / "datasets"
 FASHION = DATASETS / "fashion-mnist"
 OMNIGLOT = DATASETS / "omniglot"
 BUNDLED_MODEL = ROOT / "models" / "fashion-mnist"
+
+
+@pytest.fixture(scope="session")
+def model_dir() -> Path:
+    """The real model: `models/fashion-mnist` when the repository bundles it, else the model
+    directory (written by siamese-train) named by the `SIAMESE_TEST_MODEL` environment variable."""
+    if BUNDLED_MODEL.is_dir():
+        return BUNDLED_MODEL
+    env = os.environ.get("SIAMESE_TEST_MODEL")
+    if env and Path(env).is_dir():
+        return Path(env)
+    pytest.fail(f"no model for the gallery and web tests: {BUNDLED_MODEL} is missing and "
+                f"SIAMESE_TEST_MODEL is {'unset' if not env else repr(env) + ', not a folder'}")
+
+
+@pytest.fixture(scope="session")
+def model_embedder(model_dir):
+    """The real model, loaded once for the whole session."""
+    from encoder import Embedder
+
+    return Embedder.load(model_dir)
+
+
+@pytest.fixture(scope="session")
+def other_model_dir(tmp_path_factory, model_dir) -> Path:
+    """A second real model (the first with its last layer's weights nudged), so its id differs."""
+    from encoder.artifact import compute_model_id, load_model, save_model
+
+    model, card = load_model(model_dir)
+    weights = model.get_weights()
+    weights[-2] = weights[-2] * np.float32(1.05)
+    model.set_weights(weights)
+    card = dataclasses.replace(card, model_id=compute_model_id(weights, card.preprocessing,
+                                                               card.architecture))
+    return save_model(tmp_path_factory.mktemp("models") / "nudged", model, card)
 
 
 @pytest.fixture(scope="session")

@@ -1,39 +1,23 @@
 """Fixtures for the indexer tests: the real model, real Fashion-MNIST PNGs, real galleries.
 
-The model comes from `models/fashion-mnist` when the repository bundles it, else from the
-`SIAMESE_TEST_MODEL` environment variable (a model directory written by siamese-train).
+The model is `model_dir` of tests/conftest.py: `models/fashion-mnist` when the repository bundles
+it, else the `SIAMESE_TEST_MODEL` environment variable (a model directory written by siamese-train).
 """
 from __future__ import annotations
 
-import dataclasses
-import os
 from pathlib import Path
 
-import numpy as np
 import pytest
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[2]
 DATASETS = REPO.parent / "shared" / "datasets"
-BUNDLED_MODEL = REPO / "models" / "fashion-mnist"
 
 
 @pytest.fixture(scope="session")
-def model_dir() -> Path:
-    if BUNDLED_MODEL.is_dir():
-        return BUNDLED_MODEL
-    env = os.environ.get("SIAMESE_TEST_MODEL")
-    if env and Path(env).is_dir():
-        return Path(env)
-    pytest.fail(f"no model for the indexer tests: {BUNDLED_MODEL} is missing and SIAMESE_TEST_MODEL "
-                f"is {'unset' if not env else repr(env) + ', not a folder'}")
-
-
-@pytest.fixture(scope="session")
-def embedder(model_dir):
-    from encoder import Embedder
-
-    return Embedder.load(model_dir)
+def embedder(model_embedder):
+    """The real model (`model_dir`, in tests/conftest.py), not the tiny one of the encoder tests."""
+    return model_embedder
 
 
 @pytest.fixture(scope="session")
@@ -91,17 +75,3 @@ def gallery(tmp_path, embedder, png_folder):
     g.add(paths, labels=[p.parent.name for p in paths])
     yield g
     g.close()
-
-
-@pytest.fixture(scope="session")
-def other_model_dir(tmp_path_factory, model_dir) -> Path:
-    """A second real model (the first with its last layer's weights nudged), so its id differs."""
-    from encoder.artifact import compute_model_id, load_model, save_model
-
-    model, card = load_model(model_dir)
-    weights = model.get_weights()
-    weights[-2] = weights[-2] * np.float32(1.05)
-    model.set_weights(weights)
-    card = dataclasses.replace(card, model_id=compute_model_id(weights, card.preprocessing,
-                                                               card.architecture))
-    return save_model(tmp_path_factory.mktemp("models") / "nudged", model, card)

@@ -184,6 +184,10 @@ def test_a_reader_sees_a_writers_changes_after_refresh(gallery, embedder, fashio
     assert reader.refresh() is False
     gallery.remove(new_id)
     assert reader.refresh() and len(reader) == 48
+    # The reader's search had cached the item; removed, it is found no more.
+    assert all(m.id != new_id for m in reader.search(fashion.images[300], k=48))
+    with pytest.raises(NotFoundError):
+        reader.get(new_id)
     reader.close()
 
 

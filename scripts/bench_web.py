@@ -1,0 +1,450 @@
+"""Web benchmark: end-to-end `POST /api/search` latency and throughput over HTTP.
+
+Two servers over the same 10,000 Fashion-MNIST test images, both under gunicorn with the same
+workers and threads, measured in the same run, one after the other at each concurrency:
+- ours: `siamese-serve` (Embedder's compiled function, FAISS, SQLite metadata);
+- naive: a minimal Flask handler that calls `model.predict` on each upload and scans every
+  gallery embedding with NumPy (the same decoding and preprocessing, `encoder.images`).
+Clients are threads in this process, each with one keep-alive connection, posting PNGs of
+Fashion-MNIST *training* images (never in the gallery) as multipart uploads, k=10, for a fixed
+time after a short warm-up. Every response is checked: status 200 and JSON with k matches.
+Note the clients share the machine's cores with the servers.
+"""
+from __future__ import annotations
+
+import argparse
+import http.client
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from scripts.gallery_cli import DEFAULT_MODEL, quiet_faiss
+
+K = 10
+REPO = Path(__file__).resolve().parents[1]
+TARGETS = {"p50_ms": 10.0, "p99_ms": 30.0, "speedup": 20.0}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=DEFAULT_MODEL, metavar="DIR",
+                   help="model directory (default: %(default)s)")
+    p.add_argument("--dataset", default="../shared/datasets/fashion-mnist", metavar="FOLDER",
+                   help="Fashion-MNIST idx files (default: %(default)s)")
+    p.add_argument("--gallery", metavar="PATH",
+                   help="an existing gallery of --size Fashion-MNIST test images made with "
+                        "--model (default: build one in a temporary folder)")
+    p.add_argument("--size", type=int, default=10_000,
+                   help="gallery size: the first N test images (default: %(default)s)")
+    p.add_argument("--clients", default="1,4,16",
+                   help="concurrent clients, comma-separated (default: %(default)s)")
+    p.add_argument("--seconds", type=float, default=20.0,
+                   help="measured seconds per concurrency, ours (default: %(default)s; the "
+                        "full run is 60)")
+    p.add_argument("--baseline-seconds", type=float, default=10.0,
+                   help="measured seconds per concurrency, naive baseline (default: %(default)s)")
+    p.add_argument("--warmup", type=float, default=2.0,
+                   help="unmeasured seconds before each measurement (default: %(default)s)")
+    p.add_argument("--workers", type=int, default=2, help="gunicorn workers, both servers "
+                                                          "(default: %(default)s)")
+    p.add_argument("--threads", type=int, default=4, help="threads per worker, both servers "
+                                                          "(default: %(default)s)")
+    p.add_argument("--skip-baseline", action="store_true", help="measure our server only")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+
+
+# --- servers ---------------------------------------------------------------------------------------
+
+def naive_app():
+    """The baseline: Flask, `model.predict` per request, a NumPy scan of every embedding.
+    Configured by SIAMESE_MODEL, BENCH_DATASET and BENCH_SIZE (gunicorn builds it per worker)."""
+    import keras
+    from flask import Flask, jsonify, request
+
+    from encoder.artifact import load_card
+    from encoder.datasets import load_fashion_mnist
+    from encoder.images import decode, prepare_batch
+
+    model_dir = Path(os.environ["SIAMESE_MODEL"])
+    card = load_card(model_dir)
+    model = keras.models.load_model(model_dir / "model.keras", compile=False)
+    ds = load_fashion_mnist(os.environ["BENCH_DATASET"], "test")
+    size = int(os.environ["BENCH_SIZE"])
+    images = prepare_batch(ds.images[:size], card.preprocessing)
+    gallery = model.predict(images, batch_size=512, verbose=0)
+    labels = [ds.class_names[i] for i in ds.labels[:size]]
+    app = Flask("naive")
+    print(f"naive worker {os.getpid()} ready", file=sys.stderr, flush=True)
+
+    @app.post("/api/search")
+    def search():
+        k = int(request.form.get("k", K))
+        image = decode(request.files["image"].read(), "image")
+        vector = model.predict(prepare_batch([image], card.preprocessing), verbose=0)[0]
+        distances = np.sqrt(((gallery - vector) ** 2).sum(axis=1))
+        best = np.argsort(distances)[:k]
+        return jsonify(model=card.model_id, threshold=card.threshold, matches=[
+            {"id": int(i) + 1, "label": labels[i], "distance": float(distances[i]),
+             "verified": bool(distances[i] <= card.threshold)} for i in best])
+
+    @app.get("/healthz")
+    def healthz():
+        return jsonify(status="ok")
+
+    return app
+
+
+@dataclass
+class Server:
+    name: str
+    process: subprocess.Popen
+    port: int
+    log: Path
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(name: str, command: list[str], env: dict, port: int, log: Path, workers: int,
+          ready: str) -> Server:
+    """Start a server and wait until all its `workers` have logged `ready` (the model loaded)."""
+    environment = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", **env)
+    environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO),
+                                                             environment.get("PYTHONPATH")]))
+    process = subprocess.Popen(command, stdout=log.open("wb"), stderr=subprocess.STDOUT,
+                               env=environment, cwd=REPO)
+    server = Server(name, process, port, log)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{name} server exited ({process.returncode}):\n{log.read_text()[-3000:]}")
+        if log.read_text(errors="replace").count(ready) >= workers and _answers(port):
+            return server
+        time.sleep(0.5)
+    server.stop()
+    raise RuntimeError(f"{name} server did not start in 300 s:\n{log.read_text()[-3000:]}")
+
+
+def _answers(port: int) -> bool:
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        conn.request("GET", "/healthz")
+        ok = conn.getresponse().status == 200
+        conn.close()
+        return ok
+    except OSError:
+        return False
+
+
+def start_ours(gallery: Path, model: str, folder: Path, args) -> Server:
+    port = free_port()
+    command = [sys.executable, "-m", "scripts.serve", "--gallery", str(gallery), "--model", model,
+               "--port", str(port), "--workers", str(args.workers), "--threads", str(args.threads)]
+    return start("ours", command, {}, port, folder / "ours.log", args.workers, "ready: gallery of")
+
+
+def start_naive(model: str, folder: Path, args) -> Server:
+    port = free_port()
+    command = [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers",
+               str(args.workers), "--worker-class", "gthread", "--threads", str(args.threads),
+               "--timeout", "300", *_no_control_socket(), "scripts.bench_web:naive_app()"]
+    env = {"SIAMESE_MODEL": str(Path(model).resolve()),
+           "BENCH_DATASET": str(Path(args.dataset).resolve()), "BENCH_SIZE": str(args.size)}
+    return start("naive", command, env, port, folder / "naive.log", args.workers, "naive worker")
+
+
+def _no_control_socket() -> list[str]:
+    from gunicorn.config import KNOWN_SETTINGS
+
+    return ["--no-control-socket"] if any(s.name == "control_socket_disable"
+                                          for s in KNOWN_SETTINGS) else []
+
+
+# --- the gallery and the queries ---------------------------------------------------------------
+
+def build_gallery(path: Path, model: str, dataset: str, size: int) -> Path:
+    """The first `size` Fashion-MNIST test images, labelled, in a flat gallery (in a child
+    process, so this one never loads TensorFlow)."""
+    code = ("import sys\n"
+            "from encoder import Embedder\n"
+            "from encoder.datasets import load_fashion_mnist\n"
+            "from indexer import Gallery\n"
+            "path, model, dataset, size = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])\n"
+            "ds = load_fashion_mnist(dataset, 'test')\n"
+            "names = [n.replace('/', '-') for n in ds.class_names]\n"
+            "with Gallery.create(path, Embedder.load(model)) as g:\n"
+            "    for s in range(0, size, 1000):\n"
+            "        e = min(size, s + 1000)\n"
+            "        g.add(ds.images[s:e], labels=[names[i] for i in ds.labels[s:e]],\n"
+            "              sources=[f't10k-{i:05d}' for i in range(s, e)])\n")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    subprocess.run([sys.executable, "-c", code, str(path), model, dataset, str(size)], check=True,
+                   env=env)
+    return path
+
+
+def query_images(dataset: str, n: int = 256) -> list[bytes]:
+    """`n` training-set images (never in the gallery) as PNG files."""
+    from PIL import Image
+
+    from encoder.datasets import load_fashion_mnist
+
+    ds = load_fashion_mnist(dataset, "train")
+    rng = np.random.default_rng(0)
+    images = []
+    for i in rng.choice(len(ds), n, replace=False):
+        png = io.BytesIO()
+        Image.fromarray(ds.images[i, :, :, 0], "L").save(png, "PNG")
+        images.append(png.getvalue())
+    return images
+
+
+def multipart(fields: dict[str, str], files: dict[str, tuple[str, bytes]]) -> tuple[bytes, str]:
+    """A multipart/form-data body with a fresh random boundary, as curl and browsers send (the
+    server parses each boundary anew, which costs it ~0.3 ms)."""
+    boundary = f"----bench{os.urandom(12).hex()}"
+    out = io.BytesIO()
+    for name, value in fields.items():
+        out.write(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'
+                  f"{value}\r\n".encode())
+    for name, (filename, data) in files.items():
+        out.write(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; '
+                  f'filename="{filename}"\r\nContent-Type: image/png\r\n\r\n'.encode())
+        out.write(data + b"\r\n")
+    out.write(f"--{boundary}--\r\n".encode())
+    return out.getvalue(), f"multipart/form-data; boundary={boundary}"
+
+
+# --- load ------------------------------------------------------------------------------------------
+
+@dataclass
+class Tally:
+    latencies: list[float] = field(default_factory=list)
+    statuses: dict[int, int] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)  # connection errors and malformed answers
+
+
+def client_loop(port: int, images: list[bytes], start_at: float, measure_from: float,
+                stop_at: float, offset: int, tally: Tally) -> None:
+    conn: Optional[http.client.HTTPConnection] = None
+    i = offset
+    while time.perf_counter() < start_at:
+        time.sleep(0.0005)
+    while True:
+        now = time.perf_counter()
+        if now >= stop_at:
+            break
+        body, content_type = multipart({"k": str(K)}, {"image": ("query.png", images[i % len(images)])})
+        i += 1
+        begin = now
+        try:
+            if conn is None:
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+            begin = time.perf_counter()
+            conn.request("POST", "/api/search", body=body, headers={"Content-Type": content_type})
+            response = conn.getresponse()
+            data = response.read()
+            elapsed = time.perf_counter() - begin
+            if response.getheader("Connection", "").lower() == "close":
+                conn.close()
+                conn = None
+        except (OSError, http.client.HTTPException) as exc:
+            if begin >= measure_from:
+                tally.errors.append(f"{type(exc).__name__}: {exc}")
+            if conn is not None:
+                conn.close()
+            conn = None
+            continue
+        if begin < measure_from:
+            continue  # warm-up
+        tally.statuses[response.status] = tally.statuses.get(response.status, 0) + 1
+        tally.latencies.append(elapsed)
+        if response.status == 200:
+            try:
+                if len(json.loads(data)["matches"]) != K:
+                    tally.errors.append("answer without k matches")
+            except (ValueError, KeyError):
+                tally.errors.append("answer is not the expected JSON")
+    if conn is not None:
+        conn.close()
+
+
+def measure(server: Server, images: list[bytes], clients: int, seconds: float, warmup: float
+            ) -> dict:
+    tallies = [Tally() for _ in range(clients)]
+    start_at = time.perf_counter() + 0.2
+    measure_from = start_at + warmup
+    stop_at = measure_from + seconds
+    threads = [threading.Thread(target=client_loop, daemon=True,
+                                args=(server.port, images, start_at, measure_from, stop_at,
+                                      n * 37, tally))
+               for n, tally in enumerate(tallies)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    latencies = np.asarray([x for t in tallies for x in t.latencies]) * 1e3
+    statuses: dict[int, int] = {}
+    for t in tallies:
+        for status, n in t.statuses.items():
+            statuses[status] = statuses.get(status, 0) + n
+    errors = [e for t in tallies for e in t.errors]
+    p50, p95, p99 = (np.percentile(latencies, [50, 95, 99]) if len(latencies) else [np.nan] * 3)
+    return {"server": server.name, "clients": clients, "seconds": seconds,
+            "requests": int(len(latencies)), "per_s": round(len(latencies) / seconds, 1),
+            "p50_ms": round(float(p50), 2), "p95_ms": round(float(p95), 2),
+            "p99_ms": round(float(p99), 2),
+            "non_200": sum(n for s, n in statuses.items() if s != 200),
+            "status_5xx": sum(n for s, n in statuses.items() if s >= 500),
+            "errors": len(errors), "error_examples": sorted(set(errors))[:3]}
+
+
+# --- the run ---------------------------------------------------------------------------------------
+
+def run(args: argparse.Namespace) -> int:
+    quiet_faiss()
+    from encoder import load_card
+    from encoder.errors import ConfigError
+
+    try:
+        levels = [int(c) for c in args.clients.split(",") if c.strip()]
+    except ValueError:
+        raise ConfigError(f"--clients must be comma-separated integers, not {args.clients!r}") from None
+    if not levels or min(levels) < 1 or args.seconds <= 0 or args.baseline_seconds <= 0:
+        raise ConfigError("--clients must be >= 1 each and --seconds, --baseline-seconds > 0")
+    if not 100 <= args.size <= 10_000:
+        raise ConfigError(f"--size must be in 100..10000 (the test split), not {args.size}")
+    card = load_card(args.model)
+    say = (lambda line: print(line, file=sys.stderr, flush=True)) if args.json else \
+        (lambda line: print(line, flush=True))
+    results: dict = {"cpus": os.cpu_count(), "model_id": card.model_id, "gallery_size": args.size,
+                     "workers": args.workers, "threads": args.threads, "rows": []}
+    with tempfile.TemporaryDirectory(prefix="siamese-bench-web-") as tmp:
+        folder = Path(tmp)
+        if args.gallery:
+            gallery = Path(args.gallery)
+        else:
+            say(f"building a gallery of {args.size:,} Fashion-MNIST test images ...")
+            started = time.perf_counter()
+            gallery = build_gallery(folder / "gallery", args.model, args.dataset, args.size)
+            say(f"  built in {time.perf_counter() - started:.1f} s")
+        images = query_images(args.dataset)
+        servers = [start_ours(gallery, args.model, folder, args)]
+        try:
+            if not args.skip_baseline:
+                servers.append(start_naive(args.model, folder, args))
+            say(f"servers: gunicorn, {args.workers} workers x {args.threads} threads each; "
+                f"gallery {args.size:,} images; k={K}; {os.cpu_count()} CPUs\n")
+            say(HEADER)
+            for clients in levels:
+                for server in servers:
+                    seconds = args.seconds if server.name == "ours" else args.baseline_seconds
+                    row = measure(server, images, clients, seconds, args.warmup)
+                    results["rows"].append(row)
+                    say(format_row(row))
+        finally:
+            for server in servers:
+                server.stop()
+        logs = {s.name: s.log.read_text(errors="replace") for s in servers}
+    results["speedups"] = speedups(results["rows"])
+    results["targets"] = targets(results)
+    for line in summary(results):
+        say(line)
+    for name, log in logs.items():
+        if "Traceback" in log:
+            say(f"warning: the {name} server logged a traceback:\n{log[-2000:]}")
+    if args.json:
+        print(json.dumps(results, indent=2))
+    return 0
+
+
+HEADER = (f"{'server':<6} {'clients':>7} {'seconds':>7} {'requests':>9} {'req/s':>8} {'p50 ms':>8} "
+          f"{'p95 ms':>8} {'p99 ms':>8} {'non-200':>7} {'5xx':>5} {'errors':>6}")
+
+
+def format_row(r: dict) -> str:
+    return (f"{r['server']:<6} {r['clients']:>7} {r['seconds']:>7.0f} {r['requests']:>9,} "
+            f"{r['per_s']:>8,.1f} {r['p50_ms']:>8.2f} {r['p95_ms']:>8.2f} {r['p99_ms']:>8.2f} "
+            f"{r['non_200']:>7} {r['status_5xx']:>5} {r['errors']:>6}")
+
+
+def speedups(rows: list[dict]) -> list[dict]:
+    out = []
+    for r in rows:
+        if r["server"] != "ours":
+            continue
+        naive = next((b for b in rows if b["server"] == "naive" and b["clients"] == r["clients"]),
+                     None)
+        if naive and naive["requests"] and r["requests"]:
+            out.append({"clients": r["clients"],
+                        "p50": round(naive["p50_ms"] / r["p50_ms"], 1),
+                        "throughput": round(r["per_s"] / naive["per_s"], 1)})
+    return out
+
+
+def targets(results: dict) -> dict:
+    rows = [r for r in results["rows"] if r["server"] == "ours"]
+    single = next((r for r in rows if r["clients"] == 1), None)
+    busiest = max(rows, key=lambda r: r["clients"]) if rows else None
+    first = next((s for s in results["speedups"] if s["clients"] == 1), None)
+    out = {}
+    if single:
+        out["single client p50 <= 10 ms"] = single["p50_ms"] <= TARGETS["p50_ms"]
+        out["single client p99 <= 30 ms"] = single["p99_ms"] <= TARGETS["p99_ms"]
+    if first:
+        out["single client >= 20x the naive baseline (p50)"] = first["p50"] >= TARGETS["speedup"]
+    if busiest:
+        out[f"{busiest['clients']} clients for {busiest['seconds']:g} s: no errors, no 5xx"] = (
+            busiest["errors"] == 0 and busiest["status_5xx"] == 0 and busiest["non_200"] == 0)
+    return out
+
+
+def summary(results: dict) -> list[str]:
+    lines = [""]
+    for s in results["speedups"]:
+        lines.append(f"{s['clients']:>2} client(s): ours is {s['p50']:,.1f}x faster at p50 and "
+                     f"serves {s['throughput']:,.1f}x the requests per second of the naive baseline")
+    for name, ok in results["targets"].items():
+        lines.append(f"target {name}: {'met' if ok else 'NOT MET'}")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="siamese-bench web", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(p)
+    return run(p.parse_args(argv))
+
+
+def entry() -> None:
+    from scripts.common import run as run_command
+
+    run_command(main)
+
+
+if __name__ == "__main__":
+    entry()

@@ -1,0 +1,113 @@
+"""siamese-serve: the web service (JSON API and pages) over one gallery, served by gunicorn.
+
+Each worker process loads the model and opens the gallery once; all workers serve the same
+gallery, and changes made by another process (siamese-index, another worker) show up at the next
+request without a restart. Flags override the SIAMESE_* environment variables, which override
+the defaults. Gallery changes (POST and DELETE /api/gallery) need the API key in the X-API-Key
+header when one is set (--api-key or SIAMESE_API_KEY; prefer the variable: flags show in `ps`).
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from scripts.common import run
+from scripts.gallery_cli import quiet_faiss
+
+
+def add_server_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", help="address to listen on (SIAMESE_HOST; default 127.0.0.1; "
+                                  "0.0.0.0 for every interface)")
+    p.add_argument("--port", type=int, help="port (SIAMESE_PORT; default 8000)")
+    p.add_argument("--workers", type=int,
+                   help="worker processes, each with its own copy of the model (SIAMESE_WORKERS; "
+                        "default 2)")
+    p.add_argument("--threads", type=int, help="threads per worker (SIAMESE_THREADS; default 4)")
+    p.add_argument("--api-key", help="key required in X-API-Key for gallery changes "
+                                     "(SIAMESE_API_KEY; default: none, changes are open)")
+    p.add_argument("--max-image-mb", type=float,
+                   help="largest accepted image upload in MB (SIAMESE_MAX_IMAGE_MB; default 20)")
+    p.add_argument("--access-log", action="store_true", help="log every request to stderr")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="siamese-serve", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="example:\n  siamese-serve --gallery galleries/shop --model models/fashion-mnist "
+               "--port 8000\n  SIAMESE_API_KEY=$(openssl rand -hex 16) siamese-serve --gallery "
+               "galleries/shop")
+    p.add_argument("--gallery", metavar="PATH", help="gallery folder (SIAMESE_GALLERY)")
+    p.add_argument("--model", metavar="DIR",
+                   help="model directory the gallery was built with (SIAMESE_MODEL; default "
+                        "models/fashion-mnist)")
+    p.add_argument("--db-url", metavar="URL",
+                   help="SQLAlchemy URL of the gallery's metadata, if not PATH/gallery.db "
+                        "(SIAMESE_DB_URL)")
+    add_server_arguments(p)
+    return p
+
+
+def settings_from(args: argparse.Namespace, **defaults):
+    """Settings: flags, else the SIAMESE_* environment, else `defaults`, else the built-in ones."""
+    from webapp.settings import MB, Settings
+
+    flags = {"gallery": getattr(args, "gallery", None), "model": getattr(args, "model", None),
+             "db_url": getattr(args, "db_url", None), "host": args.host, "port": args.port,
+             "workers": args.workers, "threads": args.threads, "api_key": args.api_key,
+             "max_image_bytes": None if args.max_image_mb is None else int(args.max_image_mb * MB)}
+    return Settings.from_env(**defaults).replace(**flags)
+
+
+def check(settings) -> None:
+    """What can be checked before the workers start, without loading TensorFlow: the model card
+    and the gallery folder. (A model that does not match the gallery stops the workers with one
+    line, too.)"""
+    from encoder import load_card
+    from encoder.errors import GalleryError, NotFoundError
+    from indexer.gallery import GALLERY_FILE
+
+    load_card(settings.model)
+    gallery = settings.require_gallery()
+    if not Path(gallery).exists():
+        raise NotFoundError(f"{gallery}: no such gallery; make one with siamese-index FOLDER "
+                            f"--gallery {gallery}")
+    if not (Path(gallery) / GALLERY_FILE).is_file():
+        raise GalleryError(f"{gallery}: not a gallery (no {GALLERY_FILE}); make one with "
+                           f"siamese-index FOLDER --gallery {gallery}")
+
+
+def announce(settings, command: str = "siamese-serve") -> None:
+    """Where the service is, and how to protect gallery changes (printed once a worker is ready)."""
+    import sys
+
+    lines = [f"siamese-search: serving gallery {settings.gallery} on {settings.url}"]
+    if settings.api_key is None:
+        lines += ["  gallery changes (POST and DELETE /api/gallery) are open to anyone who can reach "
+                  "this address; to require a key in the X-API-Key header, start it with",
+                  f"    SIAMESE_API_KEY=$(python3 -c 'import secrets; print(secrets.token_hex(16))') "
+                  f"{command}"]
+        if settings.host not in ("127.0.0.1", "localhost", "::1"):
+            lines.append(f"  WARNING: listening on {settings.host} without an API key")
+    else:
+        lines.append("  gallery changes need the API key in the X-API-Key header")
+    lines.append(f"\n  Open {settings.url} in a browser. Stop with Ctrl-C.\n")
+    print("\n".join(lines), file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    quiet_faiss()
+    from webapp.server import serve
+
+    settings = settings_from(args)
+    check(settings)
+    return serve(settings, announce=announce, access_log=args.access_log)
+
+
+def entry() -> None:
+    run(main)
+
+
+if __name__ == "__main__":
+    entry()

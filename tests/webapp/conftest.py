@@ -1,0 +1,192 @@
+"""Fixtures for the web tests, flaskr style: `app` and `client` over a real gallery (SQLite, FAISS)
+built with the real model from the bundled sample PNGs; `server`, the same app served by a real
+gunicorn (`siamese-serve`, two workers) on 127.0.0.1; `browser`, Debian's headless Chromium."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from scripts.bench_web import free_port, start
+from webapp import Settings, create_app
+
+REPO = Path(__file__).resolve().parents[2]
+SAMPLES = REPO / "samples" / "fashion-mnist"
+PER_LABEL = 5  # sample PNGs per label in the test gallery: 50 in all
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+
+
+@pytest.fixture(scope="session")
+def sample_pngs() -> dict[str, list[Path]]:
+    """{label: the first PNG files of that label} from the bundled samples."""
+    return {d.name: sorted(d.glob("*.png"))[:PER_LABEL] for d in sorted(SAMPLES.iterdir())}
+
+
+@pytest.fixture(scope="session")
+def template_gallery(tmp_path_factory, model_embedder, sample_pngs) -> Path:
+    """A flat gallery of the sample PNGs, built once; each test gets a copy (`gallery_path`)."""
+    from indexer import Gallery
+
+    path = tmp_path_factory.mktemp("template") / "gallery"
+    with Gallery.create(path, model_embedder) as gallery:
+        for label, paths in sample_pngs.items():
+            gallery.add(paths, labels=label)
+    return path
+
+
+@pytest.fixture
+def gallery_path(tmp_path, template_gallery) -> Path:
+    path = tmp_path / "gallery"
+    shutil.copytree(template_gallery, path)
+    return path
+
+
+@pytest.fixture
+def make_app(gallery_path, model_dir, model_embedder):
+    """Apps over the test's gallery, with settings changed as the test asks."""
+    apps = []
+
+    def make(**settings):
+        app = create_app(Settings(gallery=gallery_path, model=model_dir, **settings),
+                         embedder=model_embedder)
+        app.config["TESTING"] = True
+        apps.append(app)
+        return app
+
+    yield make
+    for app in apps:
+        app.extensions["siamese_search"].close()
+
+
+@pytest.fixture
+def app(make_app):
+    return make_app()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+def upload(path_or_bytes, name: str = "image.png") -> tuple[io.BytesIO, str]:
+    """A multipart file field for the test client."""
+    data = path_or_bytes if isinstance(path_or_bytes, bytes) else Path(path_or_bytes).read_bytes()
+    return io.BytesIO(data), name
+
+
+@pytest.fixture(name="upload")
+def upload_fixture():
+    """`upload(path or bytes, name)`: a multipart file field for the test client."""
+    return upload
+
+
+# --- a real gunicorn ------------------------------------------------------------------------------
+
+class Live:
+    """A running `siamese-serve` (a `scripts.bench_web.Server`): its URL and a tiny HTTP client."""
+
+    def __init__(self, server, gallery: Path):
+        self.server, self.gallery = server, gallery
+        self.url = f"http://127.0.0.1:{server.port}"
+        self.process, self.log = server.process, server.log
+
+    def request(self, method: str, path: str, fields: dict | None = None,
+                headers: dict | None = None) -> tuple[int, dict, bytes]:
+        """(status, headers, body). `fields`: {name: str or (filename, bytes)}, sent multipart."""
+        body, all_headers = None, dict(headers or {})
+        if fields is not None:
+            body, content_type = multipart(fields)
+            all_headers["Content-Type"] = content_type
+        req = urllib.request.Request(self.url + path, data=body, method=method, headers=all_headers)
+        try:
+            with urllib.request.urlopen(req, timeout=30) as response:
+                return response.status, dict(response.headers), response.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, dict(exc.headers), exc.read()
+
+    def json(self, method: str, path: str, **kw) -> tuple[int, dict]:
+        status, _, body = self.request(method, path, **kw)
+        return status, (json.loads(body) if body else {})
+
+
+def multipart(fields: dict) -> tuple[bytes, str]:
+    boundary = "----siamese-test-boundary-7c1f"
+    out = io.BytesIO()
+    for name, value in fields.items():
+        out.write(f"--{boundary}\r\n".encode())
+        if isinstance(value, tuple):
+            filename, data = value
+            out.write(f'Content-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
+                      "Content-Type: application/octet-stream\r\n\r\n".encode())
+            out.write(data)
+        else:
+            out.write(f'Content-Disposition: form-data; name="{name}"\r\n\r\n{value}'.encode())
+        out.write(b"\r\n")
+    out.write(f"--{boundary}--\r\n".encode())
+    return out.getvalue(), f"multipart/form-data; boundary={boundary}"
+
+
+def start_server(gallery: Path, model: Path, log: Path, *args: str, workers: int = 2,
+                 env: dict | None = None) -> Live:
+    """`siamese-serve` in a child process, once all its workers have loaded the model."""
+    port = free_port()
+    command = [sys.executable, "-m", "scripts.serve", "--gallery", str(gallery), "--model",
+               str(model), "--port", str(port), "--workers", str(workers), *args]
+    return Live(start("siamese-serve", command, env or {}, port, log, workers,
+                      ready="ready: gallery of"), gallery)
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory, template_gallery, model_dir):
+    """`siamese-serve` with two gunicorn workers over a copy of the test gallery."""
+    folder = tmp_path_factory.mktemp("served")
+    gallery = folder / "gallery"
+    shutil.copytree(template_gallery, gallery)
+    live = start_server(gallery, model_dir, folder / "serve.log", env={"SIAMESE_API_KEY": "s3cret"})
+    yield live
+    live.server.stop()
+
+
+# --- a real Chromium ----------------------------------------------------------------------------
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                  "--no-first-run", "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync", "--hide-scrollbars", "--force-device-scale-factor=1"]
+
+
+@pytest.fixture(scope="session")
+def browser(tmp_path_factory):
+    """Debian's headless Chromium driven by Selenium through Debian's chromedriver (installed by
+    .ci/run: apt-get install chromium chromium-driver). Nothing is downloaded."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    for path in (CHROMIUM, CHROMEDRIVER):
+        assert path.is_file(), f"{path} is missing: apt-get install -y chromium chromium-driver"
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in CHROMIUM_FLAGS:
+        options.add_argument(flag)
+    options.add_argument(f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}")
+    options.add_argument("--window-size=1280,900")
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
+    driver.set_page_load_timeout(30)
+    yield driver
+    driver.quit()
+
+
+@pytest.fixture(scope="session")
+def screenshots(tmp_path_factory) -> Path:
+    """Where page screenshots go: SIAMESE_SCREENSHOTS if set (to look at them), else a temp dir."""
+    folder = Path(os.environ.get("SIAMESE_SCREENSHOTS") or tmp_path_factory.mktemp("screenshots"))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder

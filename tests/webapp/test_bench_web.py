@@ -1,0 +1,28 @@
+"""The web benchmark runs end to end on a tiny scale (the real numbers come from a full run)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from scripts import bench_web
+
+DATASET = Path(__file__).resolve().parents[3] / "shared" / "datasets" / "fashion-mnist"
+
+
+def test_bench_web_runs_small(model_dir, capsys):
+    code = bench_web.main(["--model", str(model_dir), "--dataset", str(DATASET), "--size", "300",
+                           "--clients", "1,2", "--seconds", "1", "--baseline-seconds", "1",
+                           "--warmup", "0.3", "--workers", "1", "--threads", "2", "--json"])
+    out, err = capsys.readouterr()
+    assert code == 0
+    results = json.loads(out)
+    rows = results["rows"]
+    assert [(r["server"], r["clients"]) for r in rows] == [("ours", 1), ("naive", 1), ("ours", 2),
+                                                           ("naive", 2)]
+    assert all(r["requests"] > 0 and r["errors"] == 0 and r["non_200"] == 0 for r in rows), rows
+    assert [s["clients"] for s in results["speedups"]] == [1, 2]
+    assert results["speedups"][0]["p50"] > 1  # ours beats model.predict even on a tiny run
+    assert set(results["targets"]) == {"single client p50 <= 10 ms", "single client p99 <= 30 ms",
+                                       "single client >= 20x the naive baseline (p50)",
+                                       "2 clients for 1 s: no errors, no 5xx"}
+    assert "p50 ms" in err and "faster at p50" in err

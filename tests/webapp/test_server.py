@@ -1,0 +1,170 @@
+"""The API through a real gunicorn (`siamese-serve`, two workers) on 127.0.0.1, and the demo."""
+from __future__ import annotations
+
+import io
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[2]
+SAMPLES = REPO / "samples" / "fashion-mnist"
+
+KEY = {"X-API-Key": "s3cret"}
+
+
+def png_of(array: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(array).save(out, "PNG")
+    return out.getvalue()
+
+
+def test_search_verify_identify_stats(server, sample_pngs):
+    coat = sample_pngs["Coat"][0].read_bytes()
+    status, health = server.json("GET", "/healthz")
+    assert status == 200 and health["status"] == "ok"
+    status, body = server.json("POST", "/api/search", fields={"image": ("coat.png", coat), "k": "4"})
+    assert status == 200 and len(body["matches"]) == 4
+    assert body["matches"][0]["label"] == "Coat" and body["matches"][0]["verified"]
+    image_status, headers, data = server.request("GET", body["matches"][0]["image_url"])
+    assert image_status == 200 and data == coat and headers["Content-Type"] == "image/png"
+    status, body = server.json("POST", "/api/verify", fields={"image_a": ("a.png", coat),
+                                                              "image_b": ("b.png", coat)})
+    assert status == 200 and body["verified"] is True
+    status, body = server.json("POST", "/api/identify", fields={"image": ("a.png", coat)})
+    assert status == 200 and body["match"]["label"] == "Coat"
+    status, stats = server.json("GET", "/api/stats")
+    assert status == 200 and stats["gallery"]["index"] == "flat"
+
+
+def test_changes_reach_every_worker(server, fashion_test):
+    """An item added through one worker is seen by both at once; so is its removal."""
+    data = png_of(fashion_test.images[9500, :, :, 0])
+    status, body = server.json("POST", "/api/gallery", fields={"image": ("new.png", data),
+                                                               "label": "Live"})
+    assert status == 401
+    status, body = server.json("POST", "/api/gallery", headers={"X-API-Key": "wrong"},
+                               fields={"image": ("new.png", data), "label": "Live"})
+    assert status == 403
+    status, body = server.json("POST", "/api/gallery", headers=KEY,
+                               fields={"image": ("new.png", data), "label": "Live",
+                                       "metadata": '{"note": "through gunicorn"}'})
+    assert status == 201, body
+    item = body["item"]
+    # Connections are new each time, so the two workers share these requests between them.
+    for _ in range(12):
+        status, found = server.json("POST", "/api/search", fields={"image": ("q.png", data),
+                                                                   "k": "1"})
+        assert status == 200 and found["matches"][0]["id"] == item["id"]
+        assert found["matches"][0]["metadata"] == {"note": "through gunicorn"}
+    assert server.request("DELETE", f"/api/gallery/{item['id']}", headers=KEY)[0] == 204
+    for _ in range(12):
+        assert server.request("GET", f"/api/gallery/{item['id']}")[0] == 404
+        status, found = server.json("POST", "/api/search", fields={"image": ("q.png", data),
+                                                                   "k": "1"})
+        assert found["matches"][0]["id"] != item["id"]
+
+
+def test_workers_write_concurrently_through_the_gallery_lock(server, fashion_test):
+    """Eight adds at once, spread over both workers: every one lands, none is lost."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    before = server.json("GET", "/healthz")[1]["items"]
+    images = [png_of(fashion_test.images[9600 + i, :, :, 0]) for i in range(8)]
+
+    def add(data: bytes):
+        return server.json("POST", "/api/gallery", headers=KEY,
+                           fields={"image": ("x.png", data), "label": "Concurrent"})
+
+    with ThreadPoolExecutor(8) as pool:
+        added = list(pool.map(add, images))
+    assert [status for status, _ in added] == [201] * 8, added
+    ids = sorted(body["item"]["id"] for _, body in added)
+    assert len(set(ids)) == 8
+    for _ in range(4):
+        status, listed = server.json("GET", "/api/gallery?label=Concurrent")
+        assert sorted(i["id"] for i in listed["items"]) == ids
+        assert server.json("GET", "/healthz")[1]["items"] == before + 8
+    with ThreadPoolExecutor(8) as pool:
+        removed = list(pool.map(lambda i: server.request("DELETE", f"/api/gallery/{i}",
+                                                         headers=KEY)[0], ids))
+    assert removed == [204] * 8
+    assert server.json("GET", "/healthz")[1]["items"] == before
+
+
+def test_bad_input_through_gunicorn(server):
+    cases = [
+        ({"image": ("x.txt", b"plain text")}, 415, "unsupported_media_type"),
+        ({"image": ("x.png", b"")}, 400, "bad_image"),
+        ({"image": ("x.png", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")}, 400, "bad_image"),
+        ({"k": "5"}, 400, "missing_field"),
+        ({"image": ("x.png", b"\x89PNG" + bytes(21_000_000))}, 413, "too_large"),
+    ]
+    for fields, status, code in cases:
+        got, body = server.json("POST", "/api/search", fields=fields)
+        assert (got, body["error"]["code"]) == (status, code), body
+    got, _, body = server.request("POST", "/api/search", headers={"Content-Type": "application/json"})
+    assert got == 415 and b'"unsupported_media_type"' in body
+    assert server.json("GET", "/api/gallery/123456")[0] == 404
+
+
+def test_no_worker_failed(server):
+    """Run last in this module: nothing above made a worker log a traceback."""
+    log = server.log.read_text()
+    assert "Traceback" not in log and "[ERROR]" not in log, log[-3000:]
+
+
+def test_serve_refuses_a_missing_gallery_in_one_line(tmp_path, model_dir):
+    done = subprocess.run([sys.executable, "-m", "scripts.serve", "--gallery", str(tmp_path / "nope"),
+                           "--model", str(model_dir)], cwd=REPO, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"error: {tmp_path / 'nope'}: no such gallery; make one with siamese-index FOLDER "
+        f"--gallery {tmp_path / 'nope'}")
+    (tmp_path / "folder").mkdir()
+    done = subprocess.run([sys.executable, "-m", "scripts.serve", "--gallery", str(tmp_path / "folder"),
+                           "--model", str(tmp_path)], cwd=REPO, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 2 and "no card.json" in done.stderr
+
+
+def test_serve_stops_in_one_line_when_the_model_does_not_match(template_gallery, other_model_dir,
+                                                                tmp_path):
+    """Found in the worker (the master never loads the model): one error line, exit status 2."""
+    gallery = tmp_path / "gallery"
+    shutil.copytree(template_gallery, gallery)
+    done = subprocess.run([sys.executable, "-m", "scripts.serve", "--gallery", str(gallery),
+                           "--model", str(other_model_dir), "--port", "0", "--workers", "1"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, done.stderr
+    assert errors[0].startswith(f"error: {gallery}: this gallery was built with model ")
+    assert errors[0].endswith(f"siamese-index --gallery {gallery} --model NEW_MODEL --reembed")
+    assert "Traceback" not in done.stderr
+
+
+def test_master_process_never_loads_tensorflow(server):
+    maps = open(f"/proc/{server.process.pid}/maps").read()
+    assert "tensorflow" not in maps.lower() and "_pywrap_tensorflow" not in maps
+
+
+def test_demo_builds_once_then_starts_at_once(tmp_path, model_dir):
+    samples = tmp_path / "samples"
+    for label in ("Bag", "Trouser"):
+        (samples / label).mkdir(parents=True)
+        for path in sorted((SAMPLES / label).glob("*.png"))[:10]:
+            shutil.copy(path, samples / label / path.name)
+    gallery = tmp_path / "galleries" / "demo"
+    command = [sys.executable, "-m", "scripts.demo", "--gallery", str(gallery), "--model",
+               str(model_dir), "--samples", str(samples), "--build-only"]
+    first = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert first.returncode == 0, first.stderr
+    assert "building the gallery" in first.stderr and "added 20" in first.stdout
+    assert (gallery / "gallery.json").is_file() and not (tmp_path / "galleries" / "demo.building").exists()
+    again = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0 and "building" not in again.stderr

@@ -1,0 +1,63 @@
+"""The web service: a Flask app with a JSON API and HTML pages over one gallery.
+
+    app = create_app(Settings(gallery=Path("galleries/demo"), model=Path("models/fashion-mnist")))
+
+`create_app` loads the model and opens the gallery once (per process: under gunicorn each worker
+builds its own app after the fork, see `server.py`). Blueprints: `api` (JSON, `/api/...` and
+`/healthz`) and `pages` (HTML). `errors` maps every exception to a status in one place.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Optional
+
+from flask import Flask, Response, request
+
+from . import api, errors, pages
+from .service import EXTENSION, Service, get_gallery, get_service
+from .settings import Settings
+from .uploads import UploadRequest
+
+if TYPE_CHECKING:
+    from encoder import Embedder
+
+__all__ = ["create_app", "Settings", "get_gallery", "get_service"]
+
+# Pages load their own script, style and images, and show uploads back as data: URLs; nothing else.
+CONTENT_SECURITY_POLICY = ("default-src 'self'; img-src 'self' data: blob:; style-src 'self'; "
+                           "script-src 'self'; object-src 'none'; base-uri 'none'; "
+                           "form-action 'self'; frame-ancestors 'none'")
+
+
+def create_app(settings: Optional[Settings] = None, embedder: Optional["Embedder"] = None) -> Flask:
+    """The app for `settings` (default: from the `SIAMESE_*` environment variables).
+    `embedder`: a model already loaded (tests, or several apps in one process sharing one)."""
+    settings = Settings.from_env() if settings is None else settings
+    app = Flask(__name__)
+    app.request_class = UploadRequest
+    app.config.update(MAX_CONTENT_LENGTH=settings.max_request_bytes,
+                      SIAMESE_MAX_IMAGE_BYTES=settings.max_image_bytes,
+                      MAX_FORM_MEMORY_SIZE=1_000_000, MAX_FORM_PARTS=100,
+                      JSON_SORT_KEYS=False)
+    app.json.sort_keys = False
+    app.extensions[EXTENSION] = Service.load(settings, embedder)
+    errors.register(app)
+    app.register_blueprint(api.bp)
+    app.register_blueprint(api.health)
+    app.register_blueprint(pages.bp)
+    app.after_request(_security_headers)
+    app.context_processor(_page_context)
+    return app
+
+
+def _security_headers(response: Response) -> Response:
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    if response.mimetype == "text/html":
+        response.headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
+        response.headers.setdefault("Referrer-Policy", "same-origin")
+    return response
+
+
+def _page_context() -> dict:
+    service = get_service()
+    return {"model_id": service.embedder.model_id, "gallery_size": len(service.gallery),
+            "endpoint": request.endpoint}

@@ -1,0 +1,87 @@
+"""Serving the app with gunicorn: `Server(settings).run()`.
+
+The master process binds the socket and watches the workers; it never loads TensorFlow (a
+TensorFlow runtime does not survive a fork). Each worker builds its own app after the fork, so the
+model and the gallery load once per worker, and the workers share the gallery through its files
+(one writer at a time, by its lock; readers catch up by its generation counter).
+
+The worker class is gthread: a few threads per worker keep connections alive and overlap the
+parts of a request that release the GIL (TensorFlow, FAISS, SQLite, Pillow).
+"""
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+
+from gunicorn.app.base import BaseApplication
+from gunicorn.arbiter import Arbiter
+from gunicorn.errors import AppImportError, HaltServer
+
+from encoder.errors import SiameseSearchError
+
+from .service import EXTENSION
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class Server(BaseApplication):
+    def __init__(self, settings: Settings, announce=None, access_log: bool = False):
+        self.settings = settings
+        self.announce = announce  # called once, by the first worker ready to answer
+        self.access_log = access_log
+        self._announced = multiprocessing.Value("b", 0)  # shared with the forked workers
+        super().__init__()
+
+    def load_config(self) -> None:
+        s = self.settings
+        host = f"[{s.host}]" if ":" in s.host else s.host
+        for key, value in {
+            "bind": [f"{host}:{s.port}"], "workers": s.workers, "worker_class": "gthread",
+            "threads": s.threads, "timeout": s.timeout, "graceful_timeout": 10, "keepalive": 5,
+            "backlog": 2048, "preload_app": False, "proc_name": "siamese-serve",
+            "accesslog": "-" if self.access_log else None, "errorlog": "-", "loglevel": "info",
+            "post_worker_init": self._worker_ready,
+        }.items():
+            self.cfg.set(key, value)
+        if "control_socket_disable" in self.cfg.settings:  # gunicorn >= 24: no ~/.gunicorn socket
+            self.cfg.set("control_socket_disable", True)
+
+    def load(self):
+        """In each worker, after the fork: the app, with its own model and gallery."""
+        from . import create_app
+
+        try:
+            return create_app(self.settings)
+        except SiameseSearchError as exc:
+            # gunicorn prints this message and stops (no traceback, no endless restarts).
+            raise AppImportError(f"error: {exc}") from None
+
+    def _worker_ready(self, worker) -> None:
+        """In a worker, its app loaded: log it; the first worker tells the user where to go."""
+        service = worker.wsgi.extensions[EXTENSION]
+        worker.log.info("worker %s ready: gallery of %d items, model %s", worker.pid,
+                        len(service.gallery), service.embedder.model_id)
+        with self._announced.get_lock():
+            first = not self._announced.value
+            self._announced.value = 1
+        if first and self.announce is not None:
+            self.announce(self.settings)
+
+
+def serve(settings: Settings, announce=None, access_log: bool = False) -> int:
+    """Run gunicorn until it is stopped (Ctrl-C, SIGTERM). Returns its exit status: 0, or 2 when
+    the app could not load in the workers (gunicorn's 4; the workers printed why, one line)."""
+    master = os.getpid()
+    try:
+        Server(settings, announce, access_log).run()
+    except SystemExit as exc:
+        if os.getpid() != master:
+            raise  # a worker's exit, on its way out of the forked copy of this call
+        code = int(exc.code or 0)
+    except HaltServer as exc:  # gunicorn 27 re-raises it when two workers fail at once
+        code = exc.exit_status
+    else:
+        code = 0
+    return 2 if code == Arbiter.APP_LOAD_ERROR else code

@@ -1,0 +1,113 @@
+"""The web service's settings: one object, built from command-line flags and the environment.
+
+`Settings.from_env()` reads the `SIAMESE_*` variables below; `replace(**flags)` lays flags given on
+the command line over them (flags win over the environment, which wins over the defaults). Nothing here is global: `create_app(settings)` gets its own copy, so
+two apps with different settings can live side by side (the tests build several).
+
+| variable               | field            | default                                     |
+|------------------------|------------------|---------------------------------------------|
+| SIAMESE_GALLERY        | gallery          | (required)                                  |
+| SIAMESE_MODEL          | model            | models/fashion-mnist                        |
+| SIAMESE_DB_URL         | db_url           | the gallery's own gallery.db                |
+| SIAMESE_API_KEY        | api_key          | none: gallery changes are open              |
+| SIAMESE_MAX_IMAGE_MB   | max_image_bytes  | 20 (MB per uploaded image)                  |
+| SIAMESE_HOST           | host             | 127.0.0.1                                   |
+| SIAMESE_PORT           | port             | 8000                                        |
+| SIAMESE_WORKERS        | workers          | 2 (processes, each with the model loaded)   |
+| SIAMESE_THREADS        | threads          | 4 (request threads per worker)              |
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+from encoder.errors import ConfigError
+from encoder.images import MAX_IMAGE_BYTES
+
+DEFAULT_MODEL = "models/fashion-mnist"
+MB = 1_000_000
+
+# environment variable -> (field, parser)
+ENVIRONMENT = {
+    "SIAMESE_GALLERY": ("gallery", Path),
+    "SIAMESE_MODEL": ("model", Path),
+    "SIAMESE_DB_URL": ("db_url", str),
+    "SIAMESE_API_KEY": ("api_key", str),
+    "SIAMESE_MAX_IMAGE_MB": ("max_image_bytes", lambda v: int(float(v) * MB)),
+    "SIAMESE_HOST": ("host", str),
+    "SIAMESE_PORT": ("port", int),
+    "SIAMESE_WORKERS": ("workers", int),
+    "SIAMESE_THREADS": ("threads", int),
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    gallery: Optional[Path] = None  # the gallery folder (siamese-index or Gallery.create made it)
+    model: Path = Path(DEFAULT_MODEL)  # the model directory the gallery was built with
+    db_url: Optional[str] = None  # SQLAlchemy URL of the gallery's metadata, if not in its folder
+    api_key: Optional[str] = None  # required in X-API-Key for gallery changes, when set
+    max_image_bytes: int = MAX_IMAGE_BYTES  # per uploaded image; larger: 413
+    default_k: int = 8  # matches per search when the request does not say
+    max_k: int = 100  # the most matches one search may ask for
+    page_size: int = 48  # gallery browser: items per page (also the API's default limit)
+    tf_threads: int = 1  # TensorFlow threads per worker: one image per request needs no more
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = 2  # gunicorn worker processes; each loads the model once, after the fork
+    threads: int = 4  # gunicorn threads per worker (gthread worker)
+    timeout: int = 120  # gunicorn: seconds before a silent worker is restarted (model loading included)
+
+    def __post_init__(self) -> None:
+        for name in ("gallery", "model"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, Path):
+                object.__setattr__(self, name, Path(value))
+        if self.api_key is not None and not self.api_key.strip():
+            object.__setattr__(self, "api_key", None)  # SIAMESE_API_KEY= means no key
+        limits = {"max_image_bytes": (1, MAX_IMAGE_BYTES), "default_k": (1, self.max_k),
+                  "max_k": (1, 10_000), "page_size": (1, 1000), "tf_threads": (1, 256),
+                  "port": (0, 65535), "workers": (1, 64), "threads": (1, 256),
+                  "timeout": (1, 3600)}
+        for name, (low, high) in limits.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise ConfigError(f"{name} must be an integer in {low:,}..{high:,}, not {value!r}")
+
+    @property
+    def max_request_bytes(self) -> int:
+        """The largest request body: two images (verify) and room for the form around them."""
+        return 2 * self.max_image_bytes + 1_048_576
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/"
+
+    @classmethod
+    def from_env(cls, environ: Optional[Mapping[str, str]] = None, **defaults: Any) -> "Settings":
+        """Settings from `SIAMESE_*` variables (default: `os.environ`); `defaults` for fields
+        that no variable sets. Lay command-line flags over the result with `replace`."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {k: v for k, v in defaults.items() if v is not None}
+        for variable, (name, parse) in ENVIRONMENT.items():
+            text = environ.get(variable)
+            if text is None or text == "":
+                continue
+            try:
+                values[name] = parse(text)
+            except ValueError:
+                raise ConfigError(f"{variable}={text!r} is not a valid {name}") from None
+        return cls(**values)
+
+    def replace(self, **values: Any) -> "Settings":
+        """A copy with the given fields changed; None leaves a field as it is (a flag not given)."""
+        return dataclasses.replace(self, **{k: v for k, v in values.items() if v is not None})
+
+    def require_gallery(self) -> Path:
+        if self.gallery is None:
+            raise ConfigError("no gallery: give --gallery PATH or set SIAMESE_GALLERY")
+        return self.gallery
