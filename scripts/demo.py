@@ -2,9 +2,10 @@
 
 The first run indexes the bundled Fashion-MNIST sample images (samples/fashion-mnist, 3,000 PNGs
 in labelled folders) with the bundled model (models/fashion-mnist) into galleries/demo, showing
-progress; later runs skip the build and serve within seconds. Paths default to those folders of the repository this
-command is installed from (an editable install, as the README's first command makes), whatever
-the current folder; --gallery, --model, --samples or SIAMESE_GALLERY / SIAMESE_MODEL change them.
+progress; later runs skip the build and serve within seconds. Paths default to those folders of
+the repository this command is installed from (an editable install, as the README's first command
+makes), whatever the current folder; --gallery, --model, --samples or SIAMESE_GALLERY /
+SIAMESE_MODEL change them.
 """
 from __future__ import annotations
 
