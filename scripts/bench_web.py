@@ -140,7 +140,8 @@ def start(name: str, command: list[str], env: dict, port: int, log: Path, worker
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"{name} server exited ({process.returncode}):\n{log.read_text()[-3000:]}")
+            raise RuntimeError(f"{name} server exited ({process.returncode}):\n"
+                               f"{log.read_text()[-3000:]}")
         if log.read_text(errors="replace").count(ready) >= workers and _answers(port):
             return server
         time.sleep(0.5)
@@ -258,7 +259,8 @@ def client_loop(port: int, images: list[bytes], start_at: float, measure_from: f
         now = time.perf_counter()
         if now >= stop_at:
             break
-        body, content_type = multipart({"k": str(K)}, {"image": ("query.png", images[i % len(images)])})
+        image = images[i % len(images)]
+        body, content_type = multipart({"k": str(K)}, {"image": ("query.png", image)})
         i += 1
         begin = now
         try:
@@ -333,7 +335,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         levels = [int(c) for c in args.clients.split(",") if c.strip()]
     except ValueError:
-        raise ConfigError(f"--clients must be comma-separated integers, not {args.clients!r}") from None
+        raise ConfigError(f"--clients must be comma-separated integers, not {args.clients!r}") \
+            from None
     if not levels or min(levels) < 1 or args.seconds <= 0 or args.baseline_seconds <= 0:
         raise ConfigError("--clients must be >= 1 each and --seconds, --baseline-seconds > 0")
     if not 100 <= args.size <= 10_000:

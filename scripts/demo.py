@@ -2,9 +2,10 @@
 
 The first run indexes the bundled Fashion-MNIST sample images (samples/fashion-mnist, 3,000 PNGs
 in labelled folders) with the bundled model (models/fashion-mnist) into galleries/demo, showing
-progress; later runs start serving at once. Paths default to those folders of the repository this
-command is installed from (an editable install, as the README's first command makes), whatever
-the current folder; --gallery, --model, --samples or SIAMESE_GALLERY / SIAMESE_MODEL change them.
+progress; later runs skip the build and serve within seconds. Paths default to those folders of
+the repository this command is installed from (an editable install, as the README's first command
+makes), whatever the current folder; --gallery, --model, --samples or SIAMESE_GALLERY /
+SIAMESE_MODEL change them.
 """
 from __future__ import annotations
 
@@ -60,7 +61,7 @@ def build(samples: Path, gallery: Path, model: Path) -> None:
         return
     partial = gallery.with_name(gallery.name + ".building")
     print(f"siamese-demo: building the gallery {gallery} from {samples} with the model {model} "
-          "(once; later runs start at once)", file=sys.stderr, flush=True)
+          "(once; later runs skip this)", file=sys.stderr, flush=True)
     # Inside the repository, the items' sources are recorded relative to it (samples/...).
     source = samples.resolve()
     if source.is_relative_to(REPO):

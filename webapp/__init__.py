@@ -60,4 +60,4 @@ def _security_headers(response: Response) -> Response:
 def _page_context() -> dict:
     service = get_service()
     return {"model_id": service.embedder.model_id, "gallery_size": len(service.gallery),
-            "endpoint": request.endpoint}
+            "max_image_mb": service.settings.max_image_bytes / 1e6, "endpoint": request.endpoint}

@@ -1,8 +1,9 @@
 """The web service's settings: one object, built from command-line flags and the environment.
 
 `Settings.from_env()` reads the `SIAMESE_*` variables below; `replace(**flags)` lays flags given on
-the command line over them (flags win over the environment, which wins over the defaults). Nothing here is global: `create_app(settings)` gets its own copy, so
-two apps with different settings can live side by side (the tests build several).
+the command line over them (flags win over the environment, which wins over the defaults).
+Nothing here is global: `create_app(settings)` gets its own copy, so two apps with different
+settings can live side by side (the tests build several).
 
 | variable               | field            | default                                     |
 |------------------------|------------------|---------------------------------------------|
@@ -59,7 +60,7 @@ class Settings:
     port: int = 8000
     workers: int = 2  # gunicorn worker processes; each loads the model once, after the fork
     threads: int = 4  # gunicorn threads per worker (gthread worker)
-    timeout: int = 120  # gunicorn: seconds before a silent worker is restarted (model loading included)
+    timeout: int = 120  # gunicorn: seconds before a silent worker is restarted (loading included)
 
     def __post_init__(self) -> None:
         for name in ("gallery", "model"):

@@ -22,17 +22,18 @@ from encoder.images import decode
 
 from .errors import MissingFieldError
 
-FORM_TYPES = ("multipart/form-data",)
 
 
 class UploadRequest(Request):
+    """Flask's request, with uploaded files kept in memory, never spooled to a temporary file."""
+
     def _get_file_stream(self, total_content_length, content_type, filename=None,
                          content_length=None):
         return io.BytesIO()
 
 
 def require_multipart() -> None:
-    if request.mimetype not in FORM_TYPES:
+    if request.mimetype != "multipart/form-data":
         raise UnsupportedMediaType(
             f"send the image as a multipart/form-data upload (curl -F image=@photo.png), not "
             f"{request.mimetype or 'a body without a Content-Type'}")

@@ -132,14 +132,17 @@ def test_gallery_browser_labels_paging_and_search_by_item(page, screenshots):
     browser.find_element(By.CSS_SELECTOR, ".pager a[rel=next]").click()
     assert browser.find_element(By.CSS_SELECTOR, ".pager .where").text == "Page 2 of 2"
     assert len(browser.find_elements(By.CSS_SELECTOR, ".gallery .card")) == 2
-    next(c for c in browser.find_elements(By.CSS_SELECTOR, ".chips a") if c.text.startswith("Sandal")).click()
+    chips = browser.find_elements(By.CSS_SELECTOR, ".chips a")
+    next(c for c in chips if c.text.startswith("Sandal")).click()
     cards = browser.find_elements(By.CSS_SELECTOR, ".gallery .card")
-    assert len(cards) == 5 and {c.find_element(By.CSS_SELECTOR, ".label").text for c in cards} == {"Sandal"}
+    assert len(cards) == 5
+    assert {c.find_element(By.CSS_SELECTOR, ".label").text for c in cards} == {"Sandal"}
     assert "label=Sandal" in browser.current_url
     cards[0].find_element(By.CSS_SELECTOR, "a").click()
     matches = wait_for(browser, ".matches .card")
     assert matches[0].find_element(By.CSS_SELECTOR, ".label").text == "Sandal"
-    assert browser.find_element(By.CSS_SELECTOR, ".query-image figcaption").text.startswith("Gallery item")
+    caption = browser.find_element(By.CSS_SELECTOR, ".query-image figcaption").text
+    assert caption.startswith("Gallery item")
 
 
 def test_a_bad_upload_shows_an_error_page(page, screenshots, tmp_path):

@@ -126,7 +126,8 @@ def test_serve_refuses_a_missing_gallery_in_one_line(tmp_path, model_dir):
         f"error: {tmp_path / 'nope'}: no such gallery; make one with siamese-index FOLDER "
         f"--gallery {tmp_path / 'nope'}")
     (tmp_path / "folder").mkdir()
-    done = subprocess.run([sys.executable, "-m", "scripts.serve", "--gallery", str(tmp_path / "folder"),
+    done = subprocess.run([sys.executable, "-m", "scripts.serve", "--gallery",
+                           str(tmp_path / "folder"),
                            "--model", str(tmp_path)], cwd=REPO, capture_output=True, text=True,
                           timeout=60)
     assert done.returncode == 2 and "no card.json" in done.stderr
@@ -165,6 +166,7 @@ def test_demo_builds_once_then_starts_at_once(tmp_path, model_dir):
     first = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert first.returncode == 0, first.stderr
     assert "building the gallery" in first.stderr and "added 20" in first.stdout
-    assert (gallery / "gallery.json").is_file() and not (tmp_path / "galleries" / "demo.building").exists()
+    assert (gallery / "gallery.json").is_file()
+    assert not (tmp_path / "galleries" / "demo.building").exists()
     again = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=60)
     assert again.returncode == 0 and "building" not in again.stderr
