@@ -77,12 +77,3 @@ def run(args) -> int:
         print(format_table(["what", "unit", "value", "speed-up vs baseline"], rows))
     return 0
 
-
-if __name__ == "__main__":
-    import argparse
-
-    from scripts.common import run as run_command
-
-    parser = argparse.ArgumentParser(description=__doc__)
-    add_arguments(parser)
-    run_command(lambda: run(parser.parse_args()))

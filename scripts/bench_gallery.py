@@ -249,20 +249,3 @@ def format_row(r: dict) -> str:
     return (f"{r['size']:>9,}  {r['index'][:44]:<44} {r['build_s']:>8.1f} {r['mib']:>7.1f} "
             f"{r['recall_at_10']:>9.3f} {r['p50_ms']:>8.3f} {r['p95_ms']:>8.3f} {r['p99_ms']:>8.3f} "
             f"{r['queries']:>7}  {ratio}")
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="siamese-bench gallery", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(p)
-    return run(p.parse_args(argv))
-
-
-def entry() -> None:
-    from scripts.common import run as run_command
-
-    run_command(main)
-
-
-if __name__ == "__main__":
-    entry()

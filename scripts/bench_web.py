@@ -434,20 +434,3 @@ def summary(results: dict) -> list[str]:
     for name, ok in results["targets"].items():
         lines.append(f"target {name}: {'met' if ok else 'NOT MET'}")
     return lines
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="siamese-bench web", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(p)
-    return run(p.parse_args(argv))
-
-
-def entry() -> None:
-    from scripts.common import run as run_command
-
-    run_command(main)
-
-
-if __name__ == "__main__":
-    entry()

@@ -3,12 +3,11 @@ from __future__ import annotations
 
 import json
 
-from conftest import DATASETS
-from scripts import bench_gallery
+from scripts import bench
 
 
-def test_bench_runs_small(model_dir, capsys):
-    code = bench_gallery.main(["--model", str(model_dir), "--dataset", str(DATASETS / "fashion-mnist"),
+def test_bench_runs_small(model_dir, fashion_dir, capsys):
+    code = bench.main(["gallery", "--model", str(model_dir), "--dataset", str(fashion_dir),
                                "--images", "300", "--real", "2000", "--sizes", "1000,3000",
                                "--queries", "60", "--seconds", "0.1", "--index", "flat",
                                "--index", "hnsw:m=8,ef_search=16", "--index", "hnsw:m=8,ef_search=64",

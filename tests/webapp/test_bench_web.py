@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import json
 
-from scripts import bench_web
+from scripts import bench
 
 
 def test_bench_web_runs_small(model_dir, fashion_dir, capsys):
-    code = bench_web.main(["--model", str(model_dir), "--dataset", str(fashion_dir), "--size", "300",
+    code = bench.main(["web", "--model", str(model_dir), "--dataset", str(fashion_dir), "--size", "300",
                            "--clients", "1,2", "--seconds", "1", "--baseline-seconds", "1",
                            "--warmup", "0.3", "--workers", "1", "--threads", "2", "--json"])
     out, err = capsys.readouterr()
