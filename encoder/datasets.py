@@ -58,11 +58,6 @@ class Dataset:
         h.update(self.labels.astype("<i8").tobytes())
         return h.hexdigest()[:16]
 
-    def subset(self, index: np.ndarray, name: Optional[str] = None) -> "Dataset":
-        return replace(self, images=self.images[index], labels=self.labels[index],
-                       groups=None if self.groups is None else self.groups[index],
-                       name=name or self.name, skipped=[])
-
     def check_trainable(self) -> None:
         """Refuse datasets that cannot give both positive and negative pairs."""
         if self.num_classes < 2 or len(np.unique(self.labels)) < 2:
