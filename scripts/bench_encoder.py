@@ -9,9 +9,9 @@ import numpy as np
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--model", default="models/fashion-mnist", help="model directory")
-    p.add_argument("--dataset", default="../shared/datasets/fashion-mnist",
-                   help="folder of the Fashion-MNIST idx files (test images are embedded)")
+    from scripts.common import add_benchmark_arguments
+
+    add_benchmark_arguments(p)
     p.add_argument("--repeats", type=int, default=200, help="single-image calls to time")
     p.add_argument("--json", action="store_true")
 

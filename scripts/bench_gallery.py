@@ -25,17 +25,15 @@ from typing import Iterator
 
 import numpy as np
 
-from scripts.gallery_cli import DEFAULT_MODEL, load_embedder, quiet_faiss
+from scripts.common import add_benchmark_arguments
+from scripts.gallery_cli import load_embedder, quiet_faiss
 
 DEFAULT_INDEXES = ["flat", "hnsw:ef_search=32", "hnsw", "ivf:nprobe=8", "ivf"]
 K = 10
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=DEFAULT_MODEL, metavar="DIR",
-                   help="model directory (default: %(default)s)")
-    p.add_argument("--dataset", default="../shared/datasets/fashion-mnist", metavar="FOLDER",
-                   help="Fashion-MNIST idx files (default: %(default)s)")
+    add_benchmark_arguments(p)
     p.add_argument("--folder", metavar="DIR",
                    help="ingest this folder of images instead of writing Fashion-MNIST PNGs")
     p.add_argument("--images", type=int, default=10_000,

@@ -4,9 +4,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from scripts.common import FASHION_MNIST_DIR
+
 
 def add_arguments(p) -> None:
-    p.add_argument("--dataset", default="../shared/datasets/fashion-mnist",
+    p.add_argument("--dataset", default=FASHION_MNIST_DIR,
                    help="folder of the Fashion-MNIST idx files")
     p.add_argument("--budget", type=float, default=600, help="training seconds for each (default 600)")
     p.add_argument("--seed", type=int, default=0)

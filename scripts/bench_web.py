@@ -30,7 +30,8 @@ from typing import Optional
 
 import numpy as np
 
-from scripts.gallery_cli import DEFAULT_MODEL, quiet_faiss
+from scripts.common import add_benchmark_arguments
+from scripts.gallery_cli import quiet_faiss
 
 K = 10
 REPO = Path(__file__).resolve().parents[1]
@@ -38,10 +39,7 @@ TARGETS = {"p50_ms": 10.0, "p99_ms": 30.0, "speedup": 20.0}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=DEFAULT_MODEL, metavar="DIR",
-                   help="model directory (default: %(default)s)")
-    p.add_argument("--dataset", default="../shared/datasets/fashion-mnist", metavar="FOLDER",
-                   help="Fashion-MNIST idx files (default: %(default)s)")
+    add_benchmark_arguments(p)
     p.add_argument("--gallery", metavar="PATH",
                    help="an existing gallery of --size Fashion-MNIST test images made with "
                         "--model (default: build one in a temporary folder)")

@@ -29,3 +29,16 @@ def add_dataset_argument(parser, required: bool = True) -> None:
         "--dataset", nargs="+", metavar=("KIND", "PATH"), required=required,
         help="fashion-mnist [FOLDER of the idx files; none: Keras' loader, online], "
              "folder ROOT (class-per-subfolder images), or omniglot ZIP_OR_FOLDER [...]")
+
+
+FASHION_MNIST_DIR = "../shared/datasets/fashion-mnist"  # the project's offline copy, beside the repo
+
+
+def add_benchmark_arguments(parser) -> None:
+    """--model and --dataset, as every benchmark takes them."""
+    from scripts.gallery_cli import DEFAULT_MODEL
+
+    parser.add_argument("--model", default=DEFAULT_MODEL, metavar="DIR",
+                        help="model directory (default: %(default)s)")
+    parser.add_argument("--dataset", default=FASHION_MNIST_DIR, metavar="FOLDER",
+                        help="folder of the Fashion-MNIST idx files (default: %(default)s)")

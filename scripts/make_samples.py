@@ -11,12 +11,12 @@ from pathlib import Path
 
 import numpy as np
 
-from scripts.common import run
+from scripts.common import FASHION_MNIST_DIR, run
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m scripts.make_samples", description=__doc__)
-    p.add_argument("--dataset", default="../shared/datasets/fashion-mnist",
+    p.add_argument("--dataset", default=FASHION_MNIST_DIR,
                    help="folder of the Fashion-MNIST idx files")
     p.add_argument("--out", default="samples/fashion-mnist", help="output folder")
     p.add_argument("--per-class", type=int, default=300, help="images per class (default 300)")
