@@ -134,6 +134,12 @@ def multipart(fields: dict) -> tuple[bytes, str]:
     return out.getvalue(), f"multipart/form-data; boundary={boundary}"
 
 
+@pytest.fixture(name="multipart")
+def multipart_fixture():
+    """`multipart({name: text or (filename, bytes)})`: (body, content type), as curl writes it."""
+    return multipart
+
+
 def start_server(gallery: Path, model: Path, log: Path, *args: str, workers: int = 2,
                  env: dict | None = None) -> Live:
     """`siamese-serve` in a child process, once all its workers have loaded the model."""
