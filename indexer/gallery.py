@@ -435,6 +435,8 @@ class Gallery:
 
     def _sync(self) -> None:
         """Bring the in-memory index to the database's current state (mutex held)."""
+        if self._generation >= 0 and self._store.current_generation() == self._generation:
+            return  # the common case, once per request: nothing changed
         with self._store.read() as conn:
             if self._store.generation(conn) == self._generation:
                 return  # the common case, in one small query: nothing changed

@@ -123,6 +123,9 @@ def _sqlite_setup(engine: Engine) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if writing else "BEGIN")
 
 
+_GENERATION_SQL: dict[str, str] = {}  # dialect name -> the compiled generation query
+
+
 class Store:
     """The tables behind one gallery, reached through one SQLAlchemy engine."""
 
@@ -131,8 +134,12 @@ class Store:
         self.engine = create_engine(url)
         if self.engine.dialect.name == "sqlite":
             _sqlite_setup(self.engine)
+        self._probe = None  # the DBAPI connection of `current_generation`
 
     def close(self) -> None:
+        if self._probe is not None:
+            self._probe.close()
+            self._probe = None
         self.engine.dispose()
 
     @contextmanager
@@ -178,6 +185,35 @@ class Store:
             with self.read() as conn:
                 return self.generation(conn)
         return int(conn.execute(select(SETTINGS.c.generation).where(SETTINGS.c.id == 1)).scalar_one())
+
+    def current_generation(self) -> int:
+        """`generation()` for the per-request change check, on a DBAPI connection kept for it:
+        ~4 us on SQLite, against ~150 us for a pooled SQLAlchemy connection and transaction.
+        Callers take turns (the gallery's mutex). Any database error: the regular path answers."""
+        try:
+            if self._probe is None:
+                self._probe = self.engine.raw_connection()
+            cursor = self._probe.cursor()
+            try:
+                cursor.execute(self._generation_sql())
+                row = cursor.fetchone()
+            finally:
+                cursor.close()
+                self._probe.rollback()  # leave no transaction open (PostgreSQL would)
+            return int(row[0])
+        except Exception:
+            if self._probe is not None:
+                self._probe.invalidate()
+                self._probe = None
+            return self.generation()
+
+    def _generation_sql(self) -> str:
+        sql = _GENERATION_SQL.get(self.engine.dialect.name)
+        if sql is None:
+            sql = _GENERATION_SQL[self.engine.dialect.name] = str(
+                select(SETTINGS.c.generation).where(SETTINGS.c.id == 1).compile(
+                    self.engine, compile_kwargs={"literal_binds": True}))
+        return sql
 
     def next_generation(self, conn: Connection, new_ids: int = 0) -> tuple[int, int]:
         """Start a change: bump the generation and reserve `new_ids` ids.

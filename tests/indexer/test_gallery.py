@@ -191,6 +191,18 @@ def test_a_reader_sees_a_writers_changes_after_refresh(gallery, embedder, fashio
     reader.close()
 
 
+def test_refresh_survives_its_change_probe_connection_dropping(gallery, embedder, fashion):
+    """The per-request change check runs on a DBAPI connection of its own; if that connection
+    dies (a database server restarted), the check reconnects instead of failing requests."""
+    reader = Gallery.open(gallery.path, embedder)
+    assert reader.refresh() is False
+    reader._store._probe.dbapi_connection.close()  # dropped under it
+    new_id = gallery.add(fashion.images[300])[0]
+    assert reader.refresh() is True and reader.get(new_id).id == new_id
+    assert reader.refresh() is False
+    reader.close()
+
+
 def test_one_writer_at_a_time(gallery, embedder, fashion):
     other = Gallery.open(gallery.path, embedder, lock_timeout=0.3)
     with gallery.writing():
