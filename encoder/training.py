@@ -41,6 +41,7 @@ class TrainConfig:
     learning_rate: float = 1e-3
     margin: float = 1.0
     hard_fraction: float = 0.5
+    class_weight: float = 0.0  # weight of the auxiliary normalised-softmax class loss (0: off)
     val_fraction: float = 0.1
     val_split: str = "image"  # "image" (stratified) or "class" (held-out classes)
     patience: int = 5
@@ -62,6 +63,7 @@ class TrainConfig:
             (self.time_budget is None or self.time_budget > 0, f"time budget must be positive, not {self.time_budget}"),
             (0.0 < self.val_fraction < 0.9, f"val_fraction must be in (0, 0.9), not {self.val_fraction}"),
             (0.0 < self.hard_fraction <= 1.0, f"hard_fraction must be in (0, 1], not {self.hard_fraction}"),
+            (self.class_weight >= 0.0, f"class_weight must be >= 0, not {self.class_weight}"),
             (self.classes_per_batch >= 2, "classes_per_batch must be at least 2"),
             (self.images_per_class >= 2, "images_per_class must be at least 2"),
             (8 <= self.width <= 256, f"width must be in 8..256, not {self.width}"),
@@ -136,6 +138,29 @@ class _Augmenter:
         return tf.cast(tf.clip_by_value(tf.round(y), 0, 255), tf.uint8)
 
 
+class ClassHead:
+    """An auxiliary loss for training only: a normalised softmax over the training classes
+    (cosine between the unit-length embedding and one learned unit vector per class, times a
+    fixed scale). It spreads the classes over the sphere while the contrastive loss shapes the
+    pairs; the head is dropped after training, so the model is the same encoder."""
+
+    scale = 16.0
+
+    def __init__(self, classes: int, dim: int, seed: int):
+        import tensorflow as tf
+
+        init = tf.random.stateless_normal((dim, classes), seed=(seed, 7))
+        self.weights = tf.Variable(init, name="class_head")
+        self.variables = [self.weights]
+
+    def loss(self, embeddings, classes):
+        import tensorflow as tf
+
+        logits = self.scale * tf.matmul(tf.math.l2_normalize(embeddings, 1),
+                                        tf.math.l2_normalize(self.weights, 0))
+        return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(classes, logits))
+
+
 def train(ds: Dataset, config: TrainConfig, out_dir: str | os.PathLike,
           report: Callable[[str], None] = lambda line: print(line, flush=True)) -> ModelCard:
     """Train on `ds`, validate on a held-out part of it, calibrate, and save to `out_dir`."""
@@ -177,16 +202,23 @@ def train(ds: Dataset, config: TrainConfig, out_dir: str | os.PathLike,
     optimizer = keras.optimizers.Adam(config.learning_rate)
     x_train = tf.constant(x_all[train_idx])
     labels_train = tf.constant(y_train, tf.int32)
+    classes_train = tf.constant(np.unique(y_train, return_inverse=True)[1], tf.int32)
     augment = _Augmenter(config.augment, config.seed)
+    class_head = ClassHead(len(np.unique(y_train)), embedding_dim, config.seed) \
+        if config.class_weight > 0 else None
+    trainable = encoder.trainable_variables + (class_head.variables if class_head else [])
 
     @tf.function(reduce_retracing=True)
     def batch_step(index):
         x = augment(tf.gather(x_train, index))
         with tf.GradientTape() as tape:
-            loss = batch_contrastive_loss(encoder(x, training=True), tf.gather(labels_train, index),
+            e = encoder(x, training=True)
+            loss = batch_contrastive_loss(e, tf.gather(labels_train, index),
                                           config.margin, config.hard_fraction)
-        grads = tape.gradient(loss, encoder.trainable_variables)
-        optimizer.apply_gradients(zip(grads, encoder.trainable_variables))
+            if class_head is not None:
+                loss += config.class_weight * class_head.loss(e, tf.gather(classes_train, index))
+        grads = tape.gradient(loss, trainable)
+        optimizer.apply_gradients(zip(grads, trainable))
         return loss
 
     @tf.function(reduce_retracing=True)

@@ -33,6 +33,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--hard-fraction", type=float, default=0.5,
                    help="hard-pair mining: train on this hardest share of the positive and of the "
                         "negative pairs in each batch (default 0.5; 1 = all pairs)")
+    p.add_argument("--class-weight", type=float, default=0.0,
+                   help="weight of an auxiliary normalised-softmax class loss during training "
+                        "(default 0: contrastive loss only)")
     p.add_argument("--learning-rate", type=float, default=1e-3)
     p.add_argument("--augment", choices=["none", "flip", "affine"], default="none")
     p.add_argument("--invert", action="store_true", help="invert images (dark ink on white)")
@@ -54,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         arch=args.arch, fix_defect=args.fix_defect, embedding_dim=args.embedding_dim, width=args.width,
         epochs=args.epochs, time_budget=args.time_budget, seed=args.seed, sampler=args.sampler,
         classes_per_batch=args.classes_per_batch, images_per_class=args.images_per_class,
-        hard_fraction=args.hard_fraction, learning_rate=args.learning_rate, augment=args.augment,
+        hard_fraction=args.hard_fraction, class_weight=args.class_weight, learning_rate=args.learning_rate, augment=args.augment,
         invert=args.invert, val_fraction=args.val_fraction, val_split=args.val_split,
         patience=args.patience, far_target=args.far_target)
     ds = load_dataset(args.dataset[0], args.dataset[1:], split="train")
