@@ -522,6 +522,14 @@ def _sqlite_url(path: Path) -> str:
     return f"sqlite:///{(path / DATABASE_FILE).resolve()}"
 
 
+def gallery_model_id(path: Union[str, Path], url: Optional[str] = None) -> str:
+    """The id of the model the gallery at `path` was embedded with, read without a model (and
+    without TensorFlow): for a program deciding whether a gallery needs `reembed`."""
+    _, store, settings = _connect(Path(path), url)
+    store.close()
+    return settings.model_id
+
+
 def _connect(path: Path, url: Optional[str]) -> tuple[Path, Store, Settings]:
     """The store of the gallery at `path`, checked to be a gallery and to belong to this folder."""
     if not path.exists():

@@ -58,6 +58,7 @@ def build(samples: Path, gallery: Path, model: Path) -> None:
     skips what it already added), never served half done. It runs in a child process: TensorFlow
     must not be loaded in the server's master process, which forks the workers."""
     if gallery.exists():
+        reembed_if_new_model(gallery, model)
         return
     partial = gallery.with_name(gallery.name + ".building")
     print(f"siamese-demo: building the gallery {gallery} from {samples} with the model {model} "
@@ -76,6 +77,26 @@ def build(samples: Path, gallery: Path, model: Path) -> None:
                            f"{done.returncode}); run siamese-demo again to resume")
     gallery.parent.mkdir(parents=True, exist_ok=True)
     shutil.move(str(partial), str(gallery))
+
+
+def reembed_if_new_model(gallery: Path, model: Path) -> None:
+    """A demo gallery built with an earlier bundled model (the repository was updated since) is
+    re-embedded with the current one, keeping every item, instead of refusing to serve."""
+    from encoder import load_card
+    from indexer.gallery import gallery_model_id
+
+    old, new = gallery_model_id(gallery), load_card(model).model_id
+    if old == new:
+        return
+    print(f"siamese-demo: {gallery} was embedded with model {old}; re-embedding it with {model} "
+          f"(model {new})", file=sys.stderr, flush=True)
+    done = subprocess.run([sys.executable, "-m", "scripts.index", "--gallery", str(gallery),
+                           "--model", str(model), "--reembed"], cwd=REPO)
+    if done.returncode != 0:
+        from encoder.errors import GalleryError
+
+        raise GalleryError(f"re-embedding {gallery} failed (siamese-index exit status "
+                           f"{done.returncode}); it is unchanged")
 
 
 def announce_demo(settings) -> None:

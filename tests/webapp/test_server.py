@@ -170,3 +170,32 @@ def test_demo_builds_once_then_starts_at_once(tmp_path, model_dir):
     assert not (tmp_path / "galleries" / "demo.building").exists()
     again = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=60)
     assert again.returncode == 0 and "building" not in again.stderr
+
+
+def test_demo_reembeds_a_gallery_built_with_an_earlier_model(tmp_path, model_dir, other_model_dir):
+    """After an update brings a new bundled model, the demo re-embeds its gallery (items kept)."""
+    from indexer.gallery import gallery_model_id
+
+    samples = tmp_path / "samples" / "Bag"
+    samples.mkdir(parents=True)
+    for path in sorted((SAMPLES / "Bag").glob("*.png"))[:5]:
+        shutil.copy(path, samples / path.name)
+    gallery = tmp_path / "demo"
+    command = [sys.executable, "-m", "scripts.demo", "--gallery", str(gallery), "--samples",
+               str(samples.parent), "--build-only", "--model"]
+    built = subprocess.run(command + [str(model_dir)], cwd=REPO, capture_output=True, text=True,
+                           timeout=120)
+    assert built.returncode == 0, built.stderr
+    updated = subprocess.run(command + [str(other_model_dir)], cwd=REPO, capture_output=True,
+                             text=True, timeout=120)
+    assert updated.returncode == 0, updated.stderr
+    assert "re-embedding it with" in updated.stderr
+    from encoder import load_card
+
+    assert gallery_model_id(gallery) == load_card(other_model_dir).model_id
+    from encoder import Embedder
+    from indexer import Gallery
+
+    reopened = Gallery.open(gallery, Embedder.load(other_model_dir))
+    assert len(reopened) == 5
+    reopened.close()
