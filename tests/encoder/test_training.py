@@ -55,6 +55,21 @@ def test_config_values_are_checked():
     with pytest.raises(ConfigError, match="sampler must be one of"):
         TrainConfig(sampler="triplets")
     assert TrainConfig(arch="tutorial").sampler == "pairs"
+    with pytest.raises(ConfigError, match="class_weight must be >= 0, not -1"):
+        TrainConfig(class_weight=-1)
+
+
+def test_class_loss_trains_the_same_encoder_and_is_recorded(small_folder, tiny_model, tmp_path):
+    """The auxiliary class head changes the weights, learns, and leaves no trace in the model."""
+    ds = load_image_folder(small_folder)
+    config = TrainConfig(epochs=10, seed=3, classes_per_batch=4, images_per_class=8,
+                         val_fraction=0.2, calibration_rounds=2, class_weight=0.5)
+    card = train(ds, config, tmp_path / "head", report=lambda s: None)
+    plain = Embedder.load(tiny_model)
+    assert card.model_id != plain.model_id and card.validation["roc_auc"] > 0.9
+    assert card.training["settings"]["class_weight"] == 0.5
+    with_head = Embedder.load(tmp_path / "head")
+    assert with_head.model.count_params() == plain.model.count_params()
 
 
 def test_training_learns_and_is_deterministic(small_folder, tiny_model, tmp_path):
