@@ -84,6 +84,8 @@ def read_bytes(path: Union[str, os.PathLike], max_bytes: int = MAX_IMAGE_BYTES) 
         raise BadImageError(f"{p}: permission denied") from None
     except IsADirectoryError:
         raise BadImageError(f"{p}: not a file") from None
+    except OSError as exc:  # a symbolic link loop, an I/O error, a name too long
+        raise BadImageError(f"{p}: cannot read ({exc.strerror or exc})") from None
 
 
 def decode(data: bytes, name: str = "image", max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:

@@ -51,18 +51,19 @@ def repeated_tutorial_pairs(labels: np.ndarray, seed: int, rounds: int):
 
 
 def class_balanced_batches(labels: np.ndarray, classes_per_batch: int, per_class: int,
-                           seed: int) -> np.ndarray:
+                           seed: int, min_batches: int = 1) -> np.ndarray:
     """One epoch of batches, (num_batches, classes_per_batch * per_class) image indices.
 
     Each batch holds `per_class` images of each of `classes_per_batch` distinct classes, so every
     batch yields many positive and negative pairs. Each class is walked in a fresh random order and
-    restarted when used up, so every image is seen about once per epoch.
+    restarted when used up, so every image is seen about once per epoch, or more often when the
+    data is too small to fill `min_batches` batches.
     """
     labels = np.asarray(labels)
     rng = np.random.default_rng(seed)
     order, classes, starts, sizes = _class_members(labels)
     p = min(classes_per_batch, len(classes))
-    num_batches = max(1, len(labels) // (p * per_class))
+    num_batches = max(min_batches, len(labels) // (p * per_class))
     streams = [rng.permutation(order[s:s + n]) for s, n in zip(starts, sizes)]
     cursor = np.zeros(len(classes), np.int64)
     # Classes are drawn in proportion to their size, so big classes are not under-sampled.

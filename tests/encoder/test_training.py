@@ -40,7 +40,7 @@ def test_siamese_model_shares_one_encoder():
 
 def test_validation_split_by_image_and_by_class(small_folder):
     ds = load_image_folder(small_folder)
-    train_idx, val_idx = split_train_val(ds, TrainConfig(val_fraction=0.2))
+    train_idx, val_idx = split_train_val(ds, TrainConfig(val_fraction=0.2, val_split="image"))
     assert len(set(train_idx) & set(val_idx)) == 0 and len(val_idx) == 24
     assert set(ds.labels[val_idx]) == set(ds.labels[train_idx])
     train_idx, val_idx = split_train_val(ds, TrainConfig(val_fraction=0.5, val_split="class"))
@@ -60,7 +60,7 @@ def test_config_values_are_checked():
 def test_training_learns_and_is_deterministic(small_folder, tiny_model, tmp_path):
     ds = load_image_folder(small_folder)
     config = TrainConfig(epochs=10, seed=3, classes_per_batch=4, images_per_class=8,
-                         val_fraction=0.2, calibration_rounds=2)
+                         val_fraction=0.2, val_split="image", augment="none", calibration_rounds=2)
     card = train(ds, config, tmp_path / "again", report=lambda s: None)
     assert card.model_id == Embedder.load(tiny_model).model_id  # same seed, same weights
     # Four visually distinct classes: a few dozen steps separate them.
