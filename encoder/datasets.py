@@ -194,12 +194,15 @@ def image_files(folder: str | os.PathLike, others: Optional[list[str]] = None) -
     return found
 
 
-def infer_preprocessing(sizes: Sequence[tuple[int, int]], modes: Sequence[str]) -> Preprocessing:
+def infer_preprocessing(sizes: Sequence[tuple[int, int]], modes: Sequence[str],
+                        side: Optional[int] = None) -> Preprocessing:
     """A sensible model input for a folder of images: grey unless any image has colour; a square
-    side near the median image size, between 28 and 64 pixels (small data does not need more)."""
+    side near the median image size, between 28 and 64 pixels (small data does not need more),
+    unless `side` is given."""
     grey = all(m in ("1", "L", "LA", "I", "I;16", "F") for m in modes)
-    side = int(np.median([min(w, h) for w, h in sizes]))
-    side = int(np.clip(round(side / 4) * 4, 28, 64))
+    if side is None:
+        side = int(np.median([min(w, h) for w, h in sizes]))
+        side = int(np.clip(round(side / 4) * 4, 28, 64))
     return Preprocessing(height=side, width=side, channels=1 if grey else 3)
 
 
@@ -211,7 +214,7 @@ def _report_progress(done: int, total: int, start: float, what: str) -> None:
 
 
 def _load_files(entries: list[tuple[str, int, Optional[int]]], read, pre: Optional[Preprocessing],
-                what: str) -> tuple[np.ndarray, list[int], list[Optional[int]], list[tuple[str, str]],
+                what: str, side: Optional[int] = None) -> tuple[np.ndarray, list[int], list[Optional[int]], list[tuple[str, str]],
                                     Preprocessing]:
     """Decode (name, label, group) entries with `read(name) -> bytes`; skip and report bad files."""
     skipped: list[tuple[str, str]] = []
@@ -229,7 +232,8 @@ def _load_files(entries: list[tuple[str, int, Optional[int]]], read, pre: Option
     if not decoded:
         raise DatasetError(f"{what}: no readable images")
     if pre is None:
-        pre = infer_preprocessing([im.size for im, _, _ in decoded], [im.mode for im, _, _ in decoded])
+        pre = infer_preprocessing([im.size for im, _, _ in decoded], [im.mode for im, _, _ in decoded],
+                                  side)
     raw = replace(pre, invert=False)
     images = np.stack([to_array(im, raw) for im, _, _ in decoded])
     return images, [l for _, l, _ in decoded], [g for _, _, g in decoded], skipped, pre
@@ -250,7 +254,8 @@ def _class_folders(root: Path) -> tuple[list[str], list[tuple[str, str]]]:
     return classes, refused
 
 
-def load_image_folder(root: str | os.PathLike, pre: Optional[Preprocessing] = None) -> Dataset:
+def load_image_folder(root: str | os.PathLike, pre: Optional[Preprocessing] = None,
+                      side: Optional[int] = None) -> Dataset:
     """A class-per-subfolder tree: `root/<class>/**/<image>`. Symbolic links to folders inside a
     class are not followed, and a class folder that links back to the tree is refused (no loops);
     files that do not decode are reported in `skipped`."""
@@ -268,7 +273,7 @@ def load_image_folder(root: str | os.PathLike, pre: Optional[Preprocessing] = No
         raise DatasetError(f"{root}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) "
                            "in its class sub-folders")
     images, labels, _, skipped, pre = _load_files(
-        entries, lambda p: read_bytes(p, MAX_IMAGE_BYTES), pre, str(root))
+        entries, lambda p: read_bytes(p, MAX_IMAGE_BYTES), pre, str(root), side)
     labels = np.asarray(labels, np.int64)
     empty = sorted(set(range(len(classes))) - set(labels.tolist()))
     if empty:
@@ -280,7 +285,8 @@ def load_image_folder(root: str | os.PathLike, pre: Optional[Preprocessing] = No
     return ds.subset(np.arange(len(ds))) if empty else ds
 
 
-def load_omniglot(paths: Sequence[str | os.PathLike], pre: Optional[Preprocessing] = None) -> Dataset:
+def load_omniglot(paths: Sequence[str | os.PathLike], pre: Optional[Preprocessing] = None,
+                  side: Optional[int] = None) -> Dataset:
     """Omniglot `<alphabet>/<character>/<image>.png` trees or zips of them (e.g. the background sets).
 
     The class is (alphabet, character); an image present in several sources (Greek and Latin are in
@@ -316,24 +322,30 @@ def load_omniglot(paths: Sequence[str | os.PathLike], pre: Optional[Preprocessin
         zf, member = sources[name]
         return zf.read(member) if zf is not None else read_bytes(member)
 
-    images, labels, groups, skipped, pre = _load_files(entries, read, pre, "omniglot")
+    images, labels, groups, skipped, pre = _load_files(entries, read, pre, "omniglot", side)
     return Dataset(images, np.asarray(labels, np.int64), classes, name="omniglot", kind="omniglot",
                    groups=np.asarray(groups, np.int64), group_names=alphabets, skipped=skipped)
 
 
 def load_dataset(kind: str, paths: Sequence[str] = (), split: str = "train",
-                 pre: Optional[Preprocessing] = None) -> Dataset:
-    """Dispatch on the dataset kind named on the command line (`--dataset KIND [PATH ...]`)."""
+                 pre: Optional[Preprocessing] = None, side: Optional[int] = None) -> Dataset:
+    """Dispatch on the dataset kind named on the command line (`--dataset KIND [PATH ...]`).
+
+    Images come as `pre` says (a model's card), or else at a size and colour inferred from the
+    files, with `side` as the square side when given (folder and Omniglot data)."""
     if kind == "fashion-mnist":
         if len(paths) > 1:
             raise DatasetError("fashion-mnist takes one folder (of the four idx files)")
+        if side not in (None, 28):
+            raise DatasetError("fashion-mnist images are 28x28; an input size applies to folder "
+                               "and omniglot data")
         return load_fashion_mnist(paths[0], split) if paths else load_fashion_mnist_keras(split)
     if kind == "folder":
         if len(paths) != 1:
             raise DatasetError("folder takes exactly one path: the root of a class-per-subfolder tree")
-        return load_image_folder(paths[0], pre)
+        return load_image_folder(paths[0], pre, side)
     if kind == "omniglot":
         if not paths:
             raise DatasetError("omniglot needs one or more folders or zip files")
-        return load_omniglot(paths, pre)
+        return load_omniglot(paths, pre, side)
     raise DatasetError(f"unknown dataset kind {kind!r}; expected one of {', '.join(DATASET_KINDS)}")

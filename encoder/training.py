@@ -26,7 +26,6 @@ SAMPLERS = ("batch", "pairs")
 AUGMENTATIONS = ("auto", "none", "flip", "affine")
 VAL_SPLITS = ("auto", "image", "class", "group")
 SMALL_CLASS = 100  # images per class (median) below which `augment="auto"` distorts images
-MIN_STEPS_PER_EPOCH = 50  # small datasets: validate after this many steps, not after every few
 
 
 @dataclass
@@ -41,6 +40,9 @@ class TrainConfig:
     pair_batch_size: int = 64  # pairs per step for the "pairs" sampler (the tutorial's 64)
     classes_per_batch: int = 10
     images_per_class: int = 16
+    # An epoch is one pass over the training images, but at least this many steps: a small
+    # dataset (400 images is 2-3 batches) would otherwise validate, and early-stop, every few steps.
+    min_steps_per_epoch: int = 50
     learning_rate: float = 1e-3
     margin: float = 1.0
     hard_fraction: float = 0.5
@@ -68,6 +70,7 @@ class TrainConfig:
             (0.0 < self.hard_fraction <= 1.0, f"hard_fraction must be in (0, 1], not {self.hard_fraction}"),
             (self.classes_per_batch >= 2, "classes_per_batch must be at least 2"),
             (self.images_per_class >= 2, "images_per_class must be at least 2"),
+            (self.min_steps_per_epoch >= 1, "min_steps_per_epoch must be at least 1"),
             (8 <= self.width <= 256, f"width must be in 8..256, not {self.width}"),
             (self.learning_rate > 0, f"learning rate must be positive, not {self.learning_rate}"),
         ]
@@ -240,7 +243,7 @@ def train(ds: Dataset, config: TrainConfig, out_dir: str | os.PathLike,
         images_per_step = 2 * config.pair_batch_size
     else:
         steps_per_epoch = len(class_balanced_batches(y_train, config.classes_per_batch,
-                                                     config.images_per_class, 0, MIN_STEPS_PER_EPOCH))
+                                                     config.images_per_class, 0, config.min_steps_per_epoch))
         images_per_step = min(config.classes_per_batch, len(np.unique(y_train))) * config.images_per_class
     total_steps = steps_per_epoch * config.epochs
     optimizer = keras.optimizers.Adam(config.learning_rate)
@@ -290,7 +293,7 @@ def train(ds: Dataset, config: TrainConfig, out_dir: str | os.PathLike,
         else:
             batches = class_balanced_batches(y_train, config.classes_per_batch,
                                              config.images_per_class, config.seed * 1000 + epoch,
-                                             MIN_STEPS_PER_EPOCH)
+                                             config.min_steps_per_epoch)
         for step, index in enumerate(batches, 1):
             progress = step_count / total_steps
             if config.time_budget:

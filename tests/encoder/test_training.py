@@ -60,7 +60,8 @@ def test_config_values_are_checked():
 def test_training_learns_and_is_deterministic(small_folder, tiny_model, tmp_path):
     ds = load_image_folder(small_folder)
     config = TrainConfig(epochs=10, seed=3, classes_per_batch=4, images_per_class=8,
-                         val_fraction=0.2, val_split="image", augment="none", calibration_rounds=2)
+                         val_fraction=0.2, val_split="image", augment="none",
+                         min_steps_per_epoch=1, calibration_rounds=2)
     card = train(ds, config, tmp_path / "again", report=lambda s: None)
     assert card.model_id == Embedder.load(tiny_model).model_id  # same seed, same weights
     # Four visually distinct classes: a few dozen steps separate them.
