@@ -88,6 +88,8 @@ class Dataset:
         """Lines for people: images per class (every class when there are few, else the
         smallest and largest), so a lopsided or thin dataset is noticed before training."""
         counts = np.bincount(self.labels, minlength=self.num_classes)
+        if counts.min() == counts.max():
+            return [f"{self.num_classes} classes, {len(self)} images; {counts[0]} per class"]
         lines = [f"{self.num_classes} classes, {len(self)} images; per class: min {counts.min()}, "
                  f"median {np.median(counts):g}, max {counts.max()}"]
         order = np.argsort(counts, kind="stable")

@@ -33,6 +33,7 @@ class TrainConfig:
     arch: str = "default"
     embedding_dim: Optional[int] = None  # default: 64 for ours, 48 for the tutorial's
     width: int = 32  # filters of our default network's first block (doubling per block)
+    depth: Optional[int] = None  # conv blocks of our default network (None: down to 8 pixels)
     epochs: int = 20
     time_budget: Optional[float] = None  # seconds of training; stops mid-epoch when spent
     seed: int = 0
@@ -233,7 +234,8 @@ def train(ds: Dataset, config: TrainConfig, out_dir: str | os.PathLike,
         report(f"rotated classes: training on {len(y_train):,} images of "
                f"{len(np.unique(y_train))} classes")
 
-    encoder = build_encoder(config.arch, pre, config.embedding_dim, config.fix_defect, config.width)
+    encoder = build_encoder(config.arch, pre, config.embedding_dim, config.fix_defect, config.width,
+                            config.depth)
     siamese = siamese_model(encoder)
     embedding_dim = int(encoder.output_shape[-1])
 

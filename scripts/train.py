@@ -22,6 +22,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--embedding-dim", type=int, help="embedding size (default: 64; tutorial 48)")
     p.add_argument("--width", type=int, default=32,
                    help="default arch: filters of the first block, doubling per block (default 32)")
+    p.add_argument("--depth", type=int,
+                   help="default arch: conv blocks, each but the last halving the image (default: "
+                        "down to 8 pixels, 3 blocks at 28x28; 4 lets features see a whole "
+                        "character)")
     p.add_argument("--epochs", type=int, default=20, help="maximum epochs (default: %(default)s)")
     p.add_argument("--time-budget", type=float, metavar="SECONDS",
                    help="stop training after this many seconds (mid-epoch if need be)")
@@ -65,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
 
     config = TrainConfig(
         arch=args.arch, fix_defect=args.fix_defect, embedding_dim=args.embedding_dim, width=args.width,
+        depth=args.depth,
         epochs=args.epochs, time_budget=args.time_budget, seed=args.seed, sampler=args.sampler,
         classes_per_batch=args.classes_per_batch, images_per_class=args.images_per_class,
         hard_fraction=args.hard_fraction, learning_rate=args.learning_rate, augment=args.augment,
