@@ -216,8 +216,9 @@ def _report_progress(done: int, total: int, start: float, what: str) -> None:
 
 
 def _load_files(entries: list[tuple[str, int, Optional[int]]], read, pre: Optional[Preprocessing],
-                what: str, side: Optional[int] = None) -> tuple[np.ndarray, list[int], list[Optional[int]], list[tuple[str, str]],
-                                    Preprocessing]:
+                what: str, side: Optional[int] = None
+                ) -> tuple[np.ndarray, list[int], list[Optional[int]], list[tuple[str, str]],
+                           Preprocessing]:
     """Decode (name, label, group) entries with `read(name) -> bytes`; skip and report bad files."""
     skipped: list[tuple[str, str]] = []
     decoded: list[tuple[Image.Image, int, Optional[int]]] = []
@@ -234,8 +235,8 @@ def _load_files(entries: list[tuple[str, int, Optional[int]]], read, pre: Option
     if not decoded:
         raise DatasetError(f"{what}: no readable images")
     if pre is None:
-        pre = infer_preprocessing([im.size for im, _, _ in decoded], [im.mode for im, _, _ in decoded],
-                                  side)
+        pre = infer_preprocessing([im.size for im, _, _ in decoded],
+                                  [im.mode for im, _, _ in decoded], side)
     raw = replace(pre, invert=False)
     images = np.stack([to_array(im, raw) for im, _, _ in decoded])
     return images, [l for _, l, _ in decoded], [g for _, _, g in decoded], skipped, pre

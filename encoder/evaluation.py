@@ -104,7 +104,8 @@ def oneshot_episodes(labels: np.ndarray, way: int, shots: int, episodes: int, se
     if way < 2:
         raise ConfigError(f"an episode needs at least 2 classes (way), not {way}")
     if shots < 1:
-        raise ConfigError(f"an episode needs at least 1 reference image per class (shots), not {shots}")
+        raise ConfigError(f"an episode needs at least 1 reference image per class (shots), "
+                          f"not {shots}")
     if episodes < 2:
         raise ConfigError(f"a confidence interval needs at least 2 episodes, not {episodes}")
     classes, counts = np.unique(labels, return_counts=True)

@@ -83,7 +83,8 @@ def default_encoder(pre: Preprocessing, embedding_dim: int = 64, width: int = 32
 
 
 def build_encoder(arch: str, pre: Preprocessing, embedding_dim: int | None = None,
-                  fix_defect: bool = False, width: int = 32, depth: int | None = None) -> keras.Model:
+                  fix_defect: bool = False, width: int = 32,
+                  depth: int | None = None) -> keras.Model:
     if arch == "tutorial":
         if depth is not None:
             raise ConfigError("--depth applies to --arch default only")

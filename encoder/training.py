@@ -48,11 +48,11 @@ class TrainConfig:
     margin: float = 1.0
     hard_fraction: float = 0.5
     val_fraction: float = 0.1
-    val_split: str = "auto"  # "image" (stratified), "class" or "group" (held out whole); see resolve
+    val_split: str = "auto"  # "image" (stratified), "class" or "group" (held out whole): resolve()
     patience: int = 5
     fix_defect: bool = False
     augment: str = "auto"  # "affine" for small datasets, else "none"; see resolve
-    rotate_classes: bool = False  # add each training class turned 90, 180, 270 degrees as new classes
+    rotate_classes: bool = False  # also train on every class turned 90, 180, 270 degrees
     invert: bool = False
     far_target: float = 1e-3
     calibration_rounds: int = 5
@@ -64,7 +64,8 @@ class TrainConfig:
         checks = [
             (self.sampler in SAMPLERS, f"sampler must be one of {SAMPLERS}, not {self.sampler!r}"),
             (self.augment in AUGMENTATIONS, f"augment must be one of {AUGMENTATIONS}, not {self.augment!r}"),
-            (self.val_split in VAL_SPLITS, f"val_split must be one of {VAL_SPLITS}, not {self.val_split!r}"),
+            (self.val_split in VAL_SPLITS,
+             f"val_split must be one of {VAL_SPLITS}, not {self.val_split!r}"),
             (self.epochs >= 1, f"epochs must be at least 1, not {self.epochs}"),
             (self.time_budget is None or self.time_budget > 0, f"time budget must be positive, not {self.time_budget}"),
             (0.0 < self.val_fraction < 0.9, f"val_fraction must be in (0, 0.9), not {self.val_fraction}"),
@@ -78,7 +79,6 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
-
 
     def resolve(self, ds: Dataset) -> "TrainConfig":
         """The settings with "auto" decided for this dataset (what the card records).
@@ -245,7 +245,8 @@ def train(ds: Dataset, config: TrainConfig, out_dir: str | os.PathLike,
         images_per_step = 2 * config.pair_batch_size
     else:
         steps_per_epoch = len(class_balanced_batches(y_train, config.classes_per_batch,
-                                                     config.images_per_class, 0, config.min_steps_per_epoch))
+                                                     config.images_per_class, 0,
+                                                     config.min_steps_per_epoch))
         images_per_step = min(config.classes_per_batch, len(np.unique(y_train))) * config.images_per_class
     total_steps = steps_per_epoch * config.epochs
     optimizer = keras.optimizers.Adam(config.learning_rate)
@@ -357,7 +358,8 @@ def train(ds: Dataset, config: TrainConfig, out_dir: str | os.PathLike,
                   "class_names": list(ds.class_names)[:1000],
                   # The groups (Omniglot alphabets) trained on and held out: evaluation leaves out
                   # by default the ones the model has seen.
-                  "groups": ds.groups_present(train_idx), "validation_groups": ds.groups_present(val_idx),
+                  "groups": ds.groups_present(train_idx),
+                  "validation_groups": ds.groups_present(val_idx),
                   "settings": settings, "epochs_run": epoch, "best_epoch": best_epoch,
                   "stopped_by": stopped_by, "train_seconds": round(train_seconds, 1),
                   "total_seconds": round(time.perf_counter() - started, 1), "history": history,

@@ -30,9 +30,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.add_argument("--plots", metavar="DIR", help="write roc.png, distances.png and pairs.png here")
     p.add_argument("--oneshot", type=int, nargs="+", metavar="N",
-                   help="also N-way one-shot accuracy: episodes of N classes, SHOTS reference images "
-                        "each and one query per class; the query takes the class of the nearest "
-                        "reference (nearest class mean when SHOTS > 1). Several N may be given")
+                   help="also N-way one-shot accuracy: episodes of N classes, K reference images "
+                        "each (--shots) and one query per class; a query takes the class of the "
+                        "nearest reference (nearest class mean when K > 1). Several N may be given")
     p.add_argument("--shots", type=int, default=1, metavar="K",
                    help="reference images per class in an episode (default: %(default)s)")
     p.add_argument("--episodes", type=int, default=1000,

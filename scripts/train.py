@@ -55,7 +55,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--val-split", choices=VAL_SPLITS, default="auto",
                    help="hold out a share of every class's images (image), whole classes (class) "
                         "or whole groups such as Omniglot alphabets (group); auto: group when the "
-                        "data has groups, image for fashion-mnist, else class (default: %(default)s)")
+                        "data has groups, image for fashion-mnist, else class "
+                        "(default: %(default)s)")
     p.add_argument("--patience", type=int, default=5, help="early-stopping patience in epochs")
     p.add_argument("--far-target", type=float, default=1e-3,
                    help="false-accept rate for the strict threshold (default: %(default)s)")
@@ -73,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
         epochs=args.epochs, time_budget=args.time_budget, seed=args.seed, sampler=args.sampler,
         classes_per_batch=args.classes_per_batch, images_per_class=args.images_per_class,
         hard_fraction=args.hard_fraction, learning_rate=args.learning_rate, augment=args.augment,
-        rotate_classes=args.rotate_classes, invert=args.invert, val_fraction=args.val_fraction, val_split=args.val_split,
+        rotate_classes=args.rotate_classes, invert=args.invert, val_fraction=args.val_fraction,
+        val_split=args.val_split,
         patience=args.patience, far_target=args.far_target)
     ds = load_dataset(args.dataset[0], args.dataset[1:], split="train", side=args.input_size)
     for name, reason in ds.skipped:
