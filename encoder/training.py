@@ -53,6 +53,7 @@ class TrainConfig:
     fix_defect: bool = False
     augment: str = "auto"  # "affine" for small datasets, else "none"; see resolve
     rotate_classes: bool = False  # also train on every class turned 90, 180, 270 degrees
+    group_batches: bool = False  # each batch's classes from one group (alphabet): hard negatives
     invert: bool = False
     far_target: float = 1e-3
     calibration_rounds: int = 5
@@ -97,6 +98,8 @@ class TrainConfig:
         if val_split == "group" and ds.groups is None:
             raise ConfigError(f"val_split 'group': {ds.name} has no groups (alphabets); "
                               "use 'class' or 'image'")
+        if self.group_batches and ds.groups is None:
+            raise ConfigError(f"group batches: {ds.name} has no groups (alphabets)")
         return replace(self, val_split=val_split, augment=augment)
 
 
@@ -189,14 +192,16 @@ class _Augmenter:
         return tf.cast(tf.clip_by_value(tf.round(y), 0, 255), tf.uint8)
 
 
-def with_rotated_classes(images: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Every class also turned by 90, 180 and 270 degrees, each a new class: four times the
-    classes, a standard trick for Omniglot (a turned character is a different character)."""
+def with_rotated_classes(images: np.ndarray, labels: np.ndarray, groups: np.ndarray
+                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every class also turned by 90, 180 and 270 degrees, each a new class (in a new group):
+    four times the classes, a standard trick for Omniglot (a turned character is another one)."""
     if images.shape[1] != images.shape[2]:
         raise ConfigError("rotated classes need square input")
-    span = int(labels.max()) + 1
     turned = [np.rot90(images, k, axes=(1, 2)) for k in range(4)]
-    return np.concatenate(turned), np.concatenate([labels + k * span for k in range(4)])
+    labels, groups = (np.concatenate([a + k * (int(a.max()) + 1) for k in range(4)])
+                      for a in (labels, groups))
+    return np.concatenate(turned), labels, groups
 
 
 def train(ds: Dataset, config: TrainConfig, out_dir: str | os.PathLike,
@@ -222,6 +227,7 @@ def train(ds: Dataset, config: TrainConfig, out_dir: str | os.PathLike,
     pre = Preprocessing(height, width, channels, invert=config.invert)
     x_all = prepare_batch(ds.images, pre)
     x_train, y_train = x_all[train_idx], ds.labels[train_idx]
+    g_train = np.zeros_like(y_train) if ds.groups is None else ds.groups[train_idx]
     x_val, y_val = x_all[val_idx], ds.labels[val_idx]
     val_pairs = tutorial_pairs(y_val, config.seed + 1)
     report(f"data: {ds.name}, {len(train_idx):,} training / {len(val_idx):,} validation images, "
@@ -230,7 +236,7 @@ def train(ds: Dataset, config: TrainConfig, out_dir: str | os.PathLike,
     if config.val_split == "group":
         report(f"validation groups (never trained on): {', '.join(ds.groups_present(val_idx))}")
     if config.rotate_classes:
-        x_train, y_train = with_rotated_classes(x_train, y_train)
+        x_train, y_train, g_train = with_rotated_classes(x_train, y_train, g_train)
         report(f"rotated classes: training on {len(y_train):,} images of "
                f"{len(np.unique(y_train))} classes")
 
@@ -296,7 +302,8 @@ def train(ds: Dataset, config: TrainConfig, out_dir: str | os.PathLike,
         else:
             batches = class_balanced_batches(y_train, config.classes_per_batch,
                                              config.images_per_class, config.seed * 1000 + epoch,
-                                             config.min_steps_per_epoch)
+                                             config.min_steps_per_epoch,
+                                             g_train if config.group_batches else None)
         for step, index in enumerate(batches, 1):
             progress = step_count / total_steps
             if config.time_budget:

@@ -46,6 +46,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--rotate-classes", action="store_true",
                    help="also train on every class turned 90, 180 and 270 degrees, each as a new "
                         "class (characters, symbols; not for photos of upright things)")
+    p.add_argument("--group-batches", action="store_true",
+                   help="data with groups (Omniglot alphabets): each batch takes its classes from "
+                        "one group, so the network learns to tell apart classes that look alike")
     p.add_argument("--invert", action="store_true", help="invert images (dark ink on white)")
     p.add_argument("--input-size", type=int, metavar="PIXELS",
                    help="folder and omniglot data: square input side (default: the median image "
@@ -74,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         epochs=args.epochs, time_budget=args.time_budget, seed=args.seed, sampler=args.sampler,
         classes_per_batch=args.classes_per_batch, images_per_class=args.images_per_class,
         hard_fraction=args.hard_fraction, learning_rate=args.learning_rate, augment=args.augment,
-        rotate_classes=args.rotate_classes, invert=args.invert, val_fraction=args.val_fraction,
+        rotate_classes=args.rotate_classes, group_batches=args.group_batches, invert=args.invert, val_fraction=args.val_fraction,
         val_split=args.val_split,
         patience=args.patience, far_target=args.far_target)
     ds = load_dataset(args.dataset[0], args.dataset[1:], split="train", side=args.input_size)

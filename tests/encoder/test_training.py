@@ -121,12 +121,13 @@ def test_rotated_classes_are_new_classes():
     from encoder.training import with_rotated_classes
 
     x = np.arange(2 * 3 * 3).reshape(2, 3, 3, 1).astype(np.uint8)
-    images, labels = with_rotated_classes(x, np.array([0, 2]))
+    images, labels, groups = with_rotated_classes(x, np.array([0, 2]), np.array([1, 1]))
     assert images.shape == (8, 3, 3, 1) and labels.tolist() == [0, 2, 3, 5, 6, 8, 9, 11]
+    assert groups.tolist() == [1, 1, 3, 3, 5, 5, 7, 7]
     np.testing.assert_array_equal(images[2, :, :, 0], np.rot90(x[0, :, :, 0]))
     np.testing.assert_array_equal(images[6, :, :, 0], np.rot90(x[0, :, :, 0], 3))
     with pytest.raises(ConfigError, match="square"):
-        with_rotated_classes(np.zeros((1, 3, 4, 1), np.uint8), np.array([0]))
+        with_rotated_classes(np.zeros((1, 3, 4, 1), np.uint8), np.array([0]), np.array([0]))
 
 
 def test_affine_distortions_are_small_seeded_and_keep_the_background(omniglot_dir):
