@@ -36,6 +36,7 @@ class Dataset:
     labels: np.ndarray  # int64 (N,), 0..len(class_names)-1
     class_names: list[str]
     name: str
+    kind: str = ""  # how it was loaded: one of DATASET_KINDS
     groups: Optional[np.ndarray] = None  # e.g. the Omniglot alphabet of each image
     group_names: list[str] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
@@ -58,6 +59,50 @@ class Dataset:
         h.update(self.labels.astype("<i8").tobytes())
         return h.hexdigest()[:16]
 
+    def subset(self, index: np.ndarray) -> "Dataset":
+        """The images at `index`, with the classes that remain numbered 0..k-1 in name order."""
+        present, labels = np.unique(self.labels[index], return_inverse=True)
+        return replace(self, images=self.images[index], labels=labels.astype(np.int64),
+                       class_names=[self.class_names[c] for c in present],
+                       groups=None if self.groups is None else self.groups[index])
+
+    def groups_present(self, index: Optional[np.ndarray] = None) -> list[str]:
+        """Names of the groups among the images at `index` (default: all), in name order."""
+        if self.groups is None:
+            return []
+        groups = self.groups if index is None else self.groups[index]
+        return sorted({self.group_names[g] for g in np.unique(groups)})
+
+    def select_groups(self, names: Sequence[str]) -> "Dataset":
+        """Only the images of the named groups (e.g. Omniglot alphabets)."""
+        if self.groups is None:
+            raise DatasetError(f"{self.name} has no groups (alphabets) to choose from")
+        unknown = sorted(set(names) - set(self.group_names))
+        if unknown:
+            raise DatasetError(f"{self.name}: no group named {', '.join(map(repr, unknown))}; "
+                               f"it has {', '.join(self.group_names)}")
+        wanted = [self.group_names.index(n) for n in names]
+        return self.subset(np.nonzero(np.isin(self.groups, wanted))[0])
+
+    def count_report(self, shown: int = 60) -> list[str]:
+        """Lines for people: images per class (every class when there are few, else the
+        smallest and largest), so a lopsided or thin dataset is noticed before training."""
+        counts = np.bincount(self.labels, minlength=self.num_classes)
+        if counts.min() == counts.max():
+            return [f"{self.num_classes} classes, {len(self)} images; {counts[0]} per class"]
+        lines = [f"{self.num_classes} classes, {len(self)} images; per class: min {counts.min()}, "
+                 f"median {np.median(counts):g}, max {counts.max()}"]
+        order = np.argsort(counts, kind="stable")
+        if self.num_classes > shown:
+            order = np.r_[order[:shown // 2], order[-(shown // 2):]]
+            lines.append(f"the {shown // 2} smallest and {shown // 2} largest classes:")
+        cells = [f"{self.class_names[c]} {counts[c]}" for c in order]
+        width = max(len(c) for c in cells) + 2
+        per_line = max(1, 96 // width)
+        lines += ["  " + "".join(c.ljust(width) for c in cells[i:i + per_line]).rstrip()
+                  for i in range(0, len(cells), per_line)]
+        return lines
+
     def check_trainable(self) -> None:
         """Refuse datasets that cannot give both positive and negative pairs."""
         if self.num_classes < 2 or len(np.unique(self.labels)) < 2:
@@ -67,7 +112,8 @@ class Dataset:
         if small:
             shown = ", ".join(small[:5]) + (f" and {len(small) - 5} more" if len(small) > 5 else "")
             raise DatasetError(f"{self.name}: every class needs at least two images; "
-                               f"{len(small)} class(es) have fewer: {shown}")
+                               f"{len(small)} class(es) have fewer: {shown} (a class needs a "
+                               "same-class pair: add images or remove it)")
 
 
 # --- Fashion-MNIST ---------------------------------------------------------------------------
@@ -113,7 +159,7 @@ def load_fashion_mnist(folder: str | os.PathLike, split: str = "train") -> Datas
     if y.max() >= len(FASHION_MNIST_CLASSES):
         raise DatasetError(f"{folder}: label {y.max()} is not a Fashion-MNIST class")
     return Dataset(x[..., None], y.astype(np.int64), list(FASHION_MNIST_CLASSES),
-                   name=f"fashion-mnist:{split}")
+                   name=f"fashion-mnist:{split}", kind="fashion-mnist")
 
 
 def load_fashion_mnist_keras(split: str = "train") -> Dataset:
@@ -127,7 +173,7 @@ def load_fashion_mnist_keras(split: str = "train") -> Dataset:
                            "idx files instead: --dataset fashion-mnist PATH") from None
     x, y = (xtr, ytr) if split == "train" else (xte, yte)
     return Dataset(x[..., None], y.astype(np.int64), list(FASHION_MNIST_CLASSES),
-                   name=f"fashion-mnist:{split}")
+                   name=f"fashion-mnist:{split}", kind="fashion-mnist")
 
 
 # --- image trees -----------------------------------------------------------------------------
@@ -150,12 +196,15 @@ def image_files(folder: str | os.PathLike, others: Optional[list[str]] = None) -
     return found
 
 
-def infer_preprocessing(sizes: Sequence[tuple[int, int]], modes: Sequence[str]) -> Preprocessing:
+def infer_preprocessing(sizes: Sequence[tuple[int, int]], modes: Sequence[str],
+                        side: Optional[int] = None) -> Preprocessing:
     """A sensible model input for a folder of images: grey unless any image has colour; a square
-    side near the median image size, between 28 and 64 pixels (small data does not need more)."""
+    side near the median image size, between 28 and 64 pixels (small data does not need more),
+    unless `side` is given."""
     grey = all(m in ("1", "L", "LA", "I", "I;16", "F") for m in modes)
-    side = int(np.median([min(w, h) for w, h in sizes]))
-    side = int(np.clip(round(side / 4) * 4, 28, 64))
+    if side is None:
+        side = int(np.median([min(w, h) for w, h in sizes]))
+        side = int(np.clip(round(side / 4) * 4, 28, 64))
     return Preprocessing(height=side, width=side, channels=1 if grey else 3)
 
 
@@ -167,8 +216,9 @@ def _report_progress(done: int, total: int, start: float, what: str) -> None:
 
 
 def _load_files(entries: list[tuple[str, int, Optional[int]]], read, pre: Optional[Preprocessing],
-                what: str) -> tuple[np.ndarray, list[int], list[Optional[int]], list[tuple[str, str]],
-                                    Preprocessing]:
+                what: str, side: Optional[int] = None
+                ) -> tuple[np.ndarray, list[int], list[Optional[int]], list[tuple[str, str]],
+                           Preprocessing]:
     """Decode (name, label, group) entries with `read(name) -> bytes`; skip and report bad files."""
     skipped: list[tuple[str, str]] = []
     decoded: list[tuple[Image.Image, int, Optional[int]]] = []
@@ -185,19 +235,39 @@ def _load_files(entries: list[tuple[str, int, Optional[int]]], read, pre: Option
     if not decoded:
         raise DatasetError(f"{what}: no readable images")
     if pre is None:
-        pre = infer_preprocessing([im.size for im, _, _ in decoded], [im.mode for im, _, _ in decoded])
+        pre = infer_preprocessing([im.size for im, _, _ in decoded],
+                                  [im.mode for im, _, _ in decoded], side)
     raw = replace(pre, invert=False)
     images = np.stack([to_array(im, raw) for im, _, _ in decoded])
     return images, [l for _, l, _ in decoded], [g for _, _, g in decoded], skipped, pre
 
 
-def load_image_folder(root: str | os.PathLike, pre: Optional[Preprocessing] = None) -> Dataset:
-    """A class-per-subfolder tree: `root/<class>/**/<image>`. Symbolic links to folders are not
-    followed (no loops); files that do not decode are reported in `skipped`."""
+def _class_folders(root: Path) -> tuple[list[str], list[tuple[str, str]]]:
+    """The class sub-folders of `root`, and the ones refused: a symbolic link to `root` itself or
+    to a folder above it would make the tree contain itself."""
+    classes, refused = [], []
+    top = root.resolve()
+    for d in sorted(root.iterdir()):
+        if d.name.startswith(".") or not d.is_dir():
+            continue
+        if d.is_symlink() and (top == d.resolve() or d.resolve() in top.parents):
+            refused.append((str(d), "symbolic link loop: it leads back to the dataset folder"))
+        else:
+            classes.append(d.name)
+    return classes, refused
+
+
+def load_image_folder(root: str | os.PathLike, pre: Optional[Preprocessing] = None,
+                      side: Optional[int] = None) -> Dataset:
+    """A class-per-subfolder tree: `root/<class>/**/<image>`. Symbolic links to folders inside a
+    class are not followed, and a class folder that links back to the tree is refused (no loops);
+    files that do not decode are reported in `skipped`."""
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"{root}: no such folder")
-    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    classes, refused = _class_folders(root)
+    for name, reason in refused:
+        log.warning("%s: skipped (%s)", name, reason)
     if not classes:
         raise DatasetError(f"{root}: no class sub-folders (expected {root}/<class>/<image files>)")
     entries = [(path, label, None) for label, cls in enumerate(classes)
@@ -206,12 +276,20 @@ def load_image_folder(root: str | os.PathLike, pre: Optional[Preprocessing] = No
         raise DatasetError(f"{root}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) "
                            "in its class sub-folders")
     images, labels, _, skipped, pre = _load_files(
-        entries, lambda p: read_bytes(p, MAX_IMAGE_BYTES), pre, str(root))
-    return Dataset(images, np.asarray(labels, np.int64), classes, name=f"folder:{root}",
-                   skipped=skipped)
+        entries, lambda p: read_bytes(p, MAX_IMAGE_BYTES), pre, str(root), side)
+    labels = np.asarray(labels, np.int64)
+    empty = sorted(set(range(len(classes))) - set(labels.tolist()))
+    if empty:
+        # A class whose every file was unreadable: drop it rather than keep a name without images.
+        log.warning("%s: %d class folder(s) without a readable image, left out: %s", root,
+                    len(empty), ", ".join(classes[c] for c in empty[:5]))
+    ds = Dataset(images, labels, classes, name=f"folder:{root}", kind="folder",
+                 skipped=refused + skipped)
+    return ds.subset(np.arange(len(ds))) if empty else ds
 
 
-def load_omniglot(paths: Sequence[str | os.PathLike], pre: Optional[Preprocessing] = None) -> Dataset:
+def load_omniglot(paths: Sequence[str | os.PathLike], pre: Optional[Preprocessing] = None,
+                  side: Optional[int] = None) -> Dataset:
     """Omniglot `<alphabet>/<character>/<image>.png` trees or zips of them (e.g. the background sets).
 
     The class is (alphabet, character); an image present in several sources (Greek and Latin are in
@@ -226,12 +304,11 @@ def load_omniglot(paths: Sequence[str | os.PathLike], pre: Optional[Preprocessin
                 if len(parts) >= 3:
                     found.setdefault((parts[-3], parts[-2], parts[-1]), (zf, n))
         elif path.is_dir():
-            for p in sorted(path.rglob("*")):
-                if p.is_file() and _is_candidate(p.name):
-                    rel = p.relative_to(path).parts
-                    if len(rel) >= 2:
-                        key = (rel[-3] if len(rel) >= 3 else path.name, rel[-2], rel[-1])
-                        found.setdefault(key, (None, str(p)))
+            for p in map(Path, image_files(path)):
+                rel = p.relative_to(path).parts
+                if len(rel) >= 2:
+                    key = (rel[-3] if len(rel) >= 3 else path.name, rel[-2], rel[-1])
+                    found.setdefault(key, (None, str(p)))
         else:
             raise DatasetError(f"{path}: neither a folder nor a zip file")
     if not found:
@@ -248,24 +325,30 @@ def load_omniglot(paths: Sequence[str | os.PathLike], pre: Optional[Preprocessin
         zf, member = sources[name]
         return zf.read(member) if zf is not None else read_bytes(member)
 
-    images, labels, groups, skipped, pre = _load_files(entries, read, pre, "omniglot")
-    return Dataset(images, np.asarray(labels, np.int64), classes, name="omniglot",
+    images, labels, groups, skipped, pre = _load_files(entries, read, pre, "omniglot", side)
+    return Dataset(images, np.asarray(labels, np.int64), classes, name="omniglot", kind="omniglot",
                    groups=np.asarray(groups, np.int64), group_names=alphabets, skipped=skipped)
 
 
 def load_dataset(kind: str, paths: Sequence[str] = (), split: str = "train",
-                 pre: Optional[Preprocessing] = None) -> Dataset:
-    """Dispatch on the dataset kind named on the command line (`--dataset KIND [PATH ...]`)."""
+                 pre: Optional[Preprocessing] = None, side: Optional[int] = None) -> Dataset:
+    """Dispatch on the dataset kind named on the command line (`--dataset KIND [PATH ...]`).
+
+    Images come as `pre` says (a model's card), or else at a size and colour inferred from the
+    files, with `side` as the square side when given (folder and Omniglot data)."""
     if kind == "fashion-mnist":
         if len(paths) > 1:
             raise DatasetError("fashion-mnist takes one folder (of the four idx files)")
+        if side not in (None, 28):
+            raise DatasetError("fashion-mnist images are 28x28; an input size applies to folder "
+                               "and omniglot data")
         return load_fashion_mnist(paths[0], split) if paths else load_fashion_mnist_keras(split)
     if kind == "folder":
         if len(paths) != 1:
             raise DatasetError("folder takes exactly one path: the root of a class-per-subfolder tree")
-        return load_image_folder(paths[0], pre)
+        return load_image_folder(paths[0], pre, side)
     if kind == "omniglot":
         if not paths:
             raise DatasetError("omniglot needs one or more folders or zip files")
-        return load_omniglot(paths, pre)
+        return load_omniglot(paths, pre, side)
     raise DatasetError(f"unknown dataset kind {kind!r}; expected one of {', '.join(DATASET_KINDS)}")

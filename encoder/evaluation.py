@@ -1,13 +1,18 @@
-"""Evaluation of embeddings: pair metrics under the tutorial's protocol and retrieval metrics."""
+"""Evaluation of embeddings: pair metrics under the tutorial's protocol, retrieval metrics, and
+N-way K-shot classification of classes the model never saw."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Optional
 
 import numpy as np
 
 from .calibration import accuracy_at, calibrate
 from .distance import euclidean, pairwise
+from .errors import ConfigError, DatasetError
 from .pairs import tutorial_pairs
+
+EPISODE_CLASSES = ("group", "any")
 
 
 @dataclass
@@ -69,3 +74,76 @@ def retrieval_metrics(embeddings: np.ndarray, labels: np.ndarray, ks=(1, 5),
     out = {f"recall@{k}": hits[k] / n for k in ks}
     out["map@r"] = ap_sum / n
     return out
+
+
+@dataclass(frozen=True)
+class OneShotResult:
+    way: int
+    shots: int
+    episodes: int
+    episode_classes: str  # "group": each episode's classes from one group (alphabet); "any"
+    accuracy: float  # mean over episodes of the share of queries classified right
+    ci95: float  # half-width of the 95% confidence interval of `accuracy`
+    seed: int
+
+    def to_dict(self) -> dict:
+        return {k: (round(v, 5) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+
+    def __str__(self) -> str:
+        within = "classes within one group" if self.episode_classes == "group" else "any classes"
+        return (f"{self.way}-way {self.shots}-shot: {self.accuracy:.4f} ± {self.ci95:.4f} "
+                f"(95% CI; {self.episodes} episodes, {within})")
+
+
+def oneshot_episodes(labels: np.ndarray, way: int, shots: int, episodes: int, seed: int,
+                     groups: Optional[np.ndarray] = None) -> np.ndarray:
+    """Image indices (episodes, way, shots + 1), seeded: per episode `way` distinct classes (all
+    from one group when `groups` is given, as in Lake et al.'s within-alphabet runs), and per
+    class `shots` reference images followed by one query, all distinct."""
+    labels = np.asarray(labels)
+    if way < 2:
+        raise ConfigError(f"an episode needs at least 2 classes (way), not {way}")
+    if shots < 1:
+        raise ConfigError(f"an episode needs at least 1 reference image per class (shots), "
+                          f"not {shots}")
+    if episodes < 2:
+        raise ConfigError(f"a confidence interval needs at least 2 episodes, not {episodes}")
+    classes, counts = np.unique(labels, return_counts=True)
+    usable = classes[counts >= shots + 1]
+    members = {c: np.nonzero(labels == c)[0] for c in usable}
+    need = f"{way}-way {shots}-shot episodes need {way} classes with at least {shots + 1} images"
+    if groups is None:
+        pools = [usable] if len(usable) >= way else []
+        if not pools:
+            raise DatasetError(f"{need}; the data has {len(usable)}")
+    else:
+        group_of = {c: groups[members[c][0]] for c in usable}
+        by_group = [np.array([c for c in usable if group_of[c] == g]) for g in np.unique(groups)]
+        pools = [p for p in by_group if len(p) >= way]
+        if not pools:
+            largest = max((len(p) for p in by_group), default=0)
+            raise DatasetError(f"{need} within one group; the largest group has {largest} "
+                               "(draw classes from any group instead)")
+    rng = np.random.default_rng(seed)
+    out = np.empty((episodes, way, shots + 1), np.int64)
+    for e in range(episodes):
+        pool = pools[rng.integers(len(pools))]
+        for slot, c in enumerate(rng.choice(pool, way, replace=False)):
+            out[e, slot] = rng.choice(members[c], shots + 1, replace=False)
+    return out
+
+
+def oneshot_accuracy(embeddings: np.ndarray, labels: np.ndarray, way: int, shots: int = 1,
+                     episodes: int = 1000, seed: int = 0,
+                     groups: Optional[np.ndarray] = None) -> OneShotResult:
+    """N-way K-shot accuracy: each episode's queries are classified by the nearest class mean of
+    the references (the nearest reference when K = 1); mean and 95% CI over episodes."""
+    index = oneshot_episodes(labels, way, shots, episodes, seed, groups)
+    right = np.empty(episodes)
+    for e, episode in enumerate(index):
+        prototypes = embeddings[episode[:, :shots]].mean(axis=1)
+        queries = embeddings[episode[:, shots]]
+        right[e] = np.mean(np.argmin(pairwise(queries, prototypes), axis=1) == np.arange(way))
+    ci95 = 1.96 * right.std(ddof=1) / np.sqrt(episodes)
+    return OneShotResult(way, shots, episodes, "any" if groups is None else "group",
+                         float(right.mean()), float(ci95), seed)

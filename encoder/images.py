@@ -84,6 +84,8 @@ def read_bytes(path: Union[str, os.PathLike], max_bytes: int = MAX_IMAGE_BYTES) 
         raise BadImageError(f"{p}: permission denied") from None
     except IsADirectoryError:
         raise BadImageError(f"{p}: not a file") from None
+    except OSError as exc:  # a symbolic link loop, an I/O error, a name too long
+        raise BadImageError(f"{p}: cannot read ({exc.strerror or exc})") from None
 
 
 def decode(data: bytes, name: str = "image", max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
@@ -134,6 +136,10 @@ def to_array(img: Image.Image, pre: Preprocessing) -> np.ndarray:
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         img = Image.alpha_composite(background, rgba)
+    if img.mode == "I" or img.mode.startswith("I;16"):
+        # 16-bit grey (scanners, microscopes): Pillow's conversion to 8 bits clips at 255, which
+        # turns nearly every pixel white; map the 16-bit range onto the 8-bit one instead.
+        img = Image.fromarray((np.asarray(img, np.int64) // 257).clip(0, 255).astype(np.uint8), "L")
     img = img.convert("L" if pre.channels == 1 else "RGB")
     if img.size != (pre.width, pre.height):
         img = img.resize((pre.width, pre.height), Image.Resampling.BILINEAR)

@@ -4,6 +4,8 @@ Pairs are index arrays into a dataset, never float copies of the images.
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
 
 from .errors import DatasetError
@@ -51,25 +53,38 @@ def repeated_tutorial_pairs(labels: np.ndarray, seed: int, rounds: int):
 
 
 def class_balanced_batches(labels: np.ndarray, classes_per_batch: int, per_class: int,
-                           seed: int) -> np.ndarray:
+                           seed: int, min_batches: int = 1,
+                           groups: Optional[np.ndarray] = None) -> np.ndarray:
     """One epoch of batches, (num_batches, classes_per_batch * per_class) image indices.
 
     Each batch holds `per_class` images of each of `classes_per_batch` distinct classes, so every
     batch yields many positive and negative pairs. Each class is walked in a fresh random order and
-    restarted when used up, so every image is seen about once per epoch.
+    restarted when used up, so every image is seen about once per epoch, or more often when the
+    data is too small to fill `min_batches` batches. With `groups` (each image's group, e.g. its
+    alphabet) a batch takes its classes from one group, topped up from others if it has too few:
+    classes of one group look alike, so the negative pairs are the hard ones.
     """
     labels = np.asarray(labels)
     rng = np.random.default_rng(seed)
     order, classes, starts, sizes = _class_members(labels)
     p = min(classes_per_batch, len(classes))
-    num_batches = max(1, len(labels) // (p * per_class))
+    num_batches = max(min_batches, len(labels) // (p * per_class))
     streams = [rng.permutation(order[s:s + n]) for s, n in zip(starts, sizes)]
     cursor = np.zeros(len(classes), np.int64)
     # Classes are drawn in proportion to their size, so big classes are not under-sampled.
     weights = sizes / sizes.sum()
+    class_group = None if groups is None else np.asarray(groups)[order[starts]]
     batches = np.empty((num_batches, p * per_class), np.int64)
     for b in range(num_batches):
-        chosen = rng.choice(len(classes), size=p, replace=False, p=weights)
+        if class_group is None:
+            chosen = rng.choice(len(classes), size=p, replace=False, p=weights)
+        else:
+            group = class_group[rng.choice(len(classes), p=weights)]
+            inside = np.nonzero(class_group == group)[0]
+            chosen = _draw(rng, inside, min(p, len(inside)), weights)
+            if len(chosen) < p:
+                outside = np.nonzero(class_group != group)[0]
+                chosen = np.r_[chosen, _draw(rng, outside, p - len(chosen), weights)]
         for slot, c in enumerate(chosen):
             if cursor[c] + per_class > sizes[c]:
                 streams[c] = rng.permutation(streams[c])
@@ -78,3 +93,9 @@ def class_balanced_batches(labels: np.ndarray, classes_per_batch: int, per_class
             batches[b, slot * per_class:(slot + 1) * per_class] = streams[c][take]
             cursor[c] += per_class
     return batches
+
+
+def _draw(rng: np.random.Generator, candidates: np.ndarray, k: int, weights: np.ndarray):
+    """k distinct candidates, drawn in proportion to their weights."""
+    w = weights[candidates]
+    return rng.choice(candidates, size=k, replace=False, p=w / w.sum())

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 
+from encoder.training import AUGMENTATIONS, SMALL_CLASS, VAL_SPLITS
 from scripts.common import add_dataset_argument, run
 
 
@@ -21,6 +22,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--embedding-dim", type=int, help="embedding size (default: 64; tutorial 48)")
     p.add_argument("--width", type=int, default=32,
                    help="default arch: filters of the first block, doubling per block (default 32)")
+    p.add_argument("--depth", type=int,
+                   help="default arch: conv blocks, each but the last halving the image (default: "
+                        "down to 8 pixels, 3 blocks at 28x28; 4 lets features see a whole "
+                        "character)")
     p.add_argument("--epochs", type=int, default=20, help="maximum epochs (default: %(default)s)")
     p.add_argument("--time-budget", type=float, metavar="SECONDS",
                    help="stop training after this many seconds (mid-epoch if need be)")
@@ -37,11 +42,27 @@ def parser() -> argparse.ArgumentParser:
                    help="weight of an auxiliary normalised-softmax class loss during training "
                         "(default 0: contrastive loss only)")
     p.add_argument("--learning-rate", type=float, default=1e-3)
-    p.add_argument("--augment", choices=["none", "flip", "affine"], default="none")
+    p.add_argument("--augment", choices=AUGMENTATIONS, default="auto",
+                   help="distortions of training images: affine (rotation, shear, scale, shift), "
+                        "flip (left-right) or none; auto: affine when the median class has fewer "
+                        f"than {SMALL_CLASS} images, else none (default: %(default)s)")
+    p.add_argument("--rotate-classes", action="store_true",
+                   help="also train on every class turned 90, 180 and 270 degrees, each as a new "
+                        "class (characters, symbols; not for photos of upright things)")
+    p.add_argument("--group-batches", action="store_true",
+                   help="data with groups (Omniglot alphabets): each batch takes its classes from "
+                        "one group, so the network learns to tell apart classes that look alike")
     p.add_argument("--invert", action="store_true", help="invert images (dark ink on white)")
-    p.add_argument("--val-fraction", type=float, default=0.1)
-    p.add_argument("--val-split", choices=["image", "class"], default="image",
-                   help="hold out a share of every class's images, or whole classes")
+    p.add_argument("--input-size", type=int, metavar="PIXELS",
+                   help="folder and omniglot data: square input side (default: the median image "
+                        "side, kept within 28..64)")
+    p.add_argument("--val-fraction", type=float, default=0.1,
+                   help="share of images, classes or groups held out (default: %(default)s)")
+    p.add_argument("--val-split", choices=VAL_SPLITS, default="auto",
+                   help="hold out a share of every class's images (image), whole classes (class) "
+                        "or whole groups such as Omniglot alphabets (group); auto: group when the "
+                        "data has groups, image for fashion-mnist, else class "
+                        "(default: %(default)s)")
     p.add_argument("--patience", type=int, default=5, help="early-stopping patience in epochs")
     p.add_argument("--far-target", type=float, default=1e-3,
                    help="false-accept rate for the strict threshold (default: %(default)s)")
@@ -55,12 +76,15 @@ def main(argv: list[str] | None = None) -> int:
 
     config = TrainConfig(
         arch=args.arch, fix_defect=args.fix_defect, embedding_dim=args.embedding_dim, width=args.width,
+        depth=args.depth,
         epochs=args.epochs, time_budget=args.time_budget, seed=args.seed, sampler=args.sampler,
         classes_per_batch=args.classes_per_batch, images_per_class=args.images_per_class,
-        hard_fraction=args.hard_fraction, class_weight=args.class_weight, learning_rate=args.learning_rate, augment=args.augment,
-        invert=args.invert, val_fraction=args.val_fraction, val_split=args.val_split,
+        hard_fraction=args.hard_fraction, class_weight=args.class_weight,
+        learning_rate=args.learning_rate, augment=args.augment, rotate_classes=args.rotate_classes,
+        group_batches=args.group_batches, invert=args.invert, val_fraction=args.val_fraction,
+        val_split=args.val_split,
         patience=args.patience, far_target=args.far_target)
-    ds = load_dataset(args.dataset[0], args.dataset[1:], split="train")
+    ds = load_dataset(args.dataset[0], args.dataset[1:], split="train", side=args.input_size)
     for name, reason in ds.skipped:
         print(f"skipped {name}: {reason}")
     train(ds, config, args.out)

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from encoder.datasets import load_dataset, load_fashion_mnist, load_image_folder, load_omniglot
+from encoder.datasets import (Dataset, load_dataset, load_fashion_mnist, load_image_folder,
+                              load_omniglot)
 from encoder.errors import DatasetError
 from encoder.images import Preprocessing
 
@@ -121,3 +122,65 @@ def test_omniglot_from_an_extracted_tree(tmp_path, omniglot_dir):
         zf.extractall(tmp_path, members)
     ds = load_omniglot([tmp_path / "images_background_small1"], Preprocessing(28, 28, 1))
     assert ds.num_classes == 24 and len(ds) == 480 and ds.group_names == ["Greek"]
+
+
+def test_a_class_folder_linking_back_to_the_tree_is_refused(small_folder, tmp_path):
+    root = tmp_path / "tree"
+    shutil.copytree(small_folder, root)
+    os.symlink(root, root / "loop")  # a "class" that is the whole tree again
+    os.symlink(tmp_path, root / "parent")  # and one above it
+    (root / "Bag" / "self.png").symlink_to(root / "Bag" / "self.png")  # a link to itself
+    ds = load_image_folder(root)
+    assert len(ds) == 120 and ds.num_classes == 4 and "loop" not in ds.class_names
+    reasons = {os.path.basename(name): reason for name, reason in ds.skipped}
+    assert "symbolic link loop" in reasons["loop"] and "symbolic link loop" in reasons["parent"]
+    assert "cannot read" in reasons["self.png"]
+
+
+def test_classes_whose_files_are_all_unreadable_are_left_out(small_folder, tmp_path):
+    root = tmp_path / "tree"
+    shutil.copytree(small_folder, root)
+    (root / "broken").mkdir()
+    (root / "broken" / "1.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 20)
+    (root / "broken" / "2.jpg").write_bytes(b"not a jpeg")
+    ds = load_image_folder(root)
+    assert ds.num_classes == 4 and "broken" not in ds.class_names and len(ds.skipped) == 2
+    assert ds.class_counts() == {"Bag": 30, "Sneaker": 30, "T-shirt-top": 30, "Trouser": 30}
+
+
+def test_subsets_and_groups(omniglot_dir):
+    ds = load_omniglot([omniglot_dir / "images_background_small1.zip"], side=28)
+    assert ds.kind == "omniglot" and ds.images.shape[1:] == (28, 28, 1)
+    assert ds.group_names == ["Balinese", "Early_Aramaic", "Greek", "Korean", "Latin"]
+    part = ds.select_groups(["Greek", "Latin"])
+    assert part.groups_present() == ["Greek", "Latin"] and len(part) == (24 + 26) * 20
+    assert part.num_classes == 50 and part.labels.max() == 49  # classes renumbered
+    assert all(name.split("/")[0] in ("Greek", "Latin") for name in part.class_names)
+    first_greek = np.nonzero(ds.groups == ds.group_names.index("Greek"))[0][0]
+    assert part.class_names[part.labels[0]] == ds.class_names[ds.labels[first_greek]]
+    np.testing.assert_array_equal(part.images[0], ds.images[first_greek])
+    with pytest.raises(DatasetError, match="no group named 'Klingon'; it has Balinese"):
+        ds.select_groups(["Klingon"])
+
+
+def test_count_report_lists_classes_and_their_sizes(small_folder, tmp_path):
+    ds = load_image_folder(small_folder)
+    assert ds.count_report() == ["4 classes, 120 images; 30 per class"]
+    ds.labels[0] = 1  # one Bag (class 0) becomes a Sneaker: 29 and 31 images
+    lines = ds.count_report()
+    assert lines[0] == "4 classes, 120 images; per class: min 29, median 30, max 31"
+    assert lines[1].split() == ["Bag", "29", "T-shirt-top", "30", "Trouser", "30", "Sneaker", "31"]
+    many = Dataset(np.zeros((300, 4, 4, 1), np.uint8), np.repeat(np.arange(100), 3),
+                   [f"c{i}" for i in range(100)], name="many")
+    many.labels[0] = 1  # c0 has 2 images, c1 has 4
+    lines = many.count_report(shown=10)
+    assert lines[1] == "the 5 smallest and 5 largest classes:"
+    assert lines[2].split()[:2] == ["c0", "2"] and "c1 4" in " ".join(lines[2:])
+    assert sum(len(line.split()) for line in lines[2:]) == 20  # ten classes, name and count
+
+
+def test_input_size_is_chosen_or_inferred(small_folder):
+    assert load_dataset("folder", [str(small_folder)]).images.shape[1:] == (28, 28, 1)
+    assert load_dataset("folder", [str(small_folder)], side=40).images.shape[1:] == (40, 40, 1)
+    with pytest.raises(DatasetError, match="fashion-mnist images are 28x28"):
+        load_dataset("fashion-mnist", ["x"], side=32)

@@ -113,3 +113,19 @@ def test_one_bad_image_names_itself(tmp_path):
     (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\nnope")
     with pytest.raises(BadImageError, match="bad.png"):
         prepare_batch([good, tmp_path / "bad.png"], GREY28)
+
+
+def test_sixteen_bit_grey_keeps_its_range():
+    ramp = (np.arange(64 * 64).reshape(64, 64) * 16).astype(np.uint16)  # 0 .. 65,520
+    out = prepare_batch([png_bytes(ramp)], Preprocessing(64, 64, 1))[0, :, :, 0]
+    # Pillow alone clips 16-bit values at 255: nearly every pixel would be white.
+    assert out[0, 0] == 0 and out[-1, -1] == 254 and 120 < out.mean() < 135
+    np.testing.assert_array_equal(prepare_batch([png_bytes(ramp)], Preprocessing(64, 64, 3))[..., 1],
+                                  out[None])
+
+
+def test_a_symbolic_link_loop_is_a_bad_image_not_a_crash(tmp_path):
+    (tmp_path / "a.png").symlink_to(tmp_path / "b.png")
+    (tmp_path / "b.png").symlink_to(tmp_path / "a.png")
+    with pytest.raises(BadImageError, match="a.png: cannot read"):
+        read_bytes(tmp_path / "a.png")

@@ -45,6 +45,24 @@ def test_class_balanced_batches_cover_the_epoch():
     assert (seen >= 0).all() and seen.sum() == 400 and (seen > 0).mean() > 0.6
 
 
+def test_class_balanced_batches_small_data_and_groups():
+    labels = np.repeat(np.arange(10), 4)
+    assert class_balanced_batches(labels, 5, 4, seed=0).shape == (2, 20)
+    assert class_balanced_batches(labels, 5, 4, seed=0, min_batches=30).shape == (30, 20)
+    # Groups: classes 0-5 in group 0, 6-9 in group 1. A batch of 5 classes is all group 0, or
+    # group 1's four topped up with one class of group 0.
+    groups = np.where(labels < 6, 0, 1)
+    batches = class_balanced_batches(labels, 5, 4, seed=1, min_batches=200, groups=groups)
+    of_group_1 = set()
+    for batch in batches:
+        classes = set(labels[batch].tolist())
+        assert len(classes) == 5
+        of_group_1.add(len([c for c in classes if c >= 6]))
+    assert of_group_1 == {0, 4}
+    plain = class_balanced_batches(labels, 5, 4, seed=1, min_batches=200)
+    assert {len([c for c in set(labels[b].tolist()) if c >= 6]) for b in plain} >= {1, 2, 3}
+
+
 def test_distance_helpers_agree():
     rng = np.random.default_rng(0)
     a, b = rng.normal(size=(6, 8)), rng.normal(size=(4, 8))

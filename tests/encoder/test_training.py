@@ -40,7 +40,7 @@ def test_siamese_model_shares_one_encoder():
 
 def test_validation_split_by_image_and_by_class(small_folder):
     ds = load_image_folder(small_folder)
-    train_idx, val_idx = split_train_val(ds, TrainConfig(val_fraction=0.2))
+    train_idx, val_idx = split_train_val(ds, TrainConfig(val_fraction=0.2, val_split="image"))
     assert len(set(train_idx) & set(val_idx)) == 0 and len(val_idx) == 24
     assert set(ds.labels[val_idx]) == set(ds.labels[train_idx])
     train_idx, val_idx = split_train_val(ds, TrainConfig(val_fraction=0.5, val_split="class"))
@@ -75,7 +75,8 @@ def test_class_loss_trains_the_same_encoder_and_is_recorded(small_folder, tiny_m
 def test_training_learns_and_is_deterministic(small_folder, tiny_model, tmp_path):
     ds = load_image_folder(small_folder)
     config = TrainConfig(epochs=10, seed=3, classes_per_batch=4, images_per_class=8,
-                         val_fraction=0.2, calibration_rounds=2)
+                         val_fraction=0.2, val_split="image", augment="none",
+                         min_steps_per_epoch=1, calibration_rounds=2)
     card = train(ds, config, tmp_path / "again", report=lambda s: None)
     assert card.model_id == Embedder.load(tiny_model).model_id  # same seed, same weights
     # Four visually distinct classes: a few dozen steps separate them.
@@ -101,3 +102,74 @@ def test_learning_rate_anneals_over_steps_or_time_budget():
     assert cosine_rate(1e-3, 0.5) == pytest.approx(0.525e-3)
     assert cosine_rate(1e-3, 1.0) == pytest.approx(0.05e-3)
     assert cosine_rate(1e-3, 7.0) == pytest.approx(0.05e-3)  # past the budget: stays at the floor
+
+
+def test_auto_settings_follow_the_data(small_folder, fashion_test, omniglot_dir):
+    from encoder.datasets import load_omniglot
+
+    folder = TrainConfig().resolve(load_image_folder(small_folder))
+    assert (folder.val_split, folder.augment) == ("class", "affine")  # 30 images a class: small
+    fashion = TrainConfig().resolve(fashion_test)
+    assert (fashion.val_split, fashion.augment) == ("image", "none")  # 1,000 a class, ten fixed classes
+    omniglot = load_omniglot([omniglot_dir / "images_background_small1.zip"], side=28)
+    assert TrainConfig().resolve(omniglot).val_split == "group"
+    assert TrainConfig(val_split="image", augment="flip").resolve(omniglot).augment == "flip"
+    with pytest.raises(ConfigError, match="has no groups"):
+        TrainConfig(val_split="group").resolve(fashion_test)
+    with pytest.raises(ConfigError, match="val_split must be one of"):
+        TrainConfig(val_split="alphabet")
+
+
+def test_group_split_holds_out_whole_alphabets(omniglot_dir):
+    from encoder.datasets import load_omniglot
+
+    ds = load_omniglot([omniglot_dir / "images_background_small1.zip"], side=28)
+    train_idx, val_idx = split_train_val(ds, TrainConfig(seed=1))
+    held_out = ds.groups_present(val_idx)
+    assert len(held_out) == 2 and not set(held_out) & set(ds.groups_present(train_idx))
+    assert len(train_idx) + len(val_idx) == len(ds)
+    with pytest.raises(DatasetError, match="5 groups are too few to hold out 4"):
+        split_train_val(ds, TrainConfig(val_fraction=0.8))
+
+
+def test_rotated_classes_are_new_classes():
+    from encoder.training import with_rotated_classes
+
+    x = np.arange(2 * 3 * 3).reshape(2, 3, 3, 1).astype(np.uint8)
+    images, labels, groups = with_rotated_classes(x, np.array([0, 2]), np.array([1, 1]))
+    assert images.shape == (8, 3, 3, 1) and labels.tolist() == [0, 2, 3, 5, 6, 8, 9, 11]
+    assert groups.tolist() == [1, 1, 3, 3, 5, 5, 7, 7]
+    np.testing.assert_array_equal(images[2, :, :, 0], np.rot90(x[0, :, :, 0]))
+    np.testing.assert_array_equal(images[6, :, :, 0], np.rot90(x[0, :, :, 0], 3))
+    with pytest.raises(ConfigError, match="square"):
+        with_rotated_classes(np.zeros((1, 3, 4, 1), np.uint8), np.array([0]), np.array([0]))
+
+
+def test_affine_distortions_are_small_seeded_and_keep_the_background(omniglot_dir):
+    from encoder.datasets import load_omniglot
+    from encoder.training import _Augmenter
+
+    x = load_omniglot([omniglot_dir / "images_background_small1.zip"], side=28).images[:64]
+    out = _Augmenter("affine", seed=4)(x).numpy()
+    again = _Augmenter("affine", seed=4)(x).numpy()
+    assert out.dtype == np.uint8 and out.shape == x.shape
+    np.testing.assert_array_equal(out, again)
+    changed = np.mean(out != x, axis=(1, 2, 3))
+    assert (changed > 0.01).all()  # every image moved
+    # White paper stays white: the edges are extended, never filled with black.
+    assert (out[:, 0, :] > 200).mean() > 0.95 and (out[:, :, -1] > 200).mean() > 0.95
+    # Ink is moved, not lost or multiplied: the amount of dark pixels stays about the same.
+    ink_before, ink_after = (x < 128).mean(axis=(1, 2, 3)), (out < 128).mean(axis=(1, 2, 3))
+    assert np.median(ink_after / ink_before) == pytest.approx(1.0, abs=0.25)
+    assert _Augmenter("none", seed=4)(x) is x
+
+
+def test_default_encoder_depth():
+    assert [l.name for l in build_encoder("default", GREY28).layers if l.name.endswith("_conv")] == [
+        "block0_conv", "block1_conv", "block2_conv"]
+    deeper = build_encoder("default", GREY28, depth=4)
+    assert deeper.get_layer("block3_conv").output.shape[1:3] == (3, 3)
+    with pytest.raises(ConfigError, match="depth 6 does not fit 28-pixel input"):
+        build_encoder("default", GREY28, depth=6)
+    with pytest.raises(ConfigError, match="--depth applies to --arch default only"):
+        build_encoder("tutorial", GREY28, depth=3)

@@ -93,3 +93,119 @@ def test_training_benchmark_trains_both_recipes_for_the_same_budget(tiny_model, 
     assert {k: ours[k] for k in ("arch", "width", "augment", "hard_fraction")} == \
         {k: recipe[k] for k in ("arch", "width", "augment", "hard_fraction")}
     assert ours["time_budget"] == 2
+
+
+@pytest.fixture(scope="module")
+def mixed_folder(tmp_path_factory, omniglot_dir):
+    """8 Omniglot characters x 6 images as users' files come: sizes 40-150 px, grey, colour,
+    palette, transparent and 16-bit, PNG, JPEG and GIF (written by scripts.make_folder)."""
+    from scripts import make_folder
+
+    out = tmp_path_factory.mktemp("mixed") / "tree"
+    make_folder.main(["--omniglot", str(omniglot_dir / "images_background_small1.zip"),
+                      "--out", str(out), "--classes", "8", "--per-class", "6", "--seed", "2"])
+    return out
+
+
+def test_train_on_a_small_mixed_folder_reports_and_records_its_choices(mixed_folder, tmp_path,
+                                                                        capsys):
+    from encoder import Embedder
+
+    root = tmp_path / "tree"
+    shutil.copytree(mixed_folder, root, symlinks=True)
+    first = sorted(root.iterdir())[0]
+    (first / "torn.png").write_bytes((next(first.glob("*.png"))).read_bytes()[:200])
+    (first / "empty.jpg").write_bytes(b"")
+    (first / "loop.png").symlink_to(first / "loop.png")
+    (root / "again").symlink_to(root)  # a class folder that is the tree itself
+    code, out, err = run_command(train.main, [
+        "--dataset", "folder", str(root), "--out", str(tmp_path / "m"), "--epochs", "1",
+        "--val-fraction", "0.25", "--images-per-class", "4"], capsys)
+    assert code == 0, err
+    assert "8 classes, 48 images; 6 per class" in out
+    for name in ("torn.png", "empty.jpg", "loop.png", "again"):
+        assert any(line.startswith("skipped ") and name in line for line in out.splitlines()), name
+    assert "validation split by class" in out and "augmentation affine" in out
+    card = json.loads((tmp_path / "m" / "card.json").read_text())
+    assert card["input_shape"] == [64, 64, 3]  # colour present; median side 80, kept within 28..64
+    assert card["training"]["settings"]["augment"] == "affine"
+    assert card["training"]["settings"]["val_split"] == "class"
+    assert card["training"]["classes"] == 6 and card["validation"]["images"] == 12
+    assert card["validation"]["pairs"] >= 10_000  # small validation set: many calibration rounds
+    embedder = Embedder.load(tmp_path / "m")
+    assert embedder.embed(sorted(first.glob("*.*"))[:3]).shape == (3, 64)
+
+
+@pytest.mark.parametrize("layout, message", [
+    ({"a": 3, "b": 3, "c": 3}, "3 classes are too few to hold out 2 for validation"),
+    ({"a": 3, "b": 1, "c": 3, "d": 3, "e": 3}, "every class needs at least two images; 1 class(es) "
+                                               "have fewer: b"),
+    ({"only": 5}, "needs at least two classes, found 1"),
+])
+def test_train_refuses_data_too_small_to_train_or_validate(mixed_folder, tmp_path, capsys, layout,
+                                                          message):
+    files = sorted(mixed_folder.rglob("*.png"))
+    for n, (name, count) in enumerate(layout.items()):
+        (tmp_path / "tree" / name).mkdir(parents=True)
+        for i in range(count):
+            shutil.copy(files[n * 5 + i], tmp_path / "tree" / name / f"{i}.png")
+    code, out, err = run_command(train.main, ["--dataset", "folder", str(tmp_path / "tree"),
+                                              "--out", str(tmp_path / "m")], capsys)
+    assert code == 2 and message in err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("error: ")
+    assert not (tmp_path / "m").exists()
+
+
+def test_oneshot_evaluation_defaults_to_alphabets_the_model_never_saw(omniglot_dir, tmp_path,
+                                                                     capsys):
+    source = str(omniglot_dir / "images_background_small1.zip")
+    code, out, err = run_command(train.main, [
+        "--dataset", "omniglot", source, "--out", str(tmp_path / "m"), "--input-size", "28",
+        "--invert", "--epochs", "1", "--seed", "1"], capsys)
+    assert code == 0, err
+    card = json.loads((tmp_path / "m" / "card.json").read_text())
+    held_out = card["training"]["validation_groups"]
+    assert len(held_out) == 2 and not set(held_out) & set(card["training"]["groups"])
+    assert f"validation groups (never trained on): {', '.join(held_out)}" in out
+
+    def evaluate_json(*extra):
+        code, out, err = run_command(evaluate.main, [
+            "--model", str(tmp_path / "m"), "--dataset", "omniglot", source, "--json",
+            "--oneshot", "5", "3", "--episodes", "50", *extra], capsys)
+        assert code == 0, err
+        return json.loads(out)
+
+    result = evaluate_json()
+    assert result["groups"] == held_out and result["groups_chosen"] == "not seen in training"
+    assert [(r["way"], r["shots"], r["episodes"], r["episode_classes"]) for r in result["oneshot"]] \
+        == [(5, 1, 50, "group"), (3, 1, 50, "group")]
+    assert all(0.2 < r["accuracy"] <= 1.0 and 0 <= r["ci95"] < 0.2 for r in result["oneshot"])
+    assert evaluate_json("--groups", "all")["images"] == 2720
+    both = evaluate_json("--groups", "Greek", "--shots", "3", "--episode-classes", "any")
+    assert both["groups"] == ["Greek"] and both["images"] == 480
+    assert both["oneshot"][0]["shots"] == 3 and both["oneshot"][0]["episode_classes"] == "any"
+    assert evaluate_json("--seed", "7")["oneshot"] != result["oneshot"]
+
+    code, out, err = run_command(evaluate.main, [
+        "--model", str(tmp_path / "m"), "--dataset", "omniglot", source, "--oneshot", "30"], capsys)
+    assert code == 2 and "30-way 1-shot episodes need 30 classes" in err and "within one group" in err
+    code, out, err = run_command(evaluate.main, [
+        "--model", str(tmp_path / "m"), "--dataset", "omniglot", source, "--groups",
+        ",".join(card["training"]["groups"][:1]), "--oneshot", "5"], capsys)
+    assert code == 0 and "one-shot  5-way 1-shot: " in out and "classes within one group" in out
+
+
+def test_oneshot_evaluation_of_a_folder(tiny_model, small_folder, capsys):
+    code, out, err = run_command(evaluate.main, [
+        "--model", str(tiny_model), "--dataset", "folder", str(small_folder), "--oneshot", "4",
+        "--shots", "5", "--episodes", "20"], capsys)
+    assert code == 0, err
+    assert "4-way 5-shot" in out and "any classes" in out and "groups" not in out
+    code, out, err = run_command(evaluate.main, [
+        "--model", str(tiny_model), "--dataset", "folder", str(small_folder), "--oneshot", "4",
+        "--episode-classes", "group"], capsys)
+    assert code == 2 and "has no groups" in err
+    code, out, err = run_command(evaluate.main, [
+        "--model", str(tiny_model), "--dataset", "folder", str(small_folder), "--groups", "x"],
+        capsys)
+    assert code == 2 and "has no groups" in err
