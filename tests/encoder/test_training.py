@@ -63,7 +63,8 @@ def test_class_loss_trains_the_same_encoder_and_is_recorded(small_folder, tiny_m
     """The auxiliary class head changes the weights, learns, and leaves no trace in the model."""
     ds = load_image_folder(small_folder)
     config = TrainConfig(epochs=10, seed=3, classes_per_batch=4, images_per_class=8,
-                         val_fraction=0.2, calibration_rounds=2, class_weight=0.5)
+                         val_fraction=0.2, val_split="image", augment="none",
+                         min_steps_per_epoch=1, calibration_rounds=2, class_weight=0.5)
     card = train(ds, config, tmp_path / "head", report=lambda s: None)
     plain = Embedder.load(tiny_model)
     assert card.model_id != plain.model_id and card.validation["roc_auc"] > 0.9
