@@ -107,6 +107,8 @@ def test_auto_settings_follow_the_data(small_folder, fashion_test, omniglot_dir)
     assert TrainConfig(val_split="image", augment="flip").resolve(omniglot).augment == "flip"
     with pytest.raises(ConfigError, match="has no groups"):
         TrainConfig(val_split="group").resolve(fashion_test)
+    with pytest.raises(ConfigError, match="group batches: fashion-mnist:test has no groups"):
+        TrainConfig(group_batches=True).resolve(fashion_test)
     with pytest.raises(ConfigError, match="val_split must be one of"):
         TrainConfig(val_split="alphabet")
 
