@@ -200,11 +200,12 @@ def infer_preprocessing(sizes: Sequence[tuple[int, int]], modes: Sequence[str],
                         side: Optional[int] = None) -> Preprocessing:
     """A sensible model input for a folder of images: grey unless any image has colour; a square
     side near the median image size, between 28 and 64 pixels (small data does not need more),
-    unless `side` is given."""
+    and at most 32 for fewer than 1,000 images (a few hundred images cannot teach finer detail,
+    and 32 pixels train four times faster than 64), unless `side` is given."""
     grey = all(m in ("1", "L", "LA", "I", "I;16", "F") for m in modes)
     if side is None:
         side = int(np.median([min(w, h) for w, h in sizes]))
-        side = int(np.clip(round(side / 4) * 4, 28, 64))
+        side = int(np.clip(round(side / 4) * 4, 28, 64 if len(sizes) >= 1000 else 32))
     return Preprocessing(height=side, width=side, channels=1 if grey else 3)
 
 

@@ -7,7 +7,6 @@ import json
 import time
 from pathlib import Path
 
-
 from encoder.errors import DatasetError
 from encoder.evaluation import EPISODE_CLASSES
 from scripts.common import add_dataset_argument, run

@@ -55,9 +55,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--invert", action="store_true", help="invert images (dark ink on white)")
     p.add_argument("--input-size", type=int, metavar="PIXELS",
                    help="folder and omniglot data: square input side (default: the median image "
-                        "side, kept within 28..64)")
+                        "side, kept within 28..64, and at most 32 for fewer than 1,000 images)")
     p.add_argument("--val-fraction", type=float, default=0.1,
-                   help="share of images, classes or groups held out (default: %(default)s)")
+                   help="share of images, classes or groups held out (default: %(default)s; a "
+                        "class split holds out at least 12 classes, or half when fewer than 24)")
     p.add_argument("--val-split", choices=VAL_SPLITS, default="auto",
                    help="hold out a share of every class's images (image), whole classes (class) "
                         "or whole groups such as Omniglot alphabets (group); auto: group when the "

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from encoder.datasets import (Dataset, load_dataset, load_fashion_mnist, load_image_folder,
-                              load_omniglot)
+from encoder.datasets import (Dataset, infer_preprocessing, load_dataset, load_fashion_mnist,
+                              load_image_folder, load_omniglot)
 from encoder.errors import DatasetError
 from encoder.images import Preprocessing
 
@@ -75,7 +75,12 @@ def test_folder_tree_mixed_sizes_and_modes_get_one_shape(tmp_path):
         Image.fromarray(rng.integers(0, 255, (40, 60, 3), np.uint8)).save(tmp_path / c / "1.jpg")
         Image.fromarray(rng.integers(0, 255, (50, 50), np.uint8)).save(tmp_path / c / "2.png")
     ds = load_image_folder(tmp_path)
-    assert ds.images.shape == (4, 44, 44, 3)  # colour present -> RGB; median side 45 -> 44
+    # Colour present -> RGB; median side 45 -> 44, but at most 32 for fewer than 1,000 images.
+    assert ds.images.shape == (4, 32, 32, 3)
+    assert infer_preprocessing([(60, 40), (50, 50)] * 500, ["RGB", "L"] * 500).shape == (44, 44, 3)
+    assert infer_preprocessing([(500, 400)] * 999, ["L"] * 999).shape == (32, 32, 1)
+    assert infer_preprocessing([(500, 400)] * 1000, ["1"] * 1000).shape == (64, 64, 1)
+    assert infer_preprocessing([(9, 9)] * 5, ["RGB"] * 5, side=20).shape == (20, 20, 3)
     ds = load_image_folder(tmp_path, Preprocessing(32, 32, 1))
     assert ds.images.shape == (4, 32, 32, 1)
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from encoder import Embedder
-from encoder.datasets import load_image_folder
+from encoder.datasets import Dataset, load_image_folder
 from encoder.errors import ConfigError, DatasetError
 from encoder.images import Preprocessing
 from encoder.models import build_encoder, siamese_model
@@ -45,6 +45,12 @@ def test_validation_split_by_image_and_by_class(small_folder):
     assert set(ds.labels[val_idx]) == set(ds.labels[train_idx])
     train_idx, val_idx = split_train_val(ds, TrainConfig(val_fraction=0.5, val_split="class"))
     assert not set(ds.labels[val_idx]) & set(ds.labels[train_idx])
+    # Few classes: at least 12 are held out, or half of them when there are fewer than 24.
+    assert len(set(ds.labels[split_train_val(ds, TrainConfig(val_fraction=0.1))[1]])) == 2
+    many = Dataset(np.zeros((400, 4, 4, 1), np.uint8), np.repeat(np.arange(40), 10),
+                   [str(i) for i in range(40)], name="forty", kind="folder")
+    assert len(set(many.labels[split_train_val(many, TrainConfig())[1]])) == 12
+    assert len(set(many.labels[split_train_val(many, TrainConfig(val_fraction=0.5))[1]])) == 20
     with pytest.raises(DatasetError, match="too few to hold out"):
         split_train_val(ds, TrainConfig(val_fraction=0.8, val_split="class"))
 
@@ -117,6 +123,8 @@ def test_auto_settings_follow_the_data(small_folder, fashion_test, omniglot_dir)
     assert TrainConfig(val_split="image", augment="flip").resolve(omniglot).augment == "flip"
     with pytest.raises(ConfigError, match="has no groups"):
         TrainConfig(val_split="group").resolve(fashion_test)
+    with pytest.raises(ConfigError, match="group batches: fashion-mnist:test has no groups"):
+        TrainConfig(group_batches=True).resolve(fashion_test)
     with pytest.raises(ConfigError, match="val_split must be one of"):
         TrainConfig(val_split="alphabet")
 
