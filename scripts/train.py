@@ -44,7 +44,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--learning-rate", type=float, default=1e-3)
     p.add_argument("--augment", choices=AUGMENTATIONS, default="auto",
                    help="distortions of training images: affine (rotation, shear, scale, shift), "
-                        "flip (left-right) or none; auto: affine when the median class has fewer "
+                        "flip (left-right), flip-shift (flip, and shifts of whole pixels up to 8%% "
+                        "of the side) or none; auto: affine when the median class has fewer "
                         f"than {SMALL_CLASS} images, else none (default: %(default)s)")
     p.add_argument("--rotate-classes", action="store_true",
                    help="also train on every class turned 90, 180 and 270 degrees, each as a new "

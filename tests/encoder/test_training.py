@@ -173,6 +173,26 @@ def test_affine_distortions_are_small_seeded_and_keep_the_background(omniglot_di
     assert _Augmenter("none", seed=4)(x) is x
 
 
+def test_flip_shift_moves_whole_pixels_within_eight_percent():
+    from encoder.training import _Augmenter
+
+    x = np.zeros((32, 28, 28, 1), np.uint8)
+    x[:, 10:18, 5:9] = 200  # a bar off the centre, so a mirror shows
+    out = _Augmenter("flip-shift", seed=3)(x).numpy()
+    assert out.dtype == np.uint8 and out.shape == x.shape
+    assert set(np.unique(out)) == {0, 200}  # copied, never blurred
+    rows, cols = [], []
+    for image in out[:, :, :, 0]:
+        r, c = np.nonzero(image)
+        assert (r.max() - r.min(), c.max() - c.min()) == (7, 3)  # the bar is whole
+        rows.append(r.min() - 10)
+        cols.append(c.min())
+    assert max(abs(d) for d in rows) <= 2 and len(set(rows)) > 1  # up to 8% of 28: two pixels
+    mirrored = [c for c in cols if c > 14]
+    assert 0 < len(mirrored) < len(cols)  # about half mirrored (28 - 9 = 19, +-2)
+    assert all(abs(c - 5) <= 2 for c in cols if c <= 14) and all(abs(c - 19) <= 2 for c in mirrored)
+
+
 def test_default_encoder_depth():
     assert [l.name for l in build_encoder("default", GREY28).layers if l.name.endswith("_conv")] == [
         "block0_conv", "block1_conv", "block2_conv"]
