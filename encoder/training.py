@@ -59,6 +59,9 @@ class TrainConfig:
     invert: bool = False
     far_target: float = 1e-3
     calibration_rounds: int = 5
+    # Encoders trained to calibrate the threshold on every class (see `train`); None: 3 for a
+    # class split of small classes (the folder default), else 1.
+    calibration_folds: Optional[int] = None
     deterministic: bool = True
 
     def __post_init__(self) -> None:
@@ -79,6 +82,8 @@ class TrainConfig:
             (self.min_steps_per_epoch >= 1, "min_steps_per_epoch must be at least 1"),
             (8 <= self.width <= 256, f"width must be in 8..256, not {self.width}"),
             (self.learning_rate > 0, f"learning rate must be positive, not {self.learning_rate}"),
+            (self.calibration_folds is None or 1 <= self.calibration_folds <= 10,
+             f"calibration folds must be in 1..10, not {self.calibration_folds}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -103,13 +108,22 @@ class TrainConfig:
                               "use 'class' or 'image'")
         if self.group_batches and ds.groups is None:
             raise ConfigError(f"group batches: {ds.name} has no groups (alphabets)")
-        return replace(self, val_split=val_split, augment=augment)
+        folds = self.calibration_folds
+        if folds is None:
+            small = np.median(np.bincount(ds.labels)[np.unique(ds.labels)]) < SMALL_CLASS
+            folds = 3 if val_split == "class" and small and len(np.unique(ds.labels)) >= 6 else 1
+        if folds > 1 and val_split not in ("class", "group"):
+            raise ConfigError(f"{folds} calibration folds hold out whole classes or groups: "
+                              "use --val-split class or group")
+        return replace(self, val_split=val_split, augment=augment, calibration_folds=folds)
 
 
-def split_train_val(ds: Dataset, config: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
+def split_train_val(ds: Dataset, config: TrainConfig, fold: int = 0
+                    ) -> tuple[np.ndarray, np.ndarray]:
     """Held-out validation indices, seeded: a stratified share of every class ("image"), or a
     share of whole classes or groups ("class", "group": the threshold is calibrated on classes
-    never trained on)."""
+    never trained on). With K calibration folds the classes or groups are dealt into K parts
+    and `fold` says which part is held out."""
     rng = np.random.default_rng(config.seed)
     config = config.resolve(ds)
     if config.val_split in ("class", "group"):
@@ -117,7 +131,14 @@ def split_train_val(ds: Dataset, config: TrainConfig) -> tuple[np.ndarray, np.nd
         what = "classes" if config.val_split == "class" else "groups"
         ids = rng.permutation(np.unique(units))
         n_val = max(2, int(round(len(ids) * config.val_fraction)))
-        if config.val_split == "class":
+        if config.calibration_folds > 1:
+            parts = np.array_split(ids, config.calibration_folds)
+            ids = np.concatenate([parts[fold], *parts[:fold], *parts[fold + 1:]])
+            n_val = len(parts[fold])
+            if n_val < 2:
+                raise DatasetError(f"{ds.name}: {len(np.unique(units))} {what} are too few for "
+                                   f"{config.calibration_folds} calibration folds of two or more")
+        elif config.val_split == "class":
             # The threshold's accuracy on a handful of classes swings by several points with the
             # draw of classes (measured: +-3 points with 8 of 40); at least 12 hold it within 2.
             n_val = max(n_val, min(MIN_VAL_CLASSES, len(ids) // 2))
@@ -251,37 +272,38 @@ def with_rotated_classes(images: np.ndarray, labels: np.ndarray, groups: np.ndar
     return np.concatenate(turned), labels, groups
 
 
-def train(ds: Dataset, config: TrainConfig, out_dir: str | os.PathLike,
-          report: Callable[[str], None] = lambda line: print(line, flush=True)) -> ModelCard:
-    """Train on `ds`, validate on a held-out part of it, calibrate, and save to `out_dir`."""
+@dataclass
+class _Fit:
+    """One training run on one split: its encoder at the best epoch and what happened."""
+    encoder: object
+    best_loss: float
+    best_epoch: int
+    epochs_run: int
+    stopped_by: str
+    history: list
+    train_seconds: float
+
+
+def _fit(x_all: np.ndarray, ds: Dataset, config: TrainConfig, train_idx: np.ndarray,
+         val_idx: np.ndarray, time_budget: Optional[float], fold: str,
+         report: Callable[[str], None]) -> _Fit:
+    """Train one encoder on `train_idx`, early-stopping on the contrastive loss of `val_idx`."""
     import keras
     import tensorflow as tf
 
     from .losses import batch_contrastive_loss, contrastive_loss as tf_contrastive_loss
     from .models import build_encoder, siamese_model
 
-    started = time.perf_counter()
-    for line in ds.count_report():
-        report(line)
-    ds.check_trainable()
-    config = config.resolve(ds)
-    keras.utils.set_random_seed(config.seed)
-    if config.deterministic:
-        tf.config.experimental.enable_op_determinism()
-
-    train_idx, val_idx = split_train_val(ds, config)
-    height, width, channels = ds.images.shape[1:]
-    pre = Preprocessing(height, width, channels, invert=config.invert)
-    x_all = prepare_batch(ds.images, pre)
+    pre = Preprocessing(*x_all.shape[1:], invert=config.invert)
     x_train, y_train = x_all[train_idx], ds.labels[train_idx]
     g_train = np.zeros_like(y_train) if ds.groups is None else ds.groups[train_idx]
     x_val, y_val = x_all[val_idx], ds.labels[val_idx]
     val_pairs = tutorial_pairs(y_val, config.seed + 1)
-    report(f"data: {ds.name}, {len(train_idx):,} training / {len(val_idx):,} validation images, "
+    report(f"{fold}data: {ds.name}, {len(train_idx):,} training / {len(val_idx):,} validation images, "
            f"{len(np.unique(y_train))} / {len(np.unique(y_val))} classes (validation split by "
            f"{config.val_split}), input {pre.shape}, augmentation {config.augment}")
     if config.val_split == "group":
-        report(f"validation groups (never trained on): {', '.join(ds.groups_present(val_idx))}")
+        report(f"{fold}validation groups (never trained on): {', '.join(ds.groups_present(val_idx))}")
     if config.rotate_classes:
         x_train, y_train, g_train = with_rotated_classes(x_train, y_train, g_train)
         report(f"rotated classes: training on {len(y_train):,} images of "
@@ -348,7 +370,7 @@ def train(ds: Dataset, config: TrainConfig, out_dir: str | os.PathLike,
     best_loss, best_epoch, best_weights = np.inf, 0, encoder.get_weights()
     history, stopped_by, epoch = [], "epochs", 0
     train_start = time.perf_counter()
-    deadline = train_start + config.time_budget if config.time_budget else np.inf
+    deadline = train_start + time_budget if time_budget else np.inf
     images_seen, step_count = 0, 0
     for epoch in range(1, config.epochs + 1):
         epoch_start, last_note, losses = time.perf_counter(), time.perf_counter(), []
@@ -362,8 +384,8 @@ def train(ds: Dataset, config: TrainConfig, out_dir: str | os.PathLike,
                                              g_train if config.group_batches else None)
         for step, index in enumerate(batches, 1):
             progress = step_count / total_steps
-            if config.time_budget:
-                progress = max(progress, (time.perf_counter() - train_start) / config.time_budget)
+            if time_budget:
+                progress = max(progress, (time.perf_counter() - train_start) / time_budget)
             optimizer.learning_rate.assign(cosine_rate(config.learning_rate, progress))
             step_count += 1
             if config.sampler == "pairs":
@@ -375,7 +397,7 @@ def train(ds: Dataset, config: TrainConfig, out_dir: str | os.PathLike,
             now_t = time.perf_counter()
             if now_t - last_note > 30:
                 rate = step * images_per_step / (now_t - epoch_start)
-                report(f"  epoch {epoch} step {step}/{len(batches)}  loss {np.mean(losses):.4f}  "
+                report(f"  {fold}epoch {epoch} step {step}/{len(batches)}  loss {np.mean(losses):.4f}  "
                        f"{rate:,.0f} img/s  epoch ETA {_clock((len(batches) - step) * images_per_step / rate)}")
                 last_note = now_t
             if now_t >= deadline:
@@ -390,7 +412,7 @@ def train(ds: Dataset, config: TrainConfig, out_dir: str | os.PathLike,
             best_loss, best_epoch, best_weights = v, epoch, encoder.get_weights()
         rate = images_seen / elapsed
         eta = min((config.epochs - epoch) * elapsed / epoch, max(deadline - time.perf_counter(), 0))
-        report(f"epoch {epoch}/{config.epochs}  loss {np.mean(losses):.4f}  val_loss {v:.4f}"
+        report(f"{fold}epoch {epoch}/{config.epochs}  loss {np.mean(losses):.4f}  val_loss {v:.4f}"
                f"{' *' if improved else '  '}  {rate:,.0f} img/s  elapsed {_clock(elapsed)}  ETA {_clock(eta)}")
         if stopped_by == "time_budget":
             break
@@ -399,18 +421,65 @@ def train(ds: Dataset, config: TrainConfig, out_dir: str | os.PathLike,
             break
     train_seconds = time.perf_counter() - train_start
     encoder.set_weights(best_weights)
-    report(f"restored the best epoch ({best_epoch}, val_loss {best_loss:.4f}); calibrating")
+    report(f"{fold}restored the best epoch ({best_epoch}, val_loss {best_loss:.4f})")
+    return _Fit(encoder, best_loss, best_epoch, epoch, stopped_by, history, train_seconds)
 
-    e_val = embed(x_val)
-    # Small validation sets get more rounds (about 20,000 pairs), so the threshold is chosen on
-    # nearly every distinct pair rather than on a few hundred drawn by chance.
-    rounds = max(config.calibration_rounds, int(np.ceil(10_000 / len(y_val))))
-    a, b, s = repeated_tutorial_pairs(y_val, config.seed + 1, rounds)
-    cal = calibrate(euclidean(e_val[a], e_val[b]), s, config.far_target)
-    validation = {"contrastive_loss": round(best_loss, 5), "accuracy": round(cal.accuracy, 5),
+
+def train(ds: Dataset, config: TrainConfig, out_dir: str | os.PathLike,
+          report: Callable[[str], None] = lambda line: print(line, flush=True)) -> ModelCard:
+    """Train on `ds`, validate on a held-out part of it, calibrate, and save to `out_dir`.
+
+    With calibration folds (K > 1) the classes are dealt into K folds and K encoders train, each
+    holding out one fold; the threshold is chosen on the pooled held-out pairs of all K, so on
+    every class, each judged by an encoder that never trained on it. The first fold's encoder is
+    the one saved. A dozen held-out classes alone leave the threshold's measured accuracy to the
+    luck of which classes they are."""
+    import keras
+    import tensorflow as tf
+
+    started = time.perf_counter()
+    for line in ds.count_report():
+        report(line)
+    ds.check_trainable()
+    config = config.resolve(ds)
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    height, width, channels = ds.images.shape[1:]
+    pre = Preprocessing(height, width, channels, invert=config.invert)
+    x_all = prepare_batch(ds.images, pre)
+    folds = config.calibration_folds
+    time_budget = config.time_budget / folds if config.time_budget else None
+    splits = [split_train_val(ds, config, fold=k) for k in range(folds)]  # errors before training
+    distances, same, val_images, val_classes, fold_seconds = [], [], 0, 0, []
+    for k, (train_idx, val_idx) in enumerate(splits):
+        keras.utils.set_random_seed(config.seed + k)
+        fit = _fit(x_all, ds, config, train_idx, val_idx, time_budget,
+                   f"fold {k + 1}/{folds}: " if folds > 1 else "", report)
+        y_val = ds.labels[val_idx]
+        e_val = fit.encoder.predict(x_all[val_idx], batch_size=1024, verbose=0)
+        # Small validation sets get more rounds (about 20,000 pairs), so the threshold is chosen
+        # on nearly every distinct pair rather than on a few hundred drawn by chance.
+        rounds = max(config.calibration_rounds, int(np.ceil(10_000 / len(y_val))))
+        a, b, s = repeated_tutorial_pairs(y_val, config.seed + 1, rounds)
+        distances.append(euclidean(e_val[a], e_val[b]))
+        same.append(s)
+        val_images += len(val_idx)
+        val_classes += len(np.unique(y_val))
+        fold_seconds.append(round(fit.train_seconds, 1))
+        if k == 0:
+            kept, kept_split, retrieval = fit, (train_idx, val_idx), retrieval_metrics(e_val, y_val)
+    fit, (train_idx, val_idx) = kept, kept_split
+    encoder = fit.encoder
+    embedding_dim = int(encoder.output_shape[-1])
+    report("calibrating" + (f" on the held-out pairs of all {folds} folds" if folds > 1 else ""))
+    cal = calibrate(np.concatenate(distances), np.concatenate(same), config.far_target)
+    validation = {"contrastive_loss": round(fit.best_loss, 5), "accuracy": round(cal.accuracy, 5),
                   "roc_auc": round(cal.roc_auc, 5), "eer": round(cal.eer, 5),
-                  **{k: round(v, 5) for k, v in retrieval_metrics(e_val, y_val).items()},
-                  "images": int(len(val_idx)), "pairs": int(len(s))}
+                  **{k: round(v, 5) for k, v in retrieval.items()},
+                  "images": int(val_images), "classes": int(val_classes),
+                  "pairs": int(cal.positives + cal.negatives), "folds": folds}
+    epoch, best_epoch, stopped_by, history = fit.epochs_run, fit.best_epoch, fit.stopped_by, fit.history
+    train_seconds = sum(fold_seconds)
     settings = asdict(config)
     card = ModelCard(
         model_id=compute_model_id(encoder.get_weights(), pre, config.arch),
@@ -425,6 +494,7 @@ def train(ds: Dataset, config: TrainConfig, out_dir: str | os.PathLike,
                   "validation_groups": ds.groups_present(val_idx),
                   "settings": settings, "epochs_run": epoch, "best_epoch": best_epoch,
                   "stopped_by": stopped_by, "train_seconds": round(train_seconds, 1),
+                  **({"fold_seconds": fold_seconds} if folds > 1 else {}),
                   "total_seconds": round(time.perf_counter() - started, 1), "history": history,
                   "parameters": int(encoder.count_params()),
                   "versions": {"tensorflow": tf.__version__, "keras": keras.__version__,

@@ -1,4 +1,5 @@
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -49,10 +50,40 @@ def test_validation_split_by_image_and_by_class(small_folder):
     assert len(set(ds.labels[split_train_val(ds, TrainConfig(val_fraction=0.1))[1]])) == 2
     many = Dataset(np.zeros((400, 4, 4, 1), np.uint8), np.repeat(np.arange(40), 10),
                    [str(i) for i in range(40)], name="forty", kind="folder")
-    assert len(set(many.labels[split_train_val(many, TrainConfig())[1]])) == 12
-    assert len(set(many.labels[split_train_val(many, TrainConfig(val_fraction=0.5))[1]])) == 20
+    one = TrainConfig(calibration_folds=1)
+    assert len(set(many.labels[split_train_val(many, one)[1]])) == 12
+    assert len(set(many.labels[split_train_val(many, replace(one, val_fraction=0.5))[1]])) == 20
     with pytest.raises(DatasetError, match="too few to hold out"):
         split_train_val(ds, TrainConfig(val_fraction=0.8, val_split="class"))
+
+
+def test_calibration_folds_hold_out_every_class_once():
+    many = Dataset(np.zeros((400, 4, 4, 1), np.uint8), np.repeat(np.arange(40), 10),
+                   [str(i) for i in range(40)], name="forty", kind="folder")
+    config = TrainConfig().resolve(many)  # small classes, class split: three folds
+    assert config.calibration_folds == 3
+    held_out = [set(many.labels[split_train_val(many, config, fold=k)[1]]) for k in range(3)]
+    assert sorted(map(len, held_out)) == [13, 13, 14]
+    assert set().union(*held_out) == set(range(40)) and sum(map(len, held_out)) == 40
+    for k in range(3):
+        train_idx, val_idx = split_train_val(many, config, fold=k)
+        assert not set(many.labels[train_idx]) & set(many.labels[val_idx])
+    # The first fold is the saved model's: the same for a seed, another for another seed.
+    assert held_out[0] == set(many.labels[split_train_val(many, config)[1]])
+    assert held_out[0] != set(many.labels[split_train_val(many, replace(config, seed=1))[1]])
+    # One fold where the split is not by class, or the classes are few or large.
+    assert TrainConfig(val_split="image").resolve(many).calibration_folds == 1
+    five = many.subset(np.nonzero(many.labels < 5)[0])
+    assert TrainConfig().resolve(five).calibration_folds == 1
+    large = Dataset(np.zeros((600, 4, 4, 1), np.uint8), np.repeat(np.arange(6), 100),
+                    [str(i) for i in range(6)], name="six", kind="folder")
+    assert TrainConfig().resolve(large).calibration_folds == 1
+    with pytest.raises(ConfigError, match="calibration folds hold out whole classes"):
+        TrainConfig(val_split="image", calibration_folds=3).resolve(many)
+    with pytest.raises(DatasetError, match="too few for 3 calibration folds"):
+        split_train_val(five, TrainConfig(calibration_folds=3).resolve(five), fold=2)
+    with pytest.raises(ConfigError, match="calibration folds must be in 1..10"):
+        TrainConfig(calibration_folds=0)
 
 
 def test_config_values_are_checked():

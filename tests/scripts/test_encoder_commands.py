@@ -130,9 +130,15 @@ def test_train_on_a_small_mixed_folder_reports_and_records_its_choices(mixed_fol
     assert card["input_shape"] == [32, 32, 3]  # colour present; median side 80, few images: 32
     assert card["training"]["settings"]["augment"] == "affine"
     assert card["training"]["settings"]["val_split"] == "class"
-    # Half the classes held out: a class split calibrates on at least 12, or half when fewer.
-    assert card["training"]["classes"] == 4 and card["validation"]["images"] == 24
-    assert card["validation"]["pairs"] >= 10_000  # small validation set: many calibration rounds
+    # Three calibration folds (3, 3 and 2 classes held out): the saved encoder trained on 5
+    # classes; the threshold was chosen on all 8, each judged by an encoder that never saw it.
+    assert card["training"]["settings"]["calibration_folds"] == 3
+    assert card["training"]["classes"] == 5 and len(card["training"]["fold_seconds"]) == 3
+    assert (card["validation"]["folds"], card["validation"]["classes"]) == (3, 8)
+    assert card["validation"]["images"] == 48
+    assert card["validation"]["pairs"] >= 30_000  # small validation sets: many calibration rounds
+    assert all(f"fold {k}/3: data:" in out for k in (1, 2, 3))
+    assert "calibrating on the held-out pairs of all 3 folds" in out
     embedder = Embedder.load(tmp_path / "m")
     assert embedder.embed(sorted(first.glob("*.*"))[:3]).shape == (3, 64)
 
