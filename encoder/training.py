@@ -456,7 +456,9 @@ def train(ds: Dataset, config: TrainConfig, out_dir: str | os.PathLike,
         fit = _fit(x_all, ds, config, train_idx, val_idx, time_budget,
                    f"fold {k + 1}/{folds}: " if folds > 1 else "", report)
         y_val = ds.labels[val_idx]
-        e_val = fit.encoder.predict(x_all[val_idx], batch_size=1024, verbose=0)
+        x_val = x_all[val_idx]
+        e_val = np.concatenate([fit.encoder(x_val[i:i + 1024], training=False).numpy()
+                                for i in range(0, len(x_val), 1024)])
         # Small validation sets get more rounds (about 20,000 pairs), so the threshold is chosen
         # on nearly every distinct pair rather than on a few hundred drawn by chance.
         rounds = max(config.calibration_rounds, int(np.ceil(10_000 / len(y_val))))
