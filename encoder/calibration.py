@@ -68,3 +68,19 @@ def calibrate(distances: np.ndarray, same: np.ndarray, far_target: float = 1e-3)
         eer=float((far[eer_at] + 1 - tar[eer_at]) / 2), eer_threshold=float(thresholds[eer_at]),
         far_target=far_target, far_threshold=float(thresholds[within]),
         tar_at_far=float(tar[within]), positives=positives, negatives=negatives)
+
+
+def cross_validated_accuracy(distances: list[np.ndarray], same: list[np.ndarray]) -> float:
+    """Share of all pairs judged right when each fold's pairs are scored at the best-accuracy
+    threshold of the other folds' pairs: the threshold's accuracy on pairs it was not chosen on,
+    without the optimism of choosing and scoring on the same pairs."""
+    if len(distances) < 2 or len(distances) != len(same):
+        raise ConfigError("cross-validation needs two or more folds of distances and labels")
+    right = 0
+    for k in range(len(distances)):
+        others = [i for i in range(len(distances)) if i != k]
+        threshold = calibrate(np.concatenate([distances[i] for i in others]),
+                              np.concatenate([same[i] for i in others])).threshold
+        right += int(np.sum((np.asarray(distances[k]) <= threshold)
+                            == np.asarray(same[k]).astype(bool)))
+    return right / sum(len(d) for d in distances)

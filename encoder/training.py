@@ -12,7 +12,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from .artifact import ModelCard, compute_model_id, now, save_model
-from .calibration import calibrate
+from .calibration import calibrate, cross_validated_accuracy
 from .datasets import Dataset
 from .distance import euclidean
 from .errors import ConfigError, DatasetError
@@ -480,6 +480,8 @@ def train(ds: Dataset, config: TrainConfig, out_dir: str | os.PathLike,
                   **{k: round(v, 5) for k, v in retrieval.items()},
                   "images": int(val_images), "classes": int(val_classes),
                   "pairs": int(cal.positives + cal.negatives), "folds": folds}
+    if folds > 1:
+        validation["cross_validated_accuracy"] = round(cross_validated_accuracy(distances, same), 5)
     epoch, best_epoch, stopped_by, history = fit.epochs_run, fit.best_epoch, fit.stopped_by, fit.history
     train_seconds = sum(fold_seconds)
     settings = asdict(config)
@@ -505,6 +507,8 @@ def train(ds: Dataset, config: TrainConfig, out_dir: str | os.PathLike,
         created=now())
     save_model(out_dir, encoder, card)
     report(f"saved {Path(out_dir)} (model {card.model_id}): threshold {cal.threshold:.4f}, "
-           f"val accuracy {cal.accuracy:.4f}, ROC AUC {cal.roc_auc:.4f}, EER {cal.eer:.4f}, "
+           f"val accuracy {cal.accuracy:.4f}"
+           + (f" (cross-validated {validation['cross_validated_accuracy']:.4f})" if folds > 1 else "")
+           + f", ROC AUC {cal.roc_auc:.4f}, EER {cal.eer:.4f}, "
            f"recall@1 {validation['recall@1']:.4f}, {_clock(time.perf_counter() - started)} in all")
     return card

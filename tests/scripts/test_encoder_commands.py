@@ -136,6 +136,9 @@ def test_train_on_a_small_mixed_folder_reports_and_records_its_choices(mixed_fol
     assert card["training"]["classes"] == 5 and len(card["training"]["fold_seconds"]) == 3
     assert (card["validation"]["folds"], card["validation"]["classes"]) == (3, 8)
     assert card["validation"]["images"] == 48
+    # Each fold scored at the threshold chosen on the other two (see test_calibration).
+    assert 0.0 < card["validation"]["cross_validated_accuracy"] <= 1.0
+    assert f"(cross-validated {card['validation']['cross_validated_accuracy']:.4f})" in out
     assert card["validation"]["pairs"] >= 30_000  # small validation sets: many calibration rounds
     assert all(f"fold {k}/3: data:" in out for k in (1, 2, 3))
     assert "calibrating on the held-out pairs of all 3 folds" in out
