@@ -97,11 +97,12 @@ class TrainConfig:
         as a gallery of new people or products is used), images for Fashion-MNIST (the same ten
         classes at test time). Augmentation: affine distortions when classes are small."""
         val_split, augment = self.val_split, self.augment
+        classes = np.unique(ds.labels)
+        small = np.median(np.bincount(ds.labels)[classes]) < SMALL_CLASS
         if val_split == "auto":
             val_split = ("group" if ds.groups is not None
                          else "image" if ds.kind == "fashion-mnist" else "class")
         if augment == "auto":
-            small = np.median(np.bincount(ds.labels)[np.unique(ds.labels)]) < SMALL_CLASS
             augment = "affine" if small else "none"
         if val_split == "group" and ds.groups is None:
             raise ConfigError(f"val_split 'group': {ds.name} has no groups (alphabets); "
@@ -110,8 +111,7 @@ class TrainConfig:
             raise ConfigError(f"group batches: {ds.name} has no groups (alphabets)")
         folds = self.calibration_folds
         if folds is None:
-            small = np.median(np.bincount(ds.labels)[np.unique(ds.labels)]) < SMALL_CLASS
-            folds = 3 if val_split == "class" and small and len(np.unique(ds.labels)) >= 6 else 1
+            folds = 3 if val_split == "class" and small and len(classes) >= 6 else 1
         if folds > 1 and val_split not in ("class", "group"):
             raise ConfigError(f"{folds} calibration folds hold out whole classes or groups: "
                               "use --val-split class or group")
@@ -140,7 +140,7 @@ def split_train_val(ds: Dataset, config: TrainConfig, fold: int = 0
                                    f"{config.calibration_folds} calibration folds of two or more")
         elif config.val_split == "class":
             # The threshold's accuracy on a handful of classes swings by several points with the
-            # draw of classes (measured: +-3 points with 8 of 40); at least 12 hold it within 2.
+            # draw of classes (measured: +-3 points with 8 of 40, +-2 with 12).
             n_val = max(n_val, min(MIN_VAL_CLASSES, len(ids) // 2))
         val = np.isin(units, ids[:n_val])
         if len(ids) - n_val < 2 or len(np.unique(ds.labels[~val])) < 2:
@@ -179,8 +179,8 @@ class _Augmenter:
 
     "flip" mirrors half the images left to right; "flip-shift" also moves each by whole pixels,
     up to 8% of the side (Fashion-MNIST's usual pad-and-crop). "affine" draws one random affine
-    map per image, the distortions Koch et al. (2015) found
-    to help one-shot learning on Omniglot, kept moderate so they suit photos too: rotation up to
+    map per image, the distortions Koch et al. (2015) found to help one-shot learning on
+    Omniglot, kept moderate so they suit photos too: rotation up to
     10 degrees, shear up to 0.2, scale 0.85-1.15 per axis, shift up to 8% of the side. It
     resamples once, and extends the edges by their nearest pixel (no black corners on a white
     background)."""
@@ -282,10 +282,11 @@ class _Fit:
     stopped_by: str
     history: list
     train_seconds: float
+    val_embeddings: np.ndarray  # of the held-out images, at the best epoch
 
 
-def _fit(x_all: np.ndarray, ds: Dataset, config: TrainConfig, train_idx: np.ndarray,
-         val_idx: np.ndarray, time_budget: Optional[float], fold: str,
+def _fit(x_all: np.ndarray, pre: Preprocessing, ds: Dataset, config: TrainConfig,
+         train_idx: np.ndarray, val_idx: np.ndarray, time_budget: Optional[float], fold: str,
          report: Callable[[str], None]) -> _Fit:
     """Train one encoder on `train_idx`, early-stopping on the contrastive loss of `val_idx`."""
     import keras
@@ -294,7 +295,6 @@ def _fit(x_all: np.ndarray, ds: Dataset, config: TrainConfig, train_idx: np.ndar
     from .losses import batch_contrastive_loss, contrastive_loss as tf_contrastive_loss
     from .models import build_encoder, siamese_model
 
-    pre = Preprocessing(*x_all.shape[1:], invert=config.invert)
     x_train, y_train = x_all[train_idx], ds.labels[train_idx]
     g_train = np.zeros_like(y_train) if ds.groups is None else ds.groups[train_idx]
     x_val, y_val = x_all[val_idx], ds.labels[val_idx]
@@ -306,7 +306,7 @@ def _fit(x_all: np.ndarray, ds: Dataset, config: TrainConfig, train_idx: np.ndar
         report(f"{fold}validation groups (never trained on): {', '.join(ds.groups_present(val_idx))}")
     if config.rotate_classes:
         x_train, y_train, g_train = with_rotated_classes(x_train, y_train, g_train)
-        report(f"rotated classes: training on {len(y_train):,} images of "
+        report(f"{fold}rotated classes: training on {len(y_train):,} images of "
                f"{len(np.unique(y_train))} classes")
 
     # Small classes (ten images) would fill 16 places a batch with repeats: take each image once.
@@ -422,7 +422,8 @@ def _fit(x_all: np.ndarray, ds: Dataset, config: TrainConfig, train_idx: np.ndar
     train_seconds = time.perf_counter() - train_start
     encoder.set_weights(best_weights)
     report(f"{fold}restored the best epoch ({best_epoch}, val_loss {best_loss:.4f})")
-    return _Fit(encoder, best_loss, best_epoch, epoch, stopped_by, history, train_seconds)
+    return _Fit(encoder, best_loss, best_epoch, epoch, stopped_by, history, train_seconds,
+                embed(x_val))
 
 
 def train(ds: Dataset, config: TrainConfig, out_dir: str | os.PathLike,
@@ -450,27 +451,22 @@ def train(ds: Dataset, config: TrainConfig, out_dir: str | os.PathLike,
     folds = config.calibration_folds
     time_budget = config.time_budget / folds if config.time_budget else None
     splits = [split_train_val(ds, config, fold=k) for k in range(folds)]  # errors before training
-    distances, same, val_images, val_classes, fold_seconds = [], [], 0, 0, []
+    distances, same, fold_seconds = [], [], []
     for k, (train_idx, val_idx) in enumerate(splits):
         keras.utils.set_random_seed(config.seed + k)
-        fit = _fit(x_all, ds, config, train_idx, val_idx, time_budget,
+        fit = _fit(x_all, pre, ds, config, train_idx, val_idx, time_budget,
                    f"fold {k + 1}/{folds}: " if folds > 1 else "", report)
-        y_val = ds.labels[val_idx]
-        x_val = x_all[val_idx]
-        e_val = np.concatenate([fit.encoder(x_val[i:i + 1024], training=False).numpy()
-                                for i in range(0, len(x_val), 1024)])
+        e_val, y_val = fit.val_embeddings, ds.labels[val_idx]
         # Small validation sets get more rounds (about 20,000 pairs), so the threshold is chosen
         # on nearly every distinct pair rather than on a few hundred drawn by chance.
         rounds = max(config.calibration_rounds, int(np.ceil(10_000 / len(y_val))))
         a, b, s = repeated_tutorial_pairs(y_val, config.seed + 1, rounds)
         distances.append(euclidean(e_val[a], e_val[b]))
         same.append(s)
-        val_images += len(val_idx)
-        val_classes += len(np.unique(y_val))
         fold_seconds.append(round(fit.train_seconds, 1))
         if k == 0:
-            kept, kept_split, retrieval = fit, (train_idx, val_idx), retrieval_metrics(e_val, y_val)
-    fit, (train_idx, val_idx) = kept, kept_split
+            saved, retrieval = fit, retrieval_metrics(e_val, y_val)
+    fit, (train_idx, val_idx) = saved, splits[0]
     encoder = fit.encoder
     embedding_dim = int(encoder.output_shape[-1])
     report("calibrating" + (f" on the held-out pairs of all {folds} folds" if folds > 1 else ""))
@@ -478,12 +474,11 @@ def train(ds: Dataset, config: TrainConfig, out_dir: str | os.PathLike,
     validation = {"contrastive_loss": round(fit.best_loss, 5), "accuracy": round(cal.accuracy, 5),
                   "roc_auc": round(cal.roc_auc, 5), "eer": round(cal.eer, 5),
                   **{k: round(v, 5) for k, v in retrieval.items()},
-                  "images": int(val_images), "classes": int(val_classes),
+                  "images": sum(len(v) for _, v in splits),
+                  "classes": sum(len(np.unique(ds.labels[v])) for _, v in splits),
                   "pairs": int(cal.positives + cal.negatives), "folds": folds}
     if folds > 1:
         validation["cross_validated_accuracy"] = round(cross_validated_accuracy(distances, same), 5)
-    epoch, best_epoch, stopped_by, history = fit.epochs_run, fit.best_epoch, fit.stopped_by, fit.history
-    train_seconds = sum(fold_seconds)
     settings = asdict(config)
     card = ModelCard(
         model_id=compute_model_id(encoder.get_weights(), pre, config.arch),
@@ -496,10 +491,10 @@ def train(ds: Dataset, config: TrainConfig, out_dir: str | os.PathLike,
                   # by default the ones the model has seen.
                   "groups": ds.groups_present(train_idx),
                   "validation_groups": ds.groups_present(val_idx),
-                  "settings": settings, "epochs_run": epoch, "best_epoch": best_epoch,
-                  "stopped_by": stopped_by, "train_seconds": round(train_seconds, 1),
+                  "settings": settings, "epochs_run": fit.epochs_run, "best_epoch": fit.best_epoch,
+                  "stopped_by": fit.stopped_by, "train_seconds": round(sum(fold_seconds), 1),
                   **({"fold_seconds": fold_seconds} if folds > 1 else {}),
-                  "total_seconds": round(time.perf_counter() - started, 1), "history": history,
+                  "total_seconds": round(time.perf_counter() - started, 1), "history": fit.history,
                   "parameters": int(encoder.count_params()),
                   "versions": {"tensorflow": tf.__version__, "keras": keras.__version__,
                                "numpy": np.__version__, "python": platform.python_version()},
