@@ -62,6 +62,9 @@ class TrainConfig:
     # Encoders trained to calibrate the threshold on every class (see `train`); None: 3 for a
     # class split of small classes (the folder default), else 1.
     calibration_folds: Optional[int] = None
+    # After the folds, train the saved encoder on every class for the folds' median best epoch
+    # count; None: on with calibration folds (K > 1), off otherwise.
+    refit: Optional[bool] = None
     deterministic: bool = True
 
     def __post_init__(self) -> None:
@@ -115,7 +118,9 @@ class TrainConfig:
         if folds > 1 and val_split not in ("class", "group"):
             raise ConfigError(f"{folds} calibration folds hold out whole classes or groups: "
                               "use --val-split class or group")
-        return replace(self, val_split=val_split, augment=augment, calibration_folds=folds)
+        refit = folds > 1 if self.refit is None else self.refit
+        return replace(self, val_split=val_split, augment=augment, calibration_folds=folds,
+                       refit=refit)
 
 
 def split_train_val(ds: Dataset, config: TrainConfig, fold: int = 0
@@ -276,19 +281,21 @@ def with_rotated_classes(images: np.ndarray, labels: np.ndarray, groups: np.ndar
 class _Fit:
     """One training run on one split: its encoder at the best epoch and what happened."""
     encoder: object
-    best_loss: float
+    best_loss: float  # NaN for a final fit, which has no validation
     best_epoch: int
     epochs_run: int
     stopped_by: str
     history: list
     train_seconds: float
-    val_embeddings: np.ndarray  # of the held-out images, at the best epoch
+    val_embeddings: np.ndarray  # of the held-out images, at the best epoch (none for a final fit)
 
 
 def _fit(x_all: np.ndarray, pre: Preprocessing, ds: Dataset, config: TrainConfig,
          train_idx: np.ndarray, val_idx: np.ndarray, time_budget: Optional[float], fold: str,
          report: Callable[[str], None]) -> _Fit:
-    """Train one encoder on `train_idx`, early-stopping on the contrastive loss of `val_idx`."""
+    """Train one encoder on `train_idx`, early-stopping on the contrastive loss of `val_idx`.
+
+    With no validation images (a final fit) it runs every epoch and keeps the last weights."""
     import keras
     import tensorflow as tf
 
@@ -298,11 +305,13 @@ def _fit(x_all: np.ndarray, pre: Preprocessing, ds: Dataset, config: TrainConfig
     x_train, y_train = x_all[train_idx], ds.labels[train_idx]
     g_train = np.zeros_like(y_train) if ds.groups is None else ds.groups[train_idx]
     x_val, y_val = x_all[val_idx], ds.labels[val_idx]
-    val_pairs = tutorial_pairs(y_val, config.seed + 1)
+    validating = len(val_idx) > 0
+    val_pairs = tutorial_pairs(y_val, config.seed + 1) if validating else None
     report(f"{fold}data: {ds.name}, {len(train_idx):,} training / {len(val_idx):,} validation images, "
-           f"{len(np.unique(y_train))} / {len(np.unique(y_val))} classes (validation split by "
-           f"{config.val_split}), input {pre.shape}, augmentation {config.augment}")
-    if config.val_split == "group":
+           f"{len(np.unique(y_train))} / {len(np.unique(y_val))} classes"
+           + (f" (validation split by {config.val_split})" if validating else "")
+           + f", input {pre.shape}, augmentation {config.augment}")
+    if config.val_split == "group" and validating:
         report(f"{fold}validation groups (never trained on): {', '.join(ds.groups_present(val_idx))}")
     if config.rotate_classes:
         x_train, y_train, g_train = with_rotated_classes(x_train, y_train, g_train)
@@ -363,6 +372,8 @@ def _fit(x_all: np.ndarray, pre: Preprocessing, ds: Dataset, config: TrainConfig
         return np.concatenate([forward(x[i:i + 1024]).numpy() for i in range(0, len(x), 1024)])
 
     def val_loss() -> float:
+        if not validating:
+            return float("nan")
         e = embed(x_val)
         return contrastive_loss(euclidean(e[val_pairs[0]], e[val_pairs[1]]), val_pairs[2], config.margin)
 
@@ -405,21 +416,28 @@ def _fit(x_all: np.ndarray, pre: Preprocessing, ds: Dataset, config: TrainConfig
                 break
         v = val_loss()
         elapsed = time.perf_counter() - train_start
-        history.append({"epoch": epoch, "loss": round(float(np.mean(losses)), 5), "val_loss": round(v, 5),
+        history.append({"epoch": epoch, "loss": round(float(np.mean(losses)), 5),
+                        **({"val_loss": round(v, 5)} if validating else {}),
                         "seconds": round(elapsed, 1)})
         improved = v < best_loss
         if improved:
             best_loss, best_epoch, best_weights = v, epoch, encoder.get_weights()
+        elif not validating:
+            best_loss, best_epoch = v, epoch
         rate = images_seen / elapsed
         eta = min((config.epochs - epoch) * elapsed / epoch, max(deadline - time.perf_counter(), 0))
-        report(f"{fold}epoch {epoch}/{config.epochs}  loss {np.mean(losses):.4f}  val_loss {v:.4f}"
-               f"{' *' if improved else '  '}  {rate:,.0f} img/s  elapsed {_clock(elapsed)}  ETA {_clock(eta)}")
+        report(f"{fold}epoch {epoch}/{config.epochs}  loss {np.mean(losses):.4f}  "
+               + (f"val_loss {v:.4f}{' *' if improved else '  '}  " if validating else "")
+               + f"{rate:,.0f} img/s  elapsed {_clock(elapsed)}  ETA {_clock(eta)}")
         if stopped_by == "time_budget":
             break
         if epoch - best_epoch >= config.patience:
             stopped_by = "early_stopping"
             break
     train_seconds = time.perf_counter() - train_start
+    if not validating:
+        return _Fit(encoder, best_loss, best_epoch, epoch, stopped_by, history, train_seconds,
+                    np.zeros((0, embedding_dim), np.float32))
     encoder.set_weights(best_weights)
     report(f"{fold}restored the best epoch ({best_epoch}, val_loss {best_loss:.4f})")
     return _Fit(encoder, best_loss, best_epoch, epoch, stopped_by, history, train_seconds,
@@ -432,9 +450,13 @@ def train(ds: Dataset, config: TrainConfig, out_dir: str | os.PathLike,
 
     With calibration folds (K > 1) the classes are dealt into K folds and K encoders train, each
     holding out one fold; the threshold is chosen on the pooled held-out pairs of all K, so on
-    every class, each judged by an encoder that never trained on it. The first fold's encoder is
-    the one saved. A dozen held-out classes alone leave the threshold's measured accuracy to the
-    luck of which classes they are."""
+    every class, each judged by an encoder that never trained on it. A dozen held-out classes alone
+    leave the threshold's measured accuracy to the luck of which classes they are.
+
+    With `refit` (the default with folds) the saved encoder then trains on every class for the
+    folds' median best epoch count: half as many classes again as any fold's encoder had, which
+    on 40 small classes made it about 2 points more accurate on classes never seen, close to what
+    the folds measured. Without, the first fold's encoder is saved."""
     import keras
     import tensorflow as tf
 
@@ -449,9 +471,10 @@ def train(ds: Dataset, config: TrainConfig, out_dir: str | os.PathLike,
     pre = Preprocessing(height, width, channels, invert=config.invert)
     x_all = prepare_batch(ds.images, pre)
     folds = config.calibration_folds
-    time_budget = config.time_budget / folds if config.time_budget else None
+    fits_to_run = folds + int(config.refit)
+    time_budget = config.time_budget / fits_to_run if config.time_budget else None
     splits = [split_train_val(ds, config, fold=k) for k in range(folds)]  # errors before training
-    distances, same, fold_seconds = [], [], []
+    fits, distances, same, retrievals = [], [], [], []
     for k, (train_idx, val_idx) in enumerate(splits):
         keras.utils.set_random_seed(config.seed + k)
         fit = _fit(x_all, pre, ds, config, train_idx, val_idx, time_budget,
@@ -463,17 +486,28 @@ def train(ds: Dataset, config: TrainConfig, out_dir: str | os.PathLike,
         a, b, s = repeated_tutorial_pairs(y_val, config.seed + 1, rounds)
         distances.append(euclidean(e_val[a], e_val[b]))
         same.append(s)
-        fold_seconds.append(round(fit.train_seconds, 1))
-        if k == 0:
-            saved, retrieval = fit, retrieval_metrics(e_val, y_val)
-    fit, (train_idx, val_idx) = saved, splits[0]
-    encoder = fit.encoder
+        retrievals.append(retrieval_metrics(e_val, y_val))
+        fits.append(fit)
+    if config.refit:
+        epochs = max(1, int(round(np.median([f.best_epoch for f in fits]))))
+        report(f"final fit: every class, {epochs} epochs (the median best epoch of "
+               f"{'the folds' if folds > 1 else 'the validation run'})")
+        keras.utils.set_random_seed(config.seed + folds)
+        train_idx = np.arange(len(ds))
+        saved = _fit(x_all, pre, ds, replace(config, epochs=epochs), train_idx,
+                     np.zeros(0, int), time_budget, "final: ", report)
+    else:
+        saved, train_idx = fits[0], splits[0][0]
+    encoder = saved.encoder
     embedding_dim = int(encoder.output_shape[-1])
     report("calibrating" + (f" on the held-out pairs of all {folds} folds" if folds > 1 else ""))
     cal = calibrate(np.concatenate(distances), np.concatenate(same), config.far_target)
-    validation = {"contrastive_loss": round(fit.best_loss, 5), "accuracy": round(cal.accuracy, 5),
+    # The held-out metrics are the folds' (each on classes its encoder never saw), averaged.
+    validation = {"contrastive_loss": round(float(np.mean([f.best_loss for f in fits])), 5),
+                  "accuracy": round(cal.accuracy, 5),
                   "roc_auc": round(cal.roc_auc, 5), "eer": round(cal.eer, 5),
-                  **{k: round(v, 5) for k, v in retrieval.items()},
+                  **{k: round(float(np.mean([r[k] for r in retrievals])), 5)
+                     for k in retrievals[0]},
                   "images": sum(len(v) for _, v in splits),
                   "classes": sum(len(np.unique(ds.labels[v])) for _, v in splits),
                   "pairs": int(cal.positives + cal.negatives), "folds": folds}
@@ -490,11 +524,18 @@ def train(ds: Dataset, config: TrainConfig, out_dir: str | os.PathLike,
                   # The groups (Omniglot alphabets) trained on and held out: evaluation leaves out
                   # by default the ones the model has seen.
                   "groups": ds.groups_present(train_idx),
-                  "validation_groups": ds.groups_present(val_idx),
-                  "settings": settings, "epochs_run": fit.epochs_run, "best_epoch": fit.best_epoch,
-                  "stopped_by": fit.stopped_by, "train_seconds": round(sum(fold_seconds), 1),
-                  **({"fold_seconds": fold_seconds} if folds > 1 else {}),
-                  "total_seconds": round(time.perf_counter() - started, 1), "history": fit.history,
+                  "validation_groups": [g for g in ds.groups_present(np.concatenate(
+                      [v for _, v in splits])) if g not in ds.groups_present(train_idx)],
+                  "settings": settings, "epochs_run": saved.epochs_run,
+                  "best_epoch": saved.best_epoch, "stopped_by": saved.stopped_by,
+                  "train_seconds": round(sum(f.train_seconds for f in fits)
+                                         + (saved.train_seconds if config.refit else 0), 1),
+                  **({"fold_seconds": [round(f.train_seconds, 1) for f in fits],
+                      "fold_best_epochs": [f.best_epoch for f in fits]}
+                     if folds > 1 or config.refit else {}),
+                  **({"final_fit_seconds": round(saved.train_seconds, 1)} if config.refit else {}),
+                  "total_seconds": round(time.perf_counter() - started, 1),
+                  "history": saved.history,
                   "parameters": int(encoder.count_params()),
                   "versions": {"tensorflow": tf.__version__, "keras": keras.__version__,
                                "numpy": np.__version__, "python": platform.python_version()},

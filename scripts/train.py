@@ -63,9 +63,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--calibration-folds", type=int, metavar="K",
                    help="deal the classes into K folds and train K encoders, each holding one "
                         "out, so the threshold is calibrated on every class, each judged by an "
-                        "encoder that never trained on it; the first encoder is saved and "
-                        "--time-budget is shared (default: 3 for a class split of small classes, "
-                        "else 1; with K > 1, --val-fraction is 1/K)")
+                        "encoder that never trained on it; --time-budget is shared (default: 3 "
+                        "for a class split of small classes, else 1; with K > 1, --val-fraction "
+                        "is 1/K)")
+    p.add_argument("--refit", action=argparse.BooleanOptionalAction,
+                   help="after validating, train the saved encoder on every class (held-out ones "
+                        "too) for the median best epoch count of the folds; the threshold stays "
+                        "the one the folds calibrated (default: on with calibration folds, else "
+                        "off; --no-refit saves the first fold's encoder)")
     p.add_argument("--val-split", choices=VAL_SPLITS, default="auto",
                    help="hold out a share of every class's images (image), whole classes (class) "
                         "or whole groups such as Omniglot alphabets (group); auto: group when the "
@@ -90,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         hard_fraction=args.hard_fraction, class_weight=args.class_weight,
         learning_rate=args.learning_rate, augment=args.augment, rotate_classes=args.rotate_classes,
         group_batches=args.group_batches, invert=args.invert, val_fraction=args.val_fraction,
-        val_split=args.val_split, calibration_folds=args.calibration_folds,
+        val_split=args.val_split, calibration_folds=args.calibration_folds, refit=args.refit,
         patience=args.patience, far_target=args.far_target)
     ds = load_dataset(args.dataset[0], args.dataset[1:], split="train", side=args.input_size)
     for name, reason in ds.skipped:

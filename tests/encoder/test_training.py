@@ -84,6 +84,10 @@ def test_calibration_folds_hold_out_every_class_once():
         split_train_val(five, TrainConfig(calibration_folds=3).resolve(five), fold=2)
     with pytest.raises(ConfigError, match="calibration folds must be in 1..10"):
         TrainConfig(calibration_folds=0)
+    # The saved encoder is refit on every class after calibration folds, unless told otherwise.
+    assert config.refit is True and TrainConfig(refit=False).resolve(many).refit is False
+    assert TrainConfig(calibration_folds=1).resolve(many).refit is False
+    assert TrainConfig(calibration_folds=1, refit=True).resolve(many).refit is True
 
 
 def test_config_values_are_checked():

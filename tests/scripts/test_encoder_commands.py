@@ -130,10 +130,16 @@ def test_train_on_a_small_mixed_folder_reports_and_records_its_choices(mixed_fol
     assert card["input_shape"] == [32, 32, 3]  # colour present; median side 80, few images: 32
     assert card["training"]["settings"]["augment"] == "affine"
     assert card["training"]["settings"]["val_split"] == "class"
-    # Three calibration folds (3, 3 and 2 classes held out): the saved encoder trained on 5
-    # classes; the threshold was chosen on all 8, each judged by an encoder that never saw it.
-    assert card["training"]["settings"]["calibration_folds"] == 3
-    assert card["training"]["classes"] == 5 and len(card["training"]["fold_seconds"]) == 3
+    # Three calibration folds (3, 3 and 2 classes held out): the threshold was chosen on all 8,
+    # each judged by an encoder that never saw it; then the saved encoder trained on all 8 for
+    # the folds' median best epoch (1 here), without validation.
+    settings = card["training"]["settings"]
+    assert settings["calibration_folds"] == 3 and settings["refit"] is True
+    assert card["training"]["classes"] == 8 and card["training"]["images"] == 48
+    assert card["training"]["fold_best_epochs"] == [1, 1, 1]
+    assert len(card["training"]["fold_seconds"]) == 3 and card["training"]["final_fit_seconds"] > 0
+    assert [set(h) for h in card["training"]["history"]] == [{"epoch", "loss", "seconds"}]
+    assert "final fit: every class, 1 epochs (the median best epoch of the folds)" in out
     assert (card["validation"]["folds"], card["validation"]["classes"]) == (3, 8)
     assert card["validation"]["images"] == 48
     # Each fold scored at the threshold chosen on the other two (see test_calibration).
