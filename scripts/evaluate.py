@@ -7,7 +7,7 @@ import json
 import time
 from pathlib import Path
 
-from encoder.errors import DatasetError
+from encoder.errors import ConfigError, DatasetError
 from encoder.evaluation import EPISODE_CLASSES
 from scripts.common import add_dataset_argument, run
 
@@ -25,6 +25,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=["test", "train"],
                    help="Fashion-MNIST split to evaluate on (default: %(default)s)")
     p.add_argument("--seed", type=int, default=20261128, help="seed of the test pairs")
+    p.add_argument("--pair-rounds", type=int, default=1, metavar="R",
+                   help="draw the test pairs R times (seeds SEED, SEED+1, ...): 2R pairs per "
+                        "image, for small test sets whose accuracy a single draw leaves a point "
+                        "or so to chance (default: %(default)s, the tutorial's protocol)")
     p.add_argument("--threshold", type=float, help="override the card's threshold")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.add_argument("--plots", metavar="DIR", help="write roc.png, distances.png and pairs.png here")
@@ -71,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     from encoder.datasets import load_dataset
     from encoder.evaluation import oneshot_accuracy, pair_metrics, retrieval_metrics
 
+    if args.pair_rounds < 1:
+        raise ConfigError(f"--pair-rounds must be at least 1, not {args.pair_rounds}")
     embedder = Embedder.load(args.model)
     ds = load_dataset(args.dataset[0], args.dataset[1:], split=args.split,
                       pre=embedder.card.preprocessing)
@@ -80,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     embeddings = embedder.embed(ds.images)
     embed_seconds = time.perf_counter() - start
     threshold = embedder.threshold if args.threshold is None else args.threshold
-    pairs = pair_metrics(embeddings, ds.labels, threshold, args.seed)
+    pairs = pair_metrics(embeddings, ds.labels, threshold, args.seed, rounds=args.pair_rounds)
     results = {"model": embedder.model_id, "dataset": ds.name, "images": len(ds),
                "classes": ds.num_classes, **group_summary(ds, which_groups),
                "seed": args.seed, **pairs.metrics,

@@ -30,6 +30,19 @@ def test_evaluate_prints_metrics_and_writes_plots(tiny_model, small_folder, tmp_
         assert (tmp_path / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_evaluate_draws_more_pairs_with_pair_rounds(tiny_model, small_folder, capsys):
+    argv = ["--model", str(tiny_model), "--dataset", "folder", str(small_folder), "--json"]
+    code, out, err = run_command(evaluate.main, argv + ["--pair-rounds", "5"], capsys)
+    assert code == 0, err
+    five = json.loads(out)
+    assert five["pairs"] == 5 * 240  # each round: one positive and one negative pair per image
+    code, out, err = run_command(evaluate.main, argv, capsys)
+    one = json.loads(out)
+    assert one["pairs"] == 240 and 0.0 <= five["accuracy"] <= 1.0
+    code, out, err = run_command(evaluate.main, argv + ["--pair-rounds", "0"], capsys)
+    assert code == 2 and "--pair-rounds must be at least 1, not 0" in err.strip().splitlines()[-1]
+
+
 def test_train_refuses_a_one_class_folder_in_one_line(small_folder, tmp_path, capsys):
     one = tmp_path / "one"
     shutil.copytree(sorted(small_folder.iterdir())[0], one / "only")
