@@ -372,8 +372,6 @@ def _fit(x_all: np.ndarray, pre: Preprocessing, ds: Dataset, config: TrainConfig
         return np.concatenate([forward(x[i:i + 1024]).numpy() for i in range(0, len(x), 1024)])
 
     def val_loss() -> float:
-        if not validating:
-            return float("nan")
         e = embed(x_val)
         return contrastive_loss(euclidean(e[val_pairs[0]], e[val_pairs[1]]), val_pairs[2], config.margin)
 
@@ -414,16 +412,14 @@ def _fit(x_all: np.ndarray, pre: Preprocessing, ds: Dataset, config: TrainConfig
             if now_t >= deadline:
                 stopped_by = "time_budget"
                 break
-        v = val_loss()
+        v = val_loss() if validating else None
         elapsed = time.perf_counter() - train_start
         history.append({"epoch": epoch, "loss": round(float(np.mean(losses)), 5),
                         **({"val_loss": round(v, 5)} if validating else {}),
                         "seconds": round(elapsed, 1)})
-        improved = v < best_loss
+        improved = validating and v < best_loss
         if improved:
             best_loss, best_epoch, best_weights = v, epoch, encoder.get_weights()
-        elif not validating:
-            best_loss, best_epoch = v, epoch
         rate = images_seen / elapsed
         eta = min((config.epochs - epoch) * elapsed / epoch, max(deadline - time.perf_counter(), 0))
         report(f"{fold}epoch {epoch}/{config.epochs}  loss {np.mean(losses):.4f}  "
@@ -431,12 +427,12 @@ def _fit(x_all: np.ndarray, pre: Preprocessing, ds: Dataset, config: TrainConfig
                + f"{rate:,.0f} img/s  elapsed {_clock(elapsed)}  ETA {_clock(eta)}")
         if stopped_by == "time_budget":
             break
-        if epoch - best_epoch >= config.patience:
+        if validating and epoch - best_epoch >= config.patience:
             stopped_by = "early_stopping"
             break
     train_seconds = time.perf_counter() - train_start
     if not validating:
-        return _Fit(encoder, best_loss, best_epoch, epoch, stopped_by, history, train_seconds,
+        return _Fit(encoder, float("nan"), epoch, epoch, stopped_by, history, train_seconds,
                     np.zeros((0, embedding_dim), np.float32))
     encoder.set_weights(best_weights)
     report(f"{fold}restored the best epoch ({best_epoch}, val_loss {best_loss:.4f})")
@@ -499,6 +495,7 @@ def train(ds: Dataset, config: TrainConfig, out_dir: str | os.PathLike,
     else:
         saved, train_idx = fits[0], splits[0][0]
     encoder = saved.encoder
+    trained_groups = ds.groups_present(train_idx)
     embedding_dim = int(encoder.output_shape[-1])
     report("calibrating" + (f" on the held-out pairs of all {folds} folds" if folds > 1 else ""))
     cal = calibrate(np.concatenate(distances), np.concatenate(same), config.far_target)
@@ -523,9 +520,9 @@ def train(ds: Dataset, config: TrainConfig, out_dir: str | os.PathLike,
                   "class_names": list(ds.class_names)[:1000],
                   # The groups (Omniglot alphabets) trained on and held out: evaluation leaves out
                   # by default the ones the model has seen.
-                  "groups": ds.groups_present(train_idx),
+                  "groups": trained_groups,
                   "validation_groups": [g for g in ds.groups_present(np.concatenate(
-                      [v for _, v in splits])) if g not in ds.groups_present(train_idx)],
+                      [v for _, v in splits])) if g not in trained_groups],
                   "settings": settings, "epochs_run": saved.epochs_run,
                   "best_epoch": saved.best_epoch, "stopped_by": saved.stopped_by,
                   "train_seconds": round(sum(f.train_seconds for f in fits)
