@@ -150,3 +150,28 @@ def oneshot_accuracy(embeddings: np.ndarray, labels: np.ndarray, way: int, shots
     ci95 = 1.96 * right.std(ddof=1) / np.sqrt(episodes)
     return OneShotResult(way, shots, episodes, "any" if groups is None else "group",
                          float(right.mean()), float(ci95), seed)
+
+
+
+HELDOUT_WAYS = (20, 5)
+HELDOUT_EPISODES = 1000
+
+
+def heldout_oneshot(embeddings: np.ndarray, labels: np.ndarray, groups: Optional[np.ndarray],
+                    group_names, seed: int) -> dict:
+    """One-shot accuracy on a training run's held-out classes, for its card: per group
+    (within-group episodes, keyed by the group's name) when the data has groups, else over all
+    of them (key "all"); the same episodes `siamese-evaluate --oneshot 20 5 --groups NAME` draws
+    with the seed. A way needs that many classes; parts too small for any are left out."""
+    parts = ({"all": np.ones(len(labels), bool)} if groups is None else
+             {group_names[g]: groups == g for g in np.unique(groups)})
+    out = {}
+    for name, members in parts.items():
+        classes = len(np.unique(labels[members]))
+        result = {f"{way}-way": round(oneshot_accuracy(
+            embeddings[members], labels[members], way, 1, HELDOUT_EPISODES, seed,
+            None if groups is None else groups[members]).accuracy, 4)
+            for way in HELDOUT_WAYS if way <= classes}
+        if result:
+            out[name] = result
+    return out

@@ -16,7 +16,7 @@ from .calibration import calibrate, cross_validated_accuracy
 from .datasets import Dataset
 from .distance import euclidean
 from .errors import ConfigError, DatasetError
-from .evaluation import contrastive_loss, retrieval_metrics
+from .evaluation import HELDOUT_EPISODES, contrastive_loss, heldout_oneshot, retrieval_metrics
 from .images import Preprocessing, prepare_batch
 from .pairs import class_balanced_batches, repeated_tutorial_pairs, tutorial_pairs
 
@@ -440,6 +440,18 @@ def _fit(x_all: np.ndarray, pre: Preprocessing, ds: Dataset, config: TrainConfig
                 embed(x_val))
 
 
+def oneshot_summary(per_fold: list[dict], grouped: bool) -> dict:
+    """The folds' held-out one-shot results for the card: each way's mean over the groups (every
+    held-out alphabet counts once) or over the folds, and with groups each group's own."""
+    parts = [r for fold in per_fold for r in fold.values()]
+    ways = sorted({w for r in parts for w in r}, key=lambda w: int(w.split("-")[0]), reverse=True)
+    summary = {"episode_classes": "group" if grouped else "any", "episodes": HELDOUT_EPISODES,
+               **{w: round(float(np.mean([r[w] for r in parts if w in r])), 4) for w in ways}}
+    if grouped:
+        summary["by_group"] = dict(sorted((g, r) for fold in per_fold for g, r in fold.items()))
+    return summary
+
+
 def train(ds: Dataset, config: TrainConfig, out_dir: str | os.PathLike,
           report: Callable[[str], None] = lambda line: print(line, flush=True)) -> ModelCard:
     """Train on `ds`, validate on a held-out part of it, calibrate, and save to `out_dir`.
@@ -470,11 +482,11 @@ def train(ds: Dataset, config: TrainConfig, out_dir: str | os.PathLike,
     fits_to_run = folds + int(config.refit)
     time_budget = config.time_budget / fits_to_run if config.time_budget else None
     splits = [split_train_val(ds, config, fold=k) for k in range(folds)]  # errors before training
-    fits, distances, same, retrievals = [], [], [], []
+    fits, distances, same, retrievals, oneshot = [], [], [], [], []
     for k, (train_idx, val_idx) in enumerate(splits):
         keras.utils.set_random_seed(config.seed + k)
-        fit = _fit(x_all, pre, ds, config, train_idx, val_idx, time_budget,
-                   f"fold {k + 1}/{folds}: " if folds > 1 else "", report)
+        prefix = f"fold {k + 1}/{folds}: " if folds > 1 else ""
+        fit = _fit(x_all, pre, ds, config, train_idx, val_idx, time_budget, prefix, report)
         e_val, y_val = fit.val_embeddings, ds.labels[val_idx]
         # Small validation sets get more rounds (about 20,000 pairs), so the threshold is chosen
         # on nearly every distinct pair rather than on a few hundred drawn by chance.
@@ -483,6 +495,15 @@ def train(ds: Dataset, config: TrainConfig, out_dir: str | os.PathLike,
         distances.append(euclidean(e_val[a], e_val[b]))
         same.append(s)
         retrievals.append(retrieval_metrics(e_val, y_val))
+        if config.val_split in ("class", "group"):
+            # Classes never trained on: the one-shot accuracy a gallery of new ones would get.
+            result = heldout_oneshot(e_val, y_val, None if ds.groups is None else ds.groups[val_idx],
+                                     ds.group_names, seed=config.seed)
+            if result:
+                report(f"{prefix}one-shot on held-out classes: " + "; ".join(
+                    f"{name} " + ", ".join(f"{way} {acc:.3f}" for way, acc in r.items())
+                    for name, r in result.items()))
+                oneshot.append(result)
         fits.append(fit)
     if config.refit:
         epochs = max(1, int(round(np.median([f.best_epoch for f in fits]))))
@@ -508,6 +529,8 @@ def train(ds: Dataset, config: TrainConfig, out_dir: str | os.PathLike,
                   "images": sum(len(v) for _, v in splits),
                   "classes": sum(len(np.unique(ds.labels[v])) for _, v in splits),
                   "pairs": int(cal.positives + cal.negatives), "folds": folds}
+    if oneshot:
+        validation["oneshot"] = oneshot_summary(oneshot, ds.groups is not None)
     if folds > 1:
         validation["cross_validated_accuracy"] = round(cross_validated_accuracy(distances, same), 5)
     settings = asdict(config)

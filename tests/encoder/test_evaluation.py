@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from encoder.errors import ConfigError, DatasetError
-from encoder.evaluation import oneshot_accuracy, oneshot_episodes
+from encoder.evaluation import heldout_oneshot, oneshot_accuracy, oneshot_episodes
 
 # 12 classes in 3 groups of 4 (classes 0-3: group 0, ...), 3 to 6 images each.
 LABELS = np.repeat(np.arange(12), [3, 4, 5, 6] * 3)
@@ -74,3 +74,20 @@ def test_within_group_episodes_are_harder_when_groups_share_a_style():
     across = oneshot_accuracy(x, LABELS, way=4, episodes=1000, seed=2)
     assert within.episode_classes == "group" and across.episode_classes == "any"
     assert within.accuracy < across.accuracy - 2 * (within.ci95 + across.ci95)
+
+
+def test_heldout_oneshot_per_group_or_overall_and_only_ways_that_fit():
+    # 30 classes of 3 images: group 0 holds 22 classes, group 1 holds 8 (too few for 20-way).
+    labels = np.repeat(np.arange(30), 3)
+    groups = (labels >= 22).astype(int)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(30, 16))[labels] + 0.3 * rng.normal(size=(90, 16))
+    by_group = heldout_oneshot(x, labels, groups, ["Greek", "Korean"], seed=4)
+    assert set(by_group) == {"Greek", "Korean"}
+    assert set(by_group["Greek"]) == {"20-way", "5-way"} and set(by_group["Korean"]) == {"5-way"}
+    first = labels < 22
+    assert by_group["Greek"]["20-way"] == round(oneshot_accuracy(
+        x[first], labels[first], 20, 1, 1000, 4, groups[first]).accuracy, 4)
+    overall = heldout_oneshot(x, labels, None, [], seed=4)
+    assert list(overall) == ["all"] and 0.5 < overall["all"]["20-way"] <= 1.0
+    assert heldout_oneshot(x[:12], labels[:12], None, [], seed=4) == {}  # 4 classes: no way fits

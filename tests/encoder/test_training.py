@@ -9,7 +9,7 @@ from encoder.datasets import Dataset, load_image_folder
 from encoder.errors import ConfigError, DatasetError
 from encoder.images import Preprocessing
 from encoder.models import build_encoder, siamese_model
-from encoder.training import TrainConfig, split_train_val, train
+from encoder.training import TrainConfig, oneshot_summary, split_train_val, train
 
 GREY28 = Preprocessing(28, 28, 1)
 
@@ -237,3 +237,27 @@ def test_default_encoder_depth():
         build_encoder("default", GREY28, depth=6)
     with pytest.raises(ConfigError, match="--depth applies to --arch default only"):
         build_encoder("tutorial", GREY28, depth=3)
+
+
+def test_oneshot_summary_weighs_every_held_out_group_once():
+    folds = [{"Greek": {"20-way": 0.9, "5-way": 1.0}, "Tagalog": {"5-way": 0.8}},
+             {"Balinese": {"20-way": 0.5, "5-way": 0.7}}]
+    summary = oneshot_summary(folds, grouped=True)
+    assert summary["20-way"] == 0.7 and summary["5-way"] == round((1.0 + 0.8 + 0.7) / 3, 4)
+    assert list(summary["by_group"]) == ["Balinese", "Greek", "Tagalog"]
+    assert list(summary)[:4] == ["episode_classes", "episodes", "20-way", "5-way"]
+    plain = oneshot_summary([{"all": {"5-way": 0.6}}, {"all": {"5-way": 0.8}}], grouped=False)
+    assert plain == {"episode_classes": "any", "episodes": 1000, "5-way": 0.7}
+
+
+def test_card_records_oneshot_accuracy_of_held_out_classes(fashion_test, tmp_path):
+    pick = np.concatenate([np.nonzero(fashion_test.labels == c)[0][:10] for c in range(10)])
+    ds = fashion_test.subset(pick)  # 10 classes of 10 images; 5 classes held out
+    lines = []
+    card = train(ds, TrainConfig(epochs=1, val_split="class", val_fraction=0.5,
+                                 calibration_folds=1, min_steps_per_epoch=5), tmp_path / "m",
+                 report=lines.append)
+    oneshot = card.validation["oneshot"]
+    assert oneshot["episode_classes"] == "any" and set(oneshot) == {"episode_classes", "episodes", "5-way"}
+    assert 0.2 <= oneshot["5-way"] <= 1.0
+    assert f"one-shot on held-out classes: all 5-way {oneshot['5-way']:.3f}" in lines

@@ -3,6 +3,7 @@ commands (so exit codes and one-line errors are what users get)."""
 import json
 import shutil
 
+import numpy as np
 import pytest
 
 from scripts import bench, evaluate, make_samples, train
@@ -155,6 +156,7 @@ def test_train_on_a_small_mixed_folder_reports_and_records_its_choices(mixed_fol
     assert "final fit: every class, 1 epochs (the median best epoch of the folds)" in out
     assert (card["validation"]["folds"], card["validation"]["classes"]) == (3, 8)
     assert card["validation"]["images"] == 48
+    assert "oneshot" not in card["validation"]  # 2 or 3 classes a fold: too few for 5-way
     # Each fold scored at the threshold chosen on the other two (see test_calibration).
     assert 0.0 < card["validation"]["cross_validated_accuracy"] <= 1.0
     assert f"(cross-validated {card['validation']['cross_validated_accuracy']:.4f})" in out
@@ -214,6 +216,18 @@ def test_oneshot_evaluation_defaults_to_alphabets_the_model_never_saw(omniglot_d
     assert both["groups"] == ["Greek"] and both["images"] == 480
     assert both["oneshot"][0]["shots"] == 3 and both["oneshot"][0]["episode_classes"] == "any"
     assert evaluate_json("--seed", "7")["oneshot"] != result["oneshot"]
+
+    # The card's one-shot accuracy of each held-out alphabet is what evaluating it gives, with
+    # the training seed: the same episodes on the same embeddings.
+    oneshot = card["validation"]["oneshot"]
+    assert sorted(oneshot["by_group"]) == held_out and oneshot["episode_classes"] == "group"
+    for alphabet in held_out:
+        alone = evaluate_json("--groups", alphabet, "--seed", "1", "--episodes", "1000",
+                              "--oneshot", "20", "5")
+        assert oneshot["by_group"][alphabet] == {
+            f"{r['way']}-way": round(r["accuracy"], 4) for r in alone["oneshot"]}
+    assert oneshot["20-way"] == round(np.mean([oneshot["by_group"][a]["20-way"] for a in held_out]), 4)
+    assert f"one-shot on held-out classes: {held_out[0]} 20-way " in out
 
     code, out, err = run_command(evaluate.main, [
         "--model", str(tmp_path / "m"), "--dataset", "omniglot", source, "--oneshot", "30"], capsys)
