@@ -61,9 +61,10 @@ def parser() -> argparse.ArgumentParser:
                    help="share of images, classes or groups held out (default: %(default)s; a "
                         "class split holds out at least 12 classes, or half when fewer than 24)")
     p.add_argument("--calibration-folds", type=int, metavar="K",
-                   help="deal the classes into K folds and train K encoders, each holding one "
-                        "out, so the threshold is calibrated on every class, each judged by an "
-                        "encoder that never trained on it; --time-budget is shared (default: 3 "
+                   help="deal the classes (or groups) into K folds and train K encoders, each "
+                        "holding one out, so the threshold is calibrated on every class, each "
+                        "judged by an encoder that never trained on it, and the card's one-shot "
+                        "accuracy covers every group; --time-budget is shared (default: 3 "
                         "for a class split of small classes, else 1; with K > 1, --val-fraction "
                         "is 1/K)")
     p.add_argument("--refit", action=argparse.BooleanOptionalAction,

@@ -106,3 +106,20 @@ def test_card_that_does_not_belong_to_the_weights_is_refused(tiny_model, tmp_pat
     with pytest.raises(ModelError, match=r"model input \(None, 28, 28, 1\) does not match"):
         Embedder.load(shape)
     assert load_card(tiny_model).embedding_dim == 64
+
+
+def test_bundled_omniglot_model_tells_characters_apart(omniglot_dir):
+    """The shipped one-shot model loads (its id checked against its weights) and, on one
+    alphabet's real drawings, picks the right character out of 20 from one drawing each."""
+    from pathlib import Path
+
+    from encoder.datasets import load_dataset
+    from encoder.evaluation import oneshot_accuracy
+
+    embedder = Embedder.load(Path(__file__).resolve().parents[2] / "models" / "omniglot")
+    assert embedder.card.preprocessing.shape == (28, 28, 1) and embedder.card.preprocessing.invert
+    ds = load_dataset("omniglot", [omniglot_dir / "images_background_small1.zip"],
+                      pre=embedder.card.preprocessing).select_groups(["Greek"])
+    result = oneshot_accuracy(embedder.embed(ds.images), ds.labels, 20, 1, 300, seed=0,
+                              groups=ds.groups)
+    assert result.accuracy > 0.9
