@@ -152,7 +152,6 @@ def oneshot_accuracy(embeddings: np.ndarray, labels: np.ndarray, way: int, shots
                          float(right.mean()), float(ci95), seed)
 
 
-
 HELDOUT_WAYS = (20, 5)
 HELDOUT_EPISODES = 1000
 
