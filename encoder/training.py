@@ -16,7 +16,8 @@ from .calibration import calibrate, cross_validated_accuracy
 from .datasets import Dataset
 from .distance import euclidean
 from .errors import ConfigError, DatasetError
-from .evaluation import HELDOUT_EPISODES, contrastive_loss, heldout_oneshot, retrieval_metrics
+from .evaluation import (HELDOUT_EPISODES, HELDOUT_WAYS, contrastive_loss, heldout_oneshot,
+                         retrieval_metrics)
 from .images import Preprocessing, prepare_batch
 from .pairs import class_balanced_batches, repeated_tutorial_pairs, tutorial_pairs
 
@@ -444,7 +445,7 @@ def oneshot_summary(per_fold: list[dict], grouped: bool) -> dict:
     """The folds' held-out one-shot results for the card: each way's mean over the groups (every
     held-out alphabet counts once) or over the folds, and with groups each group's own."""
     parts = [r for fold in per_fold for r in fold.values()]
-    ways = sorted({w for r in parts for w in r}, key=lambda w: int(w.split("-")[0]), reverse=True)
+    ways = [f"{way}-way" for way in HELDOUT_WAYS if any(f"{way}-way" in r for r in parts)]
     summary = {"episode_classes": "group" if grouped else "any", "episodes": HELDOUT_EPISODES,
                **{w: round(float(np.mean([r[w] for r in parts if w in r])), 4) for w in ways}}
     if grouped:
