@@ -15,11 +15,12 @@ import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
-from .calibration import Calibration
+from .calibration import Calibration, OpenSetModel, OperatingPoint, ProbabilityMap
+from .domain import DOMAIN_FILE, DomainCard
 from .errors import ModelError
 from .images import Preprocessing
 
@@ -40,16 +41,28 @@ class ModelCard:
     created: str = ""
     distance: str = "euclidean"
     format: int = CARD_FORMAT
+    # What the verdict needs beyond the threshold (`verdict.py`); cards written before these
+    # existed load without them, and every verdict then says what it lacks.
+    operating_points: dict[str, OperatingPoint] = field(default_factory=dict)
+    probability: Optional[ProbabilityMap] = None
+    open_set: Optional[OpenSetModel] = None
+    domain: Optional[DomainCard] = None
 
     @property
     def threshold(self) -> float:
         return self.calibration.threshold
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
+        d = {k: v for k, v in asdict(self).items()
+             if k not in ("operating_points", "probability", "open_set", "domain")}
         d["preprocessing"] = self.preprocessing.to_dict()
         d["calibration"] = self.calibration.to_dict()
         d["input_shape"] = list(self.preprocessing.shape)
+        if self.operating_points:
+            d["operating_points"] = {k: p.to_dict() for k, p in self.operating_points.items()}
+        for key in ("probability", "domain", "open_set"):  # the long table last
+            if getattr(self, key) is not None:
+                d[key] = getattr(self, key).to_dict()
         return d
 
     @classmethod
@@ -62,12 +75,21 @@ class ModelCard:
                        preprocessing=Preprocessing.from_dict(d["preprocessing"]),
                        calibration=Calibration(**d["calibration"]),
                        validation=dict(d.get("validation", {})), training=dict(d.get("training", {})),
-                       created=str(d.get("created", "")), distance=str(d.get("distance", "euclidean")))
+                       created=str(d.get("created", "")), distance=str(d.get("distance", "euclidean")),
+                       operating_points={str(k): OperatingPoint.from_dict(v)
+                                         for k, v in d.get("operating_points", {}).items()},
+                       probability=_optional(ProbabilityMap, d.get("probability")),
+                       open_set=_optional(OpenSetModel, d.get("open_set")),
+                       domain=_optional(DomainCard, d.get("domain")))
         except ModelError:
             raise
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelError(f"{where}: incomplete or malformed model card ({type(exc).__name__}: "
                              f"{exc})") from None
+
+
+def _optional(kind, data):
+    return None if data is None else kind.from_dict(data)
 
 
 def compute_model_id(weights: list[np.ndarray], pre: Preprocessing, architecture: str) -> str:
@@ -83,14 +105,19 @@ def now() -> str:
     return dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()
 
 
-def save_model(directory: str | os.PathLike, encoder, card: ModelCard) -> Path:
-    """Write model and card into a fresh temp directory, then move it into place, so a crash never
-    leaves a half-written model behind. An existing model directory is replaced."""
+def save_model(directory: str | os.PathLike, encoder, card: ModelCard, domain_model=None) -> Path:
+    """Write model, domain model (if any) and card into a fresh temp directory, then move it into
+    place, so a crash never leaves a half-written model behind. An existing model directory is
+    replaced."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
+    if (domain_model is None) != (card.domain is None):
+        raise ModelError("a domain model and its card entry go together")
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:
         encoder.save(tmp / MODEL_FILE)
+        if domain_model is not None:
+            domain_model.save(tmp / DOMAIN_FILE)
         (tmp / CARD_FILE).write_text(json.dumps(card.to_dict(), indent=2) + "\n")
         if directory.exists():
             old = directory.with_name(f".{directory.name}.old")

@@ -2,13 +2,17 @@
 from __future__ import annotations
 
 import os
-from typing import Iterable, Sequence, Union
+from typing import Iterable, Optional, Sequence, Union
 
 import numpy as np
 
 from . import distance as _distance
 from .artifact import ModelCard, load_model
+from .errors import ModelError
 from .images import ImageSource, prepare_batch
+from .verdict import DomainCheck, Rule, Verdict, Verdicts
+
+Images = Union[np.ndarray, Sequence[ImageSource], Iterable[ImageSource]]
 
 
 class Embedder:
@@ -18,12 +22,14 @@ class Embedder:
     function, in batches; one image costs about a millisecond, not the ~100 ms of `model.predict`.
     """
 
-    def __init__(self, model, card: ModelCard, batch_size: int = 256):
+    def __init__(self, model, card: ModelCard, batch_size: int = 256, domain=None):
         import tensorflow as tf
 
         self.model = model
         self.card = card
         self.batch_size = batch_size
+        self.domain = domain  # a `domain.DomainModel`, or None for a card without one
+        self.verdicts = Verdicts(card)
         # Called as a concrete function: the polymorphic wrapper's argument checks cost ~0.3 ms
         # a call, a third of embedding one image.
         self._forward = tf.function(
@@ -33,8 +39,12 @@ class Embedder:
 
     @classmethod
     def load(cls, path: Union[str, os.PathLike], batch_size: int = 256) -> "Embedder":
+        from .domain import load_domain_model
+
         model, card = load_model(path)
-        return cls(model, card, batch_size)
+        domain = None if card.domain is None else \
+            load_domain_model(path, card.domain, card.preprocessing)
+        return cls(model, card, batch_size, domain)
 
     @property
     def model_id(self) -> str:
@@ -42,7 +52,8 @@ class Embedder:
 
     @property
     def threshold(self) -> float:
-        """The calibrated verification threshold: `verified = distance <= threshold`."""
+        """The best-accuracy threshold calibrated on held-out pairs (operating point
+        "balanced"); `verdicts` has the others and decides."""
         return self.card.threshold
 
     @property
@@ -60,11 +71,50 @@ class Embedder:
             out[start:start + self.batch_size] = self._forward(batch[start:start + self.batch_size])
         return out
 
-    def embed(self, images: Union[np.ndarray, Sequence[ImageSource], Iterable[ImageSource]]
-              ) -> np.ndarray:
+    def embed(self, images: Images) -> np.ndarray:
         """Embeddings, float32 (N, D), of file paths, bytes, PIL images or a uint8 array
         (N, H, W) / (N, H, W, C). Sizes and colour modes are converted as the card says."""
         return self.embed_prepared(self.prepare(images))
+
+    # --- the input-domain check ----------------------------------------------------------------
+
+    @property
+    def has_domain_model(self) -> bool:
+        return self.domain is not None
+
+    def domain_score(self, images: Images) -> np.ndarray:
+        """How much each image looks like the model's training data (a logit; higher: more).
+        A model without a domain model raises `ModelError`."""
+        return self.domain_score_prepared(self.prepare(images))
+
+    def domain_score_prepared(self, batch: np.ndarray) -> np.ndarray:
+        if self.domain is None:
+            raise ModelError(f"model {self.model_id} has no domain model (trained before the "
+                             "domain check; siamese-calibrate adds one)")
+        return self.domain.score(batch)
+
+    def in_domain(self, images: Images) -> np.ndarray:
+        """True for each image that looks like the model's training data."""
+        return self.domain_score(images) >= self.card.domain.threshold
+
+    def embed_checked(self, images: Images) -> tuple[np.ndarray, list[DomainCheck]]:
+        """Embeddings and each image's domain check, from one preprocessing pass."""
+        return self.embed_checked_prepared(self.prepare(images))
+
+    def embed_checked_prepared(self, batch: np.ndarray) -> tuple[np.ndarray, list[DomainCheck]]:
+        scores = None if self.domain is None else self.domain.score(batch)
+        return self.embed_prepared(batch), self.verdicts.domain_checks(scores, len(batch))
+
+    def verify(self, a: ImageSource, b: ImageSource, operating_point: Optional[str] = None,
+               threshold: Optional[float] = None, rule: Optional[Rule] = None) -> Verdict:
+        """Are `a` and `b` the same? At the named operating point or threshold ("balanced" by
+        default), or under a `rule` already made (a gallery's); never verified when either image
+        is out of the model's domain."""
+        if rule is None:
+            rule = self.verdicts.rule(operating_point, threshold)
+        vectors, checks = self.embed_checked([a, b])
+        return self.verdicts.judge(self.distance(vectors[0], vectors[1]), rule,
+                                   DomainCheck.both(*checks))[0]
 
     @staticmethod
     def distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:

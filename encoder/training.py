@@ -12,9 +12,10 @@ from typing import Callable, Optional
 import numpy as np
 
 from .artifact import ModelCard, compute_model_id, now, save_model
-from .calibration import calibrate, cross_validated_accuracy
+from .calibration import calibrate, cross_validated_accuracy, verdict_calibration
 from .datasets import Dataset
 from .distance import euclidean
+from .domain import fit_domain_model
 from .errors import ConfigError, DatasetError
 from .evaluation import (HELDOUT_EPISODES, HELDOUT_WAYS, contrastive_loss, heldout_oneshot,
                          retrieval_metrics)
@@ -67,6 +68,8 @@ class TrainConfig:
     # count; None: on with calibration folds (K > 1), off otherwise.
     refit: Optional[bool] = None
     deterministic: bool = True
+    domain: bool = True  # also train the domain model (`domain.py`) that rejects foreign images
+    domain_epochs: int = 4
 
     def __post_init__(self) -> None:
         if self.sampler is None:
@@ -454,8 +457,14 @@ def oneshot_summary(per_fold: list[dict], grouped: bool) -> dict:
 
 
 def train(ds: Dataset, config: TrainConfig, out_dir: str | os.PathLike,
-          report: Callable[[str], None] = lambda line: print(line, flush=True)) -> ModelCard:
+          report: Callable[[str], None] = lambda line: print(line, flush=True),
+          extra_foreign: Optional[dict[str, np.ndarray]] = None) -> ModelCard:
     """Train on `ds`, validate on a held-out part of it, calibrate, and save to `out_dir`.
+
+    Besides the threshold, calibration stores the operating points, the distance -> probability
+    map and the open-set (1:N) model, all from the held-out embeddings; and, unless
+    `config.domain` is off, a domain model trained on the first split's training images against
+    foreign ones (`extra_foreign`: other datasets' images at the model's input, by name).
 
     With calibration folds (K > 1) the classes are dealt into K folds and K encoders train, each
     holding out one fold; the threshold is chosen on the pooled held-out pairs of all K, so on
@@ -483,7 +492,7 @@ def train(ds: Dataset, config: TrainConfig, out_dir: str | os.PathLike,
     fits_to_run = folds + int(config.refit)
     time_budget = config.time_budget / fits_to_run if config.time_budget else None
     splits = [split_train_val(ds, config, fold=k) for k in range(folds)]  # errors before training
-    fits, distances, same, retrievals, oneshot = [], [], [], [], []
+    fits, distances, same, retrievals, oneshot, heldout = [], [], [], [], [], []
     for k, (train_idx, val_idx) in enumerate(splits):
         keras.utils.set_random_seed(config.seed + k)
         prefix = f"fold {k + 1}/{folds}: " if folds > 1 else ""
@@ -495,6 +504,7 @@ def train(ds: Dataset, config: TrainConfig, out_dir: str | os.PathLike,
         a, b, s = repeated_tutorial_pairs(y_val, config.seed + 1, rounds)
         distances.append(euclidean(e_val[a], e_val[b]))
         same.append(s)
+        heldout.append((e_val, y_val))
         retrievals.append(retrieval_metrics(e_val, y_val))
         if config.val_split in ("class", "group"):
             # Classes never trained on: the one-shot accuracy a gallery of new ones would get.
@@ -521,6 +531,17 @@ def train(ds: Dataset, config: TrainConfig, out_dir: str | os.PathLike,
     embedding_dim = int(encoder.output_shape[-1])
     report("calibrating" + (f" on the held-out pairs of all {folds} folds" if folds > 1 else ""))
     cal = calibrate(np.concatenate(distances), np.concatenate(same), config.far_target)
+    verdicts = verdict_calibration(np.concatenate(distances), np.concatenate(same), heldout,
+                                   config.seed)
+    report("operating points: " + ", ".join(
+        f"{name} {p.threshold:.4f} (TAR {p.tar:.3f}, FAR {p.far:.4f})"
+        for name, p in verdicts["operating_points"].items())
+        + f"; probability map ECE {verdicts['probability'].ece:.4f}")
+    domain_model = domain_card = None
+    if config.domain:
+        domain_model, domain_card = fit_domain_model(
+            x_all[splits[0][0]], x_all[splits[0][1]], pre, ds.name, seed=config.seed,
+            extra_foreign=extra_foreign, epochs=config.domain_epochs, report=report)
     # The held-out metrics are the folds' (each on classes its encoder never saw), averaged.
     validation = {"contrastive_loss": round(float(np.mean([f.best_loss for f in fits])), 5),
                   "accuracy": round(cal.accuracy, 5),
@@ -561,8 +582,8 @@ def train(ds: Dataset, config: TrainConfig, out_dir: str | os.PathLike,
                   "versions": {"tensorflow": tf.__version__, "keras": keras.__version__,
                                "numpy": np.__version__, "python": platform.python_version()},
                   "cpus": os.cpu_count()},
-        created=now())
-    save_model(out_dir, encoder, card)
+        created=now(), domain=domain_card, **verdicts)
+    save_model(out_dir, encoder, card, domain_model)
     report(f"saved {Path(out_dir)} (model {card.model_id}): threshold {cal.threshold:.4f}, "
            f"val accuracy {cal.accuracy:.4f}"
            + (f" (cross-validated {validation['cross_validated_accuracy']:.4f})" if folds > 1 else "")

@@ -25,7 +25,7 @@ import time
 import uuid
 from collections import OrderedDict
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence, Union
 
@@ -34,6 +34,8 @@ import numpy as np
 from encoder.distance import euclidean
 from encoder.errors import ConfigError, GalleryError, ModelMismatchError, NotFoundError
 from encoder.images import ImageSource
+from encoder.verdict import (DEFAULT_FPIR, DomainCheck, Rule, check_fpir, check_operating_point,
+                             check_threshold)
 
 from .files import remove_leftovers, write_json
 from .lock import WriterLock
@@ -54,6 +56,26 @@ Images = Union[ImageSource, Sequence[ImageSource]]
 
 
 @dataclass(frozen=True)
+class SearchResult:
+    """One query's matches, the rule they were judged by and the query's domain check."""
+
+    matches: list[Match]
+    rule: Rule
+    domain: DomainCheck
+
+
+@dataclass(frozen=True)
+class Identification:
+    """The outcome of 1:N identification: the identified item (or None), the nearest item with
+    its verdict, the rule used and the query's domain check."""
+
+    match: Optional[Match]
+    nearest: Optional[Match]
+    rule: Rule
+    domain: DomainCheck
+
+
+@dataclass(frozen=True)
 class GalleryStats:
     path: str
     database: str
@@ -61,7 +83,9 @@ class GalleryStats:
     labels: dict[str, int]
     model_id: str
     embedding_dim: int
-    threshold: float
+    threshold: float  # of the gallery's default 1:1 rule
+    operating_point: str  # of that rule: a card's operating point, or "threshold" (given)
+    fpir: float  # the default target false-positive identification rate of `identify`
     index: str  # the index as it runs, e.g. "hnsw:m=16,ef_construction=80,ef_search=64"
     vectors: int  # vectors in the index, deleted ones (hnsw tombstones) included
     recall_at_10: Optional[float]  # measured against exact search when the index was built
@@ -105,18 +129,24 @@ class Gallery:
     @classmethod
     def create(cls, path: Union[str, Path], embedder, index: Union[str, IndexSpec] = "flat",
                url: Optional[str] = None, threshold: Optional[float] = None,
-               lock_timeout: float = 30.0, save_every: float = 0.0) -> "Gallery":
+               lock_timeout: float = 30.0, save_every: float = 0.0,
+               operating_point: Optional[str] = None, fpir: Optional[float] = None
+               ) -> "Gallery":
         """A new, empty gallery in folder `path` (created; it must not hold anything yet).
 
         `index`: an `IndexSpec` or its text ("flat", "hnsw:m=16", ...). `url`: keep the metadata at
         this SQLAlchemy URL instead of `path/gallery.db` (then pass it to `open` too: it is not
-        written down, as it may hold a password). `threshold`: this gallery's verification
-        threshold instead of the model card's. `lock_timeout`: seconds to wait for another writer.
+        written down, as it may hold a password). `operating_point` ("balanced", "far-1e-2",
+        "far-1e-3") or `threshold`: this gallery's default 1:1 rule (default: "balanced");
+        `fpir`: its default target for `identify` (0.01). `lock_timeout`: seconds to wait for
+        another writer.
         `save_every`: seconds between index saves while writing (0: after every change; the
         database is the record, a lagging index file is caught up on open)."""
         path = Path(path)
         spec = index if isinstance(index, IndexSpec) else IndexSpec.parse(index)
-        threshold = _check_threshold(threshold)
+        threshold = None if threshold is None else check_threshold(threshold)
+        fpir = None if fpir is None else check_fpir(fpir)
+        embedder.verdicts.rule(check_operating_point(operating_point), threshold)  # both valid
         if (path / GALLERY_FILE).exists():
             raise GalleryError(f"{path}: already a gallery; open it instead")
         if path.exists() and (not path.is_dir() or any(path.iterdir())):
@@ -127,7 +157,8 @@ class Gallery:
         settings = Settings(gallery_id=gallery_id, schema=SCHEMA_VERSION,
                             model_id=embedder.model_id, embedding_dim=embedder.embedding_dim,
                             index=str(spec), threshold=threshold, generation=0, next_id=1,
-                            created=dt.datetime.now(dt.timezone.utc))
+                            created=dt.datetime.now(dt.timezone.utc),
+                            operating_point=operating_point, fpir=fpir)
         store.initialise(settings)
         write_json(path / GALLERY_FILE, {"format": GALLERY_FORMAT, "gallery_id": gallery_id,
                                          "database": EXTERNAL if url else DATABASE_FILE})
@@ -203,38 +234,80 @@ class Gallery:
 
     @property
     def threshold(self) -> float:
-        """`verified = distance <= threshold`: this gallery's, else the model card's."""
-        t = self._settings.threshold
-        return float(self.embedder.threshold if t is None else t)
+        """The threshold of this gallery's default 1:1 rule (`rule()`)."""
+        return self.rule().threshold
+
+    @property
+    def fpir(self) -> float:
+        """The default target false-positive identification rate of `identify`."""
+        return DEFAULT_FPIR if self._settings.fpir is None else self._settings.fpir
+
+    def rule(self, operating_point: Optional[str] = None, threshold: Optional[float] = None
+             ) -> Rule:
+        """The 1:1 rule for a request: its operating point or threshold, else the gallery's
+        default (set at creation or with `set_verdict`), else "balanced"."""
+        s = self._settings
+        default = s.threshold if s.threshold is not None else s.operating_point
+        return self.embedder.verdicts.rule(operating_point, threshold, default)
+
+    def identification_rule(self, fpir: Optional[float] = None,
+                            threshold: Optional[float] = None) -> Rule:
+        """The 1:N rule at the gallery's current size: the threshold for the target `fpir`
+        (default: the gallery's), or an explicit `threshold`."""
+        return self.embedder.verdicts.identification_rule(len(self), fpir, threshold, self.fpir)
 
     @property
     def index_spec(self) -> IndexSpec:
         return IndexSpec.parse(self._settings.index)
 
-    def search(self, images: Images, k: int = 5, threshold: Optional[float] = None
+    def search(self, images: Images, k: int = 5, threshold: Optional[float] = None,
+               operating_point: Optional[str] = None
                ) -> Union[list[Match], list[list[Match]]]:
         """The `k` nearest gallery items, nearest first, of one image (a path, bytes, a PIL image,
-        or an array (H, W[, C])), or of each image in a list (or 4-D array)."""
+        or an array (H, W[, C])), or of each image in a list (or 4-D array). Each match carries
+        its verdict under the request's rule (`rule()`); a query out of the model's domain is
+        never verified."""
         batch, single = _as_batch(images)
-        matches = self.search_vectors(self.embedder.embed(batch), k, threshold)
-        return matches[0] if single else matches
+        results = self.search_results(batch, k, threshold, operating_point)
+        return results[0].matches if single else [r.matches for r in results]
 
-    def search_vectors(self, vectors: np.ndarray, k: int = 5,
-                       threshold: Optional[float] = None) -> list[list[Match]]:
-        """`search` for embeddings already computed with this gallery's model."""
+    def search_results(self, images: Sequence[ImageSource], k: int = 5,
+                       threshold: Optional[float] = None, operating_point: Optional[str] = None
+                       ) -> list["SearchResult"]:
+        """`search` with its reasons, for each image of a list: the matches, the rule used and
+        the query's domain check (also when the gallery is empty)."""
+        rule = self.rule(operating_point, threshold)  # a bad parameter fails before embedding
+        vectors, checks = self.embedder.embed_checked(list(images))
+        return [SearchResult(m, rule, c)
+                for m, c in zip(self._search(vectors, k, rule, checks), checks)]
+
+    def search_vectors(self, vectors: np.ndarray, k: int = 5, threshold: Optional[float] = None,
+                       operating_point: Optional[str] = None) -> list[list[Match]]:
+        """`search` for embeddings already computed with this gallery's model. Their images'
+        domain was not checked here, and the verdicts say so (`in_domain` None)."""
+        vectors = np.asarray(vectors, np.float32)
+        unchecked = DomainCheck(None, None, "embeddings given directly: their images' domain "
+                                "was not checked")
+        return self._search(vectors, k, self.rule(operating_point, threshold),
+                            [unchecked] * len(vectors))
+
+    def _search(self, vectors: np.ndarray, k: int, rule: Rule, checks: Sequence[DomainCheck]
+                ) -> list[list[Match]]:
         if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= 10_000:
             raise ConfigError(f"k must be an integer in 1..10000, not {k!r}")
-        vectors = np.asarray(vectors, np.float32)
         if vectors.ndim != 2 or vectors.shape[1] != self._settings.embedding_dim:
             raise ConfigError(f"expected embeddings of shape (N, {self._settings.embedding_dim}), "
                               f"not {vectors.shape}")
-        threshold = self.threshold if threshold is None else _check_threshold(threshold)
         with self._mutex:
             distances, ids = self._index.search(vectors, k)
             items = self._cached_items({int(i) for i in ids.ravel() if i >= 0})
-        return [[_match(items[int(i)], float(d), threshold) for d, i in zip(row_d, row_i)
-                 if int(i) in items]  # an item another process removed since our last refresh
-                for row_d, row_i in zip(distances, ids)]
+        out = []
+        for row_d, row_i, check in zip(distances, ids, checks):
+            # An id missing from `items` is an item another process removed since our refresh.
+            found = [(items[int(i)], float(d)) for d, i in zip(row_d, row_i) if int(i) in items]
+            verdicts = self.embedder.verdicts.judge([d for _, d in found], rule, check)
+            out.append([_match(item, v) for (item, _), v in zip(found, verdicts)])
+        return out
 
     def _cached_items(self, ids: set[int]) -> dict[int, Item]:
         """The items of `ids` (mutex held): from the cache, the rest from the database (one
@@ -254,19 +327,36 @@ class Gallery:
                 cache.popitem(last=False)
         return found
 
-    def identify(self, image: ImageSource, threshold: Optional[float] = None) -> Optional[Match]:
-        """1:N verification: the nearest item if it is within the threshold, else None."""
-        best = self.search(image, k=1, threshold=threshold)
-        return best[0] if best and best[0].verified else None
+    def identification(self, image: ImageSource, fpir: Optional[float] = None,
+                       threshold: Optional[float] = None) -> "Identification":
+        """1:N identification, with its reasons: the nearest item, judged at the threshold for
+        the target `fpir` at this gallery's current size (or an explicit `threshold`)."""
+        if len(self) == 0:
+            raise ConfigError("the gallery is empty: there is nobody to identify against")
+        rule = self.identification_rule(fpir, threshold)
+        vectors, checks = self.embedder.embed_checked([image])
+        nearest = self._search(vectors, 1, rule, checks)[0]
+        best = nearest[0] if nearest else None
+        return Identification(best if best is not None and best.verified else None, best, rule,
+                              checks[0])
 
-    def verify(self, image: ImageSource, item_id: int, threshold: Optional[float] = None) -> Match:
+    def identify(self, image: ImageSource, fpir: Optional[float] = None,
+                 threshold: Optional[float] = None) -> Optional[Match]:
+        """1:N: the enrolled item `image` shows, or None (nobody close enough for the target
+        false-positive identification rate at this gallery's size, or a query out of the model's
+        domain). `identification` says why."""
+        return self.identification(image, fpir, threshold).match
+
+    def verify(self, image: ImageSource, item_id: int, threshold: Optional[float] = None,
+               operating_point: Optional[str] = None) -> Match:
         """1:1 verification: is `image` the same as gallery item `item_id`?"""
-        threshold = self.threshold if threshold is None else _check_threshold(threshold)
-        vector = self.embedder.embed([image])[0]
+        rule = self.rule(operating_point, threshold)
+        vectors, checks = self.embedder.embed_checked([image])
         with self._store.read() as conn:
             item = self._get(conn, item_id)
             _, stored = self._store.embeddings(conn, self._settings.embedding_dim, [item.id])
-        return _match(item, float(euclidean(vector, stored[0])), threshold)
+        distance = float(euclidean(vectors[0], stored[0]))
+        return _match(item, self.embedder.verdicts.judge(distance, rule, checks[0])[0])
 
     def get(self, item_id: int) -> Item:
         with self._store.read() as conn:
@@ -299,13 +389,14 @@ class Gallery:
     def stats(self) -> GalleryStats:
         with self._mutex, self._store.read() as conn:
             labels = self._store.label_counts(conn)
-            s, index = self._settings, self._index
+            s, index, rule = self._settings, self._index, self.rule()
             file = self.path / INDEX_FILE
             return GalleryStats(
                 path=str(self.path), database=self._store.engine.url.render_as_string(True),
                 items=sum(labels.values()),
                 labels={("" if k is None else k): v for k, v in labels.items()},
-                model_id=s.model_id, embedding_dim=s.embedding_dim, threshold=self.threshold,
+                model_id=s.model_id, embedding_dim=s.embedding_dim, threshold=rule.threshold,
+                operating_point=rule.operating_point, fpir=self.fpir,
                 index=index.describe(), vectors=index.index.ntotal,
                 recall_at_10=1.0 if index.exact else (index.recall.at_10 if index.recall else None),
                 recall_measured_on=index.recall.items if index.recall else None,
@@ -406,6 +497,22 @@ class Gallery:
                 self._store.next_generation(conn)
                 self._store.update_settings(conn, index=str(spec))
             self._sync()  # the spec changed: rebuilt
+
+    def set_verdict(self, operating_point: Optional[str] = None,
+                    threshold: Optional[float] = None, fpir: Optional[float] = None) -> None:
+        """Set this gallery's default 1:1 rule (an operating point or a threshold; neither:
+        back to "balanced") and its default target FPIR for `identify` (None: 0.01)."""
+        threshold = None if threshold is None else check_threshold(threshold)
+        fpir = None if fpir is None else check_fpir(fpir)
+        self.embedder.verdicts.rule(check_operating_point(operating_point), threshold)
+        with self.writing():
+            with self._store.write() as conn:
+                generation, _ = self._store.next_generation(conn)
+                self._store.update_settings(conn, operating_point=operating_point,
+                                            threshold=threshold, fpir=fpir)
+            self._settings = replace(self._settings, operating_point=operating_point,
+                                     threshold=threshold, fpir=fpir)
+            self._changed(generation, lambda index: None)
 
     def flush(self) -> None:
         """Save the index file now if it has unsaved changes, unless another process is writing
@@ -551,6 +658,7 @@ def _connect(path: Path, url: Optional[str]) -> tuple[Path, Store, Settings]:
     if not store.has_gallery():
         store.close()
         raise GalleryError(f"{path}: its database {where} holds no gallery")
+    store.upgrade()
     with store.read() as conn:
         settings = store.settings(conn)
     if settings.gallery_id != gallery_id or settings.schema != SCHEMA_VERSION:
@@ -587,8 +695,8 @@ def _per_image(values, n: int, what: str, kind: type, optional: bool = False) ->
     return [({} if kind is dict else None) if v is None else v for v in values]
 
 
-def _match(item: Item, distance: float, threshold: float) -> Match:
-    return Match(id=item.id, label=item.label, distance=distance, verified=distance <= threshold,
+def _match(item: Item, verdict) -> Match:
+    return Match(id=item.id, label=item.label, verdict=verdict,
                  metadata=item.metadata, source=item.source)
 
 
@@ -596,15 +704,3 @@ def _check_id(item_id: Any) -> int:
     if isinstance(item_id, bool) or not isinstance(item_id, (int, np.integer)):
         raise NotFoundError(f"item ids are integers, not {item_id!r}")
     return int(item_id)
-
-
-def _check_threshold(threshold: Optional[float]) -> Optional[float]:
-    if threshold is None:
-        return None
-    try:
-        value = float(threshold)
-    except (TypeError, ValueError):
-        raise ConfigError(f"threshold must be a number, not {threshold!r}") from None
-    if not value >= 0.0 or not np.isfinite(value):
-        raise ConfigError(f"threshold must be a finite distance >= 0, not {threshold!r}")
-    return value

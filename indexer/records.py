@@ -13,6 +13,7 @@ from PIL import Image
 
 from encoder.errors import BadImageError
 from encoder.images import ImageSource, decode, read_bytes, source_name
+from encoder.verdict import DomainCheck, Rule, Verdict
 
 
 @dataclass(frozen=True)
@@ -35,17 +36,42 @@ class Item:
 
 @dataclass(frozen=True)
 class Match:
-    """One search result. `distance` is Euclidean; `verified` is `distance <= threshold`."""
+    """One search result: a gallery item and the verdict on it (`encoder.verdict`). `distance` is
+    Euclidean; `verified` means within the rule's threshold *and* a query in the model's domain."""
 
     id: int
     label: Optional[str]
-    distance: float
-    verified: bool
     metadata: dict[str, Any]
     source: str
+    verdict: Verdict
+
+    @property
+    def distance(self) -> float:
+        return self.verdict.distance
+
+    @property
+    def verified(self) -> bool:
+        return self.verdict.verified
+
+    @property
+    def probability(self) -> Optional[float]:
+        return self.verdict.probability
+
+    @property
+    def in_domain(self) -> Optional[bool]:
+        return self.verdict.domain.in_domain
+
+    @property
+    def rule(self) -> Rule:
+        return self.verdict.rule
+
+    @property
+    def domain(self) -> DomainCheck:
+        return self.verdict.domain
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {"id": self.id, "label": self.label, **self.verdict.to_dict(),
+                "metadata": self.metadata, "source": self.source}
 
 
 @dataclass

@@ -42,7 +42,11 @@ class SettingsRow(Base):
     model_id: Mapped[str] = mapped_column(String(64))
     embedding_dim: Mapped[int] = mapped_column(Integer)
     index: Mapped[str] = mapped_column(String(200))  # an IndexSpec, e.g. "hnsw:m=16,ef_construction=80,ef_search=64"
-    threshold: Mapped[Optional[float]]  # None: the model card's
+    threshold: Mapped[Optional[float]]  # None: the operating point's
+    # The gallery's default verdict (`encoder.verdict`); None: "balanced" and FPIR 0.01. Added
+    # after schema 1 was out: `Store.upgrade` adds them to older databases.
+    operating_point: Mapped[Optional[str]] = mapped_column(String(40), nullable=True)
+    fpir: Mapped[Optional[float]] = mapped_column(nullable=True)
     generation: Mapped[int] = mapped_column(BigInteger)  # +1 per committed change
     next_id: Mapped[int] = mapped_column(BigInteger)
     created: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
@@ -87,6 +91,8 @@ class Settings:
     generation: int
     next_id: int
     created: dt.datetime
+    operating_point: Optional[str] = None
+    fpir: Optional[float] = None
 
 
 def _utc(t: dt.datetime) -> dt.datetime:
@@ -168,6 +174,18 @@ class Store:
 
     def has_gallery(self) -> bool:
         return inspect(self.engine).has_table(SETTINGS.name)
+
+    def upgrade(self) -> None:
+        """Add the nullable columns that came after schema 1 to an older gallery row (the
+        gallery works the same with them empty)."""
+        present = {c["name"] for c in inspect(self.engine).get_columns(SETTINGS.name)}
+        added = [c for c in SETTINGS.columns if c.name not in present]
+        if not added:
+            return
+        with self.write() as conn:
+            for column in added:
+                kind = column.type.compile(dialect=self.engine.dialect)
+                conn.exec_driver_sql(f'ALTER TABLE {SETTINGS.name} ADD COLUMN "{column.name}" {kind}')
 
     def settings(self, conn: Connection) -> Settings:
         row = conn.execute(select(SETTINGS).where(SETTINGS.c.id == 1)).mappings().first()

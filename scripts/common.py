@@ -1,6 +1,7 @@
 """What every command shares: quiet TensorFlow, logging, and one-line errors with exit codes."""
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import sys
@@ -29,6 +30,33 @@ def add_dataset_argument(parser, required: bool = True) -> None:
         "--dataset", nargs="+", metavar=("KIND", "PATH"), required=required,
         help="fashion-mnist [FOLDER of the idx files; none: Keras' loader, online], "
              "folder ROOT (class-per-subfolder images), or omniglot ZIP_OR_FOLDER [...]")
+
+
+def add_domain_arguments(parser) -> None:
+    """The domain model's options (`encoder/domain.py`), as siamese-train and siamese-calibrate
+    take them."""
+    parser.add_argument(
+        "--foreign-dataset", nargs="+", action="append", metavar=("KIND", "PATH"), default=[],
+        help="another dataset whose images the domain model learns to reject, besides the "
+             "generated foreign images (noise, shapes, text, scribbles, photos, faces, "
+             "documents); same form as --dataset; may be repeated")
+    parser.add_argument("--domain-epochs", type=int, default=4,
+                        help="epochs of the domain model (default: %(default)s)")
+    parser.add_argument("--domain", action=argparse.BooleanOptionalAction, default=True,
+                        help="train the domain model that rejects images unlike the training "
+                             "data (default: on; --no-domain leaves inputs unchecked)")
+
+
+def load_foreign(specs: list[list[str]], pre) -> dict:
+    """Each --foreign-dataset's images as model input for `pre`, by dataset name."""
+    from encoder.datasets import load_dataset
+    from encoder.images import prepare_batch
+
+    out = {}
+    for kind, *paths in specs:
+        ds = load_dataset(kind, paths, split="train", pre=pre)
+        out[ds.name] = prepare_batch(ds.images, pre)
+    return out
 
 
 FASHION_MNIST_DIR = "../shared/datasets/fashion-mnist"  # the project's offline copy, beside the repo

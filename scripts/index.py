@@ -37,6 +37,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--reembed", action="store_true",
                    help="re-embed the gallery's stored images with --model (a new model), "
                         "then rebuild the index")
+    p.add_argument("--operating-point", choices=["balanced", "far-1e-2", "far-1e-3"],
+                   help="the gallery's default 1:1 operating point (default: balanced); "
+                        "requests may choose another")
+    p.add_argument("--threshold", type=float,
+                   help="the gallery's default threshold instead of an operating point")
+    p.add_argument("--fpir", type=float,
+                   help="the gallery's default target false-positive identification rate for "
+                        "1:N identification (default: 0.01)")
     p.add_argument("--batch-size", type=int, default=512, help="images per batch (default: %(default)s)")
     p.add_argument("--strict", action="store_true", help="stop at the first bad file (exit 2)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -53,9 +61,13 @@ def main(argv: list[str] | None = None) -> int:
     from indexer.gallery import GALLERY_FILE
     from indexer.ingest import folder_sources, ingest, manifest_sources
 
-    if not (args.folder or args.manifest or args.reembed or args.index):
+    verdict = {"operating_point": args.operating_point, "threshold": args.threshold,
+               "fpir": args.fpir}
+    set_verdict = any(v is not None for v in verdict.values())
+    if not (args.folder or args.manifest or args.reembed or args.index or set_verdict):
         raise ConfigError("nothing to do: give a FOLDER or --manifest to add images, --reembed, "
-                          "or --index to switch the index")
+                          "--index to switch the index, or --operating-point/--threshold/--fpir "
+                          "to set the gallery's verdict defaults")
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, not {args.batch_size}")
     # Read the folder or manifest before loading the model: a typo fails in a blink.
@@ -77,10 +89,13 @@ def main(argv: list[str] | None = None) -> int:
             gallery = Gallery.open(path, embedder, url=args.db_url)
         if args.index:
             gallery.set_index(args.index)
+        if set_verdict:
+            gallery.set_verdict(**verdict)
     elif args.reembed:
         raise GalleryError(f"{path}: no gallery to re-embed")
     else:
-        gallery = Gallery.create(path, embedder, index=args.index or "flat", url=args.db_url)
+        gallery = Gallery.create(path, embedder, index=args.index or "flat", url=args.db_url,
+                                 **verdict)
     with gallery:
         gallery.save_every = 5.0  # a long run saves its index now and then, and at the end
         with bar(total=len(sources), desc="indexing", unit="img") as progress:
@@ -113,7 +128,9 @@ def _print_summary(report, stats) -> None:
               f"{report.files:,} file(s) in {report.seconds:.1f} s ({report.images_per_s:,.0f} images/s)")
     recall = f", recall@10 {stats.recall_at_10:.3f}" if stats.recall_at_10 is not None else ""
     print(f"gallery {stats.path}: {stats.items:,} items, {len(stats.labels)} label(s), "
-          f"model {stats.model_id}, index {stats.index}{recall}")
+          f"model {stats.model_id}, index {stats.index}{recall}; verdicts at "
+          f"{stats.operating_point} (threshold {stats.threshold:.4f}), identification at "
+          f"FPIR {stats.fpir:g}")
 
 
 def entry() -> None:

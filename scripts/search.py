@@ -1,7 +1,10 @@
 """siamese-search: look images up in a gallery from the command line.
 
-Prints the k nearest gallery items of each image with their Euclidean distance and whether it is
-within the verification threshold (`verified = distance <= threshold`).
+Prints the k nearest gallery items of each image with their Euclidean distance, the calibrated
+probability that both show the same class, and the verdict under an operating point (the
+gallery's default, else "balanced"). With --identify, answers 1:N: the enrolled item each image
+shows, at the threshold for a target false-positive identification rate at the gallery's size.
+An image that does not look like the model's training data is never verified.
 """
 from __future__ import annotations
 
@@ -16,12 +19,21 @@ from scripts.gallery_cli import add_gallery_arguments, load_embedder, quiet_fais
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="siamese-search", description=__doc__,
-        epilog="example: siamese-search query.png --gallery galleries/shop -k 5")
+        epilog="examples: siamese-search query.png --gallery galleries/shop -k 5; "
+               "siamese-search face.png --gallery galleries/staff --identify --fpir 0.001")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image file(s) to look up")
     add_gallery_arguments(p)
     p.add_argument("-k", type=int, default=5, help="matches per image (default: %(default)s)")
-    p.add_argument("--threshold", type=float,
-                   help="verification threshold (default: the gallery's, else the model card's)")
+    p.add_argument("--operating-point", choices=["balanced", "far-1e-2", "far-1e-3"],
+                   help="the model card's operating point: best accuracy, or a false-accept "
+                        "rate of 1e-2 or 1e-3 on held-out pairs (default: the gallery's)")
+    p.add_argument("--threshold", type=float, help="an explicit distance threshold instead")
+    p.add_argument("--identify", action="store_true",
+                   help="1:N identification: the enrolled item each image shows, or nobody")
+    p.add_argument("--fpir", type=float,
+                   help="with --identify: target false-positive identification rate, the share "
+                        "of people (or things) not enrolled that get identified as someone "
+                        "(default: the gallery's, else 0.01)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     return p
 
@@ -29,27 +41,78 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     quiet_faiss()
+    from encoder.errors import ConfigError
     from indexer import Gallery
 
+    if args.identify and args.operating_point:
+        raise ConfigError("--identify chooses its threshold from --fpir at the gallery's size; "
+                          "--operating-point is for 1:1 verdicts")
+    if args.fpir is not None and not args.identify:
+        raise ConfigError("--fpir goes with --identify")
     embedder = load_embedder(args.model)
+    paths = [Path(p) for p in args.images]
     with Gallery.open(args.gallery, embedder, url=args.db_url) as gallery:
-        threshold = gallery.threshold if args.threshold is None else args.threshold
-        results = gallery.search([Path(p) for p in args.images], k=args.k, threshold=threshold)
+        if args.identify:
+            return _identify(gallery, args, paths)
+        results = gallery.search_results(paths, k=args.k, threshold=args.threshold,
+                                         operating_point=args.operating_point)
     if args.json:
-        print(json.dumps({"threshold": threshold, "results": [
-            {"image": image, "matches": [m.to_dict() for m in matches]}
-            for image, matches in zip(args.images, results)]}, indent=2))
+        print(json.dumps({"results": [
+            {"image": image, **r.rule.to_dict(), **r.domain.to_dict(),
+             "matches": [_match_dict(m) for m in r.matches]}
+            for image, r in zip(args.images, results)]}, indent=2))
         return 0
-    for image, matches in zip(args.images, results):
-        verdict = "no verified match" if not (matches and matches[0].verified) else \
-            f"verified match: item {matches[0].id} ({matches[0].label or 'no label'})"
-        print(f"{image}: {verdict} (threshold {threshold:.4f})")
+    for image, r in zip(args.images, results):
+        matches = r.matches
+        if r.domain.in_domain is False:
+            verdict = f"not judged: {r.domain.reason}"
+        elif matches and matches[0].verified:
+            verdict = f"verified match: item {matches[0].id} ({matches[0].label or 'no label'})"
+        else:
+            verdict = "no verified match"
+        print(f"{image}: {verdict} ({r.rule.describe()})")
+        if r.domain.in_domain is None:
+            print(f"  note: {r.domain.reason}")
         if not matches:
             print("  the gallery is empty")
         for rank, m in enumerate(matches, 1):
-            print(f"  {rank:>3}  id {m.id:<8} distance {m.distance:.4f}  "
+            print(f"  {rank:>3}  id {m.id:<8} distance {m.distance:.4f}{_probability(m)}  "
                   f"{'verified' if m.verified else '        '}  {m.label or '-':<16} {m.source}")
     return 0
+
+
+def _identify(gallery, args, paths) -> int:
+    results = [gallery.identification(p, fpir=args.fpir, threshold=args.threshold) for p in paths]
+    if args.json:
+        print(json.dumps({"results": [
+            {"image": image, **r.rule.to_dict(), **r.domain.to_dict(),
+             "match": _match_dict(r.match) if r.match else None,
+             "nearest": _match_dict(r.nearest) if r.nearest else None}
+            for image, r in zip(args.images, results)]}, indent=2))
+        return 0
+    for image, r in zip(args.images, results):
+        if r.domain.in_domain is False:
+            answer = f"nobody: {r.domain.reason}"
+        elif r.match:
+            answer = (f"identified: item {r.match.id} ({r.match.label or 'no label'}) at distance "
+                      f"{r.match.distance:.4f}{_probability(r.match)}")
+        else:
+            answer = (f"nobody: the nearest, item {r.nearest.id} ({r.nearest.label or 'no label'}), "
+                      f"is at distance {r.nearest.distance:.4f}{_probability(r.nearest)}")
+        print(f"{image}: {answer} ({r.rule.describe()})")
+        if r.domain.in_domain is None:
+            print(f"  note: {r.domain.reason}")
+    return 0
+
+
+def _match_dict(m) -> dict:
+    return {"id": m.id, "label": m.label, "distance": round(m.distance, 6),
+            "probability": None if m.probability is None else round(m.probability, 4),
+            "verified": m.verified, "metadata": m.metadata, "source": m.source}
+
+
+def _probability(m) -> str:
+    return "" if m.probability is None else f" (P same {m.probability:.2f})"
 
 
 def entry() -> None:

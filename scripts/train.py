@@ -4,7 +4,8 @@ from __future__ import annotations
 import argparse
 
 from encoder.training import AUGMENTATIONS, SMALL_CLASS, VAL_SPLITS
-from scripts.common import add_dataset_argument, run
+from encoder.images import Preprocessing
+from scripts.common import add_dataset_argument, add_domain_arguments, load_foreign, run
 
 
 def parser() -> argparse.ArgumentParser:
@@ -80,6 +81,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--patience", type=int, default=5, help="early-stopping patience in epochs")
     p.add_argument("--far-target", type=float, default=1e-3,
                    help="false-accept rate for the strict threshold (default: %(default)s)")
+    add_domain_arguments(p)
     return p
 
 
@@ -97,11 +99,13 @@ def main(argv: list[str] | None = None) -> int:
         learning_rate=args.learning_rate, augment=args.augment, rotate_classes=args.rotate_classes,
         group_batches=args.group_batches, invert=args.invert, val_fraction=args.val_fraction,
         val_split=args.val_split, calibration_folds=args.calibration_folds, refit=args.refit,
-        patience=args.patience, far_target=args.far_target)
+        patience=args.patience, far_target=args.far_target, domain=args.domain,
+        domain_epochs=args.domain_epochs)
     ds = load_dataset(args.dataset[0], args.dataset[1:], split="train", side=args.input_size)
     for name, reason in ds.skipped:
         print(f"skipped {name}: {reason}")
-    train(ds, config, args.out)
+    pre = Preprocessing(*ds.images.shape[1:], invert=args.invert)
+    train(ds, config, args.out, extra_foreign=load_foreign(args.foreign_dataset, pre))
     return 0
 
 

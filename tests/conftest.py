@@ -50,7 +50,7 @@ def other_model_dir(tmp_path_factory, model_dir) -> Path:
     weights[-2] = weights[-2] * np.float32(1.05)
     model.set_weights(weights)
     card = dataclasses.replace(card, model_id=compute_model_id(weights, card.preprocessing,
-                                                               card.architecture))
+                                                               card.architecture), domain=None)
     return save_model(tmp_path_factory.mktemp("models") / "nudged", model, card)
 
 

@@ -1,13 +1,14 @@
 """The JSON API: search, verify, identify, the gallery (add, list, get, image, delete), stats.
 
 Images come as multipart file fields; every answer is JSON, errors included (`errors.py`).
-Distances are Euclidean and `verified` is `distance <= threshold`, as everywhere else.
+Distances are Euclidean; every verdict comes from `encoder.verdict` and names its operating point,
+threshold, probability and the query's domain check.
 """
 from __future__ import annotations
 
 import hmac
 from functools import wraps
-from typing import Any, Optional
+from typing import Any
 
 from flask import Blueprint, Response, g, jsonify, request, url_for
 from werkzeug.exceptions import Forbidden, Unauthorized
@@ -23,8 +24,15 @@ health = Blueprint("health", __name__)
 
 
 def match_json(m: Match) -> dict[str, Any]:
-    return {"id": m.id, "label": m.label, "distance": m.distance, "verified": m.verified,
-            "image_url": image_url(m.id), "metadata": m.metadata}
+    """A match in an answer whose rule and domain check are said once, at the top."""
+    return {"id": m.id, "label": m.label, "distance": round(m.distance, 6),
+            "probability": None if m.probability is None else round(m.probability, 4),
+            "verified": m.verified, "image_url": image_url(m.id), "metadata": m.metadata}
+
+
+def verdict_context(rule, domain) -> dict[str, Any]:
+    """What every verdict answer says: the rule it used and the query's domain check."""
+    return {**rule.to_dict(), **domain.to_dict()}
 
 
 def item_json(item: Item) -> dict[str, Any]:
@@ -61,30 +69,28 @@ def search():
     settings = get_service().settings
     image = uploads.image("image")
     k = uploads.int_param("k", settings.default_k, 1, settings.max_k)
-    threshold = uploads.threshold_param()
     gallery = get_gallery()
-    matches = gallery.search(image, k=k, threshold=threshold)
-    return jsonify(model=gallery.model_id, threshold=_threshold(threshold),
-                   matches=[match_json(m) for m in matches])
+    result = gallery.search_results([image], k=k, **uploads.rule_params())[0]
+    return jsonify(model=gallery.model_id, **verdict_context(result.rule, result.domain),
+                   matches=[match_json(m) for m in result.matches])
 
 
 @bp.post("/verify")
 def verify():
     a, b = uploads.image("image_a"), uploads.image("image_b")
-    threshold = _threshold(uploads.threshold_param())
-    service = get_service()
-    distance = service.distance(a, b)
-    return jsonify(model=service.embedder.model_id, distance=distance, threshold=threshold,
-                   verified=distance <= threshold)
+    embedder = get_service().embedder
+    verdict = embedder.verify(a, b, rule=get_gallery().rule(**uploads.rule_params()))
+    return jsonify(model=embedder.model_id, **verdict.to_dict())
 
 
 @bp.post("/identify")
 def identify():
     image = uploads.image("image")
-    threshold = uploads.threshold_param()
-    match = get_gallery().identify(image, threshold=threshold)
-    return jsonify(model=get_gallery().model_id, threshold=_threshold(threshold),
-                   match=match_json(match) if match else None)
+    threshold = uploads.rule_params()["threshold"]
+    result = get_gallery().identification(image, fpir=uploads.fpir_param(), threshold=threshold)
+    return jsonify(model=get_gallery().model_id, **verdict_context(result.rule, result.domain),
+                   match=match_json(result.match) if result.match else None,
+                   nearest=match_json(result.nearest) if result.nearest else None)
 
 
 @bp.post("/gallery")
@@ -144,14 +150,19 @@ def delete_item(item_id: int):
 @bp.get("/stats")
 def stats():
     embedder = get_service().embedder
-    s = get_gallery().stats()
+    gallery = get_gallery()
+    s = gallery.stats()
     card = embedder.card
     return jsonify(
         model={"id": embedder.model_id, "architecture": card.architecture,
                "input_shape": list(card.preprocessing.shape), "embedding_dim": card.embedding_dim,
-               "threshold": card.threshold, "far_threshold": card.calibration.far_threshold,
-               "training_data": card.training.get("dataset")},
-        threshold=s.threshold,
+               "training_data": card.training.get("dataset"),
+               "operating_points": embedder.verdicts.operating_points,
+               "probability_calibrated": card.probability is not None,
+               "open_set_calibrated": card.open_set is not None,
+               "domain_model": card.domain is not None},
+        operating_point=s.operating_point, threshold=s.threshold, fpir=s.fpir,
+        identification=gallery.identification_rule().to_dict() if s.items else None,
         gallery={"items": s.items, "labels": s.labels, "index": s.index, "vectors": s.vectors,
                  "recall_at_10": s.recall_at_10, "recall_measured_on": s.recall_measured_on,
                  "generation": s.generation, "created": s.created})
@@ -161,8 +172,3 @@ def stats():
 def healthz():
     gallery = get_gallery()
     return jsonify(status="ok", model=gallery.model_id, items=len(gallery))
-
-
-def _threshold(requested: Optional[float]) -> float:
-    return get_gallery().threshold if requested is None else requested
-

@@ -26,42 +26,39 @@ BROWSER_FORMATS = {"PNG", "JPEG", "GIF", "WEBP", "BMP"}  # what every browser ca
 @bp.get("/")
 def search_form():
     item_id = request.args.get("item", type=int)
+    options = _search_options()
     if item_id is None:
-        return render_template("search.html", **_search_options())
+        return render_template("search.html", **options)
     gallery = get_gallery()
     item = gallery.get(item_id)
     data, _ = gallery.image(item_id)
-    options = _search_options()
-    matches = gallery.search(data, k=options["k"], threshold=options["threshold"])
+    result = gallery.search_results([data], k=options["k"], **options["params"])[0]
     query = {"src": url_for("api.item_image", item_id=item_id),
              "caption": f"Gallery item {item_id}" + (f" · {item.label}" if item.label else "")}
-    return render_template("search.html", query=query, matches=matches, **options)
+    return render_template("search.html", query=query, result=result, **options)
 
 
 @bp.post("/")
 def search():
     image, data = uploads.image_and_bytes("image")
     options = _search_options()
-    matches = get_gallery().search(image, k=options["k"], threshold=options["threshold"])
+    result = get_gallery().search_results([image], k=options["k"], **options["params"])[0]
     name = request.files["image"].filename or "your image"
     query = {"src": _data_url(data, image), "caption": name}
-    return render_template("search.html", query=query, matches=matches, **options)
+    return render_template("search.html", query=query, result=result, **options)
 
 
 @bp.route("/verify", methods=["GET", "POST"])
 def verify():
-    threshold = get_gallery().threshold
+    options = _verdict_options()
     if request.method == "GET":
-        return render_template("verify.html", threshold=threshold)
+        return render_template("verify.html", **options)
     (a, data_a), (b, data_b) = uploads.image_and_bytes("image_a"), uploads.image_and_bytes("image_b")
-    requested = uploads.threshold_param()
-    threshold = threshold if requested is None else requested
-    distance = get_service().distance(a, b)
-    result = {"distance": distance, "verified": distance <= threshold,
-              "a": _data_url(data_a, a), "b": _data_url(data_b, b),
+    verdict = get_service().embedder.verify(a, b, rule=get_gallery().rule(**options["params"]))
+    result = {"verdict": verdict, "a": _data_url(data_a, a), "b": _data_url(data_b, b),
               "name_a": request.files["image_a"].filename or "first image",
               "name_b": request.files["image_b"].filename or "second image"}
-    return render_template("verify.html", threshold=threshold, result=result)
+    return render_template("verify.html", result=result, **options)
 
 
 @bp.get("/gallery")
@@ -83,9 +80,19 @@ def browse():
 def _search_options() -> dict:
     settings = get_service().settings
     k = uploads.int_param("k", settings.default_k, 1, settings.max_k)
-    threshold = uploads.threshold_param()
-    return {"k": k, "k_choices": sorted({*K_CHOICES, k}), "threshold": threshold,
-            "gallery_threshold": get_gallery().threshold}
+    return {"k": k, "k_choices": sorted({*K_CHOICES, k}), **_verdict_options()}
+
+
+def _verdict_options() -> dict:
+    """The form's operating point and threshold, checked (a bad one is a 400 page), and what the
+    pages say about the model's verdicts."""
+    params = uploads.rule_params()
+    gallery = get_gallery()
+    card = get_service().embedder.card
+    return {"params": params, "rule": gallery.rule(**params), "default_rule": gallery.rule(),
+            "operating_points": get_service().embedder.verdicts.operating_points,
+            "training_data": card.domain.training_data if card.domain else
+            card.training.get("dataset", "its training data")}
 
 
 def _data_url(data: bytes, image: Image.Image) -> Optional[str]:

@@ -44,11 +44,6 @@ class Service:
                  embedder.model_id, gallery.threshold)
         return cls(settings, embedder, gallery)
 
-    def distance(self, a, b) -> float:
-        """The Euclidean distance between the embeddings of two images (1:1 verification)."""
-        vectors = self.embedder.embed([a, b])
-        return float(self.embedder.distance(vectors[0], vectors[1]))
-
     def close(self) -> None:
         self.gallery.close()
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import io
 import json
-import math
 from typing import Any, Optional
 
 from flask import Request, current_app, request
@@ -157,18 +156,16 @@ def int_param(name: str, default: int, low: int, high: int) -> int:
     return value
 
 
-def threshold_param() -> Optional[float]:
-    """The optional `threshold`: a finite distance >= 0 (Euclidean, like the model card's)."""
-    text = request.values.get("threshold", "").strip()
-    if not text:
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value) or value < 0:
-        raise ConfigError(f"threshold must be a finite distance >= 0, not {text!r}")
-    return value
+def rule_params() -> dict[str, Optional[str]]:
+    """The optional `operating_point` and `threshold` of a request, as given: the verdict
+    (`encoder.verdict`) checks them, in one place for every caller."""
+    return {name: request.values.get(name, "").strip() or None
+            for name in ("operating_point", "threshold")}
+
+
+def fpir_param() -> Optional[str]:
+    """The optional `fpir` (target false-positive identification rate), checked by the verdict."""
+    return request.values.get("fpir", "").strip() or None
 
 
 def text_param(name: str, required: bool = False, max_length: int = 200) -> Optional[str]:

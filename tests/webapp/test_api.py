@@ -19,12 +19,14 @@ def test_search_returns_ranked_matches_with_verdicts(client, upload, sample_pngs
     r = client.post("/api/search", data={"image": upload(coat, "coat.png"), "k": "5"})
     assert r.status_code == 200
     body = r.get_json()
-    assert list(body) == ["model", "threshold", "matches"]
+    assert list(body)[:3] == ["model", "operating_point", "threshold"] and "matches" in body
     assert body["model"] == model_embedder.model_id
+    assert body["operating_point"] == "balanced"
     assert body["threshold"] == pytest.approx(model_embedder.threshold)
     matches = body["matches"]
     assert len(matches) == 5
-    assert set(matches[0]) == {"id", "label", "distance", "verified", "image_url", "metadata"}
+    assert set(matches[0]) == {"id", "label", "distance", "probability", "verified", "image_url",
+                               "metadata"}
     assert matches[0]["label"] == "Coat" and matches[0]["distance"] < 1e-3  # the very image
     assert [m["distance"] for m in matches] == sorted(m["distance"] for m in matches)
     assert all(m["verified"] == (m["distance"] <= body["threshold"]) for m in matches)
@@ -47,7 +49,8 @@ def test_verify_two_images(client, upload, sample_pngs):
     assert same.status_code == 200
     body = same.get_json()
     assert body["verified"] is True and body["distance"] < 1e-3
-    assert set(body) == {"model", "distance", "threshold", "verified"}
+    assert {"model", "distance", "probability", "operating_point", "threshold", "verified",
+            "in_domain", "domain_reason"} <= set(body)
     other = client.post("/api/verify", data={"image_a": upload(shoe),
                                              "image_b": upload(sample_pngs["Trouser"][0])})
     body = other.get_json()
@@ -58,7 +61,9 @@ def test_identify_is_one_to_many_verification(client, upload, sample_pngs):
     pullover = sample_pngs["Pullover"][2]
     found = client.post("/api/identify", data={"image": upload(pullover)}).get_json()
     assert found["match"]["label"] == "Pullover" and found["match"]["verified"]
-    assert found["match"]["distance"] < 1e-3 and set(found) == {"model", "threshold", "match"}
+    assert found["match"]["distance"] < 1e-3
+    assert found["operating_point"] == "fpir" and found["fpir"] == 0.01
+    assert found["gallery_size"] == 50 and found["nearest"] == found["match"]
 
 
 def test_identify_without_a_verified_match_says_null(client, upload):

@@ -1,0 +1,223 @@
+"""The verdict: the one place that decides whether a distance means "the same".
+
+Every caller (the gallery's search, verify and identify, `Embedder.verify`, the commands, the JSON
+API and the pages) asks `Verdicts` for a `Rule` and for the verdict; none compares a distance to a
+threshold itself. A verdict combines:
+
+- the domain check: an image unlike the model's training data is never verified (`domain.py`);
+- the operating point: "balanced" (best accuracy), "far-1e-2" or "far-1e-3" (false-accept rate on
+  held-out pairs), all from the model card, or an explicit threshold;
+- for 1:N identification, the threshold for a target false-positive identification rate (FPIR)
+  at the gallery's current size (`calibration.OpenSetModel`): with N items enrolled, somebody not
+  enrolled is N times as likely to be near *someone*, so a 1:1 threshold is the wrong one;
+- a calibrated probability that the two images show the same class, next to the distance.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Optional, Union
+
+import numpy as np
+
+from .calibration import FAR_POINTS, OPERATING_POINTS
+from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from .artifact import ModelCard
+
+DEFAULT_OPERATING_POINT = "balanced"
+DEFAULT_FPIR = 0.01
+EXPLICIT = "threshold"  # the operating point's name when the caller gave a threshold
+
+
+@dataclass(frozen=True)
+class Rule:
+    """How distances are judged: `distance <= threshold`, and where the threshold came from."""
+
+    threshold: float
+    operating_point: str  # one of OPERATING_POINTS, "threshold" (explicit), or "fpir"
+    fpir: Optional[float] = None  # 1:N: the target false-positive identification rate ...
+    gallery_size: Optional[int] = None  # ... at this gallery size
+    calibrated: bool = True  # False: beyond what calibration measured, or a card without it
+
+    def describe(self) -> str:
+        if self.operating_point == "fpir":
+            return (f"FPIR {self.fpir:g} with {self.gallery_size:,} enrolled (threshold "
+                    f"{self.threshold:.4f}{'' if self.calibrated else ', beyond calibration'})")
+        if self.operating_point == EXPLICIT:
+            return f"threshold {self.threshold:.4f} (given)"
+        return f"{self.operating_point} (threshold {self.threshold:.4f})"
+
+    def to_dict(self) -> dict:
+        d = {"operating_point": self.operating_point, "threshold": round(self.threshold, 6)}
+        if self.operating_point == "fpir":
+            d.update(fpir=self.fpir, gallery_size=self.gallery_size)
+        if not self.calibrated:
+            d["calibrated"] = False
+        return d
+
+
+@dataclass(frozen=True)
+class DomainCheck:
+    """Whether an image looks like the model's training data. `in_domain` is None for a model
+    without a domain model: nothing was checked, and the verdict says so."""
+
+    in_domain: Optional[bool]
+    score: Optional[float]
+    reason: str
+
+    @staticmethod
+    def both(first: "DomainCheck", second: "DomainCheck") -> "DomainCheck":
+        """The check of a pair: out of domain if either image is, naming which."""
+        for which, check in (("first", first), ("second", second)):
+            if check.in_domain is False:
+                return DomainCheck(False, check.score, f"the {which} image: {check.reason}")
+        if first.in_domain is None:
+            return first
+        return DomainCheck(True, min(first.score, second.score), first.reason)
+
+    def to_dict(self) -> dict:
+        return {"in_domain": self.in_domain,
+                "domain_score": None if self.score is None else round(self.score, 4),
+                "domain_reason": self.reason}
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The verdict on one pair of images (or an image and a gallery item)."""
+
+    verified: bool
+    distance: float
+    probability: Optional[float]  # P(same class | distance), None if the card has no map
+    rule: Rule
+    domain: DomainCheck
+
+    def to_dict(self) -> dict:
+        return {"verified": self.verified, "distance": round(self.distance, 6),
+                "probability": None if self.probability is None else round(self.probability, 4),
+                **self.rule.to_dict(), **self.domain.to_dict()}
+
+
+class Verdicts:
+    """The verdict rules of one model card (`Embedder.verdicts`)."""
+
+    def __init__(self, card: "ModelCard"):
+        self.card = card
+
+    @property
+    def operating_points(self) -> dict[str, float]:
+        """Name -> threshold of the operating points this card has. Cards from before operating
+        points have the best-accuracy and the FAR 1e-3 threshold only."""
+        if self.card.operating_points:
+            return {name: p.threshold for name, p in self.card.operating_points.items()}
+        cal = self.card.calibration
+        points = {"balanced": cal.threshold}
+        for name, target in FAR_POINTS.items():
+            if np.isclose(cal.far_target, target):
+                points[name] = cal.far_threshold
+        return points
+
+    def rule(self, operating_point: Optional[str] = None, threshold: Optional[float] = None,
+             default: Union[None, str, float] = None) -> Rule:
+        """The 1:1 rule: an explicit `threshold`, else the named `operating_point`, else the
+        `default` (a gallery's: a name or a threshold), else "balanced"."""
+        if threshold is not None and operating_point is not None:
+            raise ConfigError("give an operating point or a threshold, not both")
+        if threshold is not None:
+            return Rule(check_threshold(threshold), EXPLICIT)
+        if operating_point is None:
+            if default is not None and not isinstance(default, str):
+                return Rule(check_threshold(default), EXPLICIT)
+            operating_point = default or DEFAULT_OPERATING_POINT
+        points = self.operating_points
+        if operating_point not in OPERATING_POINTS:
+            raise ConfigError(f"unknown operating point {operating_point!r}; choose one of "
+                              f"{', '.join(OPERATING_POINTS)}, or give a threshold")
+        if operating_point not in points:
+            raise ConfigError(f"model {self.card.model_id} was calibrated before operating points "
+                              f"and has no {operating_point!r}; it has {', '.join(points)} "
+                              "(siamese-calibrate adds the rest)")
+        return Rule(float(points[operating_point]), operating_point)
+
+    def identification_rule(self, gallery_size: int, fpir: Optional[float] = None,
+                            threshold: Optional[float] = None,
+                            default_fpir: Optional[float] = None) -> Rule:
+        """The 1:N rule for a gallery of `gallery_size` items: an explicit `threshold`, else the
+        threshold the card predicts for the target `fpir` (default: the gallery's, else 0.01)."""
+        if threshold is not None and fpir is not None:
+            raise ConfigError("give a target fpir or a threshold, not both")
+        if threshold is not None:
+            return Rule(check_threshold(threshold), EXPLICIT)
+        fpir = check_fpir(default_fpir if fpir is None else fpir, DEFAULT_FPIR)
+        if gallery_size < 1:
+            raise ConfigError("identification needs a gallery with at least one item")
+        model = self.card.open_set
+        if model is None:
+            # Without open-set calibration, the strict 1:1 point is the honest stand-in.
+            rule = self.rule("far-1e-3")
+            return Rule(rule.threshold, "fpir", fpir, int(gallery_size), calibrated=False)
+        t, calibrated = model.threshold_for(fpir, gallery_size)
+        return Rule(t, "fpir", fpir, int(gallery_size), calibrated)
+
+    def probability(self, distances) -> Optional[np.ndarray]:
+        """P(same class | distance) for each distance; None if the card has no calibrated map."""
+        if self.card.probability is None:
+            return None
+        return np.asarray(self.card.probability(np.asarray(distances, np.float64)))
+
+    def judge(self, distances, rule: Rule, domain: DomainCheck) -> list[Verdict]:
+        """Verdicts for distances under one rule, all of one query image (its domain check)."""
+        distances = np.atleast_1d(np.asarray(distances, np.float64))
+        probabilities = self.probability(distances)
+        return [Verdict(bool(domain.in_domain is not False and d <= rule.threshold), float(d),
+                        None if probabilities is None else float(p), rule, domain)
+                for d, p in zip(distances, probabilities if probabilities is not None
+                                else [None] * len(distances))]
+
+    def domain_checks(self, scores: Optional[np.ndarray], count: int) -> list[DomainCheck]:
+        """The domain verdict on each of `count` images from their domain scores (None: the
+        model has no domain model)."""
+        domain = self.card.domain
+        if scores is None or domain is None:
+            reason = (f"model {self.card.model_id} has no domain model: inputs are not checked "
+                      "against its training data")
+            return [DomainCheck(None, None, reason)] * count
+        out = []
+        for s in np.asarray(scores, np.float64):
+            if s >= domain.threshold:
+                out.append(DomainCheck(True, float(s), f"looks like {domain.training_data}"))
+            else:
+                out.append(DomainCheck(False, float(s), "the image does not look like what this "
+                                       f"model was trained on ({domain.training_data})"))
+        return out
+
+
+def check_threshold(threshold) -> float:
+    try:
+        value = float(threshold)
+    except (TypeError, ValueError):
+        raise ConfigError(f"threshold must be a number, not {threshold!r}") from None
+    if not value >= 0.0 or not np.isfinite(value):
+        raise ConfigError(f"threshold must be a finite distance >= 0, not {threshold!r}")
+    return value
+
+
+def check_fpir(fpir, default: Optional[float] = None) -> float:
+    if fpir is None:
+        if default is None:
+            raise ConfigError("a target fpir is needed")
+        fpir = default
+    try:
+        value = float(fpir)
+    except (TypeError, ValueError):
+        raise ConfigError(f"fpir must be a number between 0 and 1, not {fpir!r}") from None
+    if not 0.0 < value < 1.0:
+        raise ConfigError(f"fpir must be between 0 and 1 (exclusive), not {fpir!r}")
+    return value
+
+
+def check_operating_point(name: Optional[str]) -> Optional[str]:
+    if name is not None and name not in OPERATING_POINTS:
+        raise ConfigError(f"unknown operating point {name!r}; choose one of "
+                          f"{', '.join(OPERATING_POINTS)}")
+    return name

@@ -1,0 +1,194 @@
+"""Measure how well a model's domain check generalises (the numbers in docs/trust.md).
+
+    python -m scripts.measure_domain --model models/fashion-mnist \\
+        --dataset fashion-mnist ../shared/datasets/fashion-mnist --test-split test \\
+        --foreign-dataset omniglot ../shared/datasets/omniglot/images_background_small*.zip
+
+For the model's own held-out split (as training made it), a domain model is trained as
+`siamese-train` does, and measured on what it never saw:
+- in-domain test images rejected: the dataset's test split (`--test-split`), or, for data with
+  groups (Omniglot alphabets, `--group-folds`), alphabets that neither trained nor calibrated it:
+  the groups are dealt into folds, each fold in turn is the test, the next calibrates the
+  threshold, the rest train;
+- foreign images accepted, per family, with that family left out of training (leave one family
+  out: generality to kinds of image it has never seen), and for sets it never trains on at all
+  (scikit-learn's digits and sample photos, when scikit-learn is installed);
+- the same for a Mahalanobis score on the encoder's embeddings (one Gaussian fitted on the
+  training images), the baseline the domain model has to beat.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+
+from scripts.common import add_dataset_argument, load_foreign, run
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m scripts.measure_domain", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True)
+    add_dataset_argument(p)
+    p.add_argument("--test-split", choices=["test"], help="fashion-mnist: the test split")
+    p.add_argument("--group-folds", type=int, default=0, metavar="K",
+                   help="data with groups: deal them into K folds (test, calibrate, train)")
+    p.add_argument("--foreign-dataset", nargs="+", action="append", metavar=("KIND", "PATH"),
+                   default=[])
+    p.add_argument("--families", help="comma-separated foreign families to train with "
+                                      "(default: all)")
+    p.add_argument("--no-leave-out", action="store_true", help="skip leave-one-family-out")
+    p.add_argument("--samples", type=int, default=2000, help="foreign images per family measured")
+    p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    return p
+
+
+def sklearn_sets(pre, seed: int, n: int) -> dict[str, np.ndarray]:
+    """Foreign sets no domain model trains on: scikit-learn's handwritten digits (8x8, upscaled,
+    both polarities) and random crops of its two sample photos."""
+    try:
+        from sklearn.datasets import load_digits, load_sample_images
+    except ImportError:
+        return {}
+    from PIL import Image
+
+    from encoder.images import prepare_batch
+
+    rng = np.random.default_rng(seed)
+    digits = (load_digits().images * (255 / 16)).astype(np.uint8)
+    picked = [Image.fromarray(255 - d if rng.random() < 0.5 else d, "L").resize((32, 32))
+              for d in digits[rng.choice(len(digits), min(n, len(digits)), replace=False)]]
+    crops = []
+    for _ in range(n):
+        photo = load_sample_images().images[rng.integers(2)]
+        side = int(rng.integers(32, min(photo.shape[:2])))
+        y, x = rng.integers(0, photo.shape[0] - side), rng.integers(0, photo.shape[1] - side)
+        crops.append(Image.fromarray(photo[y:y + side, x:x + side]))
+    return {"sklearn digits": prepare_batch(picked, pre),
+            "sklearn photos": prepare_batch(crops, pre)}
+
+
+def mahalanobis(train: np.ndarray):
+    """Score = minus the Mahalanobis distance to one Gaussian of the training embeddings
+    (covariance shrunk a little towards its diagonal, so it inverts)."""
+    mean = train.mean(0)
+    cov = np.cov(train - mean, rowvar=False)
+    cov = 0.9 * cov + 0.1 * np.diag(np.diag(cov)) + 1e-6 * np.eye(len(cov))
+    precision = np.linalg.inv(cov)
+
+    def score(e: np.ndarray) -> np.ndarray:
+        d = e - mean
+        return -np.sqrt(np.einsum("ij,jk,ik->i", d, precision, d))
+    return score
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    from encoder import Embedder
+    from encoder.datasets import load_dataset
+    from encoder.domain import DEFAULT_REJECTION, DomainModel, fit_domain_model
+    from encoder.errors import ConfigError
+    from encoder.foreign import FAMILIES, foreign_batch
+    from encoder.images import prepare_batch
+    from encoder.training import TrainConfig, split_train_val
+
+    embedder = Embedder.load(args.model)
+    pre = embedder.card.preprocessing
+    families = tuple(args.families.split(",")) if args.families else FAMILIES
+    ds = load_dataset(args.dataset[0], args.dataset[1:], split="train", pre=pre)
+    x = prepare_batch(ds.images, pre)
+    extras = load_foreign(args.foreign_dataset, pre)
+    unseen = sklearn_sets(pre, seed=99, n=args.samples)
+    fresh = {f: foreign_batch(args.samples, pre, seed=4242, families=(f,)) for f in families}
+    lines, results = [], {"model": embedder.model_id, "dataset": ds.name, "families": families}
+
+    # The splits: (name, train, calibrate, test images).
+    if args.group_folds:
+        if ds.groups is None:
+            raise ConfigError(f"--group-folds: {ds.name} has no groups")
+        order = np.random.default_rng(0).permutation(np.unique(ds.groups))
+        parts = np.array_split(order, args.group_folds)
+        splits = []
+        for k in range(args.group_folds):
+            test = np.isin(ds.groups, parts[k])
+            calibrate = np.isin(ds.groups, parts[(k + 1) % args.group_folds])
+            names = ", ".join(ds.group_names[g] for g in parts[k])
+            splits.append((f"test {names}", x[~test & ~calibrate], x[calibrate], x[test]))
+    else:
+        fields = TrainConfig.__dataclass_fields__
+        settings = {k: v for k, v in embedder.card.training.get("settings", {}).items()
+                    if k in fields}
+        config = TrainConfig(**settings).resolve(ds)
+        train_idx, val_idx = split_train_val(ds, config)
+        if args.test_split:
+            test_ds = load_dataset(args.dataset[0], args.dataset[1:], split=args.test_split, pre=pre)
+            test = prepare_batch(test_ds.images, pre)
+        else:
+            raise ConfigError("give --test-split or --group-folds: in-domain test images")
+        splits = [("test split", x[train_idx], x[val_idx], test)]
+
+    def measure(model, threshold, test) -> dict:
+        scorer = DomainModel(model)
+        out = {"in-domain rejected": float(np.mean(scorer.score(test) < threshold))}
+        for name, images in {**fresh, **unseen}.items():
+            out[name] = float(np.mean(scorer.score(images) >= threshold))
+        return out
+
+    start = time.perf_counter()
+    per_split = {}
+    for name, train, calibrate, test in splits:
+        model, card = fit_domain_model(train, calibrate, pre, ds.name, seed=0, extra_foreign=extras,
+                                       families=families, report=lambda line: None)
+        per_split[name] = measure(model, card.threshold, test)
+        print(f"{name}: " + ", ".join(f"{k} {v:.2%}" for k, v in per_split[name].items()),
+              flush=True)
+    results["all families"] = per_split
+
+    _, train, calibrate, test = splits[0]
+    if not args.no_leave_out:
+        left_out = {}
+        for family in (*families, *extras):
+            kept = tuple(f for f in families if f != family)
+            kept_extras = {k: v for k, v in extras.items() if k != family}
+            model, card = fit_domain_model(train, calibrate, pre, ds.name, seed=0,
+                                           extra_foreign=kept_extras, families=kept,
+                                           report=lambda line: None)
+            images = fresh.get(family)
+            if images is None:  # an extra dataset: its own images
+                images = extras[family]
+            accepted = float(np.mean(DomainModel(model).score(images) >= card.threshold))
+            left_out[family] = accepted
+            print(f"without {family}: {family} accepted {accepted:.2%} "
+                  f"({time.perf_counter() - start:.0f} s)", flush=True)
+        results["leave one family out"] = left_out
+
+    e_train, e_cal, e_test = (embedder.embed_prepared(a) for a in (train, calibrate, test))
+    score = mahalanobis(e_train)
+    threshold = float(np.quantile(score(e_cal), DEFAULT_REJECTION))
+    baseline = {"in-domain rejected": float(np.mean(score(e_test) < threshold))}
+    for name, images in {**fresh, **unseen, **extras}.items():
+        baseline[name] = float(np.mean(score(embedder.embed_prepared(images)) >= threshold))
+    results["mahalanobis on embeddings"] = baseline
+    print("mahalanobis baseline: " + ", ".join(f"{k} {v:.2%}" for k, v in baseline.items()))
+
+    first = next(iter(per_split.values()))
+    lines.append(f"{'':<22}{'domain model':>14}{'left out':>10}{'mahalanobis':>13}")
+    for key in first:
+        left = results.get("leave one family out", {}).get(key)
+        lines.append(f"{key:<22}{first[key]:>14.2%}{'' if left is None else f'{left:.2%}':>10}"
+                     f"{baseline.get(key, float('nan')):>13.2%}")
+    print("\n".join(lines))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+    return 0
+
+
+def entry() -> None:
+    run(main)
+
+
+if __name__ == "__main__":
+    entry()
