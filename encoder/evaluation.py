@@ -1,5 +1,6 @@
-"""Evaluation of embeddings: pair metrics under the tutorial's protocol, retrieval metrics, and
-N-way K-shot classification of classes the model never saw."""
+"""Evaluation of embeddings: pair metrics under the tutorial's protocol, retrieval metrics,
+N-way K-shot classification of classes the model never saw, the verdict's operating points on
+test pairs, and open-set (1:N) identification."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -7,7 +8,7 @@ from typing import Optional
 
 import numpy as np
 
-from .calibration import accuracy_at, calibrate
+from .calibration import accuracy_at, calibrate, roc_points, wilson_interval
 from .distance import euclidean, pairwise
 from .errors import ConfigError, DatasetError
 from .pairs import repeated_tutorial_pairs
@@ -174,3 +175,213 @@ def heldout_oneshot(embeddings: np.ndarray, labels: np.ndarray, groups: Optional
         if result:
             out[name] = result
     return out
+
+
+# --- the verdict on a test set: operating points, TAR@FAR ---------------------------------------
+
+TAR_AT_FAR = (1e-2, 1e-3)
+
+
+def operating_point_metrics(distances: np.ndarray, same: np.ndarray,
+                            thresholds: dict[str, float], predicted: Optional[dict] = None) -> dict:
+    """What each operating point (name -> threshold) does on test pairs: the share of
+    same-class pairs accepted (TAR) and of different-class pairs accepted (FAR), each with a 95%
+    Wilson interval, next to what the card predicted (`predicted`: name -> an object with `.tar`
+    and `.far`, the card's `OperatingPoint`s; None where the card has none)."""
+    d = np.asarray(distances, np.float64)
+    y = np.asarray(same).astype(bool)
+    positives, negatives = int(y.sum()), int((~y).sum())
+    out = {}
+    for name, threshold in thresholds.items():
+        accepted = d <= threshold
+        tar_count, far_count = int(np.sum(accepted & y)), int(np.sum(accepted & ~y))
+        card = (predicted or {}).get(name)
+        out[name] = {
+            "threshold": float(threshold),
+            "tar": tar_count / max(positives, 1),
+            "tar_ci95": list(wilson_interval(tar_count, positives)),
+            "far": far_count / max(negatives, 1),
+            "far_ci95": list(wilson_interval(far_count, negatives)),
+            "positives": positives, "negatives": negatives,
+            "card_tar": None if card is None else float(card.tar),
+            "card_far": None if card is None else float(card.far)}
+    return out
+
+
+def tar_at_far(distances: np.ndarray, same: np.ndarray, targets=TAR_AT_FAR) -> list[dict]:
+    """The oracle TAR at each target FAR: the threshold chosen on these same pairs (the largest
+    whose FAR is at most the target), so optimistic next to a threshold fixed in advance. With
+    fewer than 1/target different-class pairs, the target can only be met by accepting none."""
+    far, tar, thresholds, positives, negatives = roc_points(distances, same)
+    out = []
+    for target in targets:
+        i = int(np.nonzero(far <= target)[0][-1])
+        out.append({"far_target": float(target), "tar": float(tar[i]), "far": float(far[i]),
+                    "threshold": float(thresholds[i]), "negatives": negatives,
+                    "resolved": bool(negatives * target >= 1)})
+    return out
+
+
+# --- open-set identification (1:N) ---------------------------------------------------------------
+
+OPEN_SET_FPIR = (0.01, 0.05, 0.1)
+
+
+def _threshold_at_fpir(nonmated: np.ndarray, fpir: float, mated: np.ndarray) -> float:
+    """The largest threshold (`distance <= t`) at which at most `fpir` of the non-mated probes
+    are accepted, given the nearest gallery distances of the non-mated and of the mated probes
+    (both sorted): midway between the first refused non-mated distance and the largest distance
+    of either kind below it, so no rate hangs on a rounding error."""
+    allowed = int(np.floor(fpir * len(nonmated) + 1e-9))
+    if allowed >= len(nonmated):
+        return float(max(nonmated[-1], mated[-1]))
+    refused = nonmated[allowed]  # accepting it (and any tie) would exceed the target
+    below = [v[np.searchsorted(v, refused, side="left") - 1] for v in (nonmated, mated)
+             if np.searchsorted(v, refused, side="left") > 0]
+    if not below:
+        return float(refused / 2) if refused > 0 else float(np.nextafter(0.0, -1.0))
+    return float((max(below) + refused) / 2)
+
+
+def _spread(values) -> dict:
+    v = np.asarray(values, np.float64)
+    return {"mean": float(v.mean()), "sd": float(v.std(ddof=1)) if len(v) > 1 else 0.0}
+
+
+def open_set_rounds(labels: np.ndarray, enrolled: Optional[int], shots: int, rounds: int,
+                    seed: int):
+    """The open-set protocol's draws, seeded: per round the enrolled classes and, per enrolled
+    class, its `shots` gallery images (the rest are its mated probes); every image of the other
+    classes is a non-mated probe. Classes with fewer than shots + 1 images are never enrolled
+    (they still serve as non-mated probes). Returns (rounds: list of (gallery, mated, nonmated)
+    index arrays, enrolled count, skipped class count)."""
+    labels = np.asarray(labels)
+    if shots < 1:
+        raise ConfigError(f"open-set identification needs at least 1 enrolled image per class "
+                          f"(shots), not {shots}")
+    if rounds < 1:
+        raise ConfigError(f"open-set identification needs at least 1 round, not {rounds}")
+    classes, counts = np.unique(labels, return_counts=True)
+    if len(classes) < 3:
+        raise DatasetError(f"open-set identification needs at least 3 classes (2 enrolled and 1 "
+                           f"not); the data has {len(classes)}")
+    eligible = classes[counts >= shots + 1]
+    skipped = len(classes) - len(eligible)
+    if len(eligible) < 2:
+        raise DatasetError(f"open-set identification with {shots} enrolled image(s) per class "
+                           f"needs at least 2 classes with {shots + 1} or more images (one left to "
+                           f"probe with); the data has {len(eligible)} ({skipped} skipped)")
+    most = min(len(eligible), len(classes) - 1)
+    if enrolled is None:
+        enrolled = max(2, min(len(classes) // 2, most))
+    if not 2 <= enrolled <= most:
+        raise ConfigError(f"open-set identification: enrolled classes must be between 2 and "
+                          f"{most} (the data has "
+                          f"{len(classes)} classes, {len(eligible)} with at least {shots + 1} "
+                          f"images, and at least one class stays not enrolled), not {enrolled}")
+    members = {c: np.nonzero(labels == c)[0] for c in classes}
+    rng = np.random.default_rng(seed)
+    draws = []
+    for _ in range(rounds):
+        chosen = rng.choice(eligible, enrolled, replace=False)
+        gallery, mated = [], []
+        for c in chosen:
+            picked = rng.permutation(members[c])
+            gallery.append(picked[:shots])
+            mated.append(picked[shots:])
+        nonmated = np.concatenate([members[c] for c in np.setdiff1d(classes, chosen)])
+        draws.append((np.stack(gallery), np.concatenate(mated), nonmated))
+    return draws, enrolled, skipped
+
+
+def open_set_identification(embeddings: np.ndarray, labels: np.ndarray,
+                            enrolled: Optional[int] = None, shots: int = 1, rounds: int = 10,
+                            seed: int = 0, predict=None, fpir_targets=OPEN_SET_FPIR,
+                            chunk: int = 2048) -> dict:
+    """Open-set 1:N identification of the classes in `labels`, measured over seeded rounds.
+
+    Per round (`open_set_rounds`): `enrolled` classes (default: half) each enrol `shots` images
+    as the gallery; their other images are mated probes, every image of the other classes a
+    non-mated probe. A probe's candidates are the enrolled classes ranked by their nearest gallery
+    image. Reported, as mean and sd over rounds:
+    - rank-1 and rank-5 identification rates of mated probes (the CMC at 1 and 5);
+    - FNIR at each target FPIR, the threshold chosen on the round's non-mated nearest distances
+      (FPIR: share of non-mated probes whose nearest gallery image is within the threshold;
+      FNIR: share of mated probes whose nearest gallery image is not of their class or not
+      within it);
+    - with `predict(fpir, gallery_size) -> (threshold, calibrated)` (a card's
+      `OpenSetModel.threshold_for`): at the threshold it predicts for each target and the
+      gallery's size, the FPIR measured and the identification rate (1 - FNIR) there;
+    - `curve`: FNIR against FPIR (0, then log-spaced), averaged over rounds, for a DET plot."""
+    embeddings = np.asarray(embeddings, np.float32)
+    labels = np.asarray(labels)
+    draws, enrolled, skipped = open_set_rounds(labels, enrolled, shots, rounds, seed)
+    gallery_size = enrolled * shots
+    predictions = []
+    if predict is not None:
+        for target in fpir_targets:
+            t, calibrated = predict(target, gallery_size)
+            predictions.append((float(target), float(t), bool(calibrated)))
+    rank1, rank5, mated_n, nonmated_n = [], [], [], []
+    at_target = {f: ([], [], []) for f in fpir_targets}  # fnir, threshold, measured fpir
+    at_predicted = [([], []) for _ in predictions]  # measured fpir, identification rate
+    curves = []
+    for gallery, mated, nonmated in draws:
+        g = embeddings[gallery.ravel()]
+        slot = {int(labels[gallery[k, 0]]): k for k in range(enrolled)}
+
+        def class_distances(probes):
+            """Each probe's distance to each enrolled class (its nearest gallery image)."""
+            out = np.empty((len(probes), enrolled), np.float32)
+            for start in range(0, len(probes), chunk):
+                d = pairwise(embeddings[probes[start:start + chunk]], g)
+                out[start:start + chunk] = d.reshape(len(d), enrolled, shots).min(-1)
+            return out
+
+        dm = class_distances(mated)
+        true = np.array([slot[int(c)] for c in labels[mated]])
+        d_true = dm[np.arange(len(mated)), true]
+        rank = 1 + np.sum(dm < d_true[:, None], axis=1)
+        nearest_mated = dm.min(1)
+        mated_sorted = np.sort(nearest_mated)
+        correct = d_true <= nearest_mated  # the nearest gallery image is of the probe's class
+        nearest_nonmated = np.sort(class_distances(nonmated).min(1))
+        rank1.append(np.mean(rank <= 1))
+        rank5.append(np.mean(rank <= 5))
+        mated_n.append(len(mated))
+        nonmated_n.append(len(nonmated))
+
+        def identified(t):
+            return float(np.mean(correct & (nearest_mated <= t)))
+
+        def false_positives(t):
+            return float(np.searchsorted(nearest_nonmated, t, side="right") / len(nonmated))
+
+        for f in fpir_targets:
+            t = _threshold_at_fpir(nearest_nonmated, f, mated_sorted)
+            at_target[f][0].append(1 - identified(t))
+            at_target[f][1].append(t)
+            at_target[f][2].append(false_positives(t))
+        for (_, t, _), (fpirs, rates) in zip(predictions, at_predicted):
+            fpirs.append(false_positives(t))
+            rates.append(identified(t))
+        grid = np.r_[0.0, np.geomspace(1 / len(nonmated), 1.0, 40)]
+        curves.append([(false_positives(t), 1 - identified(t))
+                       for t in (_threshold_at_fpir(nearest_nonmated, f, mated_sorted)
+                                 for f in grid)])
+    curve = np.mean(np.asarray(curves), axis=0)
+    return {
+        "rounds": rounds, "seed": seed, "enrolled_classes": enrolled,
+        "not_enrolled_classes": len(np.unique(labels)) - enrolled, "shots": shots,
+        "gallery_size": gallery_size, "skipped_classes": skipped,
+        "mated_probes": float(np.mean(mated_n)), "nonmated_probes": float(np.mean(nonmated_n)),
+        "rank1": _spread(rank1), "rank5": _spread(rank5),
+        "fnir_at_fpir": [{"fpir": f, "fnir": _spread(at_target[f][0]),
+                          "threshold": _spread(at_target[f][1]),
+                          "measured_fpir": _spread(at_target[f][2])} for f in fpir_targets],
+        "predicted": None if predict is None else [
+            {"fpir": f, "threshold": t, "calibrated": calibrated,
+             "measured_fpir": _spread(fpirs), "identification_rate": _spread(rates)}
+            for (f, t, calibrated), (fpirs, rates) in zip(predictions, at_predicted)],
+        "curve": {"fpir": [float(v) for v in curve[:, 0]], "fnir": [float(v) for v in curve[:, 1]]},
+    }

@@ -76,3 +76,93 @@ def pair_grid(images: np.ndarray, first: np.ndarray, second: np.ndarray, same: n
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
+
+
+# --- DET curves: error against error, on normal-deviate axes ------------------------------------
+
+DET_TICKS = (1e-4, 1e-3, 1e-2, 0.05, 0.2, 0.5, 0.8, 0.95)
+
+
+def _deviate(p, floor: float) -> np.ndarray:
+    """The normal deviate of each rate (a DET axis), rates below `floor` (half a count: no error
+    seen) drawn at the floor."""
+    from statistics import NormalDist
+
+    inv = NormalDist().inv_cdf
+    return np.array([inv(min(max(float(v), floor), 1 - 1e-9)) for v in np.atleast_1d(p)])
+
+
+def _det_axes(ax, floor_x: float, floor_y: float, xlabel: str, ylabel: str) -> None:
+    for axis, floor, label in ((ax.xaxis, floor_x, xlabel), (ax.yaxis, floor_y, ylabel)):
+        ticks = [t for t in DET_TICKS if t >= floor * 0.999]
+        axis.set_ticks(_deviate(ticks, floor))
+        axis.set_ticklabels([f"{t * 100:g}%" for t in ticks])
+        axis.set_label_text(label)
+    lo_x, lo_y = _deviate([floor_x], floor_x)[0], _deviate([floor_y], floor_y)[0]
+    ax.set_xlim(lo_x - 0.1, _deviate([0.95], floor_x)[0] + 0.1)
+    ax.set_ylim(lo_y - 0.1, _deviate([0.95], floor_y)[0] + 0.1)
+    ax.grid(True, lw=0.5, alpha=0.5)
+
+
+def det_curve(distances: np.ndarray, same: np.ndarray, points: dict[str, float], out: Path,
+              card_points: dict | None = None) -> Path:
+    """The verification DET curve: false non-match rate (1 - TAR) against false-accept rate, on
+    normal-deviate axes (straight lines for Gaussian-like scores), with the operating points
+    (name -> threshold) as measured on these pairs, and where the card has them, what it
+    predicted (`card_points`: name -> object with `.tar`, `.far`). Rates of zero (no error
+    among the pairs) are drawn at half a count."""
+    plt = _pyplot()
+    far, tar, _, positives, negatives = roc_points(distances, same)
+    floor_x, floor_y = 0.5 / negatives, 0.5 / positives
+    d = np.asarray(distances, np.float64)
+    y = np.asarray(same).astype(bool)
+    fig, ax = plt.subplots(figsize=(5.5, 5.5))
+    ax.plot(_deviate(far, floor_x), _deviate(1 - tar, floor_y), lw=2, c="tab:blue",
+            label=f"test pairs ({positives:,} same, {negatives:,} different)")
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"][1:]
+    for (name, t), colour in zip(points.items(), colours):
+        accepted = d <= t
+        x = _deviate([np.mean(accepted[~y])], floor_x)[0]
+        fy = _deviate([1 - np.mean(accepted[y])], floor_y)[0]
+        ax.plot(x, fy, "o", c=colour, ms=8, label=f"{name} (threshold {t:.3f}): measured")
+        card = (card_points or {}).get(name)
+        if card is not None:
+            ax.plot(_deviate([card.far], floor_x)[0], _deviate([1 - card.tar], floor_y)[0], "o",
+                    mfc="none", mec=colour, mew=2, ms=11, label=f"{name}: card's prediction")
+    _det_axes(ax, floor_x, floor_y, "false-accept rate (FAR)", "false non-match rate (1 - TAR)")
+    ax.set_title("Verification DET")
+    ax.legend(loc="upper right", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def open_set_det(result: dict, out: Path) -> Path:
+    """The open-set DET curve of `evaluation.open_set_identification`: FNIR against FPIR
+    (averaged over rounds), the card's predicted thresholds marked where they landed."""
+    plt = _pyplot()
+    fpir = np.asarray(result["curve"]["fpir"])
+    fnir = np.asarray(result["curve"]["fnir"])
+    mated, nonmated = result["mated_probes"], result["nonmated_probes"]
+    floor_x, floor_y = 0.5 / nonmated, 0.5 / mated
+    fig, ax = plt.subplots(figsize=(5.5, 5.5))
+    ax.plot(_deviate(fpir, floor_x), _deviate(fnir, floor_y), lw=2, c="tab:blue",
+            label=f"measured (mean of {result['rounds']} rounds)")
+    for p, colour in zip(result.get("predicted") or [], ("tab:orange", "tab:green", "tab:red")):
+        ax.plot(_deviate([p["measured_fpir"]["mean"]], floor_x)[0],
+                _deviate([1 - p["identification_rate"]["mean"]], floor_y)[0], "o", c=colour, ms=8,
+                label=f"card's threshold for FPIR {p['fpir']:g} (dotted: the target)")
+        ax.axvline(_deviate([p["fpir"]], floor_x)[0], c=colour, ls=":", lw=1)
+    if not result.get("predicted"):
+        ax.text(0.03, 0.03, "the card has no open-set model: no predicted thresholds",
+                transform=ax.transAxes, fontsize=8, color="grey")
+    _det_axes(ax, floor_x, floor_y, "false-positive identification rate (FPIR)",
+              "false-negative identification rate (FNIR)")
+    ax.set_title(f"Open-set 1:N, gallery of {result['gallery_size']:,} "
+                 f"({result['enrolled_classes']} classes x {result['shots']})", fontsize=10)
+    ax.legend(loc="upper right", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out

@@ -1,11 +1,14 @@
-"""siamese-evaluate: measure a model on a test set (pair verification, retrieval and, with
---oneshot, N-way K-shot classification)."""
+"""siamese-evaluate: measure a model on a test set (pair verification at the card's operating
+points, probability calibration, the domain check, retrieval and, with --oneshot, N-way K-shot
+classification; with --open-set, open-set 1:N identification)."""
 from __future__ import annotations
 
 import argparse
 import json
 import time
 from pathlib import Path
+
+import numpy as np
 
 from encoder.errors import ConfigError, DatasetError
 from encoder.evaluation import EPISODE_CLASSES
@@ -31,13 +34,16 @@ def parser() -> argparse.ArgumentParser:
                         "or so to chance (default: %(default)s, the tutorial's protocol)")
     p.add_argument("--threshold", type=float, help="override the card's threshold")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
-    p.add_argument("--plots", metavar="DIR", help="write roc.png, distances.png and pairs.png here")
+    p.add_argument("--plots", metavar="DIR",
+                   help="write roc.png, det.png, distances.png and pairs.png here (and "
+                        "open_set_det.png with --open-set)")
     p.add_argument("--oneshot", type=int, nargs="+", metavar="N",
                    help="also N-way one-shot accuracy: episodes of N classes, K reference images "
                         "each (--shots) and one query per class; a query takes the class of the "
                         "nearest reference (nearest class mean when K > 1). Several N may be given")
     p.add_argument("--shots", type=int, default=1, metavar="K",
-                   help="reference images per class in an episode (default: %(default)s)")
+                   help="reference images per class in an episode, and enrolled images per "
+                        "class with --open-set (default: %(default)s)")
     p.add_argument("--episodes", type=int, default=1000,
                    help="episodes per N (default: %(default)s), drawn with --seed")
     p.add_argument("--episode-classes", choices=EPISODE_CLASSES,
@@ -48,6 +54,18 @@ def parser() -> argparse.ArgumentParser:
                    help="groups (Omniglot alphabets) to evaluate on. Default: those the model "
                         "did not train on, as its card records (all of them for a model trained "
                         "on other data)")
+    p.add_argument("--open-set", action="store_true",
+                   help="also open-set 1:N identification: per round, --enrolled classes enrol "
+                        "--shots images each (the gallery); their other images are probes that "
+                        "should be identified, every image of the other classes a probe that "
+                        "should match nobody. Reports rank-1/rank-5 identification, FNIR at FPIR "
+                        "0.01/0.05/0.1, and the FPIR measured at the threshold the card predicts "
+                        "for that gallery size")
+    p.add_argument("--enrolled", type=int, metavar="N",
+                   help="classes enrolled per open-set round (default: half of them)")
+    p.add_argument("--open-set-rounds", type=int, default=10, metavar="R",
+                   help="open-set rounds, each a fresh seeded deal of the classes (default: "
+                        "%(default)s)")
     return p
 
 
@@ -73,10 +91,20 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     from encoder import Embedder
     from encoder.datasets import load_dataset
-    from encoder.evaluation import oneshot_accuracy, pair_metrics, retrieval_metrics
+    from encoder.calibration import expected_calibration_error
+    from encoder.evaluation import (oneshot_accuracy, open_set_identification,
+                                    operating_point_metrics, pair_metrics, retrieval_metrics,
+                                    tar_at_far)
 
     if args.pair_rounds < 1:
         raise ConfigError(f"--pair-rounds must be at least 1, not {args.pair_rounds}")
+    if args.open_set:
+        if args.open_set_rounds < 1:
+            raise ConfigError(f"--open-set-rounds must be at least 1, not {args.open_set_rounds}")
+        if args.enrolled is not None and args.enrolled < 2:
+            raise ConfigError(f"--enrolled must be at least 2 classes, not {args.enrolled}")
+        if args.shots < 1:
+            raise ConfigError(f"--shots must be at least 1, not {args.shots}")
     embedder = Embedder.load(args.model)
     ds = load_dataset(args.dataset[0], args.dataset[1:], split=args.split,
                       pre=embedder.card.preprocessing)
@@ -94,6 +122,27 @@ def main(argv: list[str] | None = None) -> int:
                "embed_images_per_second": round(len(ds) / embed_seconds)}
     if ds.skipped:
         results["skipped_files"] = len(ds.skipped)
+    card = embedder.card
+    points = embedder.verdicts.operating_points
+    results["operating_points"] = operating_point_metrics(pairs.distances, pairs.same, points,
+                                                          card.operating_points)
+    results["tar_at_far"] = tar_at_far(pairs.distances, pairs.same)
+    results["probability"] = None if card.probability is None else {
+        "ece": expected_calibration_error(card.probability(pairs.distances), pairs.same),
+        "card_ece": card.probability.ece}
+    if embedder.has_domain_model:
+        rejected = ~embedder.in_domain(ds.images)
+        results["domain"] = {"rejected": float(np.mean(rejected)),
+                             "rejected_images": int(rejected.sum()), "images": len(ds),
+                             "card_heldout_rejected": card.domain.heldout_rejected}
+    else:
+        results["domain"] = None
+    open_set = None
+    if args.open_set:
+        open_set = open_set_identification(
+            embeddings, ds.labels, args.enrolled, args.shots, args.open_set_rounds, args.seed,
+            None if card.open_set is None else card.open_set.threshold_for)
+        results["open_set"] = open_set
     oneshot = []
     if args.oneshot:
         if args.episode_classes == "group" and ds.groups is None:
@@ -108,22 +157,114 @@ def main(argv: list[str] | None = None) -> int:
 
         out = Path(args.plots)
         out.mkdir(parents=True, exist_ok=True)
-        results["plots"] = [str(p) for p in (
+        written = [
             plots.roc_curve(pairs.distances, pairs.same, pairs.metrics["roc_auc"], out / "roc.png"),
+            plots.det_curve(pairs.distances, pairs.same, points, out / "det.png",
+                            card.operating_points),
             plots.distance_histograms(pairs.distances, pairs.same, threshold, out / "distances.png"),
             plots.pair_grid(ds.images, pairs.first, pairs.second, pairs.same, pairs.distances,
-                            threshold, out / "pairs.png", seed=args.seed))]
+                            threshold, out / "pairs.png", seed=args.seed)]
+        if open_set is not None:
+            written.append(plots.open_set_det(open_set, out / "open_set_det.png"))
+        results["plots"] = [str(p) for p in written]
     if args.json:
         print(json.dumps(results, indent=2))
     else:
         for key, value in results.items():
-            if key == "oneshot":
+            if key in STRUCTURED:
                 continue
             shown = f"{value:.4f}" if isinstance(value, float) else value
             print(f"{key:>26}  {', '.join(shown) if isinstance(shown, list) else shown}")
         for r in oneshot:
             print(f"{'one-shot':>26}  {r}")
+        print()
+        print("\n".join(trust_lines(results, card.model_id)))
+        if open_set is not None:
+            print()
+            print("\n".join(open_set_lines(open_set)))
     return 0
+
+
+STRUCTURED = ("oneshot", "operating_points", "tar_at_far", "probability", "domain", "open_set")
+
+
+def _rate(value: float, ci=None) -> str:
+    return f"{value:.4f}" + ("" if ci is None else f" [{ci[0]:.4f}, {ci[1]:.4f}]")
+
+
+def trust_lines(results: dict, model_id: str) -> list[str]:
+    """The verdict's measurements as text: operating points, TAR@FAR, probability, domain."""
+    from scripts.table import format_table
+
+    points = results["operating_points"]
+    rows = [[name, f"{p['threshold']:.4f}", _rate(p["tar"], p["tar_ci95"]),
+             _rate(p["far"], p["far_ci95"]),
+             "-" if p["card_tar"] is None else f"{p['card_tar']:.4f}",
+             "-" if p["card_far"] is None else f"{p['card_far']:.4f}"]
+            for name, p in points.items()]
+    first = next(iter(points.values()))
+    lines = [f"operating points on the test pairs ({first['positives']:,} same-class, "
+             f"{first['negatives']:,} different-class; 95% Wilson intervals):",
+             format_table(["point", "threshold", "TAR [95% CI]", "FAR [95% CI]", "card TAR",
+                           "card FAR"], rows)]
+    if all(p["card_tar"] is None for p in points.values()):
+        lines.append(f"(model {model_id}'s card predates operating points: it predicts no "
+                     "TAR/FAR to compare with)")
+    lines.append("TAR@FAR (oracle: threshold chosen on the test pairs themselves):")
+    for r in results["tar_at_far"]:
+        note = "" if r["resolved"] else (f"; {r['negatives']:,} different-class pairs cannot "
+                                         f"resolve FAR {r['far_target']:g}")
+        lines.append(f"  FAR {r['far_target']:g}: TAR {r['tar']:.4f} (threshold "
+                     f"{r['threshold']:.4f}, FAR {r['far']:.4f}{note})")
+    probability = results["probability"]
+    lines.append("probability: " + (
+        "the card has no distance -> probability map" if probability is None else
+        f"expected calibration error {probability['ece']:.4f} on the test pairs "
+        f"(card: {probability['card_ece']:.4f} on held-out pairs)"))
+    domain = results["domain"]
+    lines.append("domain check: " + (
+        f"model {model_id} has no domain model; test images were not checked" if domain is None
+        else f"{domain['rejected']:.2%} of test images rejected as out of domain "
+             f"({domain['rejected_images']:,} of {domain['images']:,}; card: "
+             f"{domain['card_heldout_rejected']:.2%} of held-out images)"))
+    return lines
+
+
+def _mean_sd(v: dict, digits: int = 4) -> str:
+    return f"{v['mean']:.{digits}f} ± {v['sd']:.{digits}f}"
+
+
+def open_set_lines(r: dict) -> list[str]:
+    """Open-set identification as text."""
+    from scripts.table import format_table
+
+    lines = [f"open-set 1:N identification ({r['rounds']} rounds; ± is the sd over rounds): "
+             f"{r['enrolled_classes']} classes enrolled x {r['shots']} image(s) = gallery of "
+             f"{r['gallery_size']:,}, {r['not_enrolled_classes']} classes not enrolled; "
+             f"{r['mated_probes']:,.0f} mated and {r['nonmated_probes']:,.0f} non-mated probes "
+             "a round"]
+    if r["skipped_classes"]:
+        lines.append(f"  {r['skipped_classes']} class(es) with fewer than {r['shots'] + 1} images "
+                     "were never enrolled (they probe as non-mated only)")
+    lines.append(f"  rank-1 identification {_mean_sd(r['rank1'])}, rank-5 {_mean_sd(r['rank5'])}")
+    lines.append("  FNIR at FPIR (threshold chosen on the measured non-mated distances):")
+    lines.append("    " + format_table(["FPIR", "FNIR", "threshold"], [
+        [f"{p['fpir']:g}", _mean_sd(p["fnir"]), _mean_sd(p["threshold"])]
+        for p in r["fnir_at_fpir"]]).replace("\n", "\n    "))
+    if r["predicted"] is None:
+        lines.append("  prediction missing: the card has no open-set model, so there is no "
+                     "predicted threshold to check (the measured curve only)")
+    else:
+        lines.append(f"  the card's predicted threshold for a gallery of {r['gallery_size']:,}:")
+        lines.append("    " + format_table(
+            ["target FPIR", "threshold", "measured FPIR", "identification rate"],
+            [[f"{p['fpir']:g}", f"{p['threshold']:.4f}" + ("" if p["calibrated"] else " *"),
+              _mean_sd(p["measured_fpir"]), _mean_sd(p["identification_rate"])]
+             for p in r["predicted"]]).replace("\n", "\n    "))
+        if not all(p["calibrated"] for p in r["predicted"]):
+            lines.append("    * beyond what calibration measured (stricter than its closest "
+                         "impostor pair)")
+    return lines
 
 
 def group_summary(ds, which: str) -> dict:
