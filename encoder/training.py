@@ -33,9 +33,9 @@ MIN_VAL_CLASSES = 12  # held out by a class split, unless that would leave fewer
 @dataclass
 class TrainConfig:
     arch: str = "default"
-    embedding_dim: Optional[int] = None  # default: 64 for ours, 48 for the tutorial's
+    embedding_dim: Optional[int] = None  # None: 64 for ours, 48 for the tutorial's (resolve)
     width: int = 32  # filters of our default network's first block (doubling per block)
-    depth: Optional[int] = None  # conv blocks of our default network (None: down to 8 pixels)
+    depth: Optional[int] = None  # conv blocks of our default network (None: to 8 pixels, resolve)
     epochs: int = 20
     time_budget: Optional[float] = None  # seconds of training; stops mid-epoch when spent
     seed: int = 0
@@ -99,10 +99,18 @@ class TrainConfig:
         Validation split: whole groups when the data has them (Omniglot: alphabets never seen),
         whole classes for folders (the threshold is then calibrated on classes never trained on,
         as a gallery of new people or products is used), images for Fashion-MNIST (the same ten
-        classes at test time). Augmentation: affine distortions when classes are small."""
+        classes at test time). Augmentation: affine distortions when classes are small. The
+        network's embedding size and depth: the values `models.build_encoder` would choose for
+        the dataset's image size (depth applies to our default network only)."""
+        from .models import EMBEDDING_DIMS, default_depth
+
         val_split, augment = self.val_split, self.augment
         classes = np.unique(ds.labels)
         small = np.median(np.bincount(ds.labels)[classes]) < SMALL_CLASS
+        embedding_dim = self.embedding_dim or EMBEDDING_DIMS.get(self.arch)
+        depth = self.depth
+        if depth is None and self.arch == "default":
+            depth = default_depth(min(ds.images.shape[1:3]))
         if val_split == "auto":
             val_split = ("group" if ds.groups is not None
                          else "image" if ds.kind == "fashion-mnist" else "class")
@@ -121,7 +129,7 @@ class TrainConfig:
                               "use --val-split class or group")
         refit = folds > 1 if self.refit is None else self.refit
         return replace(self, val_split=val_split, augment=augment, calibration_folds=folds,
-                       refit=refit)
+                       refit=refit, embedding_dim=embedding_dim, depth=depth)
 
 
 def split_train_val(ds: Dataset, config: TrainConfig, fold: int = 0

@@ -261,3 +261,30 @@ def test_card_records_oneshot_accuracy_of_held_out_classes(fashion_test, tmp_pat
     assert oneshot["episode_classes"] == "any" and set(oneshot) == {"episode_classes", "episodes", "5-way"}
     assert 0.2 <= oneshot["5-way"] <= 1.0
     assert f"one-shot on held-out classes: all 5-way {oneshot['5-way']:.3f}" in lines
+
+
+def test_resolve_decides_every_auto_setting_as_the_network_would(small_folder):
+    """The card holds the values used, not null: the embedding size and depth that
+    build_encoder would choose for the data's image size, so the same network is built."""
+    from dataclasses import asdict
+
+    ds = load_image_folder(small_folder)  # 28x28
+    config = TrainConfig().resolve(ds)
+    assert (config.embedding_dim, config.depth) == (64, 3)
+    assert [k for k, v in asdict(config).items() if v is None] == ["time_budget"]  # no budget
+    big = Dataset(np.zeros((8, 64, 64, 1), np.uint8), np.repeat(np.arange(4), 2),
+                  list("abcd"), name="big", kind="folder")
+    assert TrainConfig().resolve(big).depth == 4
+    tutorial = TrainConfig(arch="tutorial").resolve(ds)
+    assert (tutorial.embedding_dim, tutorial.depth) == (48, None)  # no depth to choose
+    assert TrainConfig(embedding_dim=16, depth=2).resolve(ds).depth == 2
+    assert TrainConfig(embedding_dim=16).resolve(ds).embedding_dim == 16
+
+    def layout(model):
+        return [(type(l).__name__, l.output.shape, l.count_params()) for l in model.layers]
+
+    for data, arch in ((ds, "default"), (big, "default"), (ds, "tutorial")):
+        pre = Preprocessing(*data.images.shape[1:])
+        resolved = TrainConfig(arch=arch).resolve(data)
+        built = build_encoder(arch, pre, resolved.embedding_dim, depth=resolved.depth)
+        assert layout(built) == layout(build_encoder(arch, pre))  # the same network as "auto"
