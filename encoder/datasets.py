@@ -28,6 +28,7 @@ FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                          "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".pgm", ".ppm"}
 DATASET_KINDS = ("fashion-mnist", "folder", "omniglot")
+GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")
 
 
 @dataclass
@@ -196,13 +197,29 @@ def image_files(folder: str | os.PathLike, others: Optional[list[str]] = None) -
     return found
 
 
+def colour_mode(img: Image.Image) -> str:
+    """The image's mode, but "L" (or "LA") for a palette image whose colours in use are all
+    grey (r == g == b): a grey GIF, or a PNG or TIFF that an editor saved with a palette."""
+    if img.mode not in ("P", "PA"):
+        return img.mode
+    palette = img.getpalette("RGB")
+    if not palette:
+        return img.mode
+    colours = np.asarray(palette, np.uint8).reshape(-1, 3)
+    used = np.unique(np.asarray(img.getchannel(0)))
+    colours = colours[used[used < len(colours)]]
+    grey = bool((colours == colours[:, :1]).all())
+    return ("L" if img.mode == "P" else "LA") if grey else img.mode
+
+
 def infer_preprocessing(sizes: Sequence[tuple[int, int]], modes: Sequence[str],
                         side: Optional[int] = None) -> Preprocessing:
-    """A sensible model input for a folder of images: grey unless any image has colour; a square
-    side near the median image size, between 28 and 64 pixels (small data does not need more),
-    and at most 32 for fewer than 1,000 images (a few hundred images cannot teach finer detail,
-    and 32 pixels train four times faster than 64), unless `side` is given."""
-    grey = all(m in ("1", "L", "LA", "I", "I;16", "F") for m in modes)
+    """A sensible model input for a folder of images: grey unless any image has colour (`modes`
+    as `colour_mode` gives them, so grey palettes count as grey); a square side near the median
+    image size, between 28 and 64 pixels (small data does not need more), and at most 32 for
+    fewer than 1,000 images (a few hundred images cannot teach finer detail, and 32 pixels train
+    four times faster than 64), unless `side` is given."""
+    grey = all(m in GREY_MODES for m in modes)
     if side is None:
         side = int(np.median([min(w, h) for w, h in sizes]))
         side = int(np.clip(round(side / 4) * 4, 28, 64 if len(sizes) >= 1000 else 32))
@@ -237,7 +254,7 @@ def _load_files(entries: list[tuple[str, int, Optional[int]]], read, pre: Option
         raise DatasetError(f"{what}: no readable images")
     if pre is None:
         pre = infer_preprocessing([im.size for im, _, _ in decoded],
-                                  [im.mode for im, _, _ in decoded], side)
+                                  [colour_mode(im) for im, _, _ in decoded], side)
     raw = replace(pre, invert=False)
     images = np.stack([to_array(im, raw) for im, _, _ in decoded])
     return images, [l for _, l, _ in decoded], [g for _, _, g in decoded], skipped, pre

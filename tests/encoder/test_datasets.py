@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from encoder.datasets import (Dataset, infer_preprocessing, load_dataset, load_fashion_mnist,
-                              load_image_folder, load_omniglot)
+from encoder.datasets import (Dataset, colour_mode, infer_preprocessing, load_dataset,
+                              load_fashion_mnist, load_image_folder, load_omniglot)
 from encoder.errors import DatasetError
 from encoder.images import Preprocessing
 
@@ -189,3 +189,41 @@ def test_input_size_is_chosen_or_inferred(small_folder):
     assert load_dataset("folder", [str(small_folder)], side=40).images.shape[1:] == (40, 40, 1)
     with pytest.raises(DatasetError, match="fashion-mnist images are 28x28"):
         load_dataset("fashion-mnist", ["x"], side=32)
+
+
+def _palette(grey_used: bool, colour_unused: bool = False) -> Image.Image:
+    """A real palette image: grey strokes on white, its palette grey (or one colour in use), and
+    optionally colours in the palette that no pixel uses."""
+    a = np.full((40, 40), 255, np.uint8)
+    a[10:30, 18:22] = 30
+    image = Image.fromarray(a).convert("P")  # a palette of 256 greys
+    if not grey_used:
+        palette = image.getpalette("RGB")
+        used = int(np.asarray(image)[20, 20])
+        palette[3 * used: 3 * used + 3] = [200, 30, 30]  # the stroke is red
+        image.putpalette(palette)
+    elif colour_unused:
+        palette = image.getpalette("RGB")
+        index = int(np.setdiff1d(np.arange(len(palette) // 3), np.unique(np.asarray(image)))[0])
+        palette[3 * index: 3 * index + 3] = [0, 255, 0]  # green, used by no pixel
+        image.putpalette(palette)
+    return image
+
+
+def test_grey_palette_images_count_as_grey(tmp_path):
+    """Grey images saved with a palette (GIF, or PNG and TIFF from an editor) keep a model grey;
+    one palette image in colour makes it RGB."""
+    for c in ("a", "b"):
+        (tmp_path / c).mkdir()
+        _palette(True).save(tmp_path / c / "1.png")
+        _palette(True).save(tmp_path / c / "2.tif")
+        _palette(True, colour_unused=True).save(tmp_path / c / "3.gif")
+        Image.fromarray(np.full((40, 40), 128, np.uint8)).save(tmp_path / c / "4.png")
+    assert Image.open(tmp_path / "a" / "2.tif").mode == "P"
+    ds = load_image_folder(tmp_path)
+    assert ds.images.shape == (8, 32, 32, 1)  # grey (40 pixels: at most 32 for few images)
+    assert ds.images[0, 16, 16, 0] == 30
+    _palette(False).save(tmp_path / "b" / "5.png")
+    assert load_image_folder(tmp_path).images.shape[-1] == 3
+    assert colour_mode(_palette(True).convert("PA")) == "LA"
+    assert colour_mode(_palette(False).convert("PA")) == "PA"
