@@ -485,7 +485,7 @@ def train(ds: Dataset, config: TrainConfig, out_dir: str | os.PathLike,
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
     height, width, channels = ds.images.shape[1:]
-    pre = Preprocessing(height, width, channels, invert=config.invert)
+    pre = Preprocessing(height, width, channels, invert=config.invert, fit=ds.fit)
     x_all = prepare_batch(ds.images, pre)
     folds = config.calibration_folds
     fits_to_run = folds + int(config.refit)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 
+from encoder.images import FITS
 from encoder.training import AUGMENTATIONS, SMALL_CLASS, VAL_SPLITS
 from scripts.common import add_dataset_argument, run
 
@@ -57,6 +58,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--input-size", type=int, metavar="PIXELS",
                    help="folder and omniglot data: square input side (default: the median image "
                         "side, kept within 28..64, and at most 32 for fewer than 1,000 images)")
+    p.add_argument("--fit", choices=FITS, default="stretch",
+                   help="how an image that is not square fills the square input, in training and "
+                        "whenever the model is used (the card records it): stretch it, or pad: "
+                        "keep its aspect ratio and fill the rest with its background (the median "
+                        "of its border pixels), for long images such as signatures "
+                        "(default: %(default)s)")
     p.add_argument("--val-fraction", type=float, default=0.1,
                    help="share of images, classes or groups held out (default: %(default)s; a "
                         "class split holds out at least 12 classes, or half when fewer than 24)")
@@ -98,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
         group_batches=args.group_batches, invert=args.invert, val_fraction=args.val_fraction,
         val_split=args.val_split, calibration_folds=args.calibration_folds, refit=args.refit,
         patience=args.patience, far_target=args.far_target)
-    ds = load_dataset(args.dataset[0], args.dataset[1:], split="train", side=args.input_size)
+    ds = load_dataset(args.dataset[0], args.dataset[1:], split="train", side=args.input_size,
+                      fit=args.fit)
     for name, reason in ds.skipped:
         print(f"skipped {name}: {reason}")
     train(ds, config, args.out)

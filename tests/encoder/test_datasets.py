@@ -227,3 +227,22 @@ def test_grey_palette_images_count_as_grey(tmp_path):
     assert load_image_folder(tmp_path).images.shape[-1] == 3
     assert colour_mode(_palette(True).convert("PA")) == "LA"
     assert colour_mode(_palette(False).convert("PA")) == "PA"
+
+
+def test_pad_fits_long_images_into_the_dataset(tmp_path):
+    for c in ("a", "b"):
+        (tmp_path / c).mkdir()
+        for i in range(2):
+            a = np.full((30, 90), 240, np.uint8)
+            a[10:20, 20 + 10 * i: 70] = 0
+            Image.fromarray(a).save(tmp_path / c / f"{i}.png")
+    ds = load_dataset("folder", [str(tmp_path)], side=30, fit="pad")
+    assert ds.fit == "pad" and ds.images.shape == (4, 30, 30, 1)
+    assert (ds.images[:, :10] == 240).all() and (ds.images[:, 20:] == 240).all()
+    stretched = load_dataset("folder", [str(tmp_path)], side=30)
+    assert stretched.fit == "stretch"
+    # The 10-pixel-high stroke: 10 rows high stretched (30 -> 30), a third of that padded.
+    rows = [np.ptp(np.nonzero((d.images[0, :, :, 0] < 128).any(axis=1))[0]) + 1
+            for d in (stretched, ds)]
+    assert rows[0] == 10 and 3 <= rows[1] <= 5
+    assert load_image_folder(tmp_path, Preprocessing(30, 30, 1, fit="pad")).fit == "pad"
