@@ -42,6 +42,7 @@ class Dataset:
     group_names: list[str] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
     fit: str = "stretch"  # how the images were fitted to their size (`Preprocessing.fit`)
+    excluded_classes: list[str] = field(default_factory=list)  # left out by `select_classes`
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -85,6 +86,29 @@ class Dataset:
                                f"it has {', '.join(self.group_names)}")
         wanted = [self.group_names.index(n) for n in names]
         return self.subset(np.nonzero(np.isin(self.groups, wanted))[0])
+
+    def select_classes(self, keep: Optional[Sequence[str]] = None,
+                       exclude: Optional[Sequence[str]] = None) -> "Dataset":
+        """Only the classes named in `keep` (default: all), less those named in `exclude`: to hold
+        classes out of training and evaluate on exactly them later. Names are class names: the
+        sub-folder names of a folder tree, "Alphabet/character" for Omniglot. Unknown names are
+        an error naming them; the classes left out are added to `excluded_classes`."""
+        named = [*(keep or ()), *(exclude or ())]
+        unknown = sorted(set(named) - set(self.class_names))
+        if unknown:
+            shown = ", ".join(self.class_names[:10]) + (
+                f" ... ({self.num_classes} in all)" if self.num_classes > 10 else "")
+            raise DatasetError(f"{self.name}: no class named {', '.join(map(repr, unknown))}; "
+                               f"it has {shown}")
+        wanted = set(self.class_names if keep is None else keep) - set(exclude or ())
+        chosen = [c for c, name in enumerate(self.class_names) if name in wanted]
+        if not chosen:
+            raise DatasetError(f"{self.name}: no classes left once "
+                               + ("kept and excluded" if keep is not None and exclude else
+                                  "excluded" if exclude else "chosen"))
+        left_out = [name for name in self.class_names if name not in wanted]
+        return replace(self.subset(np.nonzero(np.isin(self.labels, chosen))[0]),
+                       excluded_classes=sorted({*self.excluded_classes, *left_out}))
 
     def count_report(self, shown: int = 60) -> list[str]:
         """Lines for people: images per class (every class when there are few, else the

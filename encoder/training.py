@@ -550,6 +550,8 @@ def train(ds: Dataset, config: TrainConfig, out_dir: str | os.PathLike,
         training={"dataset": ds.name, "fingerprint": ds.fingerprint(), "images": int(len(train_idx)),
                   "classes": int(len(np.unique(ds.labels[train_idx]))),
                   "class_names": list(ds.class_names)[:1000],
+                  # Classes left out of the data (--classes, --exclude-classes): never seen.
+                  "excluded_classes": list(ds.excluded_classes)[:1000],
                   # The groups (Omniglot alphabets) trained on and held out: evaluation leaves out
                   # by default the ones the model has seen.
                   "groups": trained_groups,

@@ -5,7 +5,7 @@ import argparse
 
 from encoder.images import FITS
 from encoder.training import AUGMENTATIONS, SMALL_CLASS, VAL_SPLITS
-from scripts.common import add_dataset_argument, run
+from scripts.common import add_class_arguments, add_dataset_argument, choose_classes, run
 
 
 def parser() -> argparse.ArgumentParser:
@@ -14,6 +14,7 @@ def parser() -> argparse.ArgumentParser:
         epilog="example: siamese-train --dataset fashion-mnist ../shared/datasets/fashion-mnist "
                "--out models/fashion-mnist --epochs 12")
     add_dataset_argument(p)
+    add_class_arguments(p, "to train and validate on; the card records the classes left out")
     p.add_argument("--out", required=True, help="model directory to write (model.keras + card.json)")
     p.add_argument("--arch", default="default", choices=["default", "tutorial"],
                    help="network: our default, or the tutorial's exact network (default: %(default)s)")
@@ -109,6 +110,11 @@ def main(argv: list[str] | None = None) -> int:
                       fit=args.fit)
     for name, reason in ds.skipped:
         print(f"skipped {name}: {reason}")
+    ds = choose_classes(ds, args)
+    if ds.excluded_classes:
+        print(f"left out {len(ds.excluded_classes)} class(es): "
+              + ", ".join(ds.excluded_classes[:20])
+              + (" ..." if len(ds.excluded_classes) > 20 else ""))
     train(ds, config, args.out)
     return 0
 

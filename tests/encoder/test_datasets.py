@@ -229,6 +229,31 @@ def test_grey_palette_images_count_as_grey(tmp_path):
     assert colour_mode(_palette(False).convert("PA")) == "PA"
 
 
+def test_classes_are_kept_or_left_out_by_name(small_folder, omniglot_dir):
+    ds = load_image_folder(small_folder)
+    held = ds.select_classes(exclude=["Bag", "Trouser"])
+    assert held.class_names == ["Sneaker", "T-shirt-top"] and len(held) == 60
+    assert held.labels.max() == 1 and held.excluded_classes == ["Bag", "Trouser"]
+    np.testing.assert_array_equal(held.images[0], ds.images[ds.labels == ds.class_names.index(
+        "Sneaker")][0])
+    kept = ds.select_classes(keep=["Trouser", "Bag"])
+    assert kept.class_names == ["Bag", "Trouser"] and kept.excluded_classes == ["Sneaker",
+                                                                                "T-shirt-top"]
+    assert kept.select_classes(exclude=["Bag"]).excluded_classes == ["Bag", "Sneaker",
+                                                                     "T-shirt-top"]
+    with pytest.raises(DatasetError, match=r"no class named 'Hat', 'Sock'; it has Bag, "
+                                           "Sneaker, T-shirt-top, Trouser"):
+        ds.select_classes(exclude=["Bag", "Sock", "Hat"])
+    with pytest.raises(DatasetError, match="no classes left once excluded"):
+        ds.select_classes(exclude=ds.class_names)
+    omniglot = load_omniglot([omniglot_dir / "images_background_small1.zip"], side=28)
+    greek = [n for n in omniglot.class_names if n.startswith("Greek/")][:3]
+    assert omniglot.select_classes(keep=greek).groups_present() == ["Greek"]
+    with pytest.raises(DatasetError, match=r"no class named 'Greek/alpha'; it has "
+                                           r"Balinese/character01, .* \(136 in all\)"):
+        omniglot.select_classes(keep=["Greek/alpha"])
+
+
 def test_pad_fits_long_images_into_the_dataset(tmp_path):
     for c in ("a", "b"):
         (tmp_path / c).mkdir()
