@@ -28,6 +28,10 @@ AUGMENTATIONS = ("auto", "none", "flip", "flip-shift", "affine")
 VAL_SPLITS = ("auto", "image", "class", "group")
 SMALL_CLASS = 100  # images per class (median) below which `augment="auto"` distorts images
 MIN_VAL_CLASSES = 12  # held out by a class split, unless that would leave fewer to train on
+AUTO_FOLDS, MIN_FOLD_CLASSES = 3, 6  # calibration folds chosen by "auto", and the classes they need
+# Below these, a threshold calibrated on held-out classes is measured on too few of them (or on
+# too few pairs of different classes) for its accuracy to mean much: a warning says so.
+THIN_CLASSES, THIN_CLASS_PAIRS = 8, 28  # 28: the pairs of 8 classes held out together
 
 
 @dataclass
@@ -106,7 +110,7 @@ class TrainConfig:
 
         val_split, augment = self.val_split, self.augment
         classes = np.unique(ds.labels)
-        small = np.median(np.bincount(ds.labels)[classes]) < SMALL_CLASS
+        small = _small_classes(ds)
         embedding_dim = self.embedding_dim or EMBEDDING_DIMS.get(self.arch)
         depth = self.depth
         if depth is None and self.arch == "default":
@@ -123,13 +127,47 @@ class TrainConfig:
             raise ConfigError(f"group batches: {ds.name} has no groups (alphabets)")
         folds = self.calibration_folds
         if folds is None:
-            folds = 3 if val_split == "class" and small and len(classes) >= 6 else 1
+            many = len(classes) >= MIN_FOLD_CLASSES
+            folds = AUTO_FOLDS if val_split == "class" and small and many else 1
         if folds > 1 and val_split not in ("class", "group"):
             raise ConfigError(f"{folds} calibration folds hold out whole classes or groups: "
                               "use --val-split class or group")
         refit = folds > 1 if self.refit is None else self.refit
         return replace(self, val_split=val_split, augment=augment, calibration_folds=folds,
                        refit=refit, embedding_dim=embedding_dim, depth=depth)
+
+
+def _small_classes(ds: Dataset) -> bool:
+    """Whether the median class has fewer than SMALL_CLASS images (what "auto" adapts to)."""
+    return bool(np.median(np.bincount(ds.labels)[np.unique(ds.labels)]) < SMALL_CLASS)
+
+
+def validation_warnings(ds: Dataset, requested: TrainConfig,
+                        splits: list[tuple[np.ndarray, np.ndarray]]) -> list[str]:
+    """What makes the validation numbers (threshold accuracy, ROC AUC, EER) less than they seem,
+    for people to read before trusting them: calibration folds that "auto" would have used but
+    the data is too small for, and a threshold calibrated on too few held-out classes (or pairs
+    of different classes) for its measured accuracy to be more than the luck of the draw."""
+    config = requested.resolve(ds)
+    warnings = []
+    classes = len(np.unique(ds.labels))
+    if (requested.calibration_folds is None and config.calibration_folds == 1
+            and config.val_split == "class" and _small_classes(ds) and classes < MIN_FOLD_CLASSES):
+        warnings.append(f"calibration folds: {AUTO_FOLDS} folds (the default for small classes) "
+                        f"need {MIN_FOLD_CLASSES} classes or more, this data has {classes}; "
+                        "validating on one split instead")
+    if config.val_split in ("class", "group"):
+        held_out = [len(np.unique(ds.labels[v])) for _, v in splits]
+        pairs = sum(k * (k - 1) // 2 for k in held_out)
+        if sum(held_out) < THIN_CLASSES or pairs < THIN_CLASS_PAIRS:
+            folds = f" over {len(splits)} folds" if len(splits) > 1 else ""
+            warnings.append(
+                f"thin validation: the threshold is calibrated on {sum(held_out)} held-out "
+                f"class(es){folds}, {pairs} pair(s) of different classes; below {THIN_CLASSES} "
+                f"classes or {THIN_CLASS_PAIRS} pairs its accuracy, ROC AUC and EER depend on "
+                "which classes happen to be held out. Add classes, or use --val-split image "
+                "(held-out images of every class, which training then sees)")
+    return warnings
 
 
 def split_train_val(ds: Dataset, config: TrainConfig, fold: int = 0
@@ -481,7 +519,7 @@ def train(ds: Dataset, config: TrainConfig, out_dir: str | os.PathLike,
     for line in ds.count_report():
         report(line)
     ds.check_trainable()
-    config = config.resolve(ds)
+    requested, config = config, config.resolve(ds)
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
     height, width, channels = ds.images.shape[1:]
@@ -491,6 +529,9 @@ def train(ds: Dataset, config: TrainConfig, out_dir: str | os.PathLike,
     fits_to_run = folds + int(config.refit)
     time_budget = config.time_budget / fits_to_run if config.time_budget else None
     splits = [split_train_val(ds, config, fold=k) for k in range(folds)]  # errors before training
+    warnings = validation_warnings(ds, requested, splits)
+    for warning in warnings:
+        report(f"warning: {warning}")
     fits, distances, same, retrievals, oneshot = [], [], [], [], []
     for k, (train_idx, val_idx) in enumerate(splits):
         keras.utils.set_random_seed(config.seed + k)
@@ -570,7 +611,7 @@ def train(ds: Dataset, config: TrainConfig, out_dir: str | os.PathLike,
                   "parameters": int(encoder.count_params()),
                   "versions": {"tensorflow": tf.__version__, "keras": keras.__version__,
                                "numpy": np.__version__, "python": platform.python_version()},
-                  "cpus": os.cpu_count()},
+                  "cpus": os.cpu_count(), "warnings": warnings},
         created=now())
     save_model(out_dir, encoder, card)
     report(f"saved {Path(out_dir)} (model {card.model_id}): threshold {cal.threshold:.4f}, "
@@ -578,4 +619,7 @@ def train(ds: Dataset, config: TrainConfig, out_dir: str | os.PathLike,
            + (f" (cross-validated {validation['cross_validated_accuracy']:.4f})" if folds > 1 else "")
            + f", ROC AUC {cal.roc_auc:.4f}, EER {cal.eer:.4f}, "
            f"recall@1 {validation['recall@1']:.4f}, {_clock(time.perf_counter() - started)} in all")
+    if warnings:
+        report(f"warning: read these numbers with the {len(warnings)} warning(s) above in mind "
+               "(also in the card's training.warnings)")
     return card

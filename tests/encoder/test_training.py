@@ -9,7 +9,8 @@ from encoder.datasets import Dataset, load_image_folder
 from encoder.errors import ConfigError, DatasetError
 from encoder.images import Preprocessing
 from encoder.models import build_encoder, siamese_model
-from encoder.training import TrainConfig, oneshot_summary, split_train_val, train
+from encoder.training import (TrainConfig, oneshot_summary, split_train_val, train,
+                              validation_warnings)
 
 GREY28 = Preprocessing(28, 28, 1)
 
@@ -288,3 +289,48 @@ def test_resolve_decides_every_auto_setting_as_the_network_would(small_folder):
         resolved = TrainConfig(arch=arch).resolve(data)
         built = build_encoder(arch, pre, resolved.embedding_dim, depth=resolved.depth)
         assert layout(built) == layout(build_encoder(arch, pre))  # the same network as "auto"
+
+
+def test_thin_validation_is_a_warning_on_screen_and_in_the_card(small_folder, tmp_path):
+    """Four classes: auto would use three calibration folds but cannot, and the threshold is
+    calibrated on the two held-out classes (one pair of different classes): both said, not
+    silent, and recorded."""
+    ds = load_image_folder(small_folder)
+    lines = []
+    card = train(ds, TrainConfig(epochs=1, width=8, min_steps_per_epoch=2, calibration_rounds=1),
+                 tmp_path / "m", report=lines.append)
+    warnings = card.training["warnings"]
+    assert len(warnings) == 2
+    assert warnings[0].startswith("calibration folds: 3 folds (the default for small classes) "
+                                  "need 6 classes or more, this data has 4")
+    assert warnings[1].startswith("thin validation: the threshold is calibrated on 2 held-out "
+                                  "class(es), 1 pair(s) of different classes")
+    assert "--val-split image" in warnings[1]
+    shown = [line for line in lines if line.startswith("warning: ")]
+    assert shown[:2] == [f"warning: {w}" for w in warnings]
+    assert lines.index(shown[0]) < min(i for i, l in enumerate(lines) if l.startswith("epoch 1/1"))
+    assert "2 warning(s) above" in lines[-1]
+    settings = json.loads((tmp_path / "m" / "card.json").read_text())["training"]["settings"]
+    assert (settings["embedding_dim"], settings["depth"]) == (64, 3)
+
+
+def test_enough_held_out_classes_give_no_warning():
+    def data(classes):
+        return Dataset(np.zeros((10 * classes, 4, 4, 1), np.uint8),
+                       np.repeat(np.arange(classes), 10), [str(i) for i in range(classes)],
+                       name=f"{classes}", kind="folder")
+
+    def warnings(ds, config):
+        resolved = config.resolve(ds)
+        splits = [split_train_val(ds, resolved, fold=k) for k in range(resolved.calibration_folds)]
+        return validation_warnings(ds, config, splits)
+
+    assert warnings(data(40), TrainConfig()) == []  # 3 folds of 13-14 classes
+    assert warnings(data(40), TrainConfig(calibration_folds=1)) == []  # 12 held out: 66 pairs
+    assert warnings(data(4), TrainConfig(val_split="image", val_fraction=0.2)) == []  # held-out
+    # images of every class: the threshold is for these classes, on many pairs
+    ten = warnings(data(10), TrainConfig())  # 3 folds of 4, 3 and 3 classes: 12 pairs
+    assert len(ten) == 1 and "10 held-out class(es) over 3 folds, 12 pair(s)" in ten[0]
+    # Asked for one fold: no fallback to report, but still thin.
+    four = warnings(data(4), TrainConfig(calibration_folds=1))
+    assert len(four) == 1 and four[0].startswith("thin validation")
