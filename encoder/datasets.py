@@ -19,8 +19,8 @@ from typing import Optional, Sequence
 import numpy as np
 from PIL import Image
 
-from .errors import BadImageError, DatasetError
-from .images import MAX_IMAGE_BYTES, Preprocessing, decode, read_bytes, to_array
+from .errors import BadImageError, ConfigError, DatasetError
+from .images import FITS, MAX_IMAGE_BYTES, Preprocessing, decode, read_bytes, to_array
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +28,7 @@ FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                          "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".pgm", ".ppm"}
 DATASET_KINDS = ("fashion-mnist", "folder", "omniglot")
+GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")
 
 
 @dataclass
@@ -40,6 +41,8 @@ class Dataset:
     groups: Optional[np.ndarray] = None  # e.g. the Omniglot alphabet of each image
     group_names: list[str] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
+    fit: str = "stretch"  # how the images were fitted to their size (`Preprocessing.fit`)
+    excluded_classes: list[str] = field(default_factory=list)  # left out by `select_classes`
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -83,6 +86,29 @@ class Dataset:
                                f"it has {', '.join(self.group_names)}")
         wanted = [self.group_names.index(n) for n in names]
         return self.subset(np.nonzero(np.isin(self.groups, wanted))[0])
+
+    def select_classes(self, keep: Optional[Sequence[str]] = None,
+                       exclude: Optional[Sequence[str]] = None) -> "Dataset":
+        """Only the classes named in `keep` (default: all), less those named in `exclude`: to hold
+        classes out of training and evaluate on exactly them later. Names are class names: the
+        sub-folder names of a folder tree, "Alphabet/character" for Omniglot. Unknown names are
+        an error naming them; the classes left out are added to `excluded_classes`."""
+        named = [*(keep or ()), *(exclude or ())]
+        unknown = sorted(set(named) - set(self.class_names))
+        if unknown:
+            shown = ", ".join(self.class_names[:10]) + (
+                f" ... ({self.num_classes} in all)" if self.num_classes > 10 else "")
+            raise DatasetError(f"{self.name}: no class named {', '.join(map(repr, unknown))}; "
+                               f"it has {shown}")
+        wanted = set(self.class_names if keep is None else keep) - set(exclude or ())
+        chosen = [c for c, name in enumerate(self.class_names) if name in wanted]
+        if not chosen:
+            raise DatasetError(f"{self.name}: no classes left once "
+                               + ("kept and excluded" if keep is not None and exclude else
+                                  "excluded" if exclude else "chosen"))
+        left_out = [name for name in self.class_names if name not in wanted]
+        return replace(self.subset(np.nonzero(np.isin(self.labels, chosen))[0]),
+                       excluded_classes=sorted({*self.excluded_classes, *left_out}))
 
     def count_report(self, shown: int = 60) -> list[str]:
         """Lines for people: images per class (every class when there are few, else the
@@ -196,17 +222,33 @@ def image_files(folder: str | os.PathLike, others: Optional[list[str]] = None) -
     return found
 
 
+def colour_mode(img: Image.Image) -> str:
+    """The image's mode, but "L" (or "LA") for a palette image whose colours in use are all
+    grey (r == g == b): a grey GIF, or a PNG or TIFF that an editor saved with a palette."""
+    if img.mode not in ("P", "PA"):
+        return img.mode
+    palette = img.getpalette("RGB")
+    if not palette:
+        return img.mode
+    colours = np.asarray(palette, np.uint8).reshape(-1, 3)
+    used = np.unique(np.asarray(img.getchannel(0)))
+    colours = colours[used[used < len(colours)]]
+    grey = bool((colours == colours[:, :1]).all())
+    return ("L" if img.mode == "P" else "LA") if grey else img.mode
+
+
 def infer_preprocessing(sizes: Sequence[tuple[int, int]], modes: Sequence[str],
-                        side: Optional[int] = None) -> Preprocessing:
-    """A sensible model input for a folder of images: grey unless any image has colour; a square
-    side near the median image size, between 28 and 64 pixels (small data does not need more),
-    and at most 32 for fewer than 1,000 images (a few hundred images cannot teach finer detail,
-    and 32 pixels train four times faster than 64), unless `side` is given."""
-    grey = all(m in ("1", "L", "LA", "I", "I;16", "F") for m in modes)
+                        side: Optional[int] = None, fit: str = "stretch") -> Preprocessing:
+    """A sensible model input for a folder of images: grey unless any image has colour (`modes`
+    as `colour_mode` gives them, so grey palettes count as grey); a square side near the median
+    image size, between 28 and 64 pixels (small data does not need more), and at most 32 for
+    fewer than 1,000 images (a few hundred images cannot teach finer detail, and 32 pixels train
+    four times faster than 64), unless `side` is given. `fit`: see `Preprocessing.fit`."""
+    grey = all(m in GREY_MODES for m in modes)
     if side is None:
         side = int(np.median([min(w, h) for w, h in sizes]))
         side = int(np.clip(round(side / 4) * 4, 28, 64 if len(sizes) >= 1000 else 32))
-    return Preprocessing(height=side, width=side, channels=1 if grey else 3)
+    return Preprocessing(height=side, width=side, channels=1 if grey else 3, fit=fit)
 
 
 def _report_progress(done: int, total: int, start: float, what: str) -> None:
@@ -217,7 +259,7 @@ def _report_progress(done: int, total: int, start: float, what: str) -> None:
 
 
 def _load_files(entries: list[tuple[str, int, Optional[int]]], read, pre: Optional[Preprocessing],
-                what: str, side: Optional[int] = None
+                what: str, side: Optional[int] = None, fit: str = "stretch"
                 ) -> tuple[np.ndarray, list[int], list[Optional[int]], list[tuple[str, str]],
                            Preprocessing]:
     """Decode (name, label, group) entries with `read(name) -> bytes`; skip and report bad files."""
@@ -237,7 +279,7 @@ def _load_files(entries: list[tuple[str, int, Optional[int]]], read, pre: Option
         raise DatasetError(f"{what}: no readable images")
     if pre is None:
         pre = infer_preprocessing([im.size for im, _, _ in decoded],
-                                  [im.mode for im, _, _ in decoded], side)
+                                  [colour_mode(im) for im, _, _ in decoded], side, fit)
     raw = replace(pre, invert=False)
     images = np.stack([to_array(im, raw) for im, _, _ in decoded])
     return images, [l for _, l, _ in decoded], [g for _, _, g in decoded], skipped, pre
@@ -259,7 +301,7 @@ def _class_folders(root: Path) -> tuple[list[str], list[tuple[str, str]]]:
 
 
 def load_image_folder(root: str | os.PathLike, pre: Optional[Preprocessing] = None,
-                      side: Optional[int] = None) -> Dataset:
+                      side: Optional[int] = None, fit: str = "stretch") -> Dataset:
     """A class-per-subfolder tree: `root/<class>/**/<image>`. Symbolic links to folders inside a
     class are not followed, and a class folder that links back to the tree is refused (no loops);
     files that do not decode are reported in `skipped`."""
@@ -277,7 +319,7 @@ def load_image_folder(root: str | os.PathLike, pre: Optional[Preprocessing] = No
         raise DatasetError(f"{root}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) "
                            "in its class sub-folders")
     images, labels, _, skipped, pre = _load_files(
-        entries, lambda p: read_bytes(p, MAX_IMAGE_BYTES), pre, str(root), side)
+        entries, lambda p: read_bytes(p, MAX_IMAGE_BYTES), pre, str(root), side, fit)
     labels = np.asarray(labels, np.int64)
     empty = sorted(set(range(len(classes))) - set(labels.tolist()))
     if empty:
@@ -285,12 +327,12 @@ def load_image_folder(root: str | os.PathLike, pre: Optional[Preprocessing] = No
         log.warning("%s: %d class folder(s) without a readable image, left out: %s", root,
                     len(empty), ", ".join(classes[c] for c in empty[:5]))
     ds = Dataset(images, labels, classes, name=f"folder:{root}", kind="folder",
-                 skipped=refused + skipped)
+                 skipped=refused + skipped, fit=pre.fit)
     return ds.subset(np.arange(len(ds))) if empty else ds
 
 
 def load_omniglot(paths: Sequence[str | os.PathLike], pre: Optional[Preprocessing] = None,
-                  side: Optional[int] = None) -> Dataset:
+                  side: Optional[int] = None, fit: str = "stretch") -> Dataset:
     """Omniglot `<alphabet>/<character>/<image>.png` trees or zips of them (e.g. the background sets).
 
     The class is (alphabet, character); an image present in several sources (Greek and Latin are in
@@ -326,30 +368,37 @@ def load_omniglot(paths: Sequence[str | os.PathLike], pre: Optional[Preprocessin
         zf, member = sources[name]
         return zf.read(member) if zf is not None else read_bytes(member)
 
-    images, labels, groups, skipped, pre = _load_files(entries, read, pre, "omniglot", side)
+    images, labels, groups, skipped, pre = _load_files(entries, read, pre, "omniglot", side, fit)
     return Dataset(images, np.asarray(labels, np.int64), classes, name="omniglot", kind="omniglot",
-                   groups=np.asarray(groups, np.int64), group_names=alphabets, skipped=skipped)
+                   groups=np.asarray(groups, np.int64), group_names=alphabets, skipped=skipped,
+                   fit=pre.fit)
 
 
 def load_dataset(kind: str, paths: Sequence[str] = (), split: str = "train",
-                 pre: Optional[Preprocessing] = None, side: Optional[int] = None) -> Dataset:
+                 pre: Optional[Preprocessing] = None, side: Optional[int] = None,
+                 fit: str = "stretch") -> Dataset:
     """Dispatch on the dataset kind named on the command line (`--dataset KIND [PATH ...]`).
 
     Images come as `pre` says (a model's card), or else at a size and colour inferred from the
-    files, with `side` as the square side when given (folder and Omniglot data)."""
+    files, with `side` as the square side when given (folder and Omniglot data), fitted to it as
+    `fit` says (`Preprocessing.fit`)."""
+    if fit not in FITS:
+        raise ConfigError(f"fit must be one of {', '.join(FITS)}, not {fit!r}")
     if kind == "fashion-mnist":
         if len(paths) > 1:
             raise DatasetError("fashion-mnist takes one folder (of the four idx files)")
         if side not in (None, 28):
             raise DatasetError("fashion-mnist images are 28x28; an input size applies to folder "
                                "and omniglot data")
-        return load_fashion_mnist(paths[0], split) if paths else load_fashion_mnist_keras(split)
+        ds = load_fashion_mnist(paths[0], split) if paths else load_fashion_mnist_keras(split)
+        # Already 28x28: nothing to fit, but a model trained with "pad" pads what it is given.
+        return replace(ds, fit=pre.fit if pre is not None else fit)
     if kind == "folder":
         if len(paths) != 1:
             raise DatasetError("folder takes exactly one path: the root of a class-per-subfolder tree")
-        return load_image_folder(paths[0], pre, side)
+        return load_image_folder(paths[0], pre, side, fit)
     if kind == "omniglot":
         if not paths:
             raise DatasetError("omniglot needs one or more folders or zip files")
-        return load_omniglot(paths, pre, side)
+        return load_omniglot(paths, pre, side, fit)
     raise DatasetError(f"unknown dataset kind {kind!r}; expected one of {', '.join(DATASET_KINDS)}")

@@ -28,6 +28,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from .augment import Augmenter
 from .errors import ModelError
 from .foreign import FAMILIES, foreign_batch
 from .images import Preprocessing
@@ -105,12 +106,14 @@ def fit_domain_model(in_train: np.ndarray, in_heldout: np.ndarray, pre: Preproce
                      training_data: str, seed: int = 0,
                      extra_foreign: Optional[dict[str, np.ndarray]] = None,
                      families: tuple[str, ...] = FAMILIES, epochs: int = 4,
-                     max_images: int = 30_000, rejection: float = DEFAULT_REJECTION,
+                     augment: str = "flip", max_images: int = 30_000,
+                     rejection: float = DEFAULT_REJECTION,
                      report: Callable[[str], None] = print):
     """Train the domain model on model-ready uint8 images (`in_train`, the model's training
     images) against foreign ones, set its threshold on `in_heldout`, measure it on foreign images
     it never saw. `extra_foreign`: other datasets' images (already prepared), by name; a fifth of
-    each is kept back for the measurement. Returns (keras model, DomainCard)."""
+    each is kept back for the measurement. `augment`: the encoder's training distortions
+    (`augment.AUGMENTATIONS`). Returns (keras model, DomainCard)."""
     import time
 
     import keras
@@ -149,18 +152,22 @@ def fit_domain_model(in_train: np.ndarray, in_heldout: np.ndarray, pre: Preproce
     model = build_domain_model(pre)
     model.compile(optimizer=keras.optimizers.Adam(1e-3),
                   loss=keras.losses.BinaryCrossentropy(from_logits=True))
-    # Left-right flips for both classes alike: in-domain images seen mirrored are still in
-    # domain, and neither class gets a tell.
-    flips = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x), seed=seed) \
-        .batch(128).map(lambda a, b: (tf.image.random_flip_left_right(a, seed=seed), b))
+    # The encoder's own distortions, drawn afresh each epoch for both classes alike: in-domain
+    # images seen distorted are still in domain (a new alphabet's strokes, a shifted garment),
+    # and neither class gets a tell.
+    distort = Augmenter(augment, seed)
 
-    class Progress(keras.callbacks.Callback):
-        def on_epoch_end(self, epoch, logs=None):
-            elapsed = time.perf_counter() - start
-            report(f"domain model: epoch {epoch + 1}/{epochs}  loss {logs['loss']:.4f}  "
-                   f"elapsed {elapsed:.0f}s  ETA {elapsed / (epoch + 1) * (epochs - epoch - 1):.0f}s")
+    def distorted() -> np.ndarray:
+        return np.concatenate([distort(tf.constant(x[i:i + 2048])).numpy()
+                               for i in range(0, len(x), 2048)])
 
-    model.fit(flips, epochs=epochs, verbose=0, callbacks=[Progress()], shuffle=False)
+    for epoch in range(epochs):
+        model.fit(distorted(), y, batch_size=128, epochs=epoch + 1, initial_epoch=epoch,
+                  shuffle=True, verbose=0)
+        elapsed = time.perf_counter() - start
+        report(f"domain model: epoch {epoch + 1}/{epochs}  loss "
+               f"{model.history.history['loss'][-1]:.4f}  elapsed {elapsed:.0f}s  "
+               f"ETA {elapsed / (epoch + 1) * (epochs - epoch - 1):.0f}s")
     scorer = DomainModel(model)
 
     held = scorer.score(in_heldout)
@@ -177,6 +184,7 @@ def fit_domain_model(in_train: np.ndarray, in_heldout: np.ndarray, pre: Preproce
                       heldout_rejected=float(np.mean(held < threshold)) if len(held) else 0.0,
                       foreign_accepted=measured, foreign_families=list(families) + list(extra_train),
                       foreign_images=int(len(foreign)), epochs=epochs,
+                      extra={"augment": augment, "rejection_target": rejection},
                       seconds=round(time.perf_counter() - start, 1))
     report(f"domain model: threshold {threshold:.3f} rejects {card.heldout_rejected:.2%} of "
            f"{len(held):,} held-out in-domain images; accepts "

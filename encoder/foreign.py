@@ -119,6 +119,14 @@ def _finish(img: Image.Image, rng: Rng) -> Image.Image:
     if rng.random() < 0.3:
         radius = rng.uniform(0.3, 0.3 + 0.012 * min(img.size))
         img = img.filter(ImageFilter.GaussianBlur(radius))
+    if rng.random() < 0.15:
+        # Low resolution blown up (thumbnails, 8x8 digit scans): soft blobs that a model input
+        # of 28 pixels would otherwise never meet among foreign images.
+        small = int(rng.integers(6, 17))
+        scale = small / min(img.size)
+        size = img.size
+        img = img.resize((max(2, round(size[0] * scale)), max(2, round(size[1] * scale))),
+                         Image.Resampling.BOX).resize(size, Image.Resampling.BILINEAR)
     if want_rgb and img.mode == "L":
         if rng.random() < 0.5:
             dark, light = _colour(rng, rng.uniform(0, 90), False), _colour(rng, rng.uniform(165, 255), False)

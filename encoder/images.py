@@ -24,6 +24,7 @@ MAX_IMAGE_BYTES = 20 * 1024 * 1024
 MAX_IMAGE_PIXELS = 40_000_000  # a 6000x6000 photo; beyond that it is almost surely a decompression bomb
 
 ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview, Image.Image, np.ndarray]
+FITS = ("stretch", "pad")
 
 
 @dataclass(frozen=True)
@@ -34,10 +35,16 @@ class Preprocessing:
     width: int
     channels: int  # 1 (grey) or 3 (RGB)
     invert: bool = False  # True for dark-ink-on-white data (strokes, signatures): ink becomes bright
+    # How an image of another shape fills the input: "stretch" to it, or "pad": keep the aspect
+    # ratio, fit the longer side and fill the rest with the image's background (long images such
+    # as signatures keep their proportions).
+    fit: str = "stretch"
 
     def __post_init__(self) -> None:
         if self.channels not in (1, 3):
             raise BadImageError(f"channels must be 1 or 3, not {self.channels}")
+        if self.fit not in FITS:
+            raise BadImageError(f"fit must be one of {', '.join(FITS)}, not {self.fit!r}")
         if not (4 <= self.height <= 1024 and 4 <= self.width <= 1024):
             raise BadImageError(f"input size {self.height}x{self.width} is outside 4..1024")
 
@@ -46,13 +53,19 @@ class Preprocessing:
         return (self.height, self.width, self.channels)
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "dtype": "uint8", "scale": "1/255 (first model layer)",
+        # `fit` only when it is not the default: model ids hash this dict, and every model
+        # written before `fit` existed stretched its images (their ids must not change).
+        d = asdict(self)
+        if self.fit == "stretch":
+            del d["fit"]
+        return {**d, "dtype": "uint8", "scale": "1/255 (first model layer)",
                 "resize": "bilinear", "colour": "L" if self.channels == 1 else "RGB"}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Preprocessing":
         return cls(height=int(d["height"]), width=int(d["width"]),
-                   channels=int(d["channels"]), invert=bool(d.get("invert", False)))
+                   channels=int(d["channels"]), invert=bool(d.get("invert", False)),
+                   fit=str(d.get("fit", "stretch")))
 
 
 def source_name(source: Any) -> str:
@@ -142,11 +155,31 @@ def to_array(img: Image.Image, pre: Preprocessing) -> np.ndarray:
         img = Image.fromarray((np.asarray(img, np.int64) // 257).clip(0, 255).astype(np.uint8), "L")
     img = img.convert("L" if pre.channels == 1 else "RGB")
     if img.size != (pre.width, pre.height):
-        img = img.resize((pre.width, pre.height), Image.Resampling.BILINEAR)
+        img = _padded(img, pre) if pre.fit == "pad" else img.resize(
+            (pre.width, pre.height), Image.Resampling.BILINEAR)
     a = np.asarray(img, dtype=np.uint8)
     if a.ndim == 2:
         a = a[:, :, None]
     return 255 - a if pre.invert else a
+
+
+def _padded(img: Image.Image, pre: Preprocessing) -> Image.Image:
+    """`img` (L or RGB) scaled to fit the input with its aspect ratio kept, centred on the
+    image's background: the median of its border pixels (white paper stays white, a dark
+    background dark)."""
+    scale = min(pre.width / img.width, pre.height / img.height)
+    size = (min(pre.width, max(1, round(img.width * scale))),
+            min(pre.height, max(1, round(img.height * scale))))
+    a = np.asarray(img)
+    border = np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])  # (pixels,) or (pixels, 3)
+    background = np.median(border, axis=0).round().astype(np.uint8)
+    resized = img.resize(size, Image.Resampling.BILINEAR)
+    if size == (pre.width, pre.height):
+        return resized
+    canvas = Image.new(img.mode, (pre.width, pre.height),
+                       int(background) if img.mode == "L" else tuple(int(v) for v in background))
+    canvas.paste(resized, ((pre.width - size[0]) // 2, (pre.height - size[1]) // 2))
+    return canvas
 
 
 def _array_batch(images: np.ndarray, pre: Preprocessing) -> np.ndarray:

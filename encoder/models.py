@@ -13,6 +13,14 @@ from .errors import ConfigError
 from .images import Preprocessing
 
 ARCHITECTURES = ("default", "tutorial")
+EMBEDDING_DIMS = {"default": 64, "tutorial": 48}  # each network's unless one is given
+
+
+def default_depth(side: int) -> int:
+    """Conv blocks of our default network unless one is given, for input whose shorter side is
+    `side` pixels: down to 8 pixels (each block but the last halves the image), so 3 at 28x28
+    and 4 at 64x64."""
+    return 1 + max(0, int(np.ceil(np.log2(side / 8))))
 
 
 def _input(pre: Preprocessing) -> tuple[keras.KerasTensor, keras.KerasTensor]:
@@ -20,7 +28,7 @@ def _input(pre: Preprocessing) -> tuple[keras.KerasTensor, keras.KerasTensor]:
     return inputs, layers.Rescaling(1.0 / 255, name="scale")(inputs)
 
 
-def tutorial_encoder(pre: Preprocessing, embedding_dim: int = 48,
+def tutorial_encoder(pre: Preprocessing, embedding_dim: int = EMBEDDING_DIMS["tutorial"],
                      fix_defect: bool = False) -> keras.Model:
     """The tutorial's network: Conv2D(128, 2x2, relu) -> MaxPool(2) -> Dropout(0.4), twice,
     -> GlobalAveragePooling2D -> Dense(48).
@@ -49,8 +57,8 @@ def _conv_block(x: keras.KerasTensor, filters: int, name: str) -> keras.KerasTen
     return layers.ReLU(name=f"{name}_relu")(x)
 
 
-def default_encoder(pre: Preprocessing, embedding_dim: int = 64, width: int = 32,
-                    depth: int | None = None) -> keras.Model:
+def default_encoder(pre: Preprocessing, embedding_dim: int = EMBEDDING_DIMS["default"],
+                    width: int = 32, depth: int | None = None) -> keras.Model:
     """Our default: 3x3 conv + batch-norm blocks, halving resolution and doubling width until the
     feature map is at most 8 pixels wide (or for `depth` blocks), then global average pooling, a
     two-layer head, and unit length (embeddings on the unit sphere: distances in [0, 2], margin 1
@@ -64,7 +72,7 @@ def default_encoder(pre: Preprocessing, embedding_dim: int = 64, width: int = 32
     """
     side = min(pre.height, pre.width)
     if depth is None:
-        depth = 1 + max(0, int(np.ceil(np.log2(side / 8))))
+        depth = default_depth(side)
     if not 1 <= depth or side >> (depth - 1) < 1:
         raise ConfigError(f"depth {depth} does not fit {side}-pixel input (each block but the last "
                           "halves it)")
@@ -88,11 +96,11 @@ def build_encoder(arch: str, pre: Preprocessing, embedding_dim: int | None = Non
     if arch == "tutorial":
         if depth is not None:
             raise ConfigError("--depth applies to --arch default only")
-        return tutorial_encoder(pre, embedding_dim or 48, fix_defect)
+        return tutorial_encoder(pre, embedding_dim or EMBEDDING_DIMS["tutorial"], fix_defect)
     if fix_defect:
         raise ConfigError("--fix-defect applies to --arch tutorial only")
     if arch == "default":
-        return default_encoder(pre, embedding_dim or 64, width, depth)
+        return default_encoder(pre, embedding_dim or EMBEDDING_DIMS["default"], width, depth)
     raise ConfigError(f"unknown architecture {arch!r}; expected one of {', '.join(ARCHITECTURES)}")
 
 

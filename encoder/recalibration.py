@@ -73,7 +73,8 @@ def recalibrate(model_dir: str | Path, ds: Dataset,
     if domain:
         domain_model, domain_card = fit_domain_model(
             x_all[train_idx], x_all[val_idx], pre, ds.name, seed=config.seed,
-            extra_foreign=extra_foreign, epochs=domain_epochs, report=report)
+            extra_foreign=extra_foreign, epochs=domain_epochs, augment=config.augment,
+            report=report)
     card = dataclasses.replace(card, domain=domain_card, **verdicts)
     save_model(model_dir, encoder, card, domain_model)
     report(f"saved {model_dir} (model {card.model_id}, unchanged weights)")

@@ -12,6 +12,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from .artifact import ModelCard, compute_model_id, now, save_model
+from .augment import AUGMENTATIONS, Augmenter
 from .calibration import calibrate, cross_validated_accuracy, verdict_calibration
 from .datasets import Dataset
 from .distance import euclidean
@@ -25,18 +26,21 @@ from .pairs import class_balanced_batches, repeated_tutorial_pairs, tutorial_pai
 log = logging.getLogger(__name__)
 
 SAMPLERS = ("batch", "pairs")
-AUGMENTATIONS = ("auto", "none", "flip", "flip-shift", "affine")
 VAL_SPLITS = ("auto", "image", "class", "group")
 SMALL_CLASS = 100  # images per class (median) below which `augment="auto"` distorts images
 MIN_VAL_CLASSES = 12  # held out by a class split, unless that would leave fewer to train on
+AUTO_FOLDS, MIN_FOLD_CLASSES = 3, 6  # calibration folds chosen by "auto", and the classes they need
+# Below these, a threshold calibrated on held-out classes is measured on too few of them (or on
+# too few pairs of different classes) for its accuracy to mean much: a warning says so.
+THIN_CLASSES, THIN_CLASS_PAIRS = 8, 28  # 28: the pairs of 8 classes held out together
 
 
 @dataclass
 class TrainConfig:
     arch: str = "default"
-    embedding_dim: Optional[int] = None  # default: 64 for ours, 48 for the tutorial's
+    embedding_dim: Optional[int] = None  # None: 64 for ours, 48 for the tutorial's (resolve)
     width: int = 32  # filters of our default network's first block (doubling per block)
-    depth: Optional[int] = None  # conv blocks of our default network (None: down to 8 pixels)
+    depth: Optional[int] = None  # conv blocks of our default network (None: to 8 pixels, resolve)
     epochs: int = 20
     time_budget: Optional[float] = None  # seconds of training; stops mid-epoch when spent
     seed: int = 0
@@ -102,10 +106,18 @@ class TrainConfig:
         Validation split: whole groups when the data has them (Omniglot: alphabets never seen),
         whole classes for folders (the threshold is then calibrated on classes never trained on,
         as a gallery of new people or products is used), images for Fashion-MNIST (the same ten
-        classes at test time). Augmentation: affine distortions when classes are small."""
+        classes at test time). Augmentation: affine distortions when classes are small. The
+        network's embedding size and depth: the values `models.build_encoder` would choose for
+        the dataset's image size (depth applies to our default network only)."""
+        from .models import EMBEDDING_DIMS, default_depth
+
         val_split, augment = self.val_split, self.augment
         classes = np.unique(ds.labels)
-        small = np.median(np.bincount(ds.labels)[classes]) < SMALL_CLASS
+        small = _small_classes(ds)
+        embedding_dim = self.embedding_dim or EMBEDDING_DIMS.get(self.arch)
+        depth = self.depth
+        if depth is None and self.arch == "default":
+            depth = default_depth(min(ds.images.shape[1:3]))
         if val_split == "auto":
             val_split = ("group" if ds.groups is not None
                          else "image" if ds.kind == "fashion-mnist" else "class")
@@ -118,13 +130,47 @@ class TrainConfig:
             raise ConfigError(f"group batches: {ds.name} has no groups (alphabets)")
         folds = self.calibration_folds
         if folds is None:
-            folds = 3 if val_split == "class" and small and len(classes) >= 6 else 1
+            many = len(classes) >= MIN_FOLD_CLASSES
+            folds = AUTO_FOLDS if val_split == "class" and small and many else 1
         if folds > 1 and val_split not in ("class", "group"):
             raise ConfigError(f"{folds} calibration folds hold out whole classes or groups: "
                               "use --val-split class or group")
         refit = folds > 1 if self.refit is None else self.refit
         return replace(self, val_split=val_split, augment=augment, calibration_folds=folds,
-                       refit=refit)
+                       refit=refit, embedding_dim=embedding_dim, depth=depth)
+
+
+def _small_classes(ds: Dataset) -> bool:
+    """Whether the median class has fewer than SMALL_CLASS images (what "auto" adapts to)."""
+    return bool(np.median(np.bincount(ds.labels)[np.unique(ds.labels)]) < SMALL_CLASS)
+
+
+def validation_warnings(ds: Dataset, requested: TrainConfig,
+                        splits: list[tuple[np.ndarray, np.ndarray]]) -> list[str]:
+    """What makes the validation numbers (threshold accuracy, ROC AUC, EER) less than they seem,
+    for people to read before trusting them: calibration folds that "auto" would have used but
+    the data is too small for, and a threshold calibrated on too few held-out classes (or pairs
+    of different classes) for its measured accuracy to be more than the luck of the draw."""
+    config = requested.resolve(ds)
+    warnings = []
+    classes = len(np.unique(ds.labels))
+    if (requested.calibration_folds is None and config.calibration_folds == 1
+            and config.val_split == "class" and _small_classes(ds) and classes < MIN_FOLD_CLASSES):
+        warnings.append(f"calibration folds: {AUTO_FOLDS} folds (the default for small classes) "
+                        f"need {MIN_FOLD_CLASSES} classes or more, this data has {classes}; "
+                        "validating on one split instead")
+    if config.val_split in ("class", "group"):
+        held_out = [len(np.unique(ds.labels[v])) for _, v in splits]
+        pairs = sum(k * (k - 1) // 2 for k in held_out)
+        if sum(held_out) < THIN_CLASSES or pairs < THIN_CLASS_PAIRS:
+            folds = f" over {len(splits)} folds" if len(splits) > 1 else ""
+            warnings.append(
+                f"thin validation: the threshold is calibrated on {sum(held_out)} held-out "
+                f"class(es){folds}, {pairs} pair(s) of different classes; below {THIN_CLASSES} "
+                f"classes or {THIN_CLASS_PAIRS} pairs its accuracy, ROC AUC and EER depend on "
+                "which classes happen to be held out. Add classes, or use --val-split image "
+                "(held-out images of every class, which training then sees)")
+    return warnings
 
 
 def split_train_val(ds: Dataset, config: TrainConfig, fold: int = 0
@@ -181,69 +227,6 @@ def cosine_rate(base: float, progress: float, floor: float = 0.05) -> float:
 def _clock(seconds: float) -> str:
     seconds = int(max(seconds, 0))
     return f"{seconds // 60}:{seconds % 60:02d}"
-
-
-class _Augmenter:
-    """Label-preserving distortions applied to uint8 batches during training only.
-
-    "flip" mirrors half the images left to right; "flip-shift" also moves each by whole pixels,
-    up to 8% of the side (Fashion-MNIST's usual pad-and-crop). "affine" draws one random affine
-    map per image, the distortions Koch et al. (2015) found to help one-shot learning on
-    Omniglot, kept moderate so they suit photos too: rotation up to
-    10 degrees, shear up to 0.2, scale 0.85-1.15 per axis, shift up to 8% of the side. It
-    resamples once, and extends the edges by their nearest pixel (no black corners on a white
-    background)."""
-
-    def __init__(self, kind: str, seed: int):
-        import keras
-
-        self.kind = kind
-        self.seed = keras.random.SeedGenerator(seed)
-
-    def __call__(self, x):
-        import keras
-        import tensorflow as tf
-
-        if self.kind == "none":
-            return x
-        if self.kind in ("flip", "flip-shift"):
-            x = tf.image.random_flip_left_right(x)
-        if self.kind == "flip":
-            return x
-        n, height, width = tf.shape(x)[0], x.shape[1], x.shape[2]
-
-        def uniform(limit, centre=0.0):
-            return keras.random.uniform((n,), centre - limit, centre + limit, seed=self.seed)
-
-        if self.kind == "flip-shift":
-            # Whole-pixel moves copy pixels exactly: no blur from resampling.
-            shift_x, shift_y = tf.round(uniform(0.08 * width)), tf.round(uniform(0.08 * height))
-            one, zero = tf.ones_like(shift_x), tf.zeros_like(shift_x)
-            transform = tf.stack([one, zero, shift_x, zero, one, shift_y, zero, zero], axis=1)
-            return self._resample(x, transform)
-        angle = uniform(np.pi * 10 / 180)
-        shear_x, shear_y = uniform(0.2), uniform(0.2)
-        scale_x, scale_y = uniform(0.15, 1.0), uniform(0.15, 1.0)
-        shift_x, shift_y = uniform(0.08 * width), uniform(0.08 * height)
-        # Output pixel p samples the input at A (p - c) + c + shift, with
-        # A = rotation @ [[1, shear_x], [shear_y, 1]] @ diag(scale_x, scale_y) about the centre c.
-        cos, sin = tf.cos(angle), tf.sin(angle)
-        a00, a01 = (cos - sin * shear_y) * scale_x, (cos * shear_x - sin) * scale_y
-        a10, a11 = (sin + cos * shear_y) * scale_x, (sin * shear_x + cos) * scale_y
-        cx, cy = (width - 1) / 2, (height - 1) / 2
-        zero = tf.zeros_like(angle)
-        transform = tf.stack([a00, a01, cx - a00 * cx - a01 * cy + shift_x,
-                              a10, a11, cy - a10 * cx - a11 * cy + shift_y, zero, zero], axis=1)
-        return self._resample(x, transform)
-
-    @staticmethod
-    def _resample(x, transform):
-        import keras
-        import tensorflow as tf
-
-        y = keras.ops.image.affine_transform(tf.cast(x, tf.float32), transform, "bilinear",
-                                             fill_mode="nearest")
-        return tf.cast(tf.clip_by_value(tf.round(y), 0, 255), tf.uint8)
 
 
 class ClassHead:
@@ -343,7 +326,7 @@ def _fit(x_all: np.ndarray, pre: Preprocessing, ds: Dataset, config: TrainConfig
     x_train = tf.constant(x_train)
     labels_train = tf.constant(y_train, tf.int32)
     classes_train = tf.constant(np.unique(y_train, return_inverse=True)[1], tf.int32)
-    augment = _Augmenter(config.augment, config.seed)
+    augment = Augmenter(config.augment, config.seed)
     class_head = ClassHead(len(np.unique(y_train)), embedding_dim, config.seed) \
         if config.class_weight > 0 else None
     trainable = encoder.trainable_variables + (class_head.variables if class_head else [])
@@ -482,16 +465,19 @@ def train(ds: Dataset, config: TrainConfig, out_dir: str | os.PathLike,
     for line in ds.count_report():
         report(line)
     ds.check_trainable()
-    config = config.resolve(ds)
+    requested, config = config, config.resolve(ds)
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
     height, width, channels = ds.images.shape[1:]
-    pre = Preprocessing(height, width, channels, invert=config.invert)
+    pre = Preprocessing(height, width, channels, invert=config.invert, fit=ds.fit)
     x_all = prepare_batch(ds.images, pre)
     folds = config.calibration_folds
     fits_to_run = folds + int(config.refit)
     time_budget = config.time_budget / fits_to_run if config.time_budget else None
     splits = [split_train_val(ds, config, fold=k) for k in range(folds)]  # errors before training
+    warnings = validation_warnings(ds, requested, splits)
+    for warning in warnings:
+        report(f"warning: {warning}")
     fits, distances, same, retrievals, oneshot, heldout = [], [], [], [], [], []
     for k, (train_idx, val_idx) in enumerate(splits):
         keras.utils.set_random_seed(config.seed + k)
@@ -541,7 +527,8 @@ def train(ds: Dataset, config: TrainConfig, out_dir: str | os.PathLike,
     if config.domain:
         domain_model, domain_card = fit_domain_model(
             x_all[splits[0][0]], x_all[splits[0][1]], pre, ds.name, seed=config.seed,
-            extra_foreign=extra_foreign, epochs=config.domain_epochs, report=report)
+            extra_foreign=extra_foreign, epochs=config.domain_epochs, augment=config.augment,
+            report=report)
     # The held-out metrics are the folds' (each on classes its encoder never saw), averaged.
     validation = {"contrastive_loss": round(float(np.mean([f.best_loss for f in fits])), 5),
                   "accuracy": round(cal.accuracy, 5),
@@ -563,6 +550,8 @@ def train(ds: Dataset, config: TrainConfig, out_dir: str | os.PathLike,
         training={"dataset": ds.name, "fingerprint": ds.fingerprint(), "images": int(len(train_idx)),
                   "classes": int(len(np.unique(ds.labels[train_idx]))),
                   "class_names": list(ds.class_names)[:1000],
+                  # Classes left out of the data (--classes, --exclude-classes): never seen.
+                  "excluded_classes": list(ds.excluded_classes)[:1000],
                   # The groups (Omniglot alphabets) trained on and held out: evaluation leaves out
                   # by default the ones the model has seen.
                   "groups": trained_groups,
@@ -581,7 +570,7 @@ def train(ds: Dataset, config: TrainConfig, out_dir: str | os.PathLike,
                   "parameters": int(encoder.count_params()),
                   "versions": {"tensorflow": tf.__version__, "keras": keras.__version__,
                                "numpy": np.__version__, "python": platform.python_version()},
-                  "cpus": os.cpu_count()},
+                  "cpus": os.cpu_count(), "warnings": warnings},
         created=now(), domain=domain_card, **verdicts)
     save_model(out_dir, encoder, card, domain_model)
     report(f"saved {Path(out_dir)} (model {card.model_id}): threshold {cal.threshold:.4f}, "
@@ -589,4 +578,7 @@ def train(ds: Dataset, config: TrainConfig, out_dir: str | os.PathLike,
            + (f" (cross-validated {validation['cross_validated_accuracy']:.4f})" if folds > 1 else "")
            + f", ROC AUC {cal.roc_auc:.4f}, EER {cal.eer:.4f}, "
            f"recall@1 {validation['recall@1']:.4f}, {_clock(time.perf_counter() - started)} in all")
+    if warnings:
+        report(f"warning: read these numbers with the {len(warnings)} warning(s) above in mind "
+               "(also in the card's training.warnings)")
     return card

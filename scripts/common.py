@@ -59,6 +59,31 @@ def load_foreign(specs: list[list[str]], pre) -> dict:
     return out
 
 
+def add_class_arguments(parser, purpose: str) -> None:
+    """--classes and --exclude-classes: the same choice of classes for every command."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--classes", metavar="NAME,NAME", type=class_names,
+                       help=f"only these classes ({purpose}): sub-folder names for folder data, "
+                            "ALPHABET/CHARACTER for omniglot, the class names for fashion-mnist")
+    group.add_argument("--exclude-classes", metavar="NAME,NAME", type=class_names,
+                       help="all classes but these (e.g. to hold them out of training and "
+                            "evaluate on them later with siamese-evaluate --classes)")
+
+
+def class_names(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("expected one or more class names, separated by commas")
+    return names
+
+
+def choose_classes(ds, args):
+    """The dataset with only the classes --classes and --exclude-classes leave in it."""
+    if args.classes is None and args.exclude_classes is None:
+        return ds
+    return ds.select_classes(keep=args.classes, exclude=args.exclude_classes)
+
+
 FASHION_MNIST_DIR = "../shared/datasets/fashion-mnist"  # the project's offline copy, beside the repo
 
 

@@ -12,7 +12,7 @@ import numpy as np
 
 from encoder.errors import ConfigError, DatasetError
 from encoder.evaluation import EPISODE_CLASSES
-from scripts.common import add_dataset_argument, run
+from scripts.common import add_class_arguments, add_dataset_argument, choose_classes, run
 
 
 def parser() -> argparse.ArgumentParser:
@@ -25,6 +25,8 @@ def parser() -> argparse.ArgumentParser:
                "--dataset fashion-mnist ../shared/datasets/fashion-mnist --plots runs/plots")
     p.add_argument("--model", required=True, help="model directory (model.keras + card.json)")
     add_dataset_argument(p)
+    add_class_arguments(p, "to evaluate on; with either flag every group is used unless --groups "
+                           "says otherwise")
     p.add_argument("--split", default="test", choices=["test", "train"],
                    help="Fashion-MNIST split to evaluate on (default: %(default)s)")
     p.add_argument("--seed", type=int, default=20261128, help="seed of the test pairs")
@@ -108,7 +110,10 @@ def main(argv: list[str] | None = None) -> int:
     embedder = Embedder.load(args.model)
     ds = load_dataset(args.dataset[0], args.dataset[1:], split=args.split,
                       pre=embedder.card.preprocessing)
-    ds, which_groups = choose_groups(ds, embedder.card, args.groups)
+    by_name = args.classes is not None or args.exclude_classes is not None
+    # Classes chosen by name: every group they are in, unless --groups says otherwise.
+    groups = "all" if by_name and args.groups is None and ds.groups is not None else args.groups
+    ds, which_groups = choose_groups(choose_classes(ds, args), embedder.card, groups)
     ds.check_trainable()
     start = time.perf_counter()
     embeddings = embedder.embed(ds.images)

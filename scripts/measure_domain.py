@@ -39,6 +39,9 @@ def parser() -> argparse.ArgumentParser:
                    default=[])
     p.add_argument("--families", help="comma-separated foreign families to train with "
                                       "(default: all)")
+    p.add_argument("--augment", help="the domain model's distortions (default: the card's)")
+    p.add_argument("--rejection", type=float, help="share of calibration images rejected "
+                                                   "(default: the domain model's default)")
     p.add_argument("--no-leave-out", action="store_true", help="skip leave-one-family-out")
     p.add_argument("--samples", type=int, default=2000, help="foreign images per family measured")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
@@ -104,6 +107,14 @@ def main(argv: list[str] | None = None) -> int:
     fresh = {f: foreign_batch(args.samples, pre, seed=4242, families=(f,)) for f in families}
     lines, results = [], {"model": embedder.model_id, "dataset": ds.name, "families": families}
 
+    fields = TrainConfig.__dataclass_fields__
+    settings = {k: v for k, v in embedder.card.training.get("settings", {}).items() if k in fields}
+    config = TrainConfig(**settings).resolve(ds)
+    options = {"augment": args.augment or config.augment}
+    if args.rejection is not None:
+        options["rejection"] = args.rejection
+    results["options"] = options
+
     # The splits: (name, train, calibrate, test images).
     if args.group_folds:
         if ds.groups is None:
@@ -117,10 +128,6 @@ def main(argv: list[str] | None = None) -> int:
             names = ", ".join(ds.group_names[g] for g in parts[k])
             splits.append((f"test {names}", x[~test & ~calibrate], x[calibrate], x[test]))
     else:
-        fields = TrainConfig.__dataclass_fields__
-        settings = {k: v for k, v in embedder.card.training.get("settings", {}).items()
-                    if k in fields}
-        config = TrainConfig(**settings).resolve(ds)
         train_idx, val_idx = split_train_val(ds, config)
         if args.test_split:
             test_ds = load_dataset(args.dataset[0], args.dataset[1:], split=args.test_split, pre=pre)
@@ -140,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     per_split = {}
     for name, train, calibrate, test in splits:
         model, card = fit_domain_model(train, calibrate, pre, ds.name, seed=0, extra_foreign=extras,
-                                       families=families, report=lambda line: None)
+                                       families=families, report=lambda line: None, **options)
         per_split[name] = measure(model, card.threshold, test)
         print(f"{name}: " + ", ".join(f"{k} {v:.2%}" for k, v in per_split[name].items()),
               flush=True)
@@ -154,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
             kept_extras = {k: v for k, v in extras.items() if k != family}
             model, card = fit_domain_model(train, calibrate, pre, ds.name, seed=0,
                                            extra_foreign=kept_extras, families=kept,
-                                           report=lambda line: None)
+                                           report=lambda line: None, **options)
             images = fresh.get(family)
             if images is None:  # an extra dataset: its own images
                 images = extras[family]

@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import argparse
 
+from encoder.images import FITS, Preprocessing
 from encoder.training import AUGMENTATIONS, SMALL_CLASS, VAL_SPLITS
-from encoder.images import Preprocessing
-from scripts.common import add_dataset_argument, add_domain_arguments, load_foreign, run
+from scripts.common import (add_class_arguments, add_dataset_argument, add_domain_arguments,
+                            choose_classes, load_foreign, run)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -14,6 +15,7 @@ def parser() -> argparse.ArgumentParser:
         epilog="example: siamese-train --dataset fashion-mnist ../shared/datasets/fashion-mnist "
                "--out models/fashion-mnist --epochs 12")
     add_dataset_argument(p)
+    add_class_arguments(p, "to train and validate on; the card records the classes left out")
     p.add_argument("--out", required=True, help="model directory to write (model.keras + card.json)")
     p.add_argument("--arch", default="default", choices=["default", "tutorial"],
                    help="network: our default, or the tutorial's exact network (default: %(default)s)")
@@ -58,6 +60,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--input-size", type=int, metavar="PIXELS",
                    help="folder and omniglot data: square input side (default: the median image "
                         "side, kept within 28..64, and at most 32 for fewer than 1,000 images)")
+    p.add_argument("--fit", choices=FITS, default="stretch",
+                   help="how an image that is not square fills the square input, in training and "
+                        "whenever the model is used (the card records it): stretch it, or pad: "
+                        "keep its aspect ratio and fill the rest with its background (the median "
+                        "of its border pixels), for long images such as signatures "
+                        "(default: %(default)s)")
     p.add_argument("--val-fraction", type=float, default=0.1,
                    help="share of images, classes or groups held out (default: %(default)s; a "
                         "class split holds out at least 12 classes, or half when fewer than 24)")
@@ -101,10 +109,16 @@ def main(argv: list[str] | None = None) -> int:
         val_split=args.val_split, calibration_folds=args.calibration_folds, refit=args.refit,
         patience=args.patience, far_target=args.far_target, domain=args.domain,
         domain_epochs=args.domain_epochs)
-    ds = load_dataset(args.dataset[0], args.dataset[1:], split="train", side=args.input_size)
+    ds = load_dataset(args.dataset[0], args.dataset[1:], split="train", side=args.input_size,
+                      fit=args.fit)
     for name, reason in ds.skipped:
         print(f"skipped {name}: {reason}")
-    pre = Preprocessing(*ds.images.shape[1:], invert=args.invert)
+    ds = choose_classes(ds, args)
+    if ds.excluded_classes:
+        print(f"left out {len(ds.excluded_classes)} class(es): "
+              + ", ".join(ds.excluded_classes[:20])
+              + (" ..." if len(ds.excluded_classes) > 20 else ""))
+    pre = Preprocessing(*ds.images.shape[1:], invert=args.invert, fit=ds.fit)
     train(ds, config, args.out, extra_foreign=load_foreign(args.foreign_dataset, pre))
     return 0
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from encoder.datasets import (Dataset, infer_preprocessing, load_dataset, load_fashion_mnist,
-                              load_image_folder, load_omniglot)
+from encoder.datasets import (Dataset, colour_mode, infer_preprocessing, load_dataset,
+                              load_fashion_mnist, load_image_folder, load_omniglot)
 from encoder.errors import DatasetError
 from encoder.images import Preprocessing
 
@@ -189,3 +189,85 @@ def test_input_size_is_chosen_or_inferred(small_folder):
     assert load_dataset("folder", [str(small_folder)], side=40).images.shape[1:] == (40, 40, 1)
     with pytest.raises(DatasetError, match="fashion-mnist images are 28x28"):
         load_dataset("fashion-mnist", ["x"], side=32)
+
+
+def _palette(grey_used: bool, colour_unused: bool = False) -> Image.Image:
+    """A real palette image: grey strokes on white, its palette grey (or one colour in use), and
+    optionally colours in the palette that no pixel uses."""
+    a = np.full((40, 40), 255, np.uint8)
+    a[10:30, 18:22] = 30
+    image = Image.fromarray(a).convert("P")  # a palette of 256 greys
+    if not grey_used:
+        palette = image.getpalette("RGB")
+        used = int(np.asarray(image)[20, 20])
+        palette[3 * used: 3 * used + 3] = [200, 30, 30]  # the stroke is red
+        image.putpalette(palette)
+    elif colour_unused:
+        palette = image.getpalette("RGB")
+        index = int(np.setdiff1d(np.arange(len(palette) // 3), np.unique(np.asarray(image)))[0])
+        palette[3 * index: 3 * index + 3] = [0, 255, 0]  # green, used by no pixel
+        image.putpalette(palette)
+    return image
+
+
+def test_grey_palette_images_count_as_grey(tmp_path):
+    """Grey images saved with a palette (GIF, or PNG and TIFF from an editor) keep a model grey;
+    one palette image in colour makes it RGB."""
+    for c in ("a", "b"):
+        (tmp_path / c).mkdir()
+        _palette(True).save(tmp_path / c / "1.png")
+        _palette(True).save(tmp_path / c / "2.tif")
+        _palette(True, colour_unused=True).save(tmp_path / c / "3.gif")
+        Image.fromarray(np.full((40, 40), 128, np.uint8)).save(tmp_path / c / "4.png")
+    assert Image.open(tmp_path / "a" / "2.tif").mode == "P"
+    ds = load_image_folder(tmp_path)
+    assert ds.images.shape == (8, 32, 32, 1)  # grey (40 pixels: at most 32 for few images)
+    assert ds.images[0, 16, 16, 0] == 30
+    _palette(False).save(tmp_path / "b" / "5.png")
+    assert load_image_folder(tmp_path).images.shape[-1] == 3
+    assert colour_mode(_palette(True).convert("PA")) == "LA"
+    assert colour_mode(_palette(False).convert("PA")) == "PA"
+
+
+def test_classes_are_kept_or_left_out_by_name(small_folder, omniglot_dir):
+    ds = load_image_folder(small_folder)
+    held = ds.select_classes(exclude=["Bag", "Trouser"])
+    assert held.class_names == ["Sneaker", "T-shirt-top"] and len(held) == 60
+    assert held.labels.max() == 1 and held.excluded_classes == ["Bag", "Trouser"]
+    np.testing.assert_array_equal(held.images[0], ds.images[ds.labels == ds.class_names.index(
+        "Sneaker")][0])
+    kept = ds.select_classes(keep=["Trouser", "Bag"])
+    assert kept.class_names == ["Bag", "Trouser"] and kept.excluded_classes == ["Sneaker",
+                                                                                "T-shirt-top"]
+    assert kept.select_classes(exclude=["Bag"]).excluded_classes == ["Bag", "Sneaker",
+                                                                     "T-shirt-top"]
+    with pytest.raises(DatasetError, match=r"no class named 'Hat', 'Sock'; it has Bag, "
+                                           "Sneaker, T-shirt-top, Trouser"):
+        ds.select_classes(exclude=["Bag", "Sock", "Hat"])
+    with pytest.raises(DatasetError, match="no classes left once excluded"):
+        ds.select_classes(exclude=ds.class_names)
+    omniglot = load_omniglot([omniglot_dir / "images_background_small1.zip"], side=28)
+    greek = [n for n in omniglot.class_names if n.startswith("Greek/")][:3]
+    assert omniglot.select_classes(keep=greek).groups_present() == ["Greek"]
+    with pytest.raises(DatasetError, match=r"no class named 'Greek/alpha'; it has "
+                                           r"Balinese/character01, .* \(136 in all\)"):
+        omniglot.select_classes(keep=["Greek/alpha"])
+
+
+def test_pad_fits_long_images_into_the_dataset(tmp_path):
+    for c in ("a", "b"):
+        (tmp_path / c).mkdir()
+        for i in range(2):
+            a = np.full((30, 90), 240, np.uint8)
+            a[10:20, 20 + 10 * i: 70] = 0
+            Image.fromarray(a).save(tmp_path / c / f"{i}.png")
+    ds = load_dataset("folder", [str(tmp_path)], side=30, fit="pad")
+    assert ds.fit == "pad" and ds.images.shape == (4, 30, 30, 1)
+    assert (ds.images[:, :10] == 240).all() and (ds.images[:, 20:] == 240).all()
+    stretched = load_dataset("folder", [str(tmp_path)], side=30)
+    assert stretched.fit == "stretch"
+    # The 10-pixel-high stroke: 10 rows high stretched (30 -> 30), a third of that padded.
+    rows = [np.ptp(np.nonzero((d.images[0, :, :, 0] < 128).any(axis=1))[0]) + 1
+            for d in (stretched, ds)]
+    assert rows[0] == 10 and 3 <= rows[1] <= 5
+    assert load_image_folder(tmp_path, Preprocessing(30, 30, 1, fit="pad")).fit == "pad"

@@ -129,3 +129,54 @@ def test_a_symbolic_link_loop_is_a_bad_image_not_a_crash(tmp_path):
     (tmp_path / "b.png").symlink_to(tmp_path / "a.png")
     with pytest.raises(BadImageError, match="a.png: cannot read"):
         read_bytes(tmp_path / "a.png")
+
+
+def test_pad_keeps_the_aspect_ratio_and_pads_with_the_background(tmp_path):
+    """A long image (a signature: dark ink on white paper) fills the longer side and is padded
+    with its own background, centred; stretching distorts it instead."""
+    signature = np.full((20, 60), 250, np.uint8)
+    signature[5:15, 10:50] = 0  # a 10x40 stroke: 4:1, as the image is 3:1
+    Image.fromarray(signature).save(tmp_path / "signature.png")
+    pad = Preprocessing(28, 28, 1, fit="pad")
+    out = prepare_batch([tmp_path / "signature.png"], pad)[0, :, :, 0]
+    ink = np.argwhere(out < 128)
+    # 60 -> 28 pixels wide, 20 -> 9 high, centred: rows 9..17 hold the image, the rest is paper.
+    assert (out[:9] == 250).all() and (out[18:] == 250).all()
+    assert ink[:, 0].min() >= 9 and ink[:, 0].max() <= 17
+    height, width = np.ptp(ink, axis=0) + 1
+    assert width / height == pytest.approx(4, rel=0.25)  # the stroke keeps its shape
+    stretched = prepare_batch([tmp_path / "signature.png"], GREY28)[0, :, :, 0]
+    ink = np.argwhere(stretched < 128)
+    assert np.ptp(ink[:, 0]) + 1 > 12  # stretched three times taller
+    # The same with a dark background, in colour, upright, and inverted after padding.
+    photo = np.zeros((60, 20, 3), np.uint8)
+    photo[...] = (10, 20, 200)
+    photo[20:40, 5:15] = 255
+    out = prepare_batch([png_bytes(photo)], Preprocessing(16, 16, 3, fit="pad"))[0]
+    assert (out[:, :5] == (10, 20, 200)).all() and (out[:, -5:] == (10, 20, 200)).all()
+    assert (out[8, 7] == 255).all()
+    inverted = prepare_batch([tmp_path / "signature.png"], Preprocessing(28, 28, 1, True, "pad"))
+    assert (inverted[0, :9] == 5).all()  # paper 250, inverted
+    # A square image, or an array of the input's shape, is not changed by padding.
+    square = np.random.default_rng(0).integers(0, 255, (28, 28), np.uint8)
+    np.testing.assert_array_equal(prepare_batch([png_bytes(square)], pad), square[None, :, :, None])
+    # Arrays of another shape go through the same path as files.
+    np.testing.assert_array_equal(prepare_batch(signature[None], pad),
+                                  prepare_batch([tmp_path / "signature.png"], pad))
+    with pytest.raises(BadImageError, match="fit must be one of stretch, pad, not 'crop'"):
+        Preprocessing(28, 28, 1, fit="crop")
+
+
+def test_fit_is_in_the_card_only_when_it_is_not_the_default():
+    """Model ids hash `to_dict()`: models written before `fit` existed keep their ids."""
+    import json
+    from pathlib import Path
+
+    assert "fit" not in GREY28.to_dict()
+    pad = Preprocessing(28, 28, 1, fit="pad")
+    assert pad.to_dict()["fit"] == "pad" and Preprocessing.from_dict(pad.to_dict()) == pad
+    root = Path(__file__).resolve().parents[2] / "models"
+    for name in ("fashion-mnist", "omniglot"):
+        stored = json.loads((root / name / "card.json").read_text())["preprocessing"]
+        pre = Preprocessing.from_dict(stored)
+        assert pre.fit == "stretch" and pre.to_dict() == stored  # the hashed dict, unchanged

@@ -9,7 +9,8 @@ from encoder.datasets import Dataset, load_image_folder
 from encoder.errors import ConfigError, DatasetError
 from encoder.images import Preprocessing
 from encoder.models import build_encoder, siamese_model
-from encoder.training import TrainConfig, oneshot_summary, split_train_val, train
+from encoder.training import (TrainConfig, oneshot_summary, split_train_val, train,
+                              validation_warnings)
 
 GREY28 = Preprocessing(28, 28, 1)
 
@@ -191,11 +192,11 @@ def test_rotated_classes_are_new_classes():
 
 def test_affine_distortions_are_small_seeded_and_keep_the_background(omniglot_dir):
     from encoder.datasets import load_omniglot
-    from encoder.training import _Augmenter
+    from encoder.augment import Augmenter
 
     x = load_omniglot([omniglot_dir / "images_background_small1.zip"], side=28).images[:64]
-    out = _Augmenter("affine", seed=4)(x).numpy()
-    again = _Augmenter("affine", seed=4)(x).numpy()
+    out = Augmenter("affine", seed=4)(x).numpy()
+    again = Augmenter("affine", seed=4)(x).numpy()
     assert out.dtype == np.uint8 and out.shape == x.shape
     np.testing.assert_array_equal(out, again)
     changed = np.mean(out != x, axis=(1, 2, 3))
@@ -205,15 +206,15 @@ def test_affine_distortions_are_small_seeded_and_keep_the_background(omniglot_di
     # Ink is moved, not lost or multiplied: the amount of dark pixels stays about the same.
     ink_before, ink_after = (x < 128).mean(axis=(1, 2, 3)), (out < 128).mean(axis=(1, 2, 3))
     assert np.median(ink_after / ink_before) == pytest.approx(1.0, abs=0.25)
-    assert _Augmenter("none", seed=4)(x) is x
+    assert Augmenter("none", seed=4)(x) is x
 
 
 def test_flip_shift_moves_whole_pixels_within_eight_percent():
-    from encoder.training import _Augmenter
+    from encoder.augment import Augmenter
 
     x = np.zeros((32, 28, 28, 1), np.uint8)
     x[:, 10:18, 5:9] = 200  # a bar off the centre, so a mirror shows
-    out = _Augmenter("flip-shift", seed=3)(x).numpy()
+    out = Augmenter("flip-shift", seed=3)(x).numpy()
     assert out.dtype == np.uint8 and out.shape == x.shape
     assert set(np.unique(out)) == {0, 200}  # copied, never blurred
     rows, cols = [], []
@@ -261,3 +262,75 @@ def test_card_records_oneshot_accuracy_of_held_out_classes(fashion_test, tmp_pat
     assert oneshot["episode_classes"] == "any" and set(oneshot) == {"episode_classes", "episodes", "5-way"}
     assert 0.2 <= oneshot["5-way"] <= 1.0
     assert f"one-shot on held-out classes: all 5-way {oneshot['5-way']:.3f}" in lines
+
+
+def test_resolve_decides_every_auto_setting_as_the_network_would(small_folder):
+    """The card holds the values used, not null: the embedding size and depth that
+    build_encoder would choose for the data's image size, so the same network is built."""
+    from dataclasses import asdict
+
+    ds = load_image_folder(small_folder)  # 28x28
+    config = TrainConfig().resolve(ds)
+    assert (config.embedding_dim, config.depth) == (64, 3)
+    assert [k for k, v in asdict(config).items() if v is None] == ["time_budget"]  # no budget
+    big = Dataset(np.zeros((8, 64, 64, 1), np.uint8), np.repeat(np.arange(4), 2),
+                  list("abcd"), name="big", kind="folder")
+    assert TrainConfig().resolve(big).depth == 4
+    tutorial = TrainConfig(arch="tutorial").resolve(ds)
+    assert (tutorial.embedding_dim, tutorial.depth) == (48, None)  # no depth to choose
+    assert TrainConfig(embedding_dim=16, depth=2).resolve(ds).depth == 2
+    assert TrainConfig(embedding_dim=16).resolve(ds).embedding_dim == 16
+
+    def layout(model):
+        return [(type(l).__name__, l.output.shape, l.count_params()) for l in model.layers]
+
+    for data, arch in ((ds, "default"), (big, "default"), (ds, "tutorial")):
+        pre = Preprocessing(*data.images.shape[1:])
+        resolved = TrainConfig(arch=arch).resolve(data)
+        built = build_encoder(arch, pre, resolved.embedding_dim, depth=resolved.depth)
+        assert layout(built) == layout(build_encoder(arch, pre))  # the same network as "auto"
+
+
+def test_thin_validation_is_a_warning_on_screen_and_in_the_card(small_folder, tmp_path):
+    """Four classes: auto would use three calibration folds but cannot, and the threshold is
+    calibrated on the two held-out classes (one pair of different classes): both said, not
+    silent, and recorded."""
+    ds = load_image_folder(small_folder)
+    lines = []
+    card = train(ds, TrainConfig(epochs=1, width=8, min_steps_per_epoch=2, calibration_rounds=1),
+                 tmp_path / "m", report=lines.append)
+    warnings = card.training["warnings"]
+    assert len(warnings) == 2
+    assert warnings[0].startswith("calibration folds: 3 folds (the default for small classes) "
+                                  "need 6 classes or more, this data has 4")
+    assert warnings[1].startswith("thin validation: the threshold is calibrated on 2 held-out "
+                                  "class(es), 1 pair(s) of different classes")
+    assert "--val-split image" in warnings[1]
+    shown = [line for line in lines if line.startswith("warning: ")]
+    assert shown[:2] == [f"warning: {w}" for w in warnings]
+    assert lines.index(shown[0]) < min(i for i, l in enumerate(lines) if l.startswith("epoch 1/1"))
+    assert "2 warning(s) above" in lines[-1]
+    settings = json.loads((tmp_path / "m" / "card.json").read_text())["training"]["settings"]
+    assert (settings["embedding_dim"], settings["depth"]) == (64, 3)
+
+
+def test_enough_held_out_classes_give_no_warning():
+    def data(classes):
+        return Dataset(np.zeros((10 * classes, 4, 4, 1), np.uint8),
+                       np.repeat(np.arange(classes), 10), [str(i) for i in range(classes)],
+                       name=f"{classes}", kind="folder")
+
+    def warnings(ds, config):
+        resolved = config.resolve(ds)
+        splits = [split_train_val(ds, resolved, fold=k) for k in range(resolved.calibration_folds)]
+        return validation_warnings(ds, config, splits)
+
+    assert warnings(data(40), TrainConfig()) == []  # 3 folds of 13-14 classes
+    assert warnings(data(40), TrainConfig(calibration_folds=1)) == []  # 12 held out: 66 pairs
+    assert warnings(data(4), TrainConfig(val_split="image", val_fraction=0.2)) == []  # held-out
+    # images of every class: the threshold is for these classes, on many pairs
+    ten = warnings(data(10), TrainConfig())  # 3 folds of 4, 3 and 3 classes: 12 pairs
+    assert len(ten) == 1 and "10 held-out class(es) over 3 folds, 12 pair(s)" in ten[0]
+    # Asked for one fold: no fallback to report, but still thin.
+    four = warnings(data(4), TrainConfig(calibration_folds=1))
+    assert len(four) == 1 and four[0].startswith("thin validation")

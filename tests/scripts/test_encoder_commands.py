@@ -252,3 +252,60 @@ def test_oneshot_evaluation_of_a_folder(tiny_model, small_folder, capsys):
         "--model", str(tiny_model), "--dataset", "folder", str(small_folder), "--groups", "x"],
         capsys)
     assert code == 2 and "has no groups" in err
+
+
+TINY = ["--epochs", "1", "--width", "8", "--classes-per-batch", "2", "--images-per-class", "4"]
+
+
+def test_classes_held_out_of_training_are_evaluated_on_by_name(small_folder, tmp_path, capsys):
+    code, out, err = run_command(train.main, [
+        "--dataset", "folder", str(small_folder), "--out", str(tmp_path / "m"),
+        "--exclude-classes", "Bag,Sneaker", "--val-split", "image", "--val-fraction", "0.2",
+        *TINY], capsys)
+    assert code == 0, err
+    assert "left out 2 class(es): Bag, Sneaker" in out and "2 classes, 60 images" in out
+    training = json.loads((tmp_path / "m" / "card.json").read_text())["training"]
+    assert training["excluded_classes"] == ["Bag", "Sneaker"]
+    assert training["class_names"] == ["T-shirt-top", "Trouser"] and training["images"] == 48
+    code, out, err = run_command(evaluate.main, [
+        "--model", str(tmp_path / "m"), "--dataset", "folder", str(small_folder), "--json",
+        "--classes", "Bag,Sneaker"], capsys)
+    assert code == 0, err
+    result = json.loads(out)
+    assert (result["images"], result["classes"]) == (60, 2)
+    # Unknown names: one line naming them, before anything is trained or measured.
+    for main, argv in ((train.main, ["--out", str(tmp_path / "n"), "--classes", "Bag,Hat,Sock"]),
+                       (evaluate.main, ["--model", str(tmp_path / "m"),
+                                        "--exclude-classes", "hat"])):
+        code, out, err = run_command(main, ["--dataset", "folder", str(small_folder), *argv],
+                                     capsys)
+        assert code == 2 and len(err.strip().splitlines()) == 1, err
+        assert err.startswith(f"error: folder:{small_folder}: no class named ")
+        assert ("'Hat', 'Sock'; it has Bag, Sneaker" if main is train.main else "'hat'") in err
+    assert not (tmp_path / "n").exists()
+
+
+def test_train_pads_long_images_when_told_and_the_model_keeps_doing_so(tmp_path, capsys):
+    from PIL import Image
+
+    from encoder import Embedder
+    from encoder.images import prepare_batch
+
+    rng = np.random.default_rng(0)
+    for c in range(4):
+        (tmp_path / "tree" / f"s{c}").mkdir(parents=True)
+        for i in range(6):  # "signatures": dark strokes on white paper, three times as wide
+            a = np.full((24, 72), 245, np.uint8)
+            a[8 + c: 16, rng.integers(0, 20): 52 + 4 * c] = 20
+            Image.fromarray(a).save(tmp_path / "tree" / f"s{c}" / f"{i}.png")
+    code, out, err = run_command(train.main, [
+        "--dataset", "folder", str(tmp_path / "tree"), "--out", str(tmp_path / "m"), "--fit", "pad",
+        "--val-split", "image", "--val-fraction", "0.34", *TINY], capsys)
+    assert code == 0, err
+    card = json.loads((tmp_path / "m" / "card.json").read_text())
+    assert card["preprocessing"]["fit"] == "pad" and card["input_shape"] == [28, 28, 1]
+    embedder = Embedder.load(tmp_path / "m")
+    x = embedder.prepare([tmp_path / "tree" / "s0" / "0.png"])
+    assert (x[0, :9] == 245).all() and (x[0, 19:] == 245).all()  # padded with paper, not stretched
+    np.testing.assert_array_equal(x, prepare_batch([tmp_path / "tree" / "s0" / "0.png"],
+                                                   embedder.card.preprocessing))

@@ -1,0 +1,165 @@
+"""The verdict through the JSON API and the pages: the domain check, operating points, the
+probability and open-set identification, with the bundled model over a real gallery."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+
+
+def png(image: Image.Image) -> bytes:
+    out = io.BytesIO()
+    image.save(out, "PNG")
+    return out.getvalue()
+
+
+def portrait() -> bytes:
+    """A real photograph of a person (scikit-image's astronaut): nothing like Fashion-MNIST."""
+    from skimage import data
+
+    out = io.BytesIO()
+    Image.fromarray(data.astronaut()).save(out, "JPEG")
+    return out.getvalue()
+
+
+def noise(seed: int = 0) -> bytes:
+    rng = np.random.default_rng(seed)
+    return png(Image.fromarray(rng.integers(0, 256, (64, 64), dtype=np.uint8), "L"))
+
+
+def field(data: bytes, name: str = "image.png") -> tuple[io.BytesIO, str]:
+    return io.BytesIO(data), name
+
+
+@pytest.fixture(scope="module")
+def needs_domain_model(model_embedder):
+    assert model_embedder.has_domain_model, "the bundled model ships its domain model"
+
+
+def test_a_portrait_is_out_of_domain_and_never_verified(client, needs_domain_model):
+    body = client.post("/api/search", data={"image": field(portrait(), "me.jpg"),
+                                            "threshold": "5"}).get_json()
+    assert body["in_domain"] is False and "does not look like" in body["domain_reason"]
+    assert "fashion-mnist" in body["domain_reason"]
+    assert body["matches"] and not any(m["verified"] for m in body["matches"])
+    found = client.post("/api/identify", data={"image": field(portrait(), "me.jpg")}).get_json()
+    assert found["in_domain"] is False and found["match"] is None
+    assert found["nearest"] is not None and found["nearest"]["verified"] is False
+
+
+def test_a_portrait_against_noise_is_not_verified(client, needs_domain_model):
+    body = client.post("/api/verify", data={"image_a": field(portrait(), "me.jpg"),
+                                            "image_b": field(noise())}).get_json()
+    assert body["verified"] is False and body["in_domain"] is False
+    assert body["domain_reason"].startswith("the first image")
+
+
+def test_gallery_images_are_in_domain_and_verified_with_a_probability(client, upload, sample_pngs):
+    coat = sample_pngs["Coat"][0]
+    body = client.post("/api/search", data={"image": upload(coat)}).get_json()
+    assert body["in_domain"] is True and body["matches"][0]["verified"]
+    first = body["matches"][0]
+    assert first["probability"] > 0.95
+    assert all(0 <= m["probability"] <= 1 for m in body["matches"])
+    # the probability falls as the distance grows
+    by_distance = sorted(body["matches"], key=lambda m: m["distance"])
+    assert [m["probability"] for m in by_distance] == sorted(
+        (m["probability"] for m in by_distance), reverse=True)
+
+
+def test_operating_points_per_request(client, upload, sample_pngs, model_embedder):
+    points = model_embedder.verdicts.operating_points
+    assert set(points) == {"balanced", "far-1e-2", "far-1e-3"}
+    bag = sample_pngs["Bag"][1]
+    for name, threshold in points.items():
+        body = client.post("/api/search", data={"image": upload(bag), "k": "8",
+                                                "operating_point": name}).get_json()
+        assert body["operating_point"] == name and body["threshold"] == pytest.approx(threshold)
+        assert all(m["verified"] == (m["distance"] <= threshold) for m in body["matches"])
+    strict = client.post("/api/verify", data={"image_a": upload(bag), "image_b": upload(bag),
+                                              "operating_point": "far-1e-3"}).get_json()
+    assert strict["operating_point"] == "far-1e-3" and strict["verified"]
+
+
+@pytest.mark.parametrize("path, form, message", [
+    ("/api/search", {"operating_point": "strict"}, "unknown operating point 'strict'"),
+    ("/api/search", {"operating_point": "balanced", "threshold": "0.5"}, "not both"),
+    ("/api/verify", {"operating_point": "far-1e-4"}, "unknown operating point"),
+    ("/api/identify", {"fpir": "0"}, "fpir must be between 0 and 1"),
+    ("/api/identify", {"fpir": "1.5"}, "fpir must be between 0 and 1"),
+    ("/api/identify", {"fpir": "often"}, "fpir must be a number"),
+    ("/api/identify", {"fpir": "0.1", "threshold": "0.2"}, "not both"),
+])
+def test_bad_verdict_parameters_are_400(client, upload, sample_pngs, path, form, message):
+    image = sample_pngs["Dress"][0]
+    files = ({"image_a": upload(image), "image_b": upload(image)} if path == "/api/verify"
+             else {"image": upload(image)})
+    r = client.post(path, data={**files, **form})
+    assert r.status_code == 400, r.get_json()
+    assert r.get_json()["error"]["code"] == "bad_parameter"
+    assert message in r.get_json()["error"]["message"]
+
+
+def test_identify_picks_its_threshold_for_the_target_fpir_at_the_gallery_size(
+        client, upload, sample_pngs, model_embedder):
+    image = upload(sample_pngs["Shirt"][0])
+    loose = client.post("/api/identify", data={"image": image, "fpir": "0.1"}).get_json()
+    strict = client.post("/api/identify", data={"image": upload(sample_pngs["Shirt"][0]),
+                                                "fpir": "0.001"}).get_json()
+    assert loose["operating_point"] == strict["operating_point"] == "fpir"
+    assert loose["gallery_size"] == 50 and loose["fpir"] == 0.1
+    assert strict["threshold"] < loose["threshold"]
+    expected, _ = model_embedder.card.open_set.threshold_for(0.1, 50)
+    assert loose["threshold"] == pytest.approx(expected, abs=1e-6)
+    assert loose["match"]["distance"] < 1e-3  # the very image is enrolled
+
+
+def test_identify_in_an_empty_gallery_is_a_clear_error(make_app, upload, sample_pngs, gallery_path,
+                                                      model_embedder):
+    from indexer import Gallery
+
+    with Gallery.open(gallery_path, model_embedder) as gallery:
+        gallery.remove([item.id for item in gallery.items(limit=1000)])
+    client = make_app().test_client()
+    r = client.post("/api/identify", data={"image": upload(sample_pngs["Bag"][0])})
+    assert r.status_code == 400 and "the gallery is empty" in r.get_json()["error"]["message"]
+    search = client.post("/api/search", data={"image": upload(sample_pngs["Bag"][0])}).get_json()
+    assert search["matches"] == [] and search["in_domain"] is True
+
+
+def test_a_gallery_default_operating_point_applies_to_every_request(make_app, upload, sample_pngs,
+                                                                   gallery_path, model_embedder):
+    from indexer import Gallery
+
+    with Gallery.open(gallery_path, model_embedder) as gallery:
+        gallery.set_verdict(operating_point="far-1e-2", fpir=0.05)
+    client = make_app().test_client()
+    body = client.post("/api/search", data={"image": upload(sample_pngs["Bag"][0])}).get_json()
+    assert body["operating_point"] == "far-1e-2"
+    found = client.post("/api/identify", data={"image": upload(sample_pngs["Bag"][0])}).get_json()
+    assert found["fpir"] == 0.05
+    stats = client.get("/api/stats").get_json()
+    assert stats["operating_point"] == "far-1e-2" and stats["fpir"] == 0.05
+    assert stats["model"]["domain_model"] is True
+
+
+def test_the_search_page_says_plainly_that_a_portrait_is_not_what_the_model_knows(
+        client, needs_domain_model):
+    r = client.post("/", data={"image": field(portrait(), "me.jpg")})
+    html = r.get_data(as_text=True)
+    assert r.status_code == 200
+    assert 'data-verdict="out-of-domain"' in html and 'data-verdict="verified"' not in html
+    assert "does not look like what this model was trained on" in html
+    assert "fashion-mnist" in html
+    assert "✓ verified" not in html
+
+
+def test_the_verify_page_names_the_operating_point_and_probability(client, upload, sample_pngs):
+    shoe = sample_pngs["Sandal"][0]
+    html = client.post("/verify", data={"image_a": upload(shoe), "image_b": upload(shoe),
+                                        "operating_point": "far-1e-3"}).get_data(as_text=True)
+    assert 'data-verdict="verified"' in html and "operating point far-1e-3" in html
+    assert "% same" in html
