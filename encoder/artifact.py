@@ -115,6 +115,9 @@ def save_model(directory: str | os.PathLike, encoder, card: ModelCard, domain_mo
         raise ModelError("a domain model and its card entry go together")
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o777 & ~umask)  # a model directory as readable as any other (mkdtemp: 0700)
         encoder.save(tmp / MODEL_FILE)
         if domain_model is not None:
             domain_model.save(tmp / DOMAIN_FILE)

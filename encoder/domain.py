@@ -34,7 +34,7 @@ from .foreign import FAMILIES, foreign_batch
 from .images import Preprocessing
 
 DOMAIN_FILE = "domain.keras"
-DEFAULT_REJECTION = 0.005  # share of held-out in-domain images the threshold rejects
+DEFAULT_REJECTION = 0.002  # share of held-out in-domain images the threshold rejects (docs/trust.md)
 METHOD = "outlier-exposure CNN on the model input"
 
 
