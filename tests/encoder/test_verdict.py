@@ -163,3 +163,64 @@ def test_the_card_round_trips_everything(tiny_model):
     assert again.probability(0.4) == pytest.approx(card.probability(0.4), abs=1e-4)
     assert again.open_set.threshold_for(0.05, 30)[0] == pytest.approx(
         card.open_set.threshold_for(0.05, 30)[0], rel=1e-3)
+
+
+def copy_model(src, dst):
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_a_model_directory_from_before_still_loads_and_says_so(tiny_model, tmp_path):
+    import json
+
+    from encoder import Embedder
+
+    old = copy_model(tiny_model, tmp_path / "old")
+    card = json.loads((old / "card.json").read_text())
+    for key in ("operating_points", "probability", "open_set", "domain"):
+        card.pop(key)
+    (old / "card.json").write_text(json.dumps(card))
+    (old / "domain.keras").unlink()
+    embedder = Embedder.load(old)
+    assert not embedder.has_domain_model
+    image = np.zeros((28, 28), np.uint8)
+    verdict = embedder.verify(image, image)
+    assert verdict.verified and verdict.domain.in_domain is None and verdict.probability is None
+    assert "has no domain model" in verdict.domain.reason
+    with pytest.raises(Exception, match="has no domain model"):
+        embedder.domain_score([image])
+
+
+def test_a_domain_model_that_is_missing_or_not_the_cards_is_refused(tiny_model, tmp_path):
+    from encoder import Embedder
+    from encoder.errors import ModelError
+
+    missing = copy_model(tiny_model, tmp_path / "missing")
+    (missing / "domain.keras").unlink()
+    with pytest.raises(ModelError, match="domain.keras is missing"):
+        Embedder.load(missing)
+    swapped = copy_model(tiny_model, tmp_path / "swapped")
+    embedder = Embedder.load(tiny_model)
+    weights = embedder.domain.model.get_weights()
+    weights[-1] = weights[-1] + np.float32(1.0)
+    embedder.domain.model.set_weights(weights)
+    embedder.domain.model.save(swapped / "domain.keras")
+    with pytest.raises(ModelError, match="do not belong together"):
+        Embedder.load(swapped)
+
+
+def test_the_tiny_model_knows_its_domain(tiny_model, small_folder):
+    """A really trained domain model: its own kind of image in, foreign kinds out."""
+    from encoder import Embedder
+    from encoder.foreign import foreign_batch
+
+    embedder = Embedder.load(tiny_model)
+    domain = embedder.card.domain
+    assert domain.heldout_rejected <= 0.05 and set(domain.foreign_accepted) >= {"photos", "faces"}
+    own = sorted(small_folder.rglob("*.png"))
+    assert np.mean(embedder.in_domain(own)) >= 0.9
+    foreign = foreign_batch(200, embedder.card.preprocessing, seed=11)
+    scores = embedder.domain_score_prepared(foreign)
+    assert np.mean(scores >= domain.threshold) <= 0.1
