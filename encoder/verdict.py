@@ -168,7 +168,8 @@ class Verdicts:
     def judge(self, distances, rule: Rule, domain: DomainCheck) -> list[Verdict]:
         """Verdicts for distances under one rule, all of one query image (its domain check)."""
         distances = np.atleast_1d(np.asarray(distances, np.float64))
-        probabilities = self.probability(distances)
+        # The probability was calibrated on in-domain pairs; for a foreign image it means nothing.
+        probabilities = None if domain.in_domain is False else self.probability(distances)
         return [Verdict(bool(domain.in_domain is not False and d <= rule.threshold), float(d),
                         None if probabilities is None else float(p), rule, domain)
                 for d, p in zip(distances, probabilities if probabilities is not None

@@ -45,6 +45,7 @@ def test_a_portrait_is_out_of_domain_and_never_verified(client, needs_domain_mod
     assert body["in_domain"] is False and "does not look like" in body["domain_reason"]
     assert "fashion-mnist" in body["domain_reason"]
     assert body["matches"] and not any(m["verified"] for m in body["matches"])
+    assert all(m["probability"] is None for m in body["matches"])  # calibrated in domain only
     found = client.post("/api/identify", data={"image": field(portrait(), "me.jpg")}).get_json()
     assert found["in_domain"] is False and found["match"] is None
     assert found["nearest"] is not None and found["nearest"]["verified"] is False
