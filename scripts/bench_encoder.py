@@ -56,8 +56,12 @@ def run(args) -> int:
 
     rows = []
     predict_one = _median_ms(lambda: model.predict(prepared[:1], verbose=0), max(20, args.repeats // 10))
-    for name, fn in [("Embedder.embed, one uint8 array", lambda: embedder.embed(batch[:1])),
-                     ("Embedder.embed, one PNG (decode included)", lambda: embedder.embed([png]))]:
+    cases = [("Embedder.embed, one uint8 array", lambda: embedder.embed(batch[:1])),
+             ("Embedder.embed, one PNG (decode included)", lambda: embedder.embed([png]))]
+    if embedder.has_domain_model:  # what a query costs with the domain check a verdict needs
+        cases.append(("Embedder.embed_checked, one PNG (+ domain check)",
+                      lambda: embedder.embed_checked([png])))
+    for name, fn in cases:
         ms = _median_ms(fn, args.repeats)
         rows.append([name, "median ms / image", ms, f"{predict_one / ms:.1f}x"])
     rows.append(["baseline: model.predict, one image", "median ms / image", predict_one, "1x"])
