@@ -309,19 +309,16 @@ def open_set_identification(embeddings: np.ndarray, labels: np.ndarray,
       (FPIR: share of non-mated probes whose nearest gallery image is within the threshold;
       FNIR: share of mated probes whose nearest gallery image is not of their class or not
       within it);
-    - with `predict(fpir, gallery_size) -> (threshold, calibrated)` (a card's
-      `OpenSetModel.threshold_for`): at the threshold it predicts for each target and the
-      gallery's size, the FPIR measured and the identification rate (1 - FNIR) there;
+    - with `predict(fpir, gallery_size, gallery_embeddings, gallery_labels) -> (threshold,
+      calibrated)` (what `identify` would use: `Verdicts.identification_rule`, from the round's
+      gallery itself or the card's open-set model): at the threshold it predicts for each
+      target and the round's gallery, the FPIR measured and the identification rate there;
     - `curve`: FNIR against FPIR (0, then log-spaced), averaged over rounds, for a DET plot."""
     embeddings = np.asarray(embeddings, np.float32)
     labels = np.asarray(labels)
     draws, enrolled, skipped = open_set_rounds(labels, enrolled, shots, rounds, seed)
     gallery_size = enrolled * shots
-    predictions = []
-    if predict is not None:
-        for target in fpir_targets:
-            t, calibrated = predict(target, gallery_size)
-            predictions.append((float(target), float(t), bool(calibrated)))
+    predictions = [] if predict is None else [(float(f), [], []) for f in fpir_targets]
     rank1, rank5, mated_n, nonmated_n = [], [], [], []
     at_target = {f: ([], [], []) for f in fpir_targets}  # fnir, threshold, measured fpir
     at_predicted = [([], []) for _ in predictions]  # measured fpir, identification rate
@@ -362,7 +359,10 @@ def open_set_identification(embeddings: np.ndarray, labels: np.ndarray,
             at_target[f][0].append(1 - identified(t))
             at_target[f][1].append(t)
             at_target[f][2].append(false_positives(t))
-        for (_, t, _), (fpirs, rates) in zip(predictions, at_predicted):
+        for (f, thresholds, calibrated), (fpirs, rates) in zip(predictions, at_predicted):
+            t, ok = predict(f, gallery_size, g, labels[gallery.ravel()])
+            thresholds.append(float(t))
+            calibrated.append(bool(ok))
             fpirs.append(false_positives(t))
             rates.append(identified(t))
         grid = np.r_[0.0, np.geomspace(1 / len(nonmated), 1.0, 40)]
@@ -380,8 +380,9 @@ def open_set_identification(embeddings: np.ndarray, labels: np.ndarray,
                           "threshold": _spread(at_target[f][1]),
                           "measured_fpir": _spread(at_target[f][2])} for f in fpir_targets],
         "predicted": None if predict is None else [
-            {"fpir": f, "threshold": t, "calibrated": calibrated,
-             "measured_fpir": _spread(fpirs), "identification_rate": _spread(rates)}
+            {"fpir": f, "threshold": float(np.mean(t)), "threshold_sd": float(np.std(t)),
+             "calibrated": all(calibrated), "measured_fpir": _spread(fpirs),
+             "identification_rate": _spread(rates)}
             for (f, t, calibrated), (fpirs, rates) in zip(predictions, at_predicted)],
         "curve": {"fpir": [float(v) for v in curve[:, 0]], "fnir": [float(v) for v in curve[:, 1]]},
     }

@@ -35,7 +35,7 @@ from encoder.distance import euclidean
 from encoder.errors import ConfigError, GalleryError, ModelMismatchError, NotFoundError
 from encoder.images import ImageSource
 from encoder.verdict import (DEFAULT_FPIR, DomainCheck, Rule, check_fpir, check_operating_point,
-                             check_threshold)
+                             check_threshold, nearest_impostors)
 
 from .files import remove_leftovers, write_json
 from .lock import WriterLock
@@ -51,6 +51,7 @@ LOCK_FILE = "gallery.lock"
 GALLERY_FORMAT = 1
 EXTERNAL = "external"  # gallery.json "database" value when the metadata lives at another URL
 ITEM_CACHE = 50_000  # items kept in memory for search results (a few hundred bytes each)
+IMPOSTOR_SAMPLE = 5_000  # items whose nearest other-label item sets the 1:N threshold
 
 Images = Union[ImageSource, Sequence[ImageSource]]
 
@@ -123,6 +124,7 @@ class Gallery:
         # added and its id is never reused, so a cached item is right for as long as the index
         # holds its id (`search_vectors` only asks for ids the index, synced, returned).
         self._item_cache: OrderedDict[int, Item] = OrderedDict()
+        self._impostors: Optional[tuple[int, np.ndarray]] = None  # (gallery size, distances)
 
     # --- making and opening ----------------------------------------------------------------------
 
@@ -253,8 +255,48 @@ class Gallery:
     def identification_rule(self, fpir: Optional[float] = None,
                             threshold: Optional[float] = None) -> Rule:
         """The 1:N rule at the gallery's current size: the threshold for the target `fpir`
-        (default: the gallery's), or an explicit `threshold`."""
-        return self.embedder.verdicts.identification_rule(len(self), fpir, threshold, self.fpir)
+        (default: the gallery's), or an explicit `threshold`; from the gallery's own items when
+        there are enough of them (`encoder.verdict.Verdicts.identification_rule`)."""
+        impostors = None if threshold is not None else self.nearest_impostors()
+        return self.embedder.verdicts.identification_rule(len(self), fpir, threshold, self.fpir,
+                                                          impostors)
+
+    def nearest_impostors(self) -> np.ndarray:
+        """For (a sample of up to `IMPOSTOR_SAMPLE`) items, the distance to the nearest item of
+        another label: what the 1:N threshold is read from. Kept until the gallery's size moves
+        by more than 1%, so a busy gallery does not recompute it for every change."""
+        with self._mutex:
+            size = len(self._index)
+            cached = self._impostors
+            if cached is not None and abs(cached[0] - size) <= 0.01 * size:
+                return cached[1]
+            ids = self._index.ids()
+            if len(ids) > IMPOSTOR_SAMPLE:
+                ids = np.sort(np.random.default_rng(size).choice(ids, IMPOSTOR_SAMPLE,
+                                                                 replace=False))
+            with self._store.read() as conn:
+                ids, vectors = self._store.embeddings(conn, self._settings.embedding_dim, ids)
+                labels = self._store.labels(conn, ids)
+            if size <= IMPOSTOR_SAMPLE:
+                impostors = nearest_impostors(vectors, [labels[int(i)] for i in ids])
+            else:
+                impostors = self._sampled_impostors(ids, vectors, labels)
+            self._impostors = (size, impostors[np.isfinite(impostors)])
+            return self._impostors[1]
+
+    def _sampled_impostors(self, ids: np.ndarray, vectors: np.ndarray, labels: dict) -> np.ndarray:
+        """`nearest_impostors` of sampled items against the whole index: the first of their 64
+        nearest with another label, else the 64th distance (a lower bound: conservative)."""
+        distances, neighbours = self._index.search(vectors, 64)
+        with self._store.read() as conn:
+            others = self._store.labels(conn, np.unique(neighbours[neighbours >= 0]))
+        out = np.empty(len(ids))
+        for row, (item, d, n) in enumerate(zip(ids, distances, neighbours)):
+            own = labels[int(item)]
+            differs = [k for k, j in enumerate(n) if j >= 0 and j != item
+                       and (own is None or others.get(int(j)) != own)]
+            out[row] = d[differs[0]] if differs else d[-1]
+        return out
 
     @property
     def index_spec(self) -> IndexSpec:

@@ -314,6 +314,13 @@ class Store:
                             .order_by(ITEMS.c.label))
         return {label: int(n) for label, n in rows}
 
+    def labels(self, conn: Connection, ids: Sequence[int]) -> dict[int, Optional[str]]:
+        found: dict[int, Optional[str]] = {}
+        for chunk in _chunks(_ints(ids)):
+            found.update({int(i): label for i, label in conn.execute(
+                select(ITEMS.c.id, ITEMS.c.label).where(ITEMS.c.id.in_(chunk)))})
+        return found
+
     def ids(self, conn: Connection) -> np.ndarray:
         return np.fromiter(conn.execute(select(ITEMS.c.id).order_by(ITEMS.c.id)).scalars(), np.int64)
 

@@ -144,9 +144,23 @@ def main(argv: list[str] | None = None) -> int:
         results["domain"] = None
     open_set = None
     if args.open_set:
-        open_set = open_set_identification(
+        from encoder.verdict import nearest_impostors
+
+        def as_identify(fpir, size, gallery, labels):
+            """The threshold `Gallery.identify` would take for this gallery."""
+            rule = embedder.verdicts.identification_rule(
+                size, fpir, impostors=nearest_impostors(gallery, labels))
+            return rule.threshold, rule.calibrated
+
+        def by_card(fpir, size, gallery, labels):
+            return card.open_set.threshold_for(fpir, size)
+
+        run_open_set = lambda predict: open_set_identification(  # noqa: E731
             embeddings, ds.labels, args.enrolled, args.shots, args.open_set_rounds, args.seed,
-            None if card.open_set is None else card.open_set.threshold_for)
+            predict)
+        open_set = run_open_set(as_identify)
+        open_set["predicted_by_card"] = (None if card.open_set is None else
+                                         run_open_set(by_card)["predicted"])
         results["open_set"] = open_set
     oneshot = []
     if args.oneshot:
@@ -256,17 +270,20 @@ def open_set_lines(r: dict) -> list[str]:
     lines.append("    " + format_table(["FPIR", "FNIR", "threshold"], [
         [f"{p['fpir']:g}", _mean_sd(p["fnir"]), _mean_sd(p["threshold"])]
         for p in r["fnir_at_fpir"]]).replace("\n", "\n    "))
-    if r["predicted"] is None:
-        lines.append("  prediction missing: the card has no open-set model, so there is no "
-                     "predicted threshold to check (the measured curve only)")
-    else:
-        lines.append(f"  the card's predicted threshold for a gallery of {r['gallery_size']:,}:")
+    for key, title in (("predicted", "the threshold identify takes (from the gallery's own items "
+                                      "where they suffice, else the card)"),
+                       ("predicted_by_card", "the card's open-set model alone")):
+        if r.get(key) is None:
+            if key == "predicted_by_card":
+                lines.append("  the card has no open-set model: no prediction of its own")
+            continue
+        lines.append(f"  {title}, gallery of {r['gallery_size']:,}:")
         lines.append("    " + format_table(
             ["target FPIR", "threshold", "measured FPIR", "identification rate"],
             [[f"{p['fpir']:g}", f"{p['threshold']:.4f}" + ("" if p["calibrated"] else " *"),
               _mean_sd(p["measured_fpir"]), _mean_sd(p["identification_rate"])]
-             for p in r["predicted"]]).replace("\n", "\n    "))
-        if not all(p["calibrated"] for p in r["predicted"]):
+             for p in r[key]]).replace("\n", "\n    "))
+        if not all(p["calibrated"] for p in r[key]):
             lines.append("    * beyond what calibration measured (stricter than its closest "
                          "impostor pair)")
     return lines

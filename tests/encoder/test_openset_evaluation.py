@@ -117,7 +117,7 @@ def test_measured_rates_equal_a_brute_force_count():
     embeddings, labels = clusters(3, classes=24, per=5, dim=8, spread=0.7)
     thresholds = {0.01: 2.2, 0.05: 2.6, 0.1: 2.9}
     result = open_set_identification(embeddings, labels, enrolled=10, shots=2, rounds=3, seed=7,
-                                     predict=lambda fpir, size: (thresholds[fpir], True))
+                                     predict=lambda fpir, *_: (thresholds[fpir], True))
     draws, *_ = open_set_rounds(labels, 10, 2, 3, 7)
     counted = {t: [brute_force(embeddings, labels, *draw, t) for draw in draws]
                for t in thresholds.values()}
@@ -151,7 +151,7 @@ def test_the_cards_prediction_holds_on_clusters_it_was_not_fitted_on():
     model = fit_open_set([(fitted, fitted_labels)])
     embeddings, labels = clusters(100, classes=200, per=6)
     result = open_set_identification(embeddings, labels, enrolled=100, shots=1, rounds=5, seed=0,
-                                     predict=model.threshold_for)
+                                     predict=lambda fpir, size, *_: model.threshold_for(fpir, size))
     assert result["gallery_size"] == 100
     for p in result["predicted"]:
         assert p["threshold"] == model.threshold_for(p["fpir"], 100)[0]
@@ -180,3 +180,20 @@ def test_bad_open_set_input_is_refused(kwargs, error, message):
     with pytest.raises(error) as info:
         open_set_identification(embeddings, **args)
     assert message in str(info.value)
+
+
+def test_the_galleries_own_items_predict_the_fpir_of_people_not_enrolled():
+    """What `identify` does when the gallery is large enough: the share of gallery items whose
+    nearest item of another label is within the threshold, a leave-one-out FPIR, taken on the
+    round's gallery alone, holds on probes of classes not enrolled."""
+    from encoder.verdict import leave_one_out_threshold, nearest_impostors
+
+    embeddings, labels = clusters(5, classes=300, per=4)
+
+    def from_gallery(fpir, size, gallery, gallery_labels):
+        return leave_one_out_threshold(nearest_impostors(gallery, gallery_labels), fpir), True
+
+    result = open_set_identification(embeddings, labels, enrolled=200, shots=1, rounds=5, seed=1,
+                                     predict=from_gallery)
+    for p in result["predicted"]:
+        assert abs(p["measured_fpir"]["mean"] - p["fpir"]) <= max(0.01, 0.35 * p["fpir"]), p

@@ -224,3 +224,22 @@ def test_the_tiny_model_knows_its_domain(tiny_model, small_folder):
     foreign = foreign_batch(200, embedder.card.preprocessing, seed=11)
     scores = embedder.domain_score_prepared(foreign)
     assert np.mean(scores >= domain.threshold) <= 0.1
+
+
+def test_a_large_enough_gallery_sets_its_own_identification_threshold(tiny_model):
+    from encoder.verdict import MIN_FALSE_IDENTIFICATIONS, leave_one_out_threshold, nearest_impostors
+
+    verdicts = Verdicts(card_with_calibration(load_card(tiny_model)))
+    e, labels = clusters(classes=50, per_class=2, seed=4)
+    impostors = nearest_impostors(e, labels)
+    brute = [min(np.linalg.norm(e[i] - e[j]) for j in range(len(e)) if labels[j] != labels[i])
+             for i in range(len(e))]
+    assert impostors == pytest.approx(brute, rel=1e-4)
+    unlabelled = nearest_impostors(e, [None] * len(e))  # each its own identity
+    assert np.all(unlabelled <= impostors + 1e-6)
+    t = leave_one_out_threshold(impostors, 0.05)
+    assert np.mean(impostors <= t) == 0.05  # 5 of 100 items within
+    rule = verdicts.identification_rule(100, fpir=0.05, impostors=impostors)
+    assert (rule.basis, rule.threshold) == ("gallery", t)
+    few = impostors[: int(MIN_FALSE_IDENTIFICATIONS / 0.05) - 1]  # too few to show 5
+    assert verdicts.identification_rule(100, fpir=0.05, impostors=few).basis == "card"
