@@ -19,7 +19,7 @@ from .artifact import ModelCard, load_model, save_model
 from .calibration import calibrate, verdict_calibration
 from .datasets import Dataset
 from .distance import euclidean
-from .domain import fit_domain_model
+from .domain import REJECTION, fit_domain_model
 from .errors import DatasetError
 from .images import prepare_batch
 from .pairs import repeated_tutorial_pairs
@@ -74,7 +74,7 @@ def recalibrate(model_dir: str | Path, ds: Dataset,
         domain_model, domain_card = fit_domain_model(
             x_all[train_idx], x_all[val_idx], pre, ds.name, seed=config.seed,
             extra_foreign=extra_foreign, epochs=domain_epochs, augment=config.augment,
-            report=report)
+            rejection=REJECTION[config.val_split], report=report)
     card = dataclasses.replace(card, domain=domain_card, **verdicts)
     save_model(model_dir, encoder, card, domain_model)
     report(f"saved {model_dir} (model {card.model_id}, unchanged weights)")

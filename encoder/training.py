@@ -16,7 +16,7 @@ from .augment import AUGMENTATIONS, Augmenter
 from .calibration import calibrate, cross_validated_accuracy, verdict_calibration
 from .datasets import Dataset
 from .distance import euclidean
-from .domain import fit_domain_model
+from .domain import REJECTION, fit_domain_model
 from .errors import ConfigError, DatasetError
 from .evaluation import (HELDOUT_EPISODES, HELDOUT_WAYS, contrastive_loss, heldout_oneshot,
                          retrieval_metrics)
@@ -528,7 +528,7 @@ def train(ds: Dataset, config: TrainConfig, out_dir: str | os.PathLike,
         domain_model, domain_card = fit_domain_model(
             x_all[splits[0][0]], x_all[splits[0][1]], pre, ds.name, seed=config.seed,
             extra_foreign=extra_foreign, epochs=config.domain_epochs, augment=config.augment,
-            report=report)
+            rejection=REJECTION[config.val_split], report=report)
     # The held-out metrics are the folds' (each on classes its encoder never saw), averaged.
     validation = {"contrastive_loss": round(float(np.mean([f.best_loss for f in fits])), 5),
                   "accuracy": round(cal.accuracy, 5),

@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     from encoder import Embedder
     from encoder.datasets import load_dataset
-    from encoder.domain import DEFAULT_REJECTION, DomainModel, fit_domain_model
+    from encoder.domain import REJECTION, DomainModel, fit_domain_model
     from encoder.errors import ConfigError
     from encoder.foreign import FAMILIES, foreign_batch
     from encoder.images import prepare_batch
@@ -110,9 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     fields = TrainConfig.__dataclass_fields__
     settings = {k: v for k, v in embedder.card.training.get("settings", {}).items() if k in fields}
     config = TrainConfig(**settings).resolve(ds)
-    options = {"augment": args.augment or config.augment}
-    if args.rejection is not None:
-        options["rejection"] = args.rejection
+    options = {"augment": args.augment or config.augment,
+               "rejection": args.rejection or REJECTION[config.val_split]}
     results["options"] = options
 
     # The splits: (name, train, calibrate, test images).
@@ -173,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
 
     e_train, e_cal, e_test = (embedder.embed_prepared(a) for a in (train, calibrate, test))
     score = mahalanobis(e_train)
-    threshold = float(np.quantile(score(e_cal), DEFAULT_REJECTION))
+    threshold = float(np.quantile(score(e_cal), options["rejection"]))
     baseline = {"in-domain rejected": float(np.mean(score(e_test) < threshold))}
     for name, images in {**fresh, **unseen, **extras}.items():
         baseline[name] = float(np.mean(score(embedder.embed_prepared(images)) >= threshold))
