@@ -120,9 +120,23 @@ def test_search_command(tmp_path, png_folder, model_dir, capsys):
     code, out, _ = cli(search_cmd, [query, query, "--gallery", gallery, "--model", model_dir,
                                     "--threshold", "0", "--json"], capsys)
     results = json.loads(out)
-    assert results["threshold"] == 0 and len(results["results"]) == 2
-    best = results["results"][0]["matches"][0]
+    assert len(results["results"]) == 2
+    first = results["results"][0]
+    assert (first["operating_point"], first["threshold"]) == ("threshold", 0)
+    assert first["in_domain"] is True
+    best = first["matches"][0]
     assert best["source"] == str(query) and best["label"] == "Trouser"
+    assert best["verified"] and 0.99 < best["probability"] <= 1  # the very image, distance 0
+    code, out, _ = cli(search_cmd, [query, "--gallery", gallery, "--model", model_dir,
+                                    "--operating-point", "far-1e-3"], capsys)
+    assert code == 0 and "(far-1e-3 (threshold" in out.splitlines()[0]
+    code, out, _ = cli(search_cmd, [query, "--gallery", gallery, "--model", model_dir,
+                                    "--identify", "--fpir", "0.05"], capsys)
+    assert code == 0 and out.startswith(f"{query}: identified: item ")
+    assert "FPIR 0.05 with 48 enrolled" in out
+    code, _, err = cli(search_cmd, [query, "--gallery", gallery, "--model", model_dir,
+                                    "--identify", "--fpir", "2"], capsys)
+    assert code == 2 and "fpir must be between 0 and 1" in error_line(err)
     not_image = tmp_path / "q.png"
     not_image.write_text("x")
     code, _, err = cli(search_cmd, [not_image, "--gallery", gallery, "--model", model_dir], capsys)
