@@ -258,10 +258,3 @@ def check_fpir(fpir, default: Optional[float] = None) -> float:
     if not 0.0 < value < 1.0:
         raise ConfigError(f"fpir must be between 0 and 1 (exclusive), not {fpir!r}")
     return value
-
-
-def check_operating_point(name: Optional[str]) -> Optional[str]:
-    if name is not None and name not in OPERATING_POINTS:
-        raise ConfigError(f"unknown operating point {name!r}; choose one of "
-                          f"{', '.join(OPERATING_POINTS)}")
-    return name

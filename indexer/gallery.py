@@ -34,8 +34,7 @@ import numpy as np
 from encoder.distance import euclidean
 from encoder.errors import ConfigError, GalleryError, ModelMismatchError, NotFoundError
 from encoder.images import ImageSource
-from encoder.verdict import (DEFAULT_FPIR, DomainCheck, Rule, check_fpir, check_operating_point,
-                             check_threshold, nearest_impostors)
+from encoder.verdict import DEFAULT_FPIR, DomainCheck, Rule, check_fpir, nearest_impostors
 
 from .files import remove_leftovers, write_json
 from .lock import WriterLock
@@ -146,9 +145,10 @@ class Gallery:
         database is the record, a lagging index file is caught up on open)."""
         path = Path(path)
         spec = index if isinstance(index, IndexSpec) else IndexSpec.parse(index)
-        threshold = None if threshold is None else check_threshold(threshold)
+        # The verdict checks both (and not both together), before anything is made.
+        rule = embedder.verdicts.rule(operating_point, threshold)
+        threshold = None if threshold is None else rule.threshold
         fpir = None if fpir is None else check_fpir(fpir)
-        embedder.verdicts.rule(check_operating_point(operating_point), threshold)  # both valid
         if (path / GALLERY_FILE).exists():
             raise GalleryError(f"{path}: already a gallery; open it instead")
         if path.exists() and (not path.is_dir() or any(path.iterdir())):
@@ -544,9 +544,9 @@ class Gallery:
                     threshold: Optional[float] = None, fpir: Optional[float] = None) -> None:
         """Set this gallery's default 1:1 rule (an operating point or a threshold; neither:
         back to "balanced") and its default target FPIR for `identify` (None: 0.01)."""
-        threshold = None if threshold is None else check_threshold(threshold)
+        rule = self.embedder.verdicts.rule(operating_point, threshold)  # checks both
+        threshold = None if threshold is None else rule.threshold
         fpir = None if fpir is None else check_fpir(fpir)
-        self.embedder.verdicts.rule(check_operating_point(operating_point), threshold)
         with self.writing():
             with self._store.write() as conn:
                 generation, _ = self._store.next_generation(conn)
