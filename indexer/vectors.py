@@ -35,6 +35,7 @@ import numpy as np
 
 from encoder.distance import from_squared
 from encoder.errors import ConfigError
+from encoder.params import Range, check_fields, param
 
 from .files import replace_atomically, sha256_file, write_json
 
@@ -54,21 +55,20 @@ class IndexSpec:
     """Which FAISS index a gallery uses, and its parameters. Text form: `hnsw:m=16,ef_search=64`."""
 
     kind: str = "flat"
-    m: int = 16  # hnsw: links per node (memory ~ 8*m bytes per vector beyond the vector itself)
-    ef_construction: int = 80  # hnsw: candidate list while building (quality vs build time)
-    ef_search: int = 64  # hnsw: candidate list while searching (recall vs latency)
-    nlist: int = 0  # ivf: number of lists; 0 = auto, the power of two nearest sqrt(N) at training
-    nprobe: int = 16  # ivf: lists visited per query (recall vs latency)
+    # hnsw: links per node (memory ~ 8*m bytes per vector beyond the vector itself)
+    m: int = param(16, check=Range(4, 128, integer=True))
+    # hnsw: candidate list while building (quality vs build time)
+    ef_construction: int = param(80, check=Range(8, 4096, integer=True))
+    # hnsw: candidate list while searching (recall vs latency)
+    ef_search: int = param(64, check=Range(1, 4096, integer=True))
+    # ivf: number of lists; 0 = auto, the power of two nearest sqrt(N) at training
+    nlist: int = param(0, check=Range(0, 1 << 20, integer=True))
+    nprobe: int = param(16, check=Range(1, 1 << 20, integer=True))  # ivf: lists visited per query
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ConfigError(f"unknown index kind {self.kind!r}; expected one of {', '.join(KINDS)}")
-        limits = {"m": (4, 128), "ef_construction": (8, 4096), "ef_search": (1, 4096),
-                  "nlist": (0, 1 << 20), "nprobe": (1, 1 << 20)}
-        for name, (low, high) in limits.items():
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-                raise ConfigError(f"index parameter {name}={value!r} is outside {low}..{high}")
+        check_fields(self, name=lambda field: f"index parameter {field}")
 
     @classmethod
     def parse(cls, text: str) -> "IndexSpec":

@@ -27,6 +27,7 @@ from typing import Any, Mapping, Optional
 
 from encoder.errors import ConfigError
 from encoder.images import MAX_IMAGE_BYTES
+from encoder.params import Range, check_fields, param
 
 DEFAULT_MODEL = "models/fashion-mnist"
 MB = 1_000_000
@@ -51,16 +52,22 @@ class Settings:
     model: Path = Path(DEFAULT_MODEL)  # the model directory the gallery was built with
     db_url: Optional[str] = None  # SQLAlchemy URL of the gallery's metadata, if not in its folder
     api_key: Optional[str] = None  # required in X-API-Key for gallery changes, when set
-    max_image_bytes: int = MAX_IMAGE_BYTES  # per uploaded image; larger: 413
-    default_k: int = 8  # matches per search when the request does not say
-    max_k: int = 100  # the most matches one search may ask for
-    page_size: int = 48  # gallery browser: items per page (also the API's default limit)
-    tf_threads: int = 1  # TensorFlow threads per worker: one image per request needs no more
+    # per uploaded image; larger: 413
+    max_image_bytes: int = param(MAX_IMAGE_BYTES, check=Range(1, MAX_IMAGE_BYTES, integer=True))
+    # matches per search when the request does not say (at most max_k)
+    default_k: int = param(8, check=Range(1, 10_000, integer=True))
+    max_k: int = param(100, check=Range(1, 10_000, integer=True))  # the most one search may ask for
+    # gallery browser: items per page (also the API's default limit)
+    page_size: int = param(48, check=Range(1, 1000, integer=True))
+    # TensorFlow threads per worker: one image per request needs no more
+    tf_threads: int = param(1, check=Range(1, 256, integer=True))
     host: str = "127.0.0.1"
-    port: int = 8000
-    workers: int = 2  # gunicorn worker processes; each loads the model once, after the fork
-    threads: int = 4  # gunicorn threads per worker (gthread worker)
-    timeout: int = 120  # gunicorn: seconds before a silent worker is restarted (loading included)
+    port: int = param(8000, check=Range(0, 65535, integer=True))
+    # gunicorn worker processes; each loads the model once, after the fork
+    workers: int = param(2, check=Range(1, 64, integer=True))
+    threads: int = param(4, check=Range(1, 256, integer=True))  # gunicorn threads per worker (gthread)
+    # gunicorn: seconds before a silent worker is restarted (loading included)
+    timeout: int = param(120, check=Range(1, 3600, integer=True))
 
     def __post_init__(self) -> None:
         for name in ("gallery", "model"):
@@ -69,14 +76,9 @@ class Settings:
                 object.__setattr__(self, name, Path(value))
         if self.api_key is not None and not self.api_key.strip():
             object.__setattr__(self, "api_key", None)  # SIAMESE_API_KEY= means no key
-        limits = {"max_image_bytes": (1, MAX_IMAGE_BYTES), "default_k": (1, self.max_k),
-                  "max_k": (1, 10_000), "page_size": (1, 1000), "tf_threads": (1, 256),
-                  "port": (0, 65535), "workers": (1, 64), "threads": (1, 256),
-                  "timeout": (1, 3600)}
-        for name, (low, high) in limits.items():
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-                raise ConfigError(f"{name} must be an integer in {low:,}..{high:,}, not {value!r}")
+        check_fields(self)
+        if self.default_k > self.max_k:
+            raise ConfigError(f"default_k must be at most max_k ({self.max_k}), not {self.default_k}")
 
     @property
     def max_request_bytes(self) -> int:

@@ -26,6 +26,7 @@ from werkzeug.utils import secure_filename
 
 from encoder.errors import ConfigError
 from encoder.images import decode
+from encoder.params import Range, parse_int
 
 from .errors import MissingFieldError
 
@@ -145,15 +146,7 @@ def image_and_bytes(field: str) -> tuple[Image.Image, bytes]:
 
 def int_param(name: str, default: int, low: int, high: int) -> int:
     text = request.values.get(name, "").strip()
-    if not text:
-        return default
-    try:
-        value = int(text)
-    except ValueError:
-        raise ConfigError(f"{name} must be an integer in {low}..{high}, not {text!r}") from None
-    if not low <= value <= high:
-        raise ConfigError(f"{name} must be an integer in {low}..{high}, not {value}")
-    return value
+    return parse_int(name, text, Range(low, high, integer=True)) if text else default
 
 
 def rule_params() -> dict[str, Optional[str]]:

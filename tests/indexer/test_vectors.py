@@ -31,8 +31,8 @@ def test_spec_text_round_trip_and_defaults():
     ("flat:m=16", "'m=16' in 'flat:m=16' is not a parameter of flat indexes"),
     ("hnsw:nprobe=4", "not a parameter of hnsw indexes (parameters: m, ef_construction, ef_search)"),
     ("hnsw:m=lots", "m='lots' in 'hnsw:m=lots' is not an integer"),
-    ("hnsw:m=1", "index parameter m=1 is outside 4..128"),
-    ("ivf:nprobe=0", "index parameter nprobe=0 is outside 1..1048576"),
+    ("hnsw:m=1", "index parameter m must be an integer in 4..128, not 1"),
+    ("ivf:nprobe=0", "index parameter nprobe must be an integer in 1..1,048,576, not 0"),
 ])
 def test_spec_rejects_bad_values_naming_them(text, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
