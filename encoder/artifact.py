@@ -48,6 +48,16 @@ class ModelCard:
     open_set: Optional[OpenSetModel] = None
     domain: Optional[DomainCard] = None
 
+    @classmethod
+    def for_encoder(cls, encoder, pre: Preprocessing, calibration: Calibration,
+                    validation: dict[str, Any], training: dict[str, Any], **verdicts: Any
+                    ) -> "ModelCard":
+        """The card of a freshly trained `encoder`: its id hashed from its weights, created now."""
+        return cls(model_id=compute_model_id(encoder.get_weights(), pre, encoder.name),
+                   architecture=encoder.name, embedding_dim=int(encoder.output_shape[-1]),
+                   preprocessing=pre, calibration=calibration, validation=validation,
+                   training=training, created=now(), **verdicts)
+
     @property
     def threshold(self) -> float:
         return self.calibration.threshold

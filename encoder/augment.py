@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .errors import ConfigError
+
 AUGMENTATIONS = ("auto", "none", "flip", "flip-shift", "affine")
 
 
@@ -68,3 +70,15 @@ class Augmenter:
         y = keras.ops.image.affine_transform(tf.cast(x, tf.float32), transform, "bilinear",
                                              fill_mode="nearest")
         return tf.cast(tf.clip_by_value(tf.round(y), 0, 255), tf.uint8)
+
+
+def with_rotated_classes(images: np.ndarray, labels: np.ndarray, groups: np.ndarray
+                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every class also turned by 90, 180 and 270 degrees, each a new class (in a new group):
+    four times the classes, a standard trick for Omniglot (a turned character is another one)."""
+    if images.shape[1] != images.shape[2]:
+        raise ConfigError("rotated classes need square input")
+    turned = [np.rot90(images, k, axes=(1, 2)) for k in range(4)]
+    labels, groups = (np.concatenate([a + k * (int(a.max()) + 1) for k in range(4)])
+                      for a in (labels, groups))
+    return np.concatenate(turned), labels, groups

@@ -1,6 +1,7 @@
 """Distance and contrastive loss in TensorFlow (the training side of `encoder.distance`)."""
 from __future__ import annotations
 
+import keras
 import tensorflow as tf
 
 from .distance import EPSILON
@@ -53,3 +54,23 @@ def _hardest(losses: tf.Tensor, fraction: float) -> tf.Tensor:
 
 def _mean(x: tf.Tensor) -> tf.Tensor:
     return tf.math.divide_no_nan(tf.reduce_sum(x), tf.cast(tf.size(x), x.dtype))
+
+
+class ClassHead(keras.layers.Layer):
+    """An auxiliary loss for training only: a normalised softmax over the training classes
+    (cosine between the unit-length embedding and one learned unit vector per class, times a
+    fixed scale). It spreads the classes over the sphere while the contrastive loss shapes the
+    pairs; the head is dropped after training, so the model is the same encoder."""
+
+    scale = 16.0
+
+    def __init__(self, classes: int, dim: int, seed: int):
+        super().__init__(name="class_head")
+        init = tf.random.stateless_normal((dim, classes), seed=(seed, 7))
+        self.directions = self.add_weight(shape=(dim, classes), initializer=lambda *_, **__: init,
+                                          name="directions")
+
+    def call(self, embeddings: tf.Tensor, classes: tf.Tensor) -> tf.Tensor:
+        logits = self.scale * tf.matmul(tf.math.l2_normalize(embeddings, 1),
+                                        tf.math.l2_normalize(self.directions, 0))
+        return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(classes, logits))

@@ -23,7 +23,8 @@ from .domain import REJECTION, fit_domain_model
 from .errors import DatasetError
 from .images import prepare_batch
 from .pairs import repeated_tutorial_pairs
-from .training import TrainConfig, split_train_val
+from .config import TrainConfig
+from .splits import split_train_val
 
 
 def recalibrate(model_dir: str | Path, ds: Dataset,

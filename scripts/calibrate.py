@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import argparse
 
-from scripts.common import add_dataset_argument, add_domain_arguments, load_foreign, run
+from encoder.config import TrainConfig
+from scripts.common import (add_dataset_argument, add_field_arguments, add_foreign_argument,
+                            load_foreign, run)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -17,7 +19,8 @@ def parser() -> argparse.ArgumentParser:
                "../shared/datasets/omniglot/images_background_small1.zip")
     p.add_argument("--model", required=True, help="model directory to recalibrate (rewritten)")
     add_dataset_argument(p)
-    add_domain_arguments(p)
+    add_foreign_argument(p)
+    add_field_arguments(p, TrainConfig, only=("domain", "domain_epochs"))
     return p
 
 

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
-from typing import Callable
+import typing
+from typing import Callable, Optional, Sequence
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ banner is noise for users
 
@@ -32,19 +34,43 @@ def add_dataset_argument(parser, required: bool = True) -> None:
              "folder ROOT (class-per-subfolder images), or omniglot ZIP_OR_FOLDER [...]")
 
 
-def add_domain_arguments(parser) -> None:
-    """The domain model's options (`encoder/domain.py`), as siamese-train and siamese-calibrate
-    take them."""
+def add_foreign_argument(parser) -> None:
+    """--foreign-dataset: images the domain model (`encoder/domain.py`) learns to reject."""
     parser.add_argument(
         "--foreign-dataset", nargs="+", action="append", metavar=("KIND", "PATH"), default=[],
         help="another dataset whose images the domain model learns to reject, besides the "
              "generated foreign images (noise, shapes, text, scribbles, photos, faces, "
              "documents); same form as --dataset; may be repeated")
-    parser.add_argument("--domain-epochs", type=int, default=4,
-                        help="epochs of the domain model (default: %(default)s)")
-    parser.add_argument("--domain", action=argparse.BooleanOptionalAction, default=True,
-                        help="train the domain model that rejects images unlike the training "
-                             "data (default: on; --no-domain leaves inputs unchecked)")
+
+
+def add_field_arguments(parser, config: type, only: Optional[Sequence[str]] = None) -> None:
+    """A flag for each field of dataclass `config` (or the fields named in `only`), from the
+    field's type, default, check and help (`encoder.params.param`): `--name-with-dashes`; a
+    bool that is off by default is a switch, any other bool takes `--no-...` too."""
+    hints = typing.get_type_hints(config)
+    for f in dataclasses.fields(config):
+        if only is not None and f.name not in only:
+            continue
+        flag, meta = "--" + f.name.replace("_", "-"), f.metadata
+        kind = next((t for t in typing.get_args(hints[f.name]) if t is not type(None)),
+                    hints[f.name])
+        shown = ("" if f.default is None or f.default is False
+                 else " (default: on)" if f.default is True else f" (default: {f.default})")
+        help_text = (meta.get("help", "") + shown).replace("%", "%%")
+        if kind is bool:
+            action = "store_true" if f.default is False else argparse.BooleanOptionalAction
+            parser.add_argument(flag, action=action, default=f.default, help=help_text)
+            continue
+        check = meta.get("check")
+        metavar = meta.get("metavar", "N" if kind is int else "X" if kind is float else None)
+        parser.add_argument(flag, type=kind, default=f.default, metavar=metavar,
+                            choices=getattr(check, "choices", None), help=help_text)
+
+
+def fields_from_args(config: type, args: argparse.Namespace):
+    """`config` built from the flags `add_field_arguments` made."""
+    return config(**{f.name: getattr(args, f.name) for f in dataclasses.fields(config)
+                     if hasattr(args, f.name)})
 
 
 def load_foreign(specs: list[list[str]], pre) -> dict:

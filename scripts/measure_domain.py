@@ -95,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     from encoder.errors import ConfigError
     from encoder.foreign import FAMILIES, foreign_batch
     from encoder.images import prepare_batch
-    from encoder.training import TrainConfig, split_train_val
+    from encoder.config import TrainConfig
+    from encoder.splits import split_train_val
 
     embedder = Embedder.load(args.model)
     pre = embedder.card.preprocessing

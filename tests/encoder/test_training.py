@@ -9,8 +9,9 @@ from encoder.datasets import Dataset, load_image_folder
 from encoder.errors import ConfigError, DatasetError
 from encoder.images import Preprocessing
 from encoder.models import build_encoder, siamese_model
-from encoder.training import (TrainConfig, oneshot_summary, split_train_val, train,
-                              validation_warnings)
+from encoder.config import TrainConfig
+from encoder.splits import split_train_val, validation_warnings
+from encoder.training import oneshot_summary, train
 
 GREY28 = Preprocessing(28, 28, 1)
 
@@ -83,7 +84,7 @@ def test_calibration_folds_hold_out_every_class_once():
         TrainConfig(val_split="image", calibration_folds=3).resolve(many)
     with pytest.raises(DatasetError, match="too few for 3 calibration folds"):
         split_train_val(five, TrainConfig(calibration_folds=3).resolve(five), fold=2)
-    with pytest.raises(ConfigError, match="calibration folds must be in 1..10"):
+    with pytest.raises(ConfigError, match="calibration_folds must be an integer in 1..10, not 0"):
         TrainConfig(calibration_folds=0)
     # The saved encoder is refit on every class after calibration folds, unless told otherwise.
     assert config.refit is True and TrainConfig(refit=False).resolve(many).refit is False
@@ -97,7 +98,7 @@ def test_config_values_are_checked():
     with pytest.raises(ConfigError, match="sampler must be one of"):
         TrainConfig(sampler="triplets")
     assert TrainConfig(arch="tutorial").sampler == "pairs"
-    with pytest.raises(ConfigError, match="class_weight must be >= 0, not -1"):
+    with pytest.raises(ConfigError, match="class_weight must be at least 0, not -1"):
         TrainConfig(class_weight=-1)
 
 
@@ -139,7 +140,7 @@ def test_tutorial_recipe_trains_with_pairs_and_a_time_budget(small_folder, tmp_p
 
 
 def test_learning_rate_anneals_over_steps_or_time_budget():
-    from encoder.training import cosine_rate
+    from encoder.fitting import cosine_rate
 
     assert cosine_rate(1e-3, 0.0) == pytest.approx(1e-3)
     assert cosine_rate(1e-3, 0.5) == pytest.approx(0.525e-3)
@@ -178,7 +179,7 @@ def test_group_split_holds_out_whole_alphabets(omniglot_dir):
 
 
 def test_rotated_classes_are_new_classes():
-    from encoder.training import with_rotated_classes
+    from encoder.augment import with_rotated_classes
 
     x = np.arange(2 * 3 * 3).reshape(2, 3, 3, 1).astype(np.uint8)
     images, labels, groups = with_rotated_classes(x, np.array([0, 2]), np.array([1, 1]))
