@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import io
 import logging
 import os
 import time
@@ -20,13 +19,13 @@ import numpy as np
 from PIL import Image
 
 from .errors import BadImageError, ConfigError, DatasetError
-from .images import FITS, MAX_IMAGE_BYTES, Preprocessing, decode, read_bytes, to_array
+from .images import (FITS, IMAGE_SUFFIXES, MAX_IMAGE_BYTES, Preprocessing, decode, image_files,
+                     is_image_name, read_bytes, to_array)
 
 log = logging.getLogger(__name__)
 
 FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                          "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".pgm", ".ppm"}
 DATASET_KINDS = ("fashion-mnist", "folder", "omniglot")
 GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")
 
@@ -204,24 +203,6 @@ def load_fashion_mnist_keras(split: str = "train") -> Dataset:
 
 # --- image trees -----------------------------------------------------------------------------
 
-def _is_candidate(name: str) -> bool:
-    return not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES
-
-
-def image_files(folder: str | os.PathLike, others: Optional[list[str]] = None) -> list[str]:
-    """Image files below `folder`, in name order. Hidden files and folders are skipped and symbolic
-    links to folders are not followed (no loops). Files without an image suffix go to `others`."""
-    found: list[str] = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for f in sorted(filenames):
-            if _is_candidate(f):
-                found.append(os.path.join(dirpath, f))
-            elif others is not None and not f.startswith("."):
-                others.append(os.path.join(dirpath, f))
-    return found
-
-
 def colour_mode(img: Image.Image) -> str:
     """The image's mode, but "L" (or "LA") for a palette image whose colours in use are all
     grey (r == g == b): a grey GIF, or a PNG or TIFF that an editor saved with a palette."""
@@ -341,7 +322,7 @@ def load_omniglot(paths: Sequence[str | os.PathLike], pre: Optional[Preprocessin
     for path in map(Path, paths):
         if zipfile.is_zipfile(path):
             zf = zipfile.ZipFile(path)
-            names = [n for n in zf.namelist() if _is_candidate(n.rsplit("/", 1)[-1])]
+            names = [n for n in zf.namelist() if is_image_name(n.rsplit("/", 1)[-1])]
             for n in names:
                 parts = n.split("/")
                 if len(parts) >= 3:

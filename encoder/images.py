@@ -13,7 +13,7 @@ import os
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence, Union
+from typing import Any, Iterable, Optional, Sequence, Union
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -21,6 +21,7 @@ from PIL import Image, ImageOps
 from .errors import BadImageError, UnsupportedImageError
 
 MAX_IMAGE_BYTES = 20 * 1024 * 1024
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".pgm", ".ppm"}
 MAX_IMAGE_PIXELS = 40_000_000  # a 6000x6000 photo; beyond that it is almost surely a decompression bomb
 
 ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview, Image.Image, np.ndarray]
@@ -129,16 +130,41 @@ def decode(data: bytes, name: str = "image", max_pixels: int = MAX_IMAGE_PIXELS)
     return img
 
 
+def encoded(source: ImageSource) -> Optional[tuple[bytes, str]]:
+    """The bytes and name of a source that comes encoded (a path or bytes); None for an image
+    that is already decoded (a PIL image or an array)."""
+    if isinstance(source, (str, os.PathLike)):
+        return read_bytes(source), str(source)
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return bytes(source), source_name(source)
+    return None
+
+
 def open_image(source: ImageSource) -> Image.Image:
-    """A decoded PIL image from a path, bytes or a PIL image."""
+    """A decoded PIL image from a path, bytes, a PIL image or a uint8 array (H, W[, C])."""
+    raw = encoded(source)
+    if raw is not None:
+        return decode(*raw)
     if isinstance(source, Image.Image):
         return source
-    if isinstance(source, (str, os.PathLike)):
-        return decode(read_bytes(source), name=str(source))
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        return decode(bytes(source), name=source_name(source))
+    if isinstance(source, np.ndarray):
+        return array_image(source)
     raise BadImageError(f"cannot read an image from {source_name(source)}: "
                         "expected a path, bytes, a PIL image or a uint8 array")
+
+
+def array_image(a: np.ndarray) -> Image.Image:
+    """One uint8 image array, (H, W) or (H, W, C) with C in 1, 3, 4, as a PIL image."""
+    if a.dtype != np.uint8:
+        raise BadImageError(f"image array must be uint8, not {a.dtype}")
+    if a.ndim == 3 and a.shape[-1] == 1:
+        a = a[..., 0]
+    if a.ndim == 2:
+        return Image.fromarray(a, "L")
+    if a.ndim == 3 and a.shape[-1] in (3, 4):
+        return Image.fromarray(a, "RGB" if a.shape[-1] == 3 else "RGBA")
+    raise BadImageError(f"one image array must have shape (H, W) or (H, W, C) with C in 1, 3, 4; "
+                        f"got {a.shape}")
 
 
 def to_array(img: Image.Image, pre: Preprocessing) -> np.ndarray:
@@ -194,8 +220,7 @@ def _array_batch(images: np.ndarray, pre: Preprocessing) -> np.ndarray:
         return 255 - images if pre.invert else images
     out = np.empty((len(images), *pre.shape), np.uint8)
     for i, a in enumerate(images):
-        mode = {1: "L", 3: "RGB", 4: "RGBA"}[a.shape[-1]]
-        out[i] = to_array(Image.fromarray(a.squeeze(-1) if mode == "L" else a, mode), pre)
+        out[i] = to_array(array_image(a), pre)
     return out
 
 
@@ -218,3 +243,22 @@ def prepare_batch(images: Union[np.ndarray, Sequence[ImageSource], Iterable[Imag
         else:
             out[i] = to_array(open_image(source), pre)
     return out
+
+
+def is_image_name(name: str) -> bool:
+    """A file name with an image suffix that is not hidden."""
+    return not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES
+
+
+def image_files(folder: str | os.PathLike, others: Optional[list[str]] = None) -> list[str]:
+    """Image files below `folder`, in name order. Hidden files and folders are skipped and symbolic
+    links to folders are not followed (no loops). Files without an image suffix go to `others`."""
+    found: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for f in sorted(filenames):
+            if is_image_name(f):
+                found.append(os.path.join(dirpath, f))
+            elif others is not None and not f.startswith("."):
+                others.append(os.path.join(dirpath, f))
+    return found

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import numpy as np
-from encoder.datasets import IMAGE_SUFFIXES, image_files
+
 from encoder.errors import BadImageError, DatasetError, NotFoundError
-from encoder.images import read_bytes
+from encoder.images import IMAGE_SUFFIXES, image_files, read_bytes
 
 from .gallery import Gallery
 from .records import Original, sha256_of

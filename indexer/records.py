@@ -4,15 +4,13 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import io
-import os
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
 import numpy as np
 from PIL import Image
 
-from encoder.errors import BadImageError
-from encoder.images import ImageSource, decode, read_bytes, source_name
+from encoder.images import ImageSource, decode, encoded, open_image, source_name
 from encoder.verdict import DomainCheck, Rule, Verdict
 
 
@@ -95,34 +93,16 @@ class Original:
     def from_source(cls, source: ImageSource) -> "Original":
         """From a path, bytes, a PIL image or a uint8 array (H, W[, C]); images that come without
         bytes are stored as PNG."""
-        if isinstance(source, (str, os.PathLike)):
-            return cls.from_bytes(read_bytes(source), str(source))
-        if isinstance(source, (bytes, bytearray, memoryview)):
-            return cls.from_bytes(bytes(source), source_name(source))
-        name = source_name(source)
-        if isinstance(source, np.ndarray):
-            name = f"<array {'x'.join(map(str, source.shape))}>"
-            source = _array_image(source)
-        if isinstance(source, Image.Image):
-            buffer = io.BytesIO()
-            source.save(buffer, format="PNG")
-            return cls.from_bytes(buffer.getvalue(), name)
-        raise BadImageError(f"cannot read an image from {source_name(source)}: "
-                            "expected a path, bytes, a PIL image or a uint8 array")
+        raw = encoded(source)
+        if raw is not None:
+            return cls.from_bytes(*raw)
+        image = open_image(source)
+        name = (f"<array {'x'.join(map(str, source.shape))}>" if isinstance(source, np.ndarray)
+                else source_name(source))
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        return cls.from_bytes(buffer.getvalue(), name)
 
 
 def sha256_of(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def _array_image(a: np.ndarray) -> Image.Image:
-    if a.dtype != np.uint8:
-        raise BadImageError(f"image array must be uint8, not {a.dtype}")
-    if a.ndim == 3 and a.shape[-1] == 1:
-        a = a[..., 0]
-    if a.ndim == 2:
-        return Image.fromarray(a, "L")
-    if a.ndim == 3 and a.shape[-1] in (3, 4):
-        return Image.fromarray(a, "RGB" if a.shape[-1] == 3 else "RGBA")
-    raise BadImageError(f"one image array must have shape (H, W) or (H, W, C) with C in 1, 3, 4; "
-                        f"got {a.shape}")
