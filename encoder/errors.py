@@ -36,7 +36,3 @@ class NotFoundError(SiameseSearchError):
 
 class ConfigError(SiameseSearchError):
     """A parameter value that is out of range or inconsistent with the others."""
-
-
-class GalleryError(SiameseSearchError):
-    """A gallery is missing, locked by another writer, or its files do not belong together."""

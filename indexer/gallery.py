@@ -32,10 +32,11 @@ from typing import Any, Iterator, Optional, Sequence, Union
 import numpy as np
 
 from encoder.distance import euclidean
-from encoder.errors import ConfigError, GalleryError, ModelMismatchError, NotFoundError
+from encoder.errors import ConfigError, ModelMismatchError, NotFoundError
 from encoder.images import ImageSource
 from encoder.verdict import DEFAULT_FPIR, DomainCheck, Rule, check_fpir, nearest_impostors
 
+from .errors import GalleryError
 from .files import remove_leftovers, write_json
 from .lock import WriterLock
 from .records import Item, Match, Original

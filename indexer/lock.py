@@ -11,7 +11,7 @@ import os
 import time
 from pathlib import Path
 
-from encoder.errors import GalleryError
+from .errors import GalleryError
 
 
 class WriterLock:

@@ -16,12 +16,13 @@ import sys
 from pathlib import Path
 
 from scripts.common import run
+from webapp.settings import DEFAULT_MODEL
 from scripts.gallery_cli import quiet_faiss
 from scripts.serve import add_server_arguments, announce, check, settings_from
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_GALLERY = REPO / "galleries" / "demo"
-DEFAULT_MODEL = REPO / "models" / "fashion-mnist"
+BUNDLED_MODEL = REPO / DEFAULT_MODEL
 DEFAULT_SAMPLES = REPO / "samples" / "fashion-mnist"
 
 
@@ -30,7 +31,7 @@ def parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--gallery", metavar="PATH",
                    help=f"gallery folder, built if missing (default: {DEFAULT_GALLERY})")
-    p.add_argument("--model", metavar="DIR", help=f"model directory (default: {DEFAULT_MODEL})")
+    p.add_argument("--model", metavar="DIR", help=f"model directory (default: {BUNDLED_MODEL})")
     p.add_argument("--samples", metavar="FOLDER", default=str(DEFAULT_SAMPLES),
                    help="images to build the gallery from, labelled by sub-folder "
                         "(default: %(default)s)")
@@ -44,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     quiet_faiss()
     from webapp.server import serve
 
-    settings = settings_from(args, gallery=DEFAULT_GALLERY, model=DEFAULT_MODEL)
+    settings = settings_from(args, gallery=DEFAULT_GALLERY, model=BUNDLED_MODEL)
     build(Path(args.samples), settings.require_gallery(), settings.model)
     check(settings)
     if args.build_only:
@@ -71,7 +72,7 @@ def build(samples: Path, gallery: Path, model: Path) -> None:
                            str(partial.resolve()), "--model", str(Path(model).resolve()),
                            "--progress", "always"], cwd=REPO)
     if done.returncode not in (0, 1):  # 1: built, but some files were bad (listed above)
-        from encoder.errors import GalleryError
+        from indexer.errors import GalleryError
 
         raise GalleryError(f"building {gallery} failed (siamese-index exit status "
                            f"{done.returncode}); run siamese-demo again to resume")
@@ -93,7 +94,7 @@ def reembed_if_new_model(gallery: Path, model: Path) -> None:
     done = subprocess.run([sys.executable, "-m", "scripts.index", "--gallery", str(gallery),
                            "--model", str(model), "--reembed"], cwd=REPO)
     if done.returncode != 0:
-        from encoder.errors import GalleryError
+        from indexer.errors import GalleryError
 
         raise GalleryError(f"re-embedding {gallery} failed (siamese-index exit status "
                            f"{done.returncode}); it is unchanged")

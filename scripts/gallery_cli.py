@@ -5,18 +5,22 @@ import argparse
 import logging
 from pathlib import Path
 
-DEFAULT_MODEL = "models/fashion-mnist"
+from webapp.settings import DEFAULT_MODEL
 
 
-def add_gallery_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--gallery", required=True, metavar="PATH",
-                   help="gallery folder (gallery.json, gallery.db, index.faiss, ...)")
-    p.add_argument("--model", default=DEFAULT_MODEL, metavar="DIR",
-                   help="model directory; must be the one the gallery was built with "
-                        "(default: %(default)s)")
+def add_gallery_arguments(p: argparse.ArgumentParser, served: bool = False) -> None:
+    """--gallery, --model and --db-url; `served`: for the server, where the SIAMESE_* variables
+    may give them instead (so none is required, and no default is laid over the variables)."""
+    env = (lambda name: f" ({name})") if served else (lambda name: "")
+    p.add_argument("--gallery", required=not served, metavar="PATH",
+                   help="gallery folder (gallery.json, gallery.db, index.faiss, ...)"
+                        + env("SIAMESE_GALLERY"))
+    p.add_argument("--model", default=None if served else DEFAULT_MODEL, metavar="DIR",
+                   help="model directory; must be the one the gallery was built with"
+                        + env("SIAMESE_MODEL") + f" (default: {DEFAULT_MODEL})")
     p.add_argument("--db-url", metavar="URL",
                    help="SQLAlchemy URL of the gallery's metadata, if not PATH/gallery.db "
-                        "(e.g. postgresql://user@host/db)")
+                        "(e.g. postgresql://user@host/db)" + env("SIAMESE_DB_URL"))
 
 
 def quiet_faiss() -> None:

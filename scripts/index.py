@@ -56,7 +56,8 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     quiet_faiss()
-    from encoder.errors import ConfigError, GalleryError
+    from encoder.errors import ConfigError
+    from indexer.errors import GalleryError
     from indexer import Gallery
     from indexer.gallery import GALLERY_FILE
     from indexer.ingest import folder_sources, ingest, manifest_sources

@@ -12,7 +12,7 @@ import argparse
 from pathlib import Path
 
 from scripts.common import run
-from scripts.gallery_cli import quiet_faiss
+from scripts.gallery_cli import add_gallery_arguments, quiet_faiss
 
 
 def add_server_arguments(p: argparse.ArgumentParser) -> None:
@@ -37,13 +37,7 @@ def parser() -> argparse.ArgumentParser:
         epilog="example:\n  siamese-serve --gallery galleries/shop --model models/fashion-mnist "
                "--port 8000\n  SIAMESE_API_KEY=$(openssl rand -hex 16) siamese-serve --gallery "
                "galleries/shop")
-    p.add_argument("--gallery", metavar="PATH", help="gallery folder (SIAMESE_GALLERY)")
-    p.add_argument("--model", metavar="DIR",
-                   help="model directory the gallery was built with (SIAMESE_MODEL; default "
-                        "models/fashion-mnist)")
-    p.add_argument("--db-url", metavar="URL",
-                   help="SQLAlchemy URL of the gallery's metadata, if not PATH/gallery.db "
-                        "(SIAMESE_DB_URL)")
+    add_gallery_arguments(p, served=True)
     add_server_arguments(p)
     return p
 
@@ -64,7 +58,8 @@ def check(settings) -> None:
     and the gallery folder. (A model that does not match the gallery stops the workers with one
     line, too.)"""
     from encoder import load_card
-    from encoder.errors import GalleryError, NotFoundError
+    from encoder.errors import NotFoundError
+    from indexer.errors import GalleryError
     from indexer.gallery import GALLERY_FILE
 
     load_card(settings.model)

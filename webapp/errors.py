@@ -13,9 +13,10 @@ import re
 from flask import Flask, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException
 
-from encoder.errors import (BadImageError, ConfigError, DatasetError, GalleryError, ModelError,
+from encoder.errors import (BadImageError, ConfigError, DatasetError, ModelError,
                             ModelMismatchError, NotFoundError, SiameseSearchError,
                             UnsupportedImageError)
+from indexer.errors import GalleryError
 
 log = logging.getLogger(__name__)
 

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from encoder.errors import (BadImageError, ConfigError, GalleryError, ModelMismatchError,
-                            NotFoundError)
+from encoder.errors import BadImageError, ConfigError, ModelMismatchError, NotFoundError
 from indexer import Gallery, Match
+from indexer.errors import GalleryError
 from indexer.gallery import GALLERY_FILE
 from indexer.vectors import INDEX_FILE, MANIFEST_FILE
 
