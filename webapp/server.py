@@ -42,7 +42,7 @@ class Server(BaseApplication):
             "threads": s.threads, "timeout": s.timeout, "graceful_timeout": 10, "keepalive": 5,
             "backlog": 2048, "preload_app": False, "proc_name": "siamese-serve",
             "accesslog": "-" if self.access_log else None, "errorlog": "-", "loglevel": "info",
-            "post_worker_init": self._worker_ready,
+            "post_worker_init": self._worker_ready, "worker_exit": self._worker_exit,
         }.items():
             self.cfg.set(key, value)
         if "control_socket_disable" in self.cfg.settings:  # gunicorn >= 24: no ~/.gunicorn socket
@@ -68,6 +68,15 @@ class Server(BaseApplication):
             self._announced.value = 1
         if first and self.announce is not None:
             self.announce(self.settings)
+
+
+    @staticmethod
+    def _worker_exit(server, worker) -> None:
+        """In a worker on its way out: close its gallery (index saved, connections closed)."""
+        app = getattr(worker, "wsgi", None)
+        service = app.extensions.get(EXTENSION) if app is not None else None
+        if service is not None:
+            service.close()
 
 
 def serve(settings: Settings, announce=None, access_log: bool = False) -> int:
