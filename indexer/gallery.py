@@ -40,7 +40,7 @@ from .errors import GalleryError
 from .files import remove_leftovers, write_json
 from .lock import WriterLock
 from .records import Item, Match, Original
-from .store import SCHEMA_VERSION, Settings, Store
+from .store import SCHEMA_VERSION, GalleryRecord, Store
 from .vectors import INDEX_FILE, IndexSpec, VectorIndex
 
 log = logging.getLogger(__name__)
@@ -106,7 +106,7 @@ class Gallery:
     safe to share between threads. Another process's changes become visible after `refresh()`.
     """
 
-    def __init__(self, path: Path, embedder, store: Store, settings: Settings,
+    def __init__(self, path: Path, embedder, store: Store, settings: GalleryRecord,
                  lock_timeout: float = 30.0, save_every: float = 0.0):
         self.path = path
         self.embedder = embedder
@@ -157,11 +157,11 @@ class Gallery:
         path.mkdir(parents=True, exist_ok=True)
         gallery_id = str(uuid.uuid4())
         store = Store(url or _sqlite_url(path))
-        settings = Settings(gallery_id=gallery_id, schema=SCHEMA_VERSION,
-                            model_id=embedder.model_id, embedding_dim=embedder.embedding_dim,
-                            index=str(spec), threshold=threshold, generation=0, next_id=1,
-                            created=dt.datetime.now(dt.timezone.utc),
-                            operating_point=operating_point, fpir=fpir)
+        settings = GalleryRecord(gallery_id=gallery_id, schema=SCHEMA_VERSION,
+                                 model_id=embedder.model_id, embedding_dim=embedder.embedding_dim,
+                                 index=str(spec), threshold=threshold, generation=0, next_id=1,
+                                 created=dt.datetime.now(dt.timezone.utc),
+                                 operating_point=operating_point, fpir=fpir)
         store.initialise(settings)
         write_json(path / GALLERY_FILE, {"format": GALLERY_FORMAT, "gallery_id": gallery_id,
                                          "database": EXTERNAL if url else DATABASE_FILE})
@@ -658,7 +658,7 @@ class Gallery:
         self._unsaved = False
         self._last_save = time.monotonic()
 
-    def _check_model(self, settings: Settings) -> None:
+    def _check_model(self, settings: GalleryRecord) -> None:
         if settings.model_id != self.embedder.model_id:
             raise ModelMismatchError(
                 f"{self.path}: this gallery was built with model {settings.model_id}, but the model "
@@ -680,7 +680,7 @@ def gallery_model_id(path: Union[str, Path], url: Optional[str] = None) -> str:
     return settings.model_id
 
 
-def _connect(path: Path, url: Optional[str]) -> tuple[Path, Store, Settings]:
+def _connect(path: Path, url: Optional[str]) -> tuple[Path, Store, GalleryRecord]:
     """The store of the gallery at `path`, checked to be a gallery and to belong to this folder."""
     if not path.exists():
         raise NotFoundError(f"{path}: no such gallery")

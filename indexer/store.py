@@ -33,7 +33,7 @@ class Base(DeclarativeBase):
     pass
 
 
-class SettingsRow(Base):
+class GalleryRow(Base):
     """The one row that describes the gallery."""
 
     __tablename__ = "gallery"
@@ -76,13 +76,13 @@ class ItemRow(Base):
     embedding: Mapped[bytes] = mapped_column(LargeBinary)  # float32 little-endian, embedding_dim values
 
 
-SETTINGS, IMAGES, ITEMS = SettingsRow.__table__, ImageRow.__table__, ItemRow.__table__
+SETTINGS, IMAGES, ITEMS = GalleryRow.__table__, ImageRow.__table__, ItemRow.__table__
 _ITEM_COLUMNS = [ITEMS.c.id, ITEMS.c.label, ITEMS.c.source, ITEMS.c.sha256, ITEMS.c.width,
                  ITEMS.c.height, IMAGES.c.media_type, ITEMS.c.added, ITEMS.c.metadata]
 
 
 @dataclass(frozen=True)
-class Settings:
+class GalleryRecord:
     gallery_id: str
     schema: int
     model_id: str
@@ -165,7 +165,7 @@ class Store:
 
     # --- the gallery row -------------------------------------------------------------------------
 
-    def initialise(self, settings: Settings) -> None:
+    def initialise(self, settings: GalleryRecord) -> None:
         if inspect(self.engine).has_table(SETTINGS.name):
             raise GalleryError(f"{self.engine.url.render_as_string(hide_password=True)}: "
                                "already holds a gallery")
@@ -188,13 +188,13 @@ class Store:
                 kind = column.type.compile(dialect=self.engine.dialect)
                 conn.exec_driver_sql(f'ALTER TABLE {SETTINGS.name} ADD COLUMN "{column.name}" {kind}')
 
-    def settings(self, conn: Connection) -> Settings:
+    def settings(self, conn: Connection) -> GalleryRecord:
         row = conn.execute(select(SETTINGS).where(SETTINGS.c.id == 1)).mappings().first()
         if row is None:
             raise GalleryError(f"{self.engine.url.render_as_string(hide_password=True)}: "
                                "gallery table is empty")
-        values = {k: row[k] for k in Settings.__dataclass_fields__}
-        return Settings(**{**values, "created": _utc(values["created"])})
+        values = {k: row[k] for k in GalleryRecord.__dataclass_fields__}
+        return GalleryRecord(**{**values, "created": _utc(values["created"])})
 
     def update_settings(self, conn: Connection, **values: Any) -> None:
         conn.execute(update(SETTINGS).where(SETTINGS.c.id == 1).values(**values))
