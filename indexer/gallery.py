@@ -1,19 +1,9 @@
 """`Gallery`: the reference images that queries are matched against.
 
-A gallery is a folder:
-
-    gallery.json    what this folder is: format, gallery id, where the database is
-    gallery.db      the metadata store (SQLite; or any SQLAlchemy URL, see `store`)
-    index.faiss     the vector index, replaced atomically ...
-    index.json      ... beside its manifest: gallery id, model id, database generation, checksum
-    gallery.lock    held (flock) by the one process writing at a time
-
-The database is the record. Each change is one transaction (rows, embeddings and image bytes
-together) that bumps a generation counter; the index is updated after it and saved with the
-generation it reflects. Whatever happens between the two (a crash, a kill, a deleted or damaged
-index file), `open` and `refresh` bring the index back in line with the database: they load the
-index file if it is intact, then add the vectors of items it lacks and drop those it has too many,
-or rebuild it from the stored embeddings when the file cannot be used.
+A gallery is a folder (`folder.py` says what is in it) with a metadata database (`store.py`),
+the record, and a FAISS index (`vectors.py`) that `replica.py` keeps in line with it. One process
+writes at a time (the folder's lock); any number read, each catching up with the others' changes
+by the database's generation counter.
 """
 from __future__ import annotations
 
@@ -36,20 +26,16 @@ from encoder.errors import ConfigError, ModelMismatchError, NotFoundError
 from encoder.images import ImageSource
 from encoder.verdict import DEFAULT_FPIR, DomainCheck, Rule, check_fpir, nearest_impostors
 
-from .errors import GalleryError
-from .files import remove_leftovers, write_json
+from . import folder
+from .folder import LOCK_FILE
 from .lock import WriterLock
 from .records import Item, Match, Original
+from .replica import Replica
 from .store import SCHEMA_VERSION, GalleryRecord, Store
 from .vectors import INDEX_FILE, IndexSpec, VectorIndex
 
 log = logging.getLogger(__name__)
 
-GALLERY_FILE = "gallery.json"
-DATABASE_FILE = "gallery.db"
-LOCK_FILE = "gallery.lock"
-GALLERY_FORMAT = 1
-EXTERNAL = "external"  # gallery.json "database" value when the metadata lives at another URL
 ITEM_CACHE = 50_000  # items kept in memory for search results (a few hundred bytes each)
 IMPOSTOR_SAMPLE = 5_000  # items whose nearest other-label item sets the 1:N threshold
 
@@ -106,20 +92,15 @@ class Gallery:
     safe to share between threads. Another process's changes become visible after `refresh()`.
     """
 
-    def __init__(self, path: Path, embedder, store: Store, settings: GalleryRecord,
+    def __init__(self, path: Path, embedder, store: Store, record: GalleryRecord,
                  lock_timeout: float = 30.0, save_every: float = 0.0):
         self.path = path
         self.embedder = embedder
         self.save_every = save_every  # seconds between index saves while writing; 0: every change
         self._store = store
-        self._settings = settings
         self._lock = WriterLock(path / LOCK_FILE, lock_timeout)
         self._mutex = threading.RLock()
-        self._index: Optional[VectorIndex] = None
-        self._index_model: Optional[str] = None  # the model id the in-memory index was built for
-        self._generation = -1  # the database generation the in-memory index reflects
-        self._unsaved = False
-        self._last_save = time.monotonic()
+        self._replica = Replica(path, store, self._lock, record, self._check_model)
         # Search results' items, by id, least recently used first. An item never changes once
         # added and its id is never reused, so a cached item is right for as long as the index
         # holds its id (`search_vectors` only asks for ids the index, synced, returned).
@@ -150,27 +131,15 @@ class Gallery:
         rule = embedder.verdicts.rule(operating_point, threshold)
         threshold = None if threshold is None else rule.threshold
         fpir = None if fpir is None else check_fpir(fpir)
-        if (path / GALLERY_FILE).exists():
-            raise GalleryError(f"{path}: already a gallery; open it instead")
-        if path.exists() and (not path.is_dir() or any(path.iterdir())):
-            raise GalleryError(f"{path}: not a gallery, and not an empty folder to make one in")
-        path.mkdir(parents=True, exist_ok=True)
-        gallery_id = str(uuid.uuid4())
-        store = Store(url or _sqlite_url(path))
-        settings = GalleryRecord(gallery_id=gallery_id, schema=SCHEMA_VERSION,
-                                 model_id=embedder.model_id, embedding_dim=embedder.embedding_dim,
-                                 index=str(spec), threshold=threshold, generation=0, next_id=1,
-                                 created=dt.datetime.now(dt.timezone.utc),
-                                 operating_point=operating_point, fpir=fpir)
-        store.initialise(settings)
-        write_json(path / GALLERY_FILE, {"format": GALLERY_FORMAT, "gallery_id": gallery_id,
-                                         "database": EXTERNAL if url else DATABASE_FILE})
-        gallery = cls(path, embedder, store, settings, lock_timeout, save_every)
+        record = GalleryRecord(gallery_id=str(uuid.uuid4()), schema=SCHEMA_VERSION,
+                               model_id=embedder.model_id, embedding_dim=embedder.embedding_dim,
+                               index=str(spec), threshold=threshold, generation=0, next_id=1,
+                               created=dt.datetime.now(dt.timezone.utc),
+                               operating_point=operating_point, fpir=fpir)
+        store = folder.make(path, url, record)
+        gallery = cls(path, embedder, store, record, lock_timeout, save_every)
         with gallery._mutex, gallery._lock:
-            gallery._index = VectorIndex.build(spec, embedder.embedding_dim, np.zeros(0, np.int64),
-                                               np.zeros((0, embedder.embedding_dim), np.float32))
-            gallery._index_model, gallery._generation = embedder.model_id, settings.generation
-            gallery._save()
+            gallery._replica.start_empty()
         return gallery
 
     @classmethod
@@ -179,9 +148,10 @@ class Gallery:
         """An existing gallery, checked: the model must be the one it was built with, and the index
         is brought in line with the database (rebuilt from stored embeddings if need be).
         Options as for `create`."""
-        path, store, settings = _connect(Path(path), url)
-        gallery = cls(path, embedder, store, settings, lock_timeout, save_every)
-        gallery._check_model(settings)
+        path = Path(path)
+        store, record = folder.connect(path, url)
+        gallery = cls(path, embedder, store, record, lock_timeout, save_every)
+        gallery._check_model(record)
         gallery.refresh()
         return gallery
 
@@ -191,10 +161,11 @@ class Gallery:
         """Re-embed every stored image with `embedder` (a new model), in one transaction, then
         rebuild the index; returns the gallery, open. Interrupted, it leaves the gallery as it
         was. `progress`: an object with `update(n)` (e.g. tqdm)."""
-        path, store, settings = _connect(Path(path), url)
-        gallery = cls(path, embedder, store, settings, lock_timeout)
+        path = Path(path)
+        store, record = folder.connect(path, url)
+        gallery = cls(path, embedder, store, record, lock_timeout)
         with gallery._mutex, gallery._lock:
-            if settings.model_id == embedder.model_id:
+            if record.model_id == embedder.model_id:
                 log.info("%s: already embedded with model %s", path, embedder.model_id)
             else:
                 with store.write() as conn:
@@ -206,12 +177,20 @@ class Gallery:
                         if progress is not None:
                             progress.update(len(batch))
                     store.next_generation(conn)
-                    store.update_settings(conn, model_id=embedder.model_id,
+                    store.update_record(conn, model_id=embedder.model_id,
                                           embedding_dim=embedder.embedding_dim)
-            gallery._sync()  # the manifest names the old model: a full rebuild
-            if gallery._unsaved:
-                gallery._save()
+            gallery._replica.sync()  # the manifest names the old model: a full rebuild
+            if gallery._replica.unsaved:
+                gallery._replica.save()
         return gallery
+
+    @property
+    def _record(self) -> GalleryRecord:
+        return self._replica.record
+
+    @property
+    def _index(self) -> VectorIndex:
+        return self._replica.index
 
     def close(self) -> None:
         """Save the index if it has unsaved changes, and let go of the database."""
@@ -233,7 +212,7 @@ class Gallery:
 
     @property
     def model_id(self) -> str:
-        return self._settings.model_id
+        return self._record.model_id
 
     @property
     def threshold(self) -> float:
@@ -243,13 +222,13 @@ class Gallery:
     @property
     def fpir(self) -> float:
         """The default target false-positive identification rate of `identify`."""
-        return DEFAULT_FPIR if self._settings.fpir is None else self._settings.fpir
+        return DEFAULT_FPIR if self._record.fpir is None else self._record.fpir
 
     def rule(self, operating_point: Optional[str] = None, threshold: Optional[float] = None
              ) -> Rule:
         """The 1:1 rule for a request: its operating point or threshold, else the gallery's
         default (set at creation or with `set_verdict`), else "balanced"."""
-        s = self._settings
+        s = self._record
         default = s.threshold if s.threshold is not None else s.operating_point
         return self.embedder.verdicts.rule(operating_point, threshold, default)
 
@@ -276,7 +255,7 @@ class Gallery:
                 ids = np.sort(np.random.default_rng(size).choice(ids, IMPOSTOR_SAMPLE,
                                                                  replace=False))
             with self._store.read() as conn:
-                ids, vectors = self._store.embeddings(conn, self._settings.embedding_dim, ids)
+                ids, vectors = self._store.embeddings(conn, self._record.embedding_dim, ids)
                 labels = self._store.labels(conn, ids)
             if size <= IMPOSTOR_SAMPLE:
                 impostors = nearest_impostors(vectors, [labels[int(i)] for i in ids])
@@ -301,7 +280,7 @@ class Gallery:
 
     @property
     def index_spec(self) -> IndexSpec:
-        return IndexSpec.parse(self._settings.index)
+        return IndexSpec.parse(self._record.index)
 
     def search(self, images: Images, k: int = 5, threshold: Optional[float] = None,
                operating_point: Optional[str] = None
@@ -338,8 +317,8 @@ class Gallery:
                 ) -> list[list[Match]]:
         if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= 10_000:
             raise ConfigError(f"k must be an integer in 1..10000, not {k!r}")
-        if vectors.ndim != 2 or vectors.shape[1] != self._settings.embedding_dim:
-            raise ConfigError(f"expected embeddings of shape (N, {self._settings.embedding_dim}), "
+        if vectors.ndim != 2 or vectors.shape[1] != self._record.embedding_dim:
+            raise ConfigError(f"expected embeddings of shape (N, {self._record.embedding_dim}), "
                               f"not {vectors.shape}")
         with self._mutex:
             distances, ids = self._index.search(vectors, k)
@@ -397,7 +376,7 @@ class Gallery:
         vectors, checks = self.embedder.embed_checked([image])
         with self._store.read() as conn:
             item = self._get(conn, item_id)
-            _, stored = self._store.embeddings(conn, self._settings.embedding_dim, [item.id])
+            _, stored = self._store.embeddings(conn, self._record.embedding_dim, [item.id])
         distance = float(euclidean(vectors[0], stored[0]))
         return _match(item, self.embedder.verdicts.judge(distance, rule, checks[0])[0])
 
@@ -432,7 +411,7 @@ class Gallery:
     def stats(self) -> GalleryStats:
         with self._mutex, self._store.read() as conn:
             labels = self._store.label_counts(conn)
-            s, index, rule = self._settings, self._index, self.rule()
+            s, index, rule = self._record, self._index, self.rule()
             file = self.path / INDEX_FILE
             return GalleryStats(
                 path=str(self.path), database=self._store.engine.url.render_as_string(True),
@@ -444,14 +423,14 @@ class Gallery:
                 recall_at_10=1.0 if index.exact else (index.recall.at_10 if index.recall else None),
                 recall_measured_on=index.recall.items if index.recall else None,
                 index_bytes=file.stat().st_size if file.exists() else None,
-                generation=self._generation, created=s.created.isoformat(timespec="seconds"))
+                generation=self._replica.generation, created=s.created.isoformat(timespec="seconds"))
 
     def refresh(self) -> bool:
         """Catch up with changes committed since (by this or another process). True if any."""
         with self._mutex:
-            before = self._generation
-            self._sync()
-            return self._generation != before
+            before = self._replica.generation
+            self._replica.sync()
+            return self._replica.generation != before
 
     # --- writing ---------------------------------------------------------------------------------
 
@@ -463,11 +442,12 @@ class Gallery:
             outermost = not self._lock.held
             with self._lock:
                 if outermost:
-                    self._sync()  # another process may have written since
+                    self._replica.sync()  # another process may have written since
                 yield self
-                if outermost and self._unsaved and \
-                        time.monotonic() - self._last_save >= self.save_every:
-                    self._save()
+                replica = self._replica
+                if outermost and replica.unsaved and \
+                        time.monotonic() - replica.last_save >= self.save_every:
+                    replica.save()
 
     def add(self, images: Images, labels: Union[None, str, Sequence[Optional[str]]] = None,
             metadata: Union[None, dict, Sequence[dict]] = None,
@@ -509,7 +489,7 @@ class Gallery:
                     ids = self._store.insert(
                         conn, first_id, [originals[i] for i in new], [labels[i] for i in new],
                         [metadata[i] for i in new], vectors, dt.datetime.now(dt.timezone.utc))
-                self._changed(generation, lambda index: index.add(np.asarray(ids), vectors))
+                self._replica.changed(generation, lambda index: index.add(np.asarray(ids), vectors))
                 known.update({originals[i].sha256: item_id for i, item_id in zip(new, ids)})
             return [known[o.sha256] for o in originals]
 
@@ -528,18 +508,18 @@ class Gallery:
                 self._store.delete(conn, ids)
             for i in ids:
                 self._item_cache.pop(i, None)
-            self._changed(generation, lambda index: index.remove(np.asarray(ids, np.int64)))
+            self._replica.changed(generation, lambda index: index.remove(np.asarray(ids, np.int64)))
 
     def set_index(self, index: Union[str, IndexSpec]) -> None:
         """Switch to another index kind or parameters (rebuilt from the stored embeddings)."""
         spec = index if isinstance(index, IndexSpec) else IndexSpec.parse(index)
         with self.writing():
-            if str(spec) == self._settings.index:
+            if str(spec) == self._record.index:
                 return
             with self._store.write() as conn:
                 self._store.next_generation(conn)
-                self._store.update_settings(conn, index=str(spec))
-            self._sync()  # the spec changed: rebuilt
+                self._store.update_record(conn, index=str(spec))
+            self._replica.sync()  # the spec changed: rebuilt
 
     def set_verdict(self, operating_point: Optional[str] = None,
                     threshold: Optional[float] = None, fpir: Optional[float] = None) -> None:
@@ -551,165 +531,27 @@ class Gallery:
         with self.writing():
             with self._store.write() as conn:
                 generation, _ = self._store.next_generation(conn)
-                self._store.update_settings(conn, operating_point=operating_point,
+                self._store.update_record(conn, operating_point=operating_point,
                                             threshold=threshold, fpir=fpir)
-            self._settings = replace(self._settings, operating_point=operating_point,
-                                     threshold=threshold, fpir=fpir)
-            self._changed(generation, lambda index: None)
+            self._replica.record = replace(self._record, operating_point=operating_point,
+                                           threshold=threshold, fpir=fpir)
+            self._replica.changed(generation, lambda index: None)
 
     def flush(self) -> None:
         """Save the index file now if it has unsaved changes, unless another process is writing
         or has written since (its index file is the newer one; the database is the record)."""
         with self._mutex:
-            if self._unsaved and self._lock.acquire(blocking=False):
-                try:
-                    if self._store.generation() == self._generation:
-                        self._save()
-                finally:
-                    self._lock.release()
+            self._replica.flush()
 
-    # --- keeping the index in line with the database --------------------------------------------
-
-    def _changed(self, generation: int, update) -> None:
-        """After a committed change: apply it to the in-memory index (lock and mutex held)."""
-        if generation != self._generation + 1:
-            self._sync()  # someone wrote without our lock; catch up from the database instead
-            return
-        update(self._index)
-        self._generation = generation
-        self._unsaved = True
-        reason = self._index.wants_rebuild()
-        if reason:
-            log.info("%s: rebuilding the index: %s", self.path, reason)
-            self._rebuild()
-
-    def _sync(self) -> None:
-        """Bring the in-memory index to the database's current state (mutex held)."""
-        if self._generation >= 0 and self._store.current_generation() == self._generation:
-            return  # the common case, once per request: nothing changed
-        with self._store.read() as conn:
-            if self._store.generation(conn) == self._generation:
-                return  # the common case, in one small query: nothing changed
-            settings = self._store.settings(conn)
-            self._check_model(settings)
-            self._settings = settings
-            spec = IndexSpec.parse(settings.index)
-            expect = {"gallery_id": settings.gallery_id, "model_id": settings.model_id,
-                      "spec": str(spec), "dim": settings.embedding_dim}
-            loaded, manifest, why = VectorIndex.load(self.path, expect)
-            current = self._index if (self._index is not None and self._index.spec == spec
-                                      and self._index_model == settings.model_id) else None
-            if loaded is not None and (current is None or manifest["generation"] > self._generation):
-                base, base_generation = loaded, int(manifest["generation"])
-            elif current is not None:
-                base, base_generation = current, self._generation
-            else:
-                base, base_generation = None, -1
-            if base is None:
-                if self._index is None and why:
-                    log.warning("%s: rebuilding the index from the stored embeddings: %s",
-                                self.path, why)
-                self._index = self._build(conn)
-            elif base_generation != settings.generation:
-                self._index = base
-                self._catch_up(conn, base_generation, settings.generation)
-            else:
-                self._index = base
-            self._index_model = settings.model_id
-            self._generation = settings.generation
-            self._unsaved = base is not loaded or base_generation != settings.generation
-        if not self._lock.held:
-            self.flush()  # a reader that repaired the index saves it, if no writer is busy
-
-    def _build(self, conn) -> VectorIndex:
-        ids, vectors = self._store.embeddings(conn, self._settings.embedding_dim)
-        return VectorIndex.build(IndexSpec.parse(self._settings.index),
-                                 self._settings.embedding_dim, ids, vectors)
-
-    def _rebuild(self) -> None:
-        with self._store.read() as conn:
-            self._index = self._build(conn)
-        self._unsaved = True
-
-    def _catch_up(self, conn, from_generation: int, to_generation: int) -> None:
-        stored = self._store.ids(conn)
-        indexed = self._index.ids()
-        extra = np.setdiff1d(indexed, stored)
-        missing = np.setdiff1d(stored, indexed)
-        self._index.remove(extra)
-        for i in extra:
-            self._item_cache.pop(int(i), None)
-        if len(missing):
-            ids, vectors = self._store.embeddings(conn, self._settings.embedding_dim,
-                                                  None if len(missing) == len(stored) else missing)
-            self._index.add(ids, vectors)
-        log.info("%s: index caught up from generation %d to %d: %d added, %d removed",
-                 self.path, from_generation, to_generation, len(missing), len(extra))
-        if self._index.wants_rebuild():
-            self._index = self._build(conn)
-
-    def _save(self) -> None:
-        """Write the index file and manifest (writer lock held)."""
-        remove_leftovers(self.path)
-        self._index.update_recall()
-        self._index.save(self.path, {"gallery_id": self._settings.gallery_id,
-                                     "model_id": self._settings.model_id,
-                                     "generation": self._generation})
-        self._unsaved = False
-        self._last_save = time.monotonic()
-
-    def _check_model(self, settings: GalleryRecord) -> None:
-        if settings.model_id != self.embedder.model_id:
+    def _check_model(self, record: GalleryRecord) -> None:
+        if record.model_id != self.embedder.model_id:
             raise ModelMismatchError(
-                f"{self.path}: this gallery was built with model {settings.model_id}, but the model "
+                f"{self.path}: this gallery was built with model {record.model_id}, but the model "
                 f"given is {self.embedder.model_id}; use the gallery's model, or re-embed the gallery "
                 f"with the new one: siamese-index --gallery {self.path} --model NEW_MODEL --reembed")
 
 
 # --- helpers ---------------------------------------------------------------------------------------
-
-def _sqlite_url(path: Path) -> str:
-    return f"sqlite:///{(path / DATABASE_FILE).resolve()}"
-
-
-def gallery_model_id(path: Union[str, Path], url: Optional[str] = None) -> str:
-    """The id of the model the gallery at `path` was embedded with, read without a model (and
-    without TensorFlow): for a program deciding whether a gallery needs `reembed`."""
-    _, store, settings = _connect(Path(path), url)
-    store.close()
-    return settings.model_id
-
-
-def _connect(path: Path, url: Optional[str]) -> tuple[Path, Store, GalleryRecord]:
-    """The store of the gallery at `path`, checked to be a gallery and to belong to this folder."""
-    if not path.exists():
-        raise NotFoundError(f"{path}: no such gallery")
-    marker = path / GALLERY_FILE
-    if not path.is_dir() or not marker.is_file():
-        raise GalleryError(f"{path}: not a gallery (a gallery is a folder with {GALLERY_FILE}, "
-                           "made by siamese-index or Gallery.create)")
-    try:
-        info = json.loads(marker.read_text())
-        gallery_id, database = info["gallery_id"], info["database"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise GalleryError(f"{marker}: unreadable or incomplete ({exc})") from None
-    if database == EXTERNAL and url is None:
-        raise ConfigError(f"{path}: this gallery keeps its metadata in an external database; "
-                          "give its SQLAlchemy URL")
-    store = Store(url or _sqlite_url(path))
-    where = store.engine.url.render_as_string(hide_password=True)
-    if not store.has_gallery():
-        store.close()
-        raise GalleryError(f"{path}: its database {where} holds no gallery")
-    store.upgrade()
-    with store.read() as conn:
-        settings = store.settings(conn)
-    if settings.gallery_id != gallery_id or settings.schema != SCHEMA_VERSION:
-        store.close()
-        raise GalleryError(f"{path}: {GALLERY_FILE} and the database {where} belong to different "
-                           "galleries (or database schema versions)")
-    return path, store, settings
-
 
 def _as_batch(images: Images) -> tuple[list, bool]:
     """(list of images, whether one image was given). A list, a tuple or a 4-D array is a batch;

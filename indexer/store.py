@@ -1,4 +1,5 @@
-"""The metadata store: SQLAlchemy tables for the gallery's settings, its items and their images.
+"""The metadata store: SQLAlchemy tables for the gallery's own row (its record), its items and
+their images.
 
 SQLite file by default; any SQLAlchemy URL works (the statements are plain Core SQL). Every change
 is one transaction that also bumps `gallery.generation`, the counter the index manifest records, so
@@ -76,7 +77,7 @@ class ItemRow(Base):
     embedding: Mapped[bytes] = mapped_column(LargeBinary)  # float32 little-endian, embedding_dim values
 
 
-SETTINGS, IMAGES, ITEMS = GalleryRow.__table__, ImageRow.__table__, ItemRow.__table__
+GALLERY, IMAGES, ITEMS = GalleryRow.__table__, ImageRow.__table__, ItemRow.__table__
 _ITEM_COLUMNS = [ITEMS.c.id, ITEMS.c.label, ITEMS.c.source, ITEMS.c.sha256, ITEMS.c.width,
                  ITEMS.c.height, IMAGES.c.media_type, ITEMS.c.added, ITEMS.c.metadata]
 
@@ -165,45 +166,45 @@ class Store:
 
     # --- the gallery row -------------------------------------------------------------------------
 
-    def initialise(self, settings: GalleryRecord) -> None:
-        if inspect(self.engine).has_table(SETTINGS.name):
+    def initialise(self, record: GalleryRecord) -> None:
+        if inspect(self.engine).has_table(GALLERY.name):
             raise GalleryError(f"{self.engine.url.render_as_string(hide_password=True)}: "
                                "already holds a gallery")
         Base.metadata.create_all(self.engine)
         with self.write() as conn:
-            conn.execute(insert(SETTINGS).values(id=1, **vars(settings)))
+            conn.execute(insert(GALLERY).values(id=1, **vars(record)))
 
     def has_gallery(self) -> bool:
-        return inspect(self.engine).has_table(SETTINGS.name)
+        return inspect(self.engine).has_table(GALLERY.name)
 
     def upgrade(self) -> None:
         """Add the nullable columns that came after schema 1 to an older gallery row (the
         gallery works the same with them empty)."""
-        present = {c["name"] for c in inspect(self.engine).get_columns(SETTINGS.name)}
-        added = [c for c in SETTINGS.columns if c.name not in present]
+        present = {c["name"] for c in inspect(self.engine).get_columns(GALLERY.name)}
+        added = [c for c in GALLERY.columns if c.name not in present]
         if not added:
             return
         with self.write() as conn:
             for column in added:
                 kind = column.type.compile(dialect=self.engine.dialect)
-                conn.exec_driver_sql(f'ALTER TABLE {SETTINGS.name} ADD COLUMN "{column.name}" {kind}')
+                conn.exec_driver_sql(f'ALTER TABLE {GALLERY.name} ADD COLUMN "{column.name}" {kind}')
 
-    def settings(self, conn: Connection) -> GalleryRecord:
-        row = conn.execute(select(SETTINGS).where(SETTINGS.c.id == 1)).mappings().first()
+    def record(self, conn: Connection) -> GalleryRecord:
+        row = conn.execute(select(GALLERY).where(GALLERY.c.id == 1)).mappings().first()
         if row is None:
             raise GalleryError(f"{self.engine.url.render_as_string(hide_password=True)}: "
                                "gallery table is empty")
         values = {k: row[k] for k in GalleryRecord.__dataclass_fields__}
         return GalleryRecord(**{**values, "created": _utc(values["created"])})
 
-    def update_settings(self, conn: Connection, **values: Any) -> None:
-        conn.execute(update(SETTINGS).where(SETTINGS.c.id == 1).values(**values))
+    def update_record(self, conn: Connection, **values: Any) -> None:
+        conn.execute(update(GALLERY).where(GALLERY.c.id == 1).values(**values))
 
     def generation(self, conn: Optional[Connection] = None) -> int:
         if conn is None:
             with self.read() as conn:
                 return self.generation(conn)
-        return int(conn.execute(select(SETTINGS.c.generation).where(SETTINGS.c.id == 1)).scalar_one())
+        return int(conn.execute(select(GALLERY.c.generation).where(GALLERY.c.id == 1)).scalar_one())
 
     def current_generation(self) -> int:
         """`generation()` for the per-request change check, on a DBAPI connection kept for it:
@@ -231,17 +232,17 @@ class Store:
         sql = _GENERATION_SQL.get(self.engine.dialect.name)
         if sql is None:
             sql = _GENERATION_SQL[self.engine.dialect.name] = str(
-                select(SETTINGS.c.generation).where(SETTINGS.c.id == 1).compile(
+                select(GALLERY.c.generation).where(GALLERY.c.id == 1).compile(
                     self.engine, compile_kwargs={"literal_binds": True}))
         return sql
 
     def next_generation(self, conn: Connection, new_ids: int = 0) -> tuple[int, int]:
         """Start a change: bump the generation and reserve `new_ids` ids.
         Returns (new generation, first reserved id)."""
-        conn.execute(update(SETTINGS).where(SETTINGS.c.id == 1).values(
-            generation=SETTINGS.c.generation + 1, next_id=SETTINGS.c.next_id + new_ids))
+        conn.execute(update(GALLERY).where(GALLERY.c.id == 1).values(
+            generation=GALLERY.c.generation + 1, next_id=GALLERY.c.next_id + new_ids))
         generation, next_id = conn.execute(
-            select(SETTINGS.c.generation, SETTINGS.c.next_id).where(SETTINGS.c.id == 1)).one()
+            select(GALLERY.c.generation, GALLERY.c.next_id).where(GALLERY.c.id == 1)).one()
         return int(generation), int(next_id) - new_ids
 
     # --- items -----------------------------------------------------------------------------------

@@ -84,7 +84,7 @@ def reembed_if_new_model(gallery: Path, model: Path) -> None:
     """A demo gallery built with an earlier bundled model (the repository was updated since) is
     re-embedded with the current one, keeping every item, instead of refusing to serve."""
     from encoder import load_card
-    from indexer.gallery import gallery_model_id
+    from indexer.folder import gallery_model_id
 
     old, new = gallery_model_id(gallery), load_card(model).model_id
     if old == new:

@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     from encoder.errors import ConfigError
     from indexer.errors import GalleryError
     from indexer import Gallery
-    from indexer.gallery import GALLERY_FILE
+    from indexer.folder import GALLERY_FILE
     from indexer.ingest import folder_sources, ingest, manifest_sources
 
     verdict = {"operating_point": args.operating_point, "threshold": args.threshold,

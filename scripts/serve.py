@@ -60,7 +60,7 @@ def check(settings) -> None:
     from encoder import load_card
     from encoder.errors import NotFoundError
     from indexer.errors import GalleryError
-    from indexer.gallery import GALLERY_FILE
+    from indexer.folder import GALLERY_FILE
 
     load_card(settings.model)
     gallery = settings.require_gallery()

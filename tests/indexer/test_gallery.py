@@ -13,7 +13,7 @@ from PIL import Image
 from encoder.errors import BadImageError, ConfigError, ModelMismatchError, NotFoundError
 from indexer import Gallery, Match
 from indexer.errors import GalleryError
-from indexer.gallery import GALLERY_FILE
+from indexer.folder import GALLERY_FILE
 from indexer.vectors import INDEX_FILE, MANIFEST_FILE
 
 

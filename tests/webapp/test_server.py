@@ -174,7 +174,7 @@ def test_demo_builds_once_then_starts_at_once(tmp_path, model_dir):
 
 def test_demo_reembeds_a_gallery_built_with_an_earlier_model(tmp_path, model_dir, other_model_dir):
     """After an update brings a new bundled model, the demo re-embeds its gallery (items kept)."""
-    from indexer.gallery import gallery_model_id
+    from indexer.folder import gallery_model_id
 
     samples = tmp_path / "samples" / "Bag"
     samples.mkdir(parents=True)

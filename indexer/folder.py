@@ -1,0 +1,88 @@
+"""The gallery folder: what is in it, how one is made, and how an existing one is opened and
+checked. `Gallery` (gallery.py) works on what `make` and `connect` return.
+
+A gallery is a folder:
+
+    gallery.json    what this folder is: format, gallery id, where the database is
+    gallery.db      the metadata store (SQLite; or any SQLAlchemy URL, see `store`)
+    index.faiss     the vector index, replaced atomically ...
+    index.json      ... beside its manifest: gallery id, model id, database generation, checksum
+    gallery.lock    held (flock) by the one process writing at a time
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional, Union
+
+from encoder.errors import ConfigError, NotFoundError
+
+from .errors import GalleryError
+from .files import write_json
+from .store import SCHEMA_VERSION, GalleryRecord, Store
+
+GALLERY_FILE = "gallery.json"
+DATABASE_FILE = "gallery.db"
+LOCK_FILE = "gallery.lock"
+GALLERY_FORMAT = 1
+EXTERNAL = "external"  # gallery.json "database" value when the metadata lives at another URL
+
+
+def sqlite_url(path: Path) -> str:
+    """The SQLAlchemy URL of the folder's own database."""
+    return f"sqlite:///{(path / DATABASE_FILE).resolve()}"
+
+
+def make(path: Path, url: Optional[str], record: GalleryRecord) -> Store:
+    """A new gallery folder at `path` (which must not exist or be empty) with its database (at
+    `url`, else the folder's own) holding `record`."""
+    if (path / GALLERY_FILE).exists():
+        raise GalleryError(f"{path}: already a gallery; open it instead")
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise GalleryError(f"{path}: not a gallery, and not an empty folder to make one in")
+    path.mkdir(parents=True, exist_ok=True)
+    store = Store(url or sqlite_url(path))
+    store.initialise(record)
+    write_json(path / GALLERY_FILE, {"format": GALLERY_FORMAT, "gallery_id": record.gallery_id,
+                                     "database": EXTERNAL if url else DATABASE_FILE})
+    return store
+
+
+def connect(path: Path, url: Optional[str]) -> tuple[Store, GalleryRecord]:
+    """The store of the gallery at `path` and its record, checked to be a gallery and to belong to
+    this folder; an older database schema is upgraded."""
+    if not path.exists():
+        raise NotFoundError(f"{path}: no such gallery")
+    marker = path / GALLERY_FILE
+    if not path.is_dir() or not marker.is_file():
+        raise GalleryError(f"{path}: not a gallery (a gallery is a folder with {GALLERY_FILE}, "
+                           "made by siamese-index or Gallery.create)")
+    try:
+        info = json.loads(marker.read_text())
+        gallery_id, database = info["gallery_id"], info["database"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise GalleryError(f"{marker}: unreadable or incomplete ({exc})") from None
+    if database == EXTERNAL and url is None:
+        raise ConfigError(f"{path}: this gallery keeps its metadata in an external database; "
+                          "give its SQLAlchemy URL")
+    store = Store(url or sqlite_url(path))
+    where = store.engine.url.render_as_string(hide_password=True)
+    if not store.has_gallery():
+        store.close()
+        raise GalleryError(f"{path}: its database {where} holds no gallery")
+    store.upgrade()
+    with store.read() as conn:
+        record = store.record(conn)
+    if record.gallery_id != gallery_id or record.schema != SCHEMA_VERSION:
+        store.close()
+        raise GalleryError(f"{path}: {GALLERY_FILE} and the database {where} belong to different "
+                           "galleries (or database schema versions)")
+    return store, record
+
+
+def gallery_model_id(path: Union[str, Path], url: Optional[str] = None) -> str:
+    """The id of the model the gallery at `path` was embedded with, read without a model (and
+    without TensorFlow): for a program deciding whether a gallery needs `reembed`."""
+    store, record = connect(Path(path), url)
+    store.close()
+    return record.model_id
