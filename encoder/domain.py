@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -120,21 +121,43 @@ def fit_domain_model(in_train: np.ndarray, in_heldout: np.ndarray, pre: Preproce
     it never saw. `extra_foreign`: other datasets' images (already prepared), by name; a fifth of
     each is kept back for the measurement. `augment`: the encoder's training distortions
     (`augment.AUGMENTATIONS`). Returns (keras model, DomainCard)."""
-    import time
-
-    import keras
-    import tensorflow as tf
-
     start = time.perf_counter()
     rng = np.random.default_rng(seed)
     if len(in_train) > max_images:
         in_train = in_train[rng.choice(len(in_train), max_images, replace=False)]
-    extra_foreign = extra_foreign or {}
     extra_train, extra_test = {}, {}
-    for name, images in extra_foreign.items():
+    for name, images in (extra_foreign or {}).items():
         order = rng.permutation(len(images))
         cut = len(images) // 5
         extra_train[name], extra_test[name] = images[order[cut:]], images[order[:cut]]
+    x, y = _training_set(in_train, extra_train, pre, families, seed, rng, report)
+    model = _train(x, y, pre, seed, epochs, augment, report)
+    scorer = DomainModel(model)
+    held = scorer.score(in_heldout)
+    threshold = float(np.quantile(held, rejection)) if len(held) else float("-inf")
+    test_seed = seed * 7919 + 2
+    measured = {family: float(np.mean(scorer.score(foreign_batch(
+        1000, pre, seed=test_seed, families=(family,))) >= threshold)) for family in families}
+    for name, images in extra_test.items():
+        measured[name] = float(np.mean(scorer.score(images) >= threshold))
+    card = DomainCard(threshold=threshold, weights_sha256=weights_sha256(model),
+                      training_data=training_data, heldout_images=int(len(held)),
+                      heldout_rejected=float(np.mean(held < threshold)) if len(held) else 0.0,
+                      foreign_accepted=measured, foreign_families=list(families) + list(extra_train),
+                      foreign_images=int(len(x) - len(in_train)), epochs=epochs,
+                      extra={"augment": augment, "rejection_target": rejection},
+                      seconds=round(time.perf_counter() - start, 1))
+    report(f"domain model: threshold {threshold:.3f} rejects {card.heldout_rejected:.2%} of "
+           f"{len(held):,} held-out in-domain images; accepts "
+           + ", ".join(f"{k} {v:.1%}" for k, v in measured.items()) + " of unseen foreign images")
+    return model, card
+
+
+def _training_set(in_train: np.ndarray, extra_train: dict[str, np.ndarray], pre: Preprocessing,
+                  families: tuple[str, ...], seed: int, rng: np.random.Generator,
+                  report: Callable[[str], None]) -> tuple[np.ndarray, np.ndarray]:
+    """The in-domain images (label 1) against as many foreign ones (label 0), shuffled: generated
+    ones, and up to a quarter as many from each other dataset."""
     n_extra = sum(min(len(v), len(in_train) // 4) for v in extra_train.values())
     n_generated = max(len(in_train) - n_extra, len(in_train) // 2)
     report(f"domain model: {len(in_train):,} in-domain images against {n_generated:,} generated "
@@ -152,8 +175,16 @@ def fit_domain_model(in_train: np.ndarray, in_heldout: np.ndarray, pre: Preproce
     x = np.concatenate([in_train, foreign])
     y = np.r_[np.ones(len(in_train), np.float32), np.zeros(len(foreign), np.float32)]
     order = rng.permutation(len(x))
-    x, y = x[order], y[order]
+    return x[order], y[order]
 
+
+def _train(x: np.ndarray, y: np.ndarray, pre: Preprocessing, seed: int, epochs: int,
+           augment: str, report: Callable[[str], None]):
+    """The domain network trained on (x, y), with a progress line per epoch."""
+    import keras
+    import tensorflow as tf
+
+    start = time.perf_counter()
     keras.utils.set_random_seed(seed)
     model = build_domain_model(pre)
     model.compile(optimizer=keras.optimizers.Adam(1e-3),
@@ -174,28 +205,7 @@ def fit_domain_model(in_train: np.ndarray, in_heldout: np.ndarray, pre: Preproce
         report(f"domain model: epoch {epoch + 1}/{epochs}  loss "
                f"{model.history.history['loss'][-1]:.4f}  elapsed {elapsed:.0f}s  "
                f"ETA {elapsed / (epoch + 1) * (epochs - epoch - 1):.0f}s")
-    scorer = DomainModel(model)
-
-    held = scorer.score(in_heldout)
-    threshold = float(np.quantile(held, rejection)) if len(held) else float("-inf")
-    measured = {}
-    test_seed = seed * 7919 + 2
-    for family in families:
-        scores = scorer.score(foreign_batch(1000, pre, seed=test_seed, families=(family,)))
-        measured[family] = float(np.mean(scores >= threshold))
-    for name, images in extra_test.items():
-        measured[name] = float(np.mean(scorer.score(images) >= threshold))
-    card = DomainCard(threshold=threshold, weights_sha256=weights_sha256(model),
-                      training_data=training_data, heldout_images=int(len(held)),
-                      heldout_rejected=float(np.mean(held < threshold)) if len(held) else 0.0,
-                      foreign_accepted=measured, foreign_families=list(families) + list(extra_train),
-                      foreign_images=int(len(foreign)), epochs=epochs,
-                      extra={"augment": augment, "rejection_target": rejection},
-                      seconds=round(time.perf_counter() - start, 1))
-    report(f"domain model: threshold {threshold:.3f} rejects {card.heldout_rejected:.2%} of "
-           f"{len(held):,} held-out in-domain images; accepts "
-           + ", ".join(f"{k} {v:.1%}" for k, v in measured.items()) + " of unseen foreign images")
-    return model, card
+    return model
 
 
 class DomainModel:

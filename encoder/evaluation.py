@@ -294,6 +294,53 @@ def open_set_rounds(labels: np.ndarray, enrolled: Optional[int], shots: int, rou
     return draws, enrolled, skipped
 
 
+@dataclass
+class _OpenSetRound:
+    """One round of open-set identification, scored: each mated probe's rank and nearest enrolled
+    distance, and the non-mated probes' nearest distances (sorted)."""
+    rank: np.ndarray  # of the probe's own class among the enrolled ones (1: nearest)
+    correct: np.ndarray  # the nearest gallery image is of the probe's class
+    nearest_mated: np.ndarray
+    mated_sorted: np.ndarray
+    nearest_nonmated: np.ndarray  # sorted
+
+    @classmethod
+    def score(cls, embeddings: np.ndarray, labels: np.ndarray, gallery: np.ndarray,
+              mated: np.ndarray, nonmated: np.ndarray, chunk: int) -> "_OpenSetRound":
+        enrolled, shots = gallery.shape
+        g = embeddings[gallery.ravel()]
+        slot = {int(labels[gallery[k, 0]]): k for k in range(enrolled)}
+
+        def class_distances(probes):
+            """Each probe's distance to each enrolled class (its nearest gallery image)."""
+            out = np.empty((len(probes), enrolled), np.float32)
+            for start in range(0, len(probes), chunk):
+                d = pairwise(embeddings[probes[start:start + chunk]], g)
+                out[start:start + chunk] = d.reshape(len(d), enrolled, shots).min(-1)
+            return out
+
+        dm = class_distances(mated)
+        true = np.array([slot[int(c)] for c in labels[mated]])
+        d_true = dm[np.arange(len(mated)), true]
+        nearest_mated = dm.min(1)
+        return cls(rank=1 + np.sum(dm < d_true[:, None], axis=1),
+                   correct=d_true <= nearest_mated, nearest_mated=nearest_mated,
+                   mated_sorted=np.sort(nearest_mated),
+                   nearest_nonmated=np.sort(class_distances(nonmated).min(1)))
+
+    def identified(self, t: float) -> float:
+        """Share of mated probes identified (nearest image of their class, within t)."""
+        return float(np.mean(self.correct & (self.nearest_mated <= t)))
+
+    def false_positives(self, t: float) -> float:
+        """FPIR at t: share of non-mated probes with a gallery image within t."""
+        return float(np.searchsorted(self.nearest_nonmated, t, side="right")
+                     / len(self.nearest_nonmated))
+
+    def threshold_at(self, fpir: float) -> float:
+        return _threshold_at_fpir(self.nearest_nonmated, fpir, self.mated_sorted)
+
+
 def open_set_identification(embeddings: np.ndarray, labels: np.ndarray,
                             enrolled: Optional[int] = None, shots: int = 1, rounds: int = 10,
                             seed: int = 0, predict=None, fpir_targets=OPEN_SET_FPIR,
@@ -324,51 +371,25 @@ def open_set_identification(embeddings: np.ndarray, labels: np.ndarray,
     at_predicted = [([], []) for _ in predictions]  # measured fpir, identification rate
     curves = []
     for gallery, mated, nonmated in draws:
-        g = embeddings[gallery.ravel()]
-        slot = {int(labels[gallery[k, 0]]): k for k in range(enrolled)}
-
-        def class_distances(probes):
-            """Each probe's distance to each enrolled class (its nearest gallery image)."""
-            out = np.empty((len(probes), enrolled), np.float32)
-            for start in range(0, len(probes), chunk):
-                d = pairwise(embeddings[probes[start:start + chunk]], g)
-                out[start:start + chunk] = d.reshape(len(d), enrolled, shots).min(-1)
-            return out
-
-        dm = class_distances(mated)
-        true = np.array([slot[int(c)] for c in labels[mated]])
-        d_true = dm[np.arange(len(mated)), true]
-        rank = 1 + np.sum(dm < d_true[:, None], axis=1)
-        nearest_mated = dm.min(1)
-        mated_sorted = np.sort(nearest_mated)
-        correct = d_true <= nearest_mated  # the nearest gallery image is of the probe's class
-        nearest_nonmated = np.sort(class_distances(nonmated).min(1))
-        rank1.append(np.mean(rank <= 1))
-        rank5.append(np.mean(rank <= 5))
+        r = _OpenSetRound.score(embeddings, labels, gallery, mated, nonmated, chunk)
+        rank1.append(np.mean(r.rank <= 1))
+        rank5.append(np.mean(r.rank <= 5))
         mated_n.append(len(mated))
         nonmated_n.append(len(nonmated))
-
-        def identified(t):
-            return float(np.mean(correct & (nearest_mated <= t)))
-
-        def false_positives(t):
-            return float(np.searchsorted(nearest_nonmated, t, side="right") / len(nonmated))
-
         for f in fpir_targets:
-            t = _threshold_at_fpir(nearest_nonmated, f, mated_sorted)
-            at_target[f][0].append(1 - identified(t))
+            t = r.threshold_at(f)
+            at_target[f][0].append(1 - r.identified(t))
             at_target[f][1].append(t)
-            at_target[f][2].append(false_positives(t))
+            at_target[f][2].append(r.false_positives(t))
         for (f, thresholds, calibrated), (fpirs, rates) in zip(predictions, at_predicted):
-            t, ok = predict(f, gallery_size, g, labels[gallery.ravel()])
+            t, ok = predict(f, gallery_size, embeddings[gallery.ravel()], labels[gallery.ravel()])
             thresholds.append(float(t))
             calibrated.append(bool(ok))
-            fpirs.append(false_positives(t))
-            rates.append(identified(t))
+            fpirs.append(r.false_positives(t))
+            rates.append(r.identified(t))
         grid = np.r_[0.0, np.geomspace(1 / len(nonmated), 1.0, 40)]
-        curves.append([(false_positives(t), 1 - identified(t))
-                       for t in (_threshold_at_fpir(nearest_nonmated, f, mated_sorted)
-                                 for f in grid)])
+        curves.append([(r.false_positives(t), 1 - r.identified(t))
+                       for t in map(r.threshold_at, grid)])
     curve = np.mean(np.asarray(curves), axis=0)
     return {
         "rounds": rounds, "seed": seed, "enrolled_classes": enrolled,

@@ -475,21 +475,8 @@ def _synthetic_document(rng: Rng, w: int, h: int) -> Image.Image:
     char_w = max(1.0, font.getlength("n"))
     margin = rng.uniform(0, 0.12) * w
     y = rng.uniform(0, 0.1) * h - rng.uniform(0, line_h)
-    if layout == 1:  # table: ruled cells of short entries
-        if 24 * char_w > w - 2 * margin:  # two columns of dates and phone numbers must fit side by side
-            spacing = line_h / font.size
-            font = _font_near(name, font.size * (w - 2 * margin) / (24 * char_w))
-            char_w, line_h = max(1.0, font.getlength("n")), font.size * spacing
-        cols = int(rng.integers(2, max(3, min(6, (w - 2 * margin) / (12 * char_w)) + 1)))
-        xs = np.linspace(margin, w - margin, cols + 1)
-        while y < h:
-            for c in range(cols):
-                cell = _number(rng) if rng.random() < 0.6 else _word(rng)
-                draw.text((xs[c] + 2, y + 1), cell, font=font, fill=ink)
-            draw.line([(xs[0], y), (xs[-1], y)], fill=ink, width=1)
-            y += line_h + 2
-        for xv in xs:
-            draw.line([(xv, 0), (xv, h)], fill=ink, width=1)
+    if layout == 1:
+        _draw_table(draw, rng, name, font, char_w, line_h, margin, y, (w, h), ink)
         return img
     while y < h:
         if layout == 2 and rng.random() < 0.7:  # form: a label, then a blank line or boxes
@@ -525,6 +512,26 @@ def _synthetic_document(rng: Rng, w: int, h: int) -> Image.Image:
         draw.text((margin, y), line[:n_chars], font=font, fill=ink)
         y += line_h * (1.8 if rng.random() < 0.1 else 1.0)
     return img
+
+
+def _draw_table(draw: ImageDraw.ImageDraw, rng: Rng, name: str, font, char_w: float,
+                line_h: float, margin: float, y: float, size: tuple[int, int], ink) -> None:
+    """A table on the page from `y` down: ruled cells of short entries (numbers, words)."""
+    w, h = size
+    if 24 * char_w > w - 2 * margin:  # two columns of dates and phone numbers must fit side by side
+        spacing = line_h / font.size
+        font = _font_near(name, font.size * (w - 2 * margin) / (24 * char_w))
+        char_w, line_h = max(1.0, font.getlength("n")), font.size * spacing
+    cols = int(rng.integers(2, max(3, min(6, (w - 2 * margin) / (12 * char_w)) + 1)))
+    xs = np.linspace(margin, w - margin, cols + 1)
+    while y < h:
+        for c in range(cols):
+            cell = _number(rng) if rng.random() < 0.6 else _word(rng)
+            draw.text((xs[c] + 2, y + 1), cell, font=font, fill=ink)
+        draw.line([(xs[0], y), (xs[-1], y)], fill=ink, width=1)
+        y += line_h + 2
+    for xv in xs:
+        draw.line([(xv, 0), (xv, h)], fill=ink, width=1)
 
 
 def _scribbles(rng: Rng, w: int, h: int) -> Image.Image:

@@ -1,8 +1,8 @@
 """Parameter checks declared once, beside the parameter (scikit-learn's `_parameter_constraints`
 habit): a dataclass field names its allowed values in its metadata (`param(..., check=Range(1))`),
-`check_fields` checks an instance against all of them, and `parse_int` reads one integer from
-text (an HTTP parameter) under the same rule. Every message has one form:
-"<name> must be <what is allowed>, not <value>"."""
+`check_fields` checks an instance against all of them, `check_value` one value, and `parse_int`
+reads one integer from text (an HTTP parameter) under the same rule. Every message has one
+form: "<name> must be <what is allowed>, not <value>"."""
 from __future__ import annotations
 
 import dataclasses
@@ -70,9 +70,14 @@ def param(default: Any, help: str = "", check: Optional[Check] = None, **metadat
 def check_fields(obj: Any, name: Callable[[str], str] = str, error: type = ConfigError) -> None:
     """Raise `error` for the first field of dataclass `obj` whose value its check refuses."""
     for f in dataclasses.fields(obj):
-        check, value = f.metadata.get("check"), getattr(obj, f.name)
-        if check is not None and value is not None and not check.allows(value):
-            raise error(f"{name(f.name)} must be {check.describe()}, not {value!r}")
+        check_value(name(f.name), getattr(obj, f.name), f.metadata.get("check"), error)
+
+
+def check_value(name: str, value: Any, check: Optional[Check], error: type = ConfigError) -> Any:
+    """`value`, unless `check` refuses it (None is never checked)."""
+    if check is not None and value is not None and not check.allows(value):
+        raise error(f"{name} must be {check.describe()}, not {value!r}")
+    return value
 
 
 def parse_int(name: str, text: str, check: Range, error: type = ConfigError) -> int:

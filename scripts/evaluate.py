@@ -10,8 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from encoder.errors import ConfigError, DatasetError
+from encoder.errors import DatasetError
 from encoder.evaluation import EPISODE_CLASSES
+from encoder.params import Range, check_value
 from scripts.common import add_class_arguments, add_dataset_argument, choose_classes, run
 
 
@@ -91,30 +92,14 @@ def choose_groups(ds, card, wanted: str | None):
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    from encoder import Embedder
-    from encoder.datasets import load_dataset
-    from encoder.calibration import expected_calibration_error
-    from encoder.evaluation import (oneshot_accuracy, open_set_identification,
-                                    operating_point_metrics, pair_metrics, retrieval_metrics,
-                                    tar_at_far)
+    from encoder.evaluation import pair_metrics, retrieval_metrics
 
-    if args.pair_rounds < 1:
-        raise ConfigError(f"--pair-rounds must be at least 1, not {args.pair_rounds}")
+    check_value("--pair-rounds", args.pair_rounds, Range(1, integer=True))
     if args.open_set:
-        if args.open_set_rounds < 1:
-            raise ConfigError(f"--open-set-rounds must be at least 1, not {args.open_set_rounds}")
-        if args.enrolled is not None and args.enrolled < 2:
-            raise ConfigError(f"--enrolled must be at least 2 classes, not {args.enrolled}")
-        if args.shots < 1:
-            raise ConfigError(f"--shots must be at least 1, not {args.shots}")
-    embedder = Embedder.load(args.model)
-    ds = load_dataset(args.dataset[0], args.dataset[1:], split=args.split,
-                      pre=embedder.card.preprocessing)
-    by_name = args.classes is not None or args.exclude_classes is not None
-    # Classes chosen by name: every group they are in, unless --groups says otherwise.
-    groups = "all" if by_name and args.groups is None and ds.groups is not None else args.groups
-    ds, which_groups = choose_groups(choose_classes(ds, args), embedder.card, groups)
-    ds.check_trainable()
+        check_value("--open-set-rounds", args.open_set_rounds, Range(1, integer=True))
+        check_value("--enrolled", args.enrolled, Range(2, integer=True))
+        check_value("--shots", args.shots, Range(1, integer=True))
+    embedder, ds, which_groups = _load(args)
     start = time.perf_counter()
     embeddings = embedder.embed(ds.images)
     embed_seconds = time.perf_counter() - start
@@ -127,81 +112,123 @@ def main(argv: list[str] | None = None) -> int:
                "embed_images_per_second": round(len(ds) / embed_seconds)}
     if ds.skipped:
         results["skipped_files"] = len(ds.skipped)
+    results.update(_trust(embedder, ds, pairs))
+    open_set = _open_set(args, embedder, embeddings, ds.labels) if args.open_set else None
+    if open_set is not None:
+        results["open_set"] = open_set
+    oneshot = _oneshot(args, embeddings, ds) if args.oneshot else []
+    if oneshot:
+        results["oneshot"] = [r.to_dict() for r in oneshot]
+    if args.plots:
+        results["plots"] = _plots(Path(args.plots), embedder, ds, pairs, threshold, open_set,
+                                  args.seed)
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return 0
+    for key, value in results.items():
+        if key in STRUCTURED:
+            continue
+        shown = f"{value:.4f}" if isinstance(value, float) else value
+        print(f"{key:>26}  {', '.join(shown) if isinstance(shown, list) else shown}")
+    for r in oneshot:
+        print(f"{'one-shot':>26}  {r}")
+    print()
+    print("\n".join(trust_lines(results, embedder.model_id)))
+    if open_set is not None:
+        print()
+        print("\n".join(open_set_lines(open_set)))
+    return 0
+
+
+def _load(args):
+    """The model, and the dataset with the classes and groups the flags choose."""
+    from encoder import Embedder
+    from encoder.datasets import load_dataset
+
+    embedder = Embedder.load(args.model)
+    ds = load_dataset(args.dataset[0], args.dataset[1:], split=args.split,
+                      pre=embedder.card.preprocessing)
+    by_name = args.classes is not None or args.exclude_classes is not None
+    # Classes chosen by name: every group they are in, unless --groups says otherwise.
+    groups = "all" if by_name and args.groups is None and ds.groups is not None else args.groups
+    ds, which_groups = choose_groups(choose_classes(ds, args), embedder.card, groups)
+    ds.check_trainable()
+    return embedder, ds, which_groups
+
+
+def _trust(embedder, ds, pairs) -> dict:
+    """The verdict's numbers measured on this data: its operating points, TAR at FAR, the
+    probability's calibration error and the domain check's rejections."""
+    from encoder.calibration import expected_calibration_error
+    from encoder.evaluation import operating_point_metrics, tar_at_far
+
     card = embedder.card
-    points = embedder.verdicts.operating_points
-    results["operating_points"] = operating_point_metrics(pairs.distances, pairs.same, points,
-                                                          card.operating_points)
-    results["tar_at_far"] = tar_at_far(pairs.distances, pairs.same)
+    results = {"operating_points": operating_point_metrics(
+        pairs.distances, pairs.same, embedder.verdicts.operating_points, card.operating_points),
+        "tar_at_far": tar_at_far(pairs.distances, pairs.same)}
     results["probability"] = None if card.probability is None else {
         "ece": expected_calibration_error(card.probability(pairs.distances), pairs.same),
         "card_ece": card.probability.ece}
+    results["domain"] = None
     if embedder.has_domain_model:
         rejected = ~embedder.in_domain(ds.images)
         results["domain"] = {"rejected": float(np.mean(rejected)),
                              "rejected_images": int(rejected.sum()), "images": len(ds),
                              "card_heldout_rejected": card.domain.heldout_rejected}
-    else:
-        results["domain"] = None
-    open_set = None
-    if args.open_set:
-        from encoder.verdict import nearest_impostors
+    return results
 
-        def as_identify(fpir, size, gallery, labels):
-            """The threshold `Gallery.identify` would take for this gallery."""
-            rule = embedder.verdicts.identification_rule(
-                size, fpir, impostors=nearest_impostors(gallery, labels))
-            return rule.threshold, rule.calibrated
 
-        def by_card(fpir, size, gallery, labels):
-            return card.open_set.threshold_for(fpir, size)
+def _open_set(args, embedder, embeddings, labels) -> dict:
+    """Open-set 1:N measured at the thresholds `identify` would take (`predicted`) and at the
+    card's alone (`predicted_by_card`)."""
+    from encoder.evaluation import open_set_identification
+    from encoder.verdict import nearest_impostors
 
-        run_open_set = lambda predict: open_set_identification(  # noqa: E731
-            embeddings, ds.labels, args.enrolled, args.shots, args.open_set_rounds, args.seed,
-            predict)
-        open_set = run_open_set(as_identify)
-        open_set["predicted_by_card"] = (None if card.open_set is None else
-                                         run_open_set(by_card)["predicted"])
-        results["open_set"] = open_set
-    oneshot = []
-    if args.oneshot:
-        if args.episode_classes == "group" and ds.groups is None:
-            raise DatasetError(f"--episode-classes group: {ds.name} has no groups (alphabets)")
-        within = (args.episode_classes or ("group" if ds.groups is not None else "any")) == "group"
-        oneshot = [oneshot_accuracy(embeddings, ds.labels, way, args.shots, args.episodes,
-                                    args.seed, ds.groups if within else None)
-                   for way in args.oneshot]
-        results["oneshot"] = [r.to_dict() for r in oneshot]
-    if args.plots:
-        from encoder import plots
+    card = embedder.card
 
-        out = Path(args.plots)
-        out.mkdir(parents=True, exist_ok=True)
-        written = [
-            plots.roc_curve(pairs.distances, pairs.same, pairs.metrics["roc_auc"], out / "roc.png"),
-            plots.det_curve(pairs.distances, pairs.same, points, out / "det.png",
-                            card.operating_points),
-            plots.distance_histograms(pairs.distances, pairs.same, threshold, out / "distances.png"),
-            plots.pair_grid(ds.images, pairs.first, pairs.second, pairs.same, pairs.distances,
-                            threshold, out / "pairs.png", seed=args.seed)]
-        if open_set is not None:
-            written.append(plots.open_set_det(open_set, out / "open_set_det.png"))
-        results["plots"] = [str(p) for p in written]
-    if args.json:
-        print(json.dumps(results, indent=2))
-    else:
-        for key, value in results.items():
-            if key in STRUCTURED:
-                continue
-            shown = f"{value:.4f}" if isinstance(value, float) else value
-            print(f"{key:>26}  {', '.join(shown) if isinstance(shown, list) else shown}")
-        for r in oneshot:
-            print(f"{'one-shot':>26}  {r}")
-        print()
-        print("\n".join(trust_lines(results, card.model_id)))
-        if open_set is not None:
-            print()
-            print("\n".join(open_set_lines(open_set)))
-    return 0
+    def as_identify(fpir, size, gallery, gallery_labels):
+        """The threshold `Gallery.identify` would take for this gallery."""
+        rule = embedder.verdicts.identification_rule(
+            size, fpir, impostors=nearest_impostors(gallery, gallery_labels))
+        return rule.threshold, rule.calibrated
+
+    def by_card(fpir, size, gallery, gallery_labels):
+        return card.open_set.threshold_for(fpir, size)
+
+    def run_open_set(predict):
+        return open_set_identification(embeddings, labels, args.enrolled, args.shots,
+                                       args.open_set_rounds, args.seed, predict)
+
+    open_set = run_open_set(as_identify)
+    open_set["predicted_by_card"] = (None if card.open_set is None else
+                                     run_open_set(by_card)["predicted"])
+    return open_set
+
+
+def _oneshot(args, embeddings, ds) -> list:
+    from encoder.evaluation import oneshot_accuracy
+
+    if args.episode_classes == "group" and ds.groups is None:
+        raise DatasetError(f"--episode-classes group: {ds.name} has no groups (alphabets)")
+    within = (args.episode_classes or ("group" if ds.groups is not None else "any")) == "group"
+    return [oneshot_accuracy(embeddings, ds.labels, way, args.shots, args.episodes, args.seed,
+                             ds.groups if within else None) for way in args.oneshot]
+
+
+def _plots(out: Path, embedder, ds, pairs, threshold: float, open_set, seed: int) -> list[str]:
+    from encoder import plots
+
+    out.mkdir(parents=True, exist_ok=True)
+    points, card = embedder.verdicts.operating_points, embedder.card
+    written = [
+        plots.roc_curve(pairs.distances, pairs.same, pairs.metrics["roc_auc"], out / "roc.png"),
+        plots.det_curve(pairs.distances, pairs.same, points, out / "det.png", card.operating_points),
+        plots.distance_histograms(pairs.distances, pairs.same, threshold, out / "distances.png"),
+        plots.pair_grid(ds.images, pairs.first, pairs.second, pairs.same, pairs.distances,
+                        threshold, out / "pairs.png", seed=seed)]
+    if open_set is not None:
+        written.append(plots.open_set_det(open_set, out / "open_set_det.png"))
+    return [str(p) for p in written]
 
 
 STRUCTURED = ("oneshot", "operating_points", "tar_at_far", "probability", "domain", "open_set")

@@ -19,6 +19,7 @@ For the model's own held-out split (as training made it), a domain model is trai
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import time
 
@@ -90,13 +91,11 @@ def mahalanobis(train: np.ndarray):
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     from encoder import Embedder
+    from encoder.config import TrainConfig
     from encoder.datasets import load_dataset
-    from encoder.domain import REJECTION, DomainModel, fit_domain_model
-    from encoder.errors import ConfigError
+    from encoder.domain import REJECTION
     from encoder.foreign import FAMILIES, foreign_batch
     from encoder.images import prepare_batch
-    from encoder.config import TrainConfig
-    from encoder.splits import split_train_val
 
     embedder = Embedder.load(args.model)
     pre = embedder.card.preprocessing
@@ -106,16 +105,50 @@ def main(argv: list[str] | None = None) -> int:
     extras = load_foreign(args.foreign_dataset, pre)
     unseen = sklearn_sets(pre, seed=99, n=args.samples)
     fresh = {f: foreign_batch(args.samples, pre, seed=4242, families=(f,)) for f in families}
-    lines, results = [], {"model": embedder.model_id, "dataset": ds.name, "families": families}
-
+    results = {"model": embedder.model_id, "dataset": ds.name, "families": families}
     fields = TrainConfig.__dataclass_fields__
     settings = {k: v for k, v in embedder.card.training.get("settings", {}).items() if k in fields}
     config = TrainConfig(**settings).resolve(ds)
     options = {"augment": args.augment or config.augment,
                "rejection": args.rejection or REJECTION[config.val_split]}
     results["options"] = options
+    splits = _splits(args, ds, x, config, pre)
+    fit = functools.partial(_fit, pre=pre, training_data=ds.name, options=options)
+    per_split = {}
+    for name, train, calibrate, test in splits:
+        model, card = fit(train, calibrate, families, extras)
+        per_split[name] = _measure(model, card.threshold, test, {**fresh, **unseen})
+        print(f"{name}: " + ", ".join(f"{k} {v:.2%}" for k, v in per_split[name].items()),
+              flush=True)
+    results["all families"] = per_split
+    _, train, calibrate, test = splits[0]
+    if not args.no_leave_out:
+        results["leave one family out"] = _leave_one_out(fit, train, calibrate, families, extras,
+                                                         fresh)
+    results["mahalanobis on embeddings"] = baseline = _mahalanobis_baseline(
+        embedder, train, calibrate, test, {**fresh, **unseen, **extras}, options["rejection"])
+    print("mahalanobis baseline: " + ", ".join(f"{k} {v:.2%}" for k, v in baseline.items()))
+    first = next(iter(per_split.values()))
+    lines = [f"{'':<22}{'domain model':>14}{'left out':>10}{'mahalanobis':>13}"]
+    for key in first:
+        left = results.get("leave one family out", {}).get(key)
+        lines.append(f"{key:<22}{first[key]:>14.2%}{'' if left is None else f'{left:.2%}':>10}"
+                     f"{baseline.get(key, float('nan')):>13.2%}")
+    print("\n".join(lines))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+    return 0
 
-    # The splits: (name, train, calibrate, test images).
+
+def _splits(args, ds, x: np.ndarray, config, pre) -> list[tuple]:
+    """(name, training, calibration, in-domain test images) for each measurement: the model's
+    own split against --test-split, or with --group-folds each fold of groups held out."""
+    from encoder.datasets import load_dataset
+    from encoder.errors import ConfigError
+    from encoder.images import prepare_batch
+    from encoder.splits import split_train_val
+
     if args.group_folds:
         if ds.groups is None:
             raise ConfigError(f"--group-folds: {ds.name} has no groups")
@@ -127,70 +160,57 @@ def main(argv: list[str] | None = None) -> int:
             calibrate = np.isin(ds.groups, parts[(k + 1) % args.group_folds])
             names = ", ".join(ds.group_names[g] for g in parts[k])
             splits.append((f"test {names}", x[~test & ~calibrate], x[calibrate], x[test]))
-    else:
-        train_idx, val_idx = split_train_val(ds, config)
-        if args.test_split:
-            test_ds = load_dataset(args.dataset[0], args.dataset[1:], split=args.test_split, pre=pre)
-            test = prepare_batch(test_ds.images, pre)
-        else:
-            raise ConfigError("give --test-split or --group-folds: in-domain test images")
-        splits = [("test split", x[train_idx], x[val_idx], test)]
+        return splits
+    if not args.test_split:
+        raise ConfigError("give --test-split or --group-folds: in-domain test images")
+    train_idx, val_idx = split_train_val(ds, config)
+    test_ds = load_dataset(args.dataset[0], args.dataset[1:], split=args.test_split, pre=pre)
+    return [("test split", x[train_idx], x[val_idx], prepare_batch(test_ds.images, pre))]
 
-    def measure(model, threshold, test) -> dict:
-        scorer = DomainModel(model)
-        out = {"in-domain rejected": float(np.mean(scorer.score(test) < threshold))}
-        for name, images in {**fresh, **unseen}.items():
-            out[name] = float(np.mean(scorer.score(images) >= threshold))
-        return out
 
-    start = time.perf_counter()
-    per_split = {}
-    for name, train, calibrate, test in splits:
-        model, card = fit_domain_model(train, calibrate, pre, ds.name, seed=0, extra_foreign=extras,
-                                       families=families, report=lambda line: None, **options)
-        per_split[name] = measure(model, card.threshold, test)
-        print(f"{name}: " + ", ".join(f"{k} {v:.2%}" for k, v in per_split[name].items()),
-              flush=True)
-    results["all families"] = per_split
+def _fit(train, calibrate, families, extras, pre, training_data, options):
+    from encoder.domain import fit_domain_model
 
-    _, train, calibrate, test = splits[0]
-    if not args.no_leave_out:
-        left_out = {}
-        for family in (*families, *extras):
-            kept = tuple(f for f in families if f != family)
-            kept_extras = {k: v for k, v in extras.items() if k != family}
-            model, card = fit_domain_model(train, calibrate, pre, ds.name, seed=0,
-                                           extra_foreign=kept_extras, families=kept,
-                                           report=lambda line: None, **options)
-            images = fresh.get(family)
-            if images is None:  # an extra dataset: its own images
-                images = extras[family]
-            accepted = float(np.mean(DomainModel(model).score(images) >= card.threshold))
-            left_out[family] = accepted
-            print(f"without {family}: {family} accepted {accepted:.2%} "
-                  f"({time.perf_counter() - start:.0f} s)", flush=True)
-        results["leave one family out"] = left_out
+    return fit_domain_model(train, calibrate, pre, training_data, seed=0, extra_foreign=extras,
+                            families=families, report=lambda line: None, **options)
 
+
+def _measure(model, threshold: float, test: np.ndarray, foreign: dict) -> dict:
+    """Share of in-domain test images rejected, and of each foreign set accepted."""
+    from encoder.domain import DomainModel
+
+    scorer = DomainModel(model)
+    out = {"in-domain rejected": float(np.mean(scorer.score(test) < threshold))}
+    for name, images in foreign.items():
+        out[name] = float(np.mean(scorer.score(images) >= threshold))
+    return out
+
+
+def _leave_one_out(fit, train, calibrate, families, extras, fresh) -> dict:
+    """Each kind of foreign image left out of training in turn: the share of it accepted."""
+    from encoder.domain import DomainModel
+
+    start, left_out = time.perf_counter(), {}
+    for family in (*families, *extras):
+        kept = tuple(f for f in families if f != family)
+        model, card = fit(train, calibrate, kept, {k: v for k, v in extras.items() if k != family})
+        images = fresh[family] if family in fresh else extras[family]
+        left_out[family] = float(np.mean(DomainModel(model).score(images) >= card.threshold))
+        print(f"without {family}: {family} accepted {left_out[family]:.2%} "
+              f"({time.perf_counter() - start:.0f} s)", flush=True)
+    return left_out
+
+
+def _mahalanobis_baseline(embedder, train, calibrate, test, foreign: dict,
+                          rejection: float) -> dict:
+    """The same measurement for a Mahalanobis distance on the encoder's embeddings."""
     e_train, e_cal, e_test = (embedder.embed_prepared(a) for a in (train, calibrate, test))
     score = mahalanobis(e_train)
-    threshold = float(np.quantile(score(e_cal), options["rejection"]))
+    threshold = float(np.quantile(score(e_cal), rejection))
     baseline = {"in-domain rejected": float(np.mean(score(e_test) < threshold))}
-    for name, images in {**fresh, **unseen, **extras}.items():
+    for name, images in foreign.items():
         baseline[name] = float(np.mean(score(embedder.embed_prepared(images)) >= threshold))
-    results["mahalanobis on embeddings"] = baseline
-    print("mahalanobis baseline: " + ", ".join(f"{k} {v:.2%}" for k, v in baseline.items()))
-
-    first = next(iter(per_split.values()))
-    lines.append(f"{'':<22}{'domain model':>14}{'left out':>10}{'mahalanobis':>13}")
-    for key in first:
-        left = results.get("leave one family out", {}).get(key)
-        lines.append(f"{key:<22}{first[key]:>14.2%}{'' if left is None else f'{left:.2%}':>10}"
-                     f"{baseline.get(key, float('nan')):>13.2%}")
-    print("\n".join(lines))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
-    return 0
+    return baseline
 
 
 def entry() -> None:

@@ -159,7 +159,7 @@ def test_classes_too_small_to_enrol_are_skipped_and_counted(tiny_model, small_fo
 
 @pytest.mark.parametrize("extra, counts, message", [
     (["--open-set-rounds", "0"], None, "--open-set-rounds must be at least 1, not 0"),
-    (["--enrolled", "1"], None, "--enrolled must be at least 2 classes, not 1"),
+    (["--enrolled", "1"], None, "--enrolled must be at least 2, not 1"),
     (["--enrolled", "4"], None, "open-set identification: enrolled classes must be between 2 and "
                                 "3 (the data has 4 classes, 4 with at least 2 images, and at least "
                                 "one class stays not enrolled), not 4"),
