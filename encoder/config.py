@@ -3,6 +3,7 @@
 settings for a dataset (what the card records)."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, replace
 from typing import Optional
 
@@ -109,6 +110,13 @@ class TrainConfig:
         if self.sampler is None:
             self.sampler = "pairs" if self.arch == "tutorial" else "batch"
         check_fields(self)
+
+    @classmethod
+    def from_card(cls, card) -> "TrainConfig":
+        """The settings a model card records (`ModelCard.training["settings"]`); settings this
+        version no longer has are left out, new ones take their defaults."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in card.training.get("settings", {}).items() if k in names})
 
     def resolve(self, ds: Dataset) -> "TrainConfig":
         """The settings with "auto" decided for this dataset (what the card records).

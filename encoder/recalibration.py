@@ -39,9 +39,7 @@ def recalibrate(model_dir: str | Path, ds: Dataset,
                            f"(fingerprint {ds.fingerprint()}, the card's "
                            f"{card.training.get('fingerprint')}); its held-out split cannot be "
                            "reproduced from other data")
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    settings = {k: v for k, v in card.training.get("settings", {}).items() if k in fields}
-    config = TrainConfig(**settings).resolve(ds)
+    config = TrainConfig.from_card(card).resolve(ds)
     train_idx, val_idx = split_train_val(ds, config, fold=0)
     pre = card.preprocessing
     x_all = prepare_batch(ds.images, pre)

@@ -106,9 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     unseen = sklearn_sets(pre, seed=99, n=args.samples)
     fresh = {f: foreign_batch(args.samples, pre, seed=4242, families=(f,)) for f in families}
     results = {"model": embedder.model_id, "dataset": ds.name, "families": families}
-    fields = TrainConfig.__dataclass_fields__
-    settings = {k: v for k, v in embedder.card.training.get("settings", {}).items() if k in fields}
-    config = TrainConfig(**settings).resolve(ds)
+    config = TrainConfig.from_card(embedder.card).resolve(ds)
     options = {"augment": args.augment or config.augment,
                "rejection": args.rejection or REJECTION[config.val_split]}
     results["options"] = options
