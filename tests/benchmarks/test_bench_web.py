@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import json
 
-from scripts import bench
+from benchmarks import bench
 
 
 def test_bench_web_runs_small(model_dir, fashion_dir, capsys):
-    code = bench.main(["web", "--model", str(model_dir), "--dataset", str(fashion_dir), "--size", "300",
-                           "--clients", "1,2", "--seconds", "1", "--baseline-seconds", "1",
-                           "--warmup", "0.3", "--workers", "1", "--threads", "2", "--json"])
+    code = bench.main(["web", "--model", str(model_dir), "--dataset", str(fashion_dir),
+                       "--size", "300", "--clients", "1,2", "--seconds", "1",
+                       "--baseline-seconds", "1", "--warmup", "0.3", "--workers", "1",
+                       "--threads", "2", "--json"])
     out, err = capsys.readouterr()
     assert code == 0
     results = json.loads(out)
