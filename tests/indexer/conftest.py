@@ -8,10 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
-REPO = Path(__file__).resolve().parents[2]
-DATASETS = REPO.parent / "shared" / "datasets"
+from tests.support import DATASETS, write_fashion_pngs
 
 
 @pytest.fixture(scope="session")
@@ -28,40 +26,11 @@ def fashion():
     return load_fashion_mnist(DATASETS / "fashion-mnist", "test")
 
 
-def cli(command, argv, capsys) -> tuple[int, str, str]:
-    """Run a command module's `main` as its console script does: (exit status, stdout, stderr)."""
-    from scripts.common import run
-
-    with pytest.raises(SystemExit) as exit_info:
-        run(lambda: command.main([str(a) for a in argv]))
-    out, err = capsys.readouterr()
-    return exit_info.value.code, out, err
-
-
-def error_line(err: str) -> str:
-    """The one `error: ...` line a failed command printed."""
-    lines = [line for line in err.splitlines() if line.startswith("error: ")]
-    assert len(lines) == 1, err
-    return lines[0]
-
-
-def write_pngs(folder: Path, fashion, indices) -> list[Path]:
-    """Fashion-MNIST images as PNG files in class sub-folders (`Ankle boot/00009.png`)."""
-    paths = []
-    for i in indices:
-        label = fashion.class_names[fashion.labels[i]].replace("/", "-")
-        path = folder / label / f"{i:05d}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(fashion.images[i, :, :, 0], "L").save(path)
-        paths.append(path)
-    return paths
-
-
 @pytest.fixture
 def png_folder(tmp_path, fashion) -> Path:
     """48 real Fashion-MNIST PNGs in class sub-folders (all ten classes)."""
     folder = tmp_path / "photos"
-    write_pngs(folder, fashion, range(48))
+    write_fashion_pngs(folder, fashion, range(48))
     return folder
 
 

@@ -2,16 +2,15 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sqlite3
 import subprocess
 import sys
 import time
 
-from conftest import REPO, cli, write_pngs
 from indexer import Gallery
 from scripts import index as index_cmd
+from tests.support import REPO, child_env, cli, write_fashion_pngs
 
 ADD_IN_A_LOOP = """
 import sys
@@ -24,12 +23,6 @@ for start in range(0, len(files), 8):
     gallery.add(files[start:start + 8])
     print(len(gallery), flush=True)
 """
-
-
-def child_env() -> dict[str, str]:
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    return env
 
 
 def assert_consistent(gallery: Gallery, files) -> None:
@@ -46,7 +39,7 @@ def assert_consistent(gallery: Gallery, files) -> None:
 
 def test_killed_in_the_middle_of_adds_leaves_whole_items_only(tmp_path, fashion, embedder,
                                                              model_dir):
-    files = write_pngs(tmp_path / "photos", fashion, range(400))
+    files = write_fashion_pngs(tmp_path / "photos", fashion, range(400))
     Gallery.create(tmp_path / "g", embedder).close()
     child = subprocess.Popen([sys.executable, "-c", ADD_IN_A_LOOP, tmp_path / "g", model_dir,
                               tmp_path / "photos"], stdout=subprocess.PIPE, text=True,
@@ -70,7 +63,7 @@ def test_killed_in_the_middle_of_adds_leaves_whole_items_only(tmp_path, fashion,
 
 
 def test_killed_index_command_resumes(tmp_path, fashion, embedder, model_dir, capsys):
-    files = write_pngs(tmp_path / "photos", fashion, range(600))
+    files = write_fashion_pngs(tmp_path / "photos", fashion, range(600))
     gallery = tmp_path / "g"
     child = subprocess.Popen([sys.executable, "-m", "scripts.index", tmp_path / "photos",
                               "--gallery", gallery, "--model", model_dir, "--batch-size", "16",
