@@ -105,7 +105,8 @@ def tiny_model(tmp_path_factory, small_folder) -> Path:
 
 
 @pytest.fixture(scope="session")
-def embedder(tiny_model):
+def tiny_embedder(tiny_model):
+    """The tiny model of `tiny_model`, loaded once (the real one is `model_embedder`)."""
     from encoder import Embedder
 
     return Embedder.load(tiny_model)

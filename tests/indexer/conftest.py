@@ -1,7 +1,8 @@
 """Fixtures for the indexer tests: the real model, real Fashion-MNIST PNGs, real galleries.
 
-The model is `model_dir` of tests/conftest.py: `models/fashion-mnist` when the repository bundles
-it, else the `SIAMESE_TEST_MODEL` environment variable (a model directory written by siamese-train).
+The model is `model_embedder` of tests/conftest.py (`model_dir`: `models/fashion-mnist` when the
+repository bundles it, else the `SIAMESE_TEST_MODEL` environment variable, a model directory
+written by siamese-train).
 """
 from __future__ import annotations
 
@@ -10,12 +11,6 @@ from pathlib import Path
 import pytest
 
 from tests.support import DATASETS, write_fashion_pngs
-
-
-@pytest.fixture(scope="session")
-def embedder(model_embedder):
-    """The real model (`model_dir`, in tests/conftest.py), not the tiny one of the encoder tests."""
-    return model_embedder
 
 
 @pytest.fixture(scope="session")
@@ -35,12 +30,13 @@ def png_folder(tmp_path, fashion) -> Path:
 
 
 @pytest.fixture
-def gallery(tmp_path, embedder, png_folder):
-    """A flat gallery holding the 48 PNGs of `png_folder`, labelled by class."""
+def gallery(tmp_path, model_embedder, png_folder):
+    """A flat gallery made with the real model, holding the 48 PNGs of `png_folder`, labelled by
+    class."""
     from indexer import Gallery
 
     paths = sorted(png_folder.rglob("*.png"))
-    g = Gallery.create(tmp_path / "gallery", embedder)
+    g = Gallery.create(tmp_path / "gallery", model_embedder)
     g.add(paths, labels=[p.parent.name for p in paths])
     yield g
     g.close()
