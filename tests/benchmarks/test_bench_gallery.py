@@ -26,5 +26,5 @@ def test_bench_runs_small(model_dir, fashion_dir, capsys):
                                           "hnsw:m=8,ef_construction=80,ef_search=64"]
     assert hnsw[0]["build_s"] == hnsw[1]["build_s"]  # one build, two search settings
     assert hnsw[1]["recall_at_10"] >= hnsw[0]["recall_at_10"]
-    assert all(r["p50_ms"] > 0 and r["queries"] >= 50 for r in rows)
+    assert all(r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"] and r["queries"] >= 50 for r in rows)
     assert "images/s end to end" in err
