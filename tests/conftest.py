@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.support import write_fashion_pngs
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,6 +71,14 @@ def fashion_test():
     from encoder.datasets import load_fashion_mnist
 
     return load_fashion_mnist(FASHION, "test")
+
+
+@pytest.fixture
+def png_folder(tmp_path, fashion_test) -> Path:
+    """48 real Fashion-MNIST test PNGs in class sub-folders (all ten classes)."""
+    folder = tmp_path / "photos"
+    write_fashion_pngs(folder, fashion_test, range(48))
+    return folder
 
 
 def write_pngs(folder: Path, images: np.ndarray, labels: np.ndarray, names: list[str]) -> Path:

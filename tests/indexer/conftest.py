@@ -1,4 +1,5 @@
-"""Fixtures for the indexer tests: the real model, real Fashion-MNIST PNGs, real galleries.
+"""Fixtures for the indexer tests: real galleries of real Fashion-MNIST PNGs (`png_folder`, in
+tests/conftest.py).
 
 The model is `model_embedder` of tests/conftest.py (`model_dir`: `models/fashion-mnist` when the
 repository bundles it, else the `SIAMESE_TEST_MODEL` environment variable, a model directory
@@ -6,27 +7,7 @@ written by siamese-train).
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-
-from tests.support import DATASETS, write_fashion_pngs
-
-
-@pytest.fixture(scope="session")
-def fashion():
-    """The Fashion-MNIST test split: real images, uint8 (N, 28, 28, 1)."""
-    from encoder.datasets import load_fashion_mnist
-
-    return load_fashion_mnist(DATASETS / "fashion-mnist", "test")
-
-
-@pytest.fixture
-def png_folder(tmp_path, fashion) -> Path:
-    """48 real Fashion-MNIST PNGs in class sub-folders (all ten classes)."""
-    folder = tmp_path / "photos"
-    write_fashion_pngs(folder, fashion, range(48))
-    return folder
 
 
 @pytest.fixture

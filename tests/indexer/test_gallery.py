@@ -73,13 +73,13 @@ def test_duplicates_return_the_existing_id(gallery, png_folder):
     assert len(gallery) == 48 and gallery.stats().generation == generation  # nothing written
 
 
-def test_metadata_labels_and_sources_are_stored(gallery, fashion):
-    ids = gallery.add(fashion.images[100:102], labels=["x", None],
+def test_metadata_labels_and_sources_are_stored(gallery, fashion_test):
+    ids = gallery.add(fashion_test.images[100:102], labels=["x", None],
                       metadata=[{"sku": "A-1", "price": 3.5}, {}], sources=["a.png", "b.png"])
     a, b = gallery.get(ids[0]), gallery.get(ids[1])
     assert (a.label, a.metadata, a.source) == ("x", {"sku": "A-1", "price": 3.5}, "a.png")
     assert (b.label, b.metadata) == (None, {})
-    assert gallery.search(fashion.images[100], k=1)[0].metadata == {"sku": "A-1", "price": 3.5}
+    assert gallery.search(fashion_test.images[100], k=1)[0].metadata == {"sku": "A-1", "price": 3.5}
     assert [i.id for i in gallery.items(offset=48, limit=10)] == ids
     assert [i.id for i in gallery.items(label="x")] == [ids[0]]
 
@@ -156,60 +156,61 @@ def test_open_rebuilds_a_missing_or_damaged_index(gallery, model_embedder, damag
     assert not caplog.records
 
 
-def test_open_catches_up_a_stale_index(gallery, model_embedder, fashion, tmp_path):
+def test_open_catches_up_a_stale_index(gallery, model_embedder, fashion_test, tmp_path):
     """The state a crash between the database commit and the index save leaves behind."""
     path = gallery.path
     old = tmp_path / "old-index"
     old.mkdir()
     for name in (INDEX_FILE, MANIFEST_FILE):
         shutil.copy(path / name, old / name)
-    added = gallery.add(fashion.images[200:210])
+    added = gallery.add(fashion_test.images[200:210])
     gallery.remove(gallery.items(limit=3)[0].id)
     gallery.close()
     for name in (INDEX_FILE, MANIFEST_FILE):
         shutil.copy(old / name, path / name)  # back to the index of two changes ago
     reopened = Gallery.open(path, model_embedder)
     assert len(reopened) == 48 + 10 - 1
-    assert reopened.search(fashion.images[205], k=1)[0].id == added[5]
+    assert reopened.search(fashion_test.images[205], k=1)[0].id == added[5]
     assert json.loads((path / MANIFEST_FILE).read_text())["generation"] == reopened.stats().generation
     reopened.close()
 
 
-def test_a_reader_sees_a_writers_changes_after_refresh(gallery, model_embedder, fashion):
+def test_a_reader_sees_a_writers_changes_after_refresh(gallery, model_embedder, fashion_test):
     reader = Gallery.open(gallery.path, model_embedder)
-    new_id = gallery.add(fashion.images[300])[0]
-    assert len(reader) == 48 and reader.search(fashion.images[300], k=1)[0].id != new_id
+    new_id = gallery.add(fashion_test.images[300])[0]
+    assert len(reader) == 48 and reader.search(fashion_test.images[300], k=1)[0].id != new_id
     assert reader.refresh() is True
-    assert len(reader) == 49 and reader.search(fashion.images[300], k=1)[0].id == new_id
+    assert len(reader) == 49 and reader.search(fashion_test.images[300], k=1)[0].id == new_id
     assert reader.refresh() is False
     gallery.remove(new_id)
     assert reader.refresh() and len(reader) == 48
     # The reader's search had cached the item; removed, it is found no more.
-    assert all(m.id != new_id for m in reader.search(fashion.images[300], k=48))
+    assert all(m.id != new_id for m in reader.search(fashion_test.images[300], k=48))
     with pytest.raises(NotFoundError):
         reader.get(new_id)
     reader.close()
 
 
-def test_refresh_survives_its_change_probe_connection_dropping(gallery, model_embedder, fashion):
+def test_refresh_survives_its_change_probe_connection_dropping(gallery, model_embedder,
+                                                                fashion_test):
     """The per-request change check runs on a DBAPI connection of its own; if that connection
     dies (a database server restarted), the check reconnects instead of failing requests."""
     reader = Gallery.open(gallery.path, model_embedder)
     assert reader.refresh() is False
     reader._store._probe.dbapi_connection.close()  # dropped under it
-    new_id = gallery.add(fashion.images[300])[0]
+    new_id = gallery.add(fashion_test.images[300])[0]
     assert reader.refresh() is True and reader.get(new_id).id == new_id
     assert reader.refresh() is False
     reader.close()
 
 
-def test_one_writer_at_a_time(gallery, model_embedder, fashion):
+def test_one_writer_at_a_time(gallery, model_embedder, fashion_test):
     other = Gallery.open(gallery.path, model_embedder, lock_timeout=0.3)
     with gallery.writing():
         with pytest.raises(GalleryError, match=r"another process \(pid \d+\) is writing"):
-            other.add(fashion.images[400])
-        assert len(other.search(fashion.images[0], k=3)) == 3  # reading needs no lock
-    other.add(fashion.images[400])  # the lock is free again
+            other.add(fashion_test.images[400])
+        assert len(other.search(fashion_test.images[0], k=3)) == 3  # reading needs no lock
+    other.add(fashion_test.images[400])  # the lock is free again
     assert gallery.refresh() and len(gallery) == 49
     other.close()
 
@@ -238,16 +239,16 @@ def test_model_mismatch_is_refused_then_reembed(gallery, model_embedder, other_m
 
 
 @pytest.mark.parametrize("kind", ["hnsw:m=16", "ivf:nlist=16"])
-def test_approximate_galleries(tmp_path, model_embedder, fashion, kind):
+def test_approximate_galleries(tmp_path, model_embedder, fashion_test, kind):
     g = Gallery.create(tmp_path / "g", model_embedder, index=kind)
-    ids = g.add(fashion.images[:1000])
+    ids = g.add(fashion_test.images[:1000])
     assert kind.split(":")[0] in g.stats().index
     g.remove(ids[:300])  # hnsw: past a fifth deleted, the graph is rebuilt
     assert len(g) == 700 and g.stats().vectors == 700
-    assert g.search(fashion.images[500], k=1)[0].id == ids[500]
+    assert g.search(fashion_test.images[500], k=1)[0].id == ids[500]
     assert g.stats().recall_at_10 >= 0.9
     g.set_index("flat")
-    assert g.stats().index == "flat" and g.search(fashion.images[500], k=1)[0].id == ids[500]
+    assert g.stats().index == "flat" and g.search(fashion_test.images[500], k=1)[0].id == ids[500]
     g.close()
 
 
@@ -275,10 +276,10 @@ def test_database_and_folder_must_belong_together(tmp_path, model_embedder):
         Gallery.create(tmp_path / "b", model_embedder)
 
 
-def test_metadata_at_another_sqlalchemy_url(tmp_path, model_embedder, fashion):
+def test_metadata_at_another_sqlalchemy_url(tmp_path, model_embedder, fashion_test):
     url = f"sqlite:///{tmp_path / 'elsewhere.db'}"
     g = Gallery.create(tmp_path / "g", model_embedder, url=url)
-    g.add(fashion.images[:5])
+    g.add(fashion_test.images[:5])
     g.close()
     assert not (tmp_path / "g" / "gallery.db").exists()
     with pytest.raises(ConfigError, match="external database"):
@@ -289,11 +290,11 @@ def test_metadata_at_another_sqlalchemy_url(tmp_path, model_embedder, fashion):
     assert rows == (5,)
 
 
-def test_gallery_threshold_overrides_the_card(tmp_path, model_embedder, fashion):
+def test_gallery_threshold_overrides_the_card(tmp_path, model_embedder, fashion_test):
     g = Gallery.create(tmp_path / "g", model_embedder, threshold=0.01)
-    g.add(fashion.images[:20])
+    g.add(fashion_test.images[:20])
     assert g.threshold == 0.01
-    matches = g.search(fashion.images[0], k=5)
+    matches = g.search(fashion_test.images[0], k=5)
     assert all(m.verified == (m.distance <= 0.01) for m in matches)
     g.close()
 

@@ -37,9 +37,9 @@ def assert_consistent(gallery: Gallery, files) -> None:
         assert best.id == item.id and best.distance < 1e-3
 
 
-def test_killed_in_the_middle_of_adds_leaves_whole_items_only(tmp_path, fashion, model_embedder,
-                                                             model_dir):
-    files = write_fashion_pngs(tmp_path / "photos", fashion, range(400))
+def test_killed_in_the_middle_of_adds_leaves_whole_items_only(tmp_path, fashion_test,
+                                                             model_embedder, model_dir):
+    files = write_fashion_pngs(tmp_path / "photos", fashion_test, range(400))
     Gallery.create(tmp_path / "g", model_embedder).close()
     child = subprocess.Popen([sys.executable, "-c", ADD_IN_A_LOOP, tmp_path / "g", model_dir,
                               tmp_path / "photos"], stdout=subprocess.PIPE, text=True,
@@ -62,8 +62,8 @@ def test_killed_in_the_middle_of_adds_leaves_whole_items_only(tmp_path, fashion,
         assert not list(gallery.path.glob(".*.tmp"))  # a killed writer's temp files are swept
 
 
-def test_killed_index_command_resumes(tmp_path, fashion, model_embedder, model_dir, capsys):
-    files = write_fashion_pngs(tmp_path / "photos", fashion, range(600))
+def test_killed_index_command_resumes(tmp_path, fashion_test, model_embedder, model_dir, capsys):
+    files = write_fashion_pngs(tmp_path / "photos", fashion_test, range(600))
     gallery = tmp_path / "g"
     child = subprocess.Popen([sys.executable, "-m", "scripts.index", tmp_path / "photos",
                               "--gallery", gallery, "--model", model_dir, "--batch-size", "16",

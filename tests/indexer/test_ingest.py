@@ -93,8 +93,9 @@ def test_a_missing_manifest_is_not_found(tmp_path):
 
 # --- ingest --------------------------------------------------------------------------------------
 
-def test_each_image_is_added_once_within_a_run_and_across_runs(tmp_path, fashion, empty_gallery):
-    files = write_fashion_pngs(tmp_path / "photos", fashion, range(20))
+def test_each_image_is_added_once_within_a_run_and_across_runs(tmp_path, fashion_test,
+                                                                empty_gallery):
+    files = write_fashion_pngs(tmp_path / "photos", fashion_test, range(20))
     for n, original in enumerate(files[:3]):  # three copies, in a folder that sorts last
         shutil.copy(original, png(tmp_path / "photos" / "~copies" / f"copy{n}.png"))
     sources, _ = folder_sources(tmp_path / "photos")
@@ -107,10 +108,10 @@ def test_each_image_is_added_once_within_a_run_and_across_runs(tmp_path, fashion
     assert len(empty_gallery) == 20
 
 
-def test_copies_in_later_batches_are_not_added_again(tmp_path, fashion, empty_gallery):
+def test_copies_in_later_batches_are_not_added_again(tmp_path, fashion_test, empty_gallery):
     """Batches are read ahead of the one being stored: a copy of an image of the batch before
     is caught by this run's own record of what it added."""
-    files = write_fashion_pngs(tmp_path / "photos", fashion, range(12))
+    files = write_fashion_pngs(tmp_path / "photos", fashion_test, range(12))
     sources = [Source(str(p)) for p in files]
     sources = [s for pair in zip(sources, sources) for s in pair]  # each file twice in a row
     report = ingest(empty_gallery, sources, batch_size=3)
@@ -118,8 +119,8 @@ def test_copies_in_later_batches_are_not_added_again(tmp_path, fashion, empty_ga
     assert len(empty_gallery) == 12
 
 
-def test_bad_files_are_reported_and_the_rest_added(tmp_path, fashion, empty_gallery):
-    files = write_fashion_pngs(tmp_path / "photos", fashion, range(10))
+def test_bad_files_are_reported_and_the_rest_added(tmp_path, fashion_test, empty_gallery):
+    files = write_fashion_pngs(tmp_path / "photos", fashion_test, range(10))
     broken = tmp_path / "photos" / "Coat" / "broken.png"
     broken.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     (tmp_path / "photos" / "Coat" / "empty.jpg").write_bytes(b"")
@@ -133,9 +134,9 @@ def test_bad_files_are_reported_and_the_rest_added(tmp_path, fashion, empty_gall
     assert failed[str(broken)].startswith("truncated or corrupt image")
 
 
-def test_strict_stops_at_the_first_bad_file_keeping_the_batches_before(tmp_path, fashion,
+def test_strict_stops_at_the_first_bad_file_keeping_the_batches_before(tmp_path, fashion_test,
                                                                        empty_gallery):
-    write_fashion_pngs(tmp_path / "photos", fashion, range(10))
+    write_fashion_pngs(tmp_path / "photos", fashion_test, range(10))
     broken = tmp_path / "photos" / "~last" / "broken.png"  # "~" sorts after the class folders
     broken.parent.mkdir()
     broken.write_bytes(b"not a png")
@@ -148,8 +149,8 @@ def test_strict_stops_at_the_first_bad_file_keeping_the_batches_before(tmp_path,
     assert len(empty_gallery) == 8  # the two whole batches before the bad file's
 
 
-def test_an_interrupted_ingest_resumes_where_it_stopped(tmp_path, fashion, empty_gallery):
-    files = write_fashion_pngs(tmp_path / "photos", fashion, range(20))
+def test_an_interrupted_ingest_resumes_where_it_stopped(tmp_path, fashion_test, empty_gallery):
+    files = write_fashion_pngs(tmp_path / "photos", fashion_test, range(20))
     sources, _ = folder_sources(tmp_path / "photos")
 
     class InterruptAfterTwoBatches:  # as Ctrl-C in the progress bar's update would
@@ -169,8 +170,9 @@ def test_an_interrupted_ingest_resumes_where_it_stopped(tmp_path, fashion, empty
     assert stored == {str(p) for p in files}
 
 
-def test_labels_and_metadata_from_a_manifest_reach_the_gallery(tmp_path, fashion, empty_gallery):
-    files = write_fashion_pngs(tmp_path / "photos", fashion, range(3))
+def test_labels_and_metadata_from_a_manifest_reach_the_gallery(tmp_path, fashion_test,
+                                                                empty_gallery):
+    files = write_fashion_pngs(tmp_path / "photos", fashion_test, range(3))
     rows = [f"{p.relative_to(tmp_path / 'photos').as_posix()},item{i},S{i}"
             for i, p in enumerate(files)]
     (tmp_path / "photos" / "items.csv").write_text("path,label,sku\n" + "\n".join(rows) + "\n")

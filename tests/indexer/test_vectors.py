@@ -12,9 +12,9 @@ from indexer.vectors import INDEX_FILE, MANIFEST_FILE, IndexSpec, VectorIndex
 
 
 @pytest.fixture(scope="module")
-def vectors(model_embedder, fashion):
+def vectors(model_embedder, fashion_test):
     """Real embeddings of 3,000 Fashion-MNIST test images, with ids that are not 0..N-1."""
-    x = model_embedder.embed(fashion.images[:3000])
+    x = model_embedder.embed(fashion_test.images[:3000])
     return np.arange(1000, 1000 + len(x), dtype=np.int64), x
 
 
