@@ -111,13 +111,3 @@ def choose_classes(ds, args):
 
 
 FASHION_MNIST_DIR = "../shared/datasets/fashion-mnist"  # the project's offline copy, beside the repo
-
-
-def add_benchmark_arguments(parser) -> None:
-    """--model and --dataset, as every benchmark takes them."""
-    from scripts.gallery_cli import DEFAULT_MODEL
-
-    parser.add_argument("--model", default=DEFAULT_MODEL, metavar="DIR",
-                        help="model directory (default: %(default)s)")
-    parser.add_argument("--dataset", default=FASHION_MNIST_DIR, metavar="FOLDER",
-                        help="folder of the Fashion-MNIST idx files (default: %(default)s)")

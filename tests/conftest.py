@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.support import write_fashion_pngs
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,6 +73,14 @@ def fashion_test():
     return load_fashion_mnist(FASHION, "test")
 
 
+@pytest.fixture
+def png_folder(tmp_path, fashion_test) -> Path:
+    """48 real Fashion-MNIST test PNGs in class sub-folders (all ten classes)."""
+    folder = tmp_path / "photos"
+    write_fashion_pngs(folder, fashion_test, range(48))
+    return folder
+
+
 def write_pngs(folder: Path, images: np.ndarray, labels: np.ndarray, names: list[str]) -> Path:
     """A class-per-subfolder tree of real PNG files."""
     for i, (img, label) in enumerate(zip(images, labels)):
@@ -105,7 +115,8 @@ def tiny_model(tmp_path_factory, small_folder) -> Path:
 
 
 @pytest.fixture(scope="session")
-def embedder(tiny_model):
+def tiny_embedder(tiny_model):
+    """The tiny model of `tiny_model`, loaded once (the real one is `model_embedder`)."""
     from encoder import Embedder
 
     return Embedder.load(tiny_model)

@@ -12,11 +12,11 @@ from encoder.artifact import CARD_FILE, MODEL_FILE, load_card
 from encoder.errors import BadImageError, ModelError
 
 
-def test_card_describes_the_model(tiny_model, embedder):
+def test_card_describes_the_model(tiny_model, tiny_embedder):
     card = json.loads((tiny_model / CARD_FILE).read_text())
     assert card["input_shape"] == [28, 28, 1]
     assert card["preprocessing"]["channels"] == 1 and card["preprocessing"]["dtype"] == "uint8"
-    assert card["embedding_dim"] == 64 == embedder.embedding_dim
+    assert card["embedding_dim"] == 64 == tiny_embedder.embedding_dim
     for key in ("threshold", "accuracy", "roc_auc", "eer", "far_threshold", "far_target"):
         assert key in card["calibration"]
     assert card["calibration"]["far_target"] == 0.001
@@ -25,39 +25,39 @@ def test_card_describes_the_model(tiny_model, embedder):
     assert card["training"]["settings"]["epochs"] == 10 and card["training"]["train_seconds"] > 0
     assert len(card["training"]["fingerprint"]) == 16
     assert {"contrastive_loss", "recall@1", "map@r"} <= set(card["validation"])
-    assert embedder.model_id == card["model_id"] and len(embedder.model_id) == 16
-    assert embedder.threshold == card["calibration"]["threshold"] > 0
+    assert tiny_embedder.model_id == card["model_id"] and len(tiny_embedder.model_id) == 16
+    assert tiny_embedder.threshold == card["calibration"]["threshold"] > 0
 
 
-def test_every_input_type_gives_the_same_embedding(embedder, small_folder):
+def test_every_input_type_gives_the_same_embedding(tiny_embedder, small_folder):
     path = sorted(next(iter(sorted(small_folder.iterdir()))).iterdir())[0]
     data = path.read_bytes()
     array = np.asarray(Image.open(path))
     sources = [str(path), path, data, Image.open(io.BytesIO(data))]
-    e = embedder.embed(sources)
+    e = tiny_embedder.embed(sources)
     assert e.shape == (4, 64) and e.dtype == np.float32
     np.testing.assert_allclose(e, np.repeat(e[:1], 4, 0), atol=1e-6)
-    np.testing.assert_allclose(embedder.embed(array[None]), e[:1], atol=1e-6)
-    np.testing.assert_allclose(embedder.embed(array[None, :, :, None]), e[:1], atol=1e-6)
+    np.testing.assert_allclose(tiny_embedder.embed(array[None]), e[:1], atol=1e-6)
+    np.testing.assert_allclose(tiny_embedder.embed(array[None, :, :, None]), e[:1], atol=1e-6)
     big = np.asarray(Image.open(path).convert("RGB").resize((56, 56), Image.Resampling.NEAREST))
-    assert embedder.embed(big[None]).shape == (1, 64)  # resized and converted as the card says
+    assert tiny_embedder.embed(big[None]).shape == (1, 64)  # resized and converted as the card says
 
 
-def test_batches_match_single_images(embedder, fashion_test):
+def test_batches_match_single_images(tiny_embedder, fashion_test):
     x = fashion_test.images[:700]
-    batched = embedder.embed(x)
-    one_by_one = np.concatenate([embedder.embed(x[i:i + 1]) for i in range(0, 700, 97)])
+    batched = tiny_embedder.embed(x)
+    one_by_one = np.concatenate([tiny_embedder.embed(x[i:i + 1]) for i in range(0, 700, 97)])
     np.testing.assert_allclose(batched[::97], one_by_one, atol=1e-5)
-    assert embedder.distance(batched[0], batched[0]) == 0.0
-    d = embedder.distance(batched[:5], batched[5:10])
+    assert tiny_embedder.distance(batched[0], batched[0]) == 0.0
+    d = tiny_embedder.distance(batched[:5], batched[5:10])
     assert d.shape == (5,) and (d > 0).all()
 
 
-def test_bad_images_get_clear_errors(embedder):
+def test_bad_images_get_clear_errors(tiny_embedder):
     with pytest.raises(BadImageError, match="empty file"):
-        embedder.embed([b""])
+        tiny_embedder.embed([b""])
     with pytest.raises(BadImageError, match="not an image"):
-        embedder.embed([b"GIF89a but not really"])
+        tiny_embedder.embed([b"GIF89a but not really"])
 
 
 def _copy(src, dst):

@@ -43,11 +43,11 @@ def test_search_accepts_bytes_pil_arrays_and_batches(gallery, png_folder):
     assert len(gallery.search(as_array[None, :, :, None], k=2)) == 1  # a 4-D array is a batch
 
 
-def test_verified_is_distance_within_threshold(gallery, png_folder, embedder):
+def test_verified_is_distance_within_threshold(gallery, png_folder, model_embedder):
     query = sorted(png_folder.rglob("*.png"))[0]
     matches = gallery.search(query, k=10)
-    assert gallery.threshold == pytest.approx(embedder.threshold)
-    assert all(m.verified == (m.distance <= embedder.threshold) for m in matches)
+    assert gallery.threshold == pytest.approx(model_embedder.threshold)
+    assert all(m.verified == (m.distance <= model_embedder.threshold) for m in matches)
     strict = gallery.search(query, k=10, threshold=1e-6)
     assert [m.verified for m in strict] == [True] + [False] * 9
     assert gallery.identify(query).id == matches[0].id
@@ -73,13 +73,13 @@ def test_duplicates_return_the_existing_id(gallery, png_folder):
     assert len(gallery) == 48 and gallery.stats().generation == generation  # nothing written
 
 
-def test_metadata_labels_and_sources_are_stored(gallery, fashion):
-    ids = gallery.add(fashion.images[100:102], labels=["x", None],
+def test_metadata_labels_and_sources_are_stored(gallery, fashion_test):
+    ids = gallery.add(fashion_test.images[100:102], labels=["x", None],
                       metadata=[{"sku": "A-1", "price": 3.5}, {}], sources=["a.png", "b.png"])
     a, b = gallery.get(ids[0]), gallery.get(ids[1])
     assert (a.label, a.metadata, a.source) == ("x", {"sku": "A-1", "price": 3.5}, "a.png")
     assert (b.label, b.metadata) == (None, {})
-    assert gallery.search(fashion.images[100], k=1)[0].metadata == {"sku": "A-1", "price": 3.5}
+    assert gallery.search(fashion_test.images[100], k=1)[0].metadata == {"sku": "A-1", "price": 3.5}
     assert [i.id for i in gallery.items(offset=48, limit=10)] == ids
     assert [i.id for i in gallery.items(label="x")] == [ids[0]]
 
@@ -119,18 +119,18 @@ def test_remove_and_unknown_ids(gallery, png_folder):
     assert new_id > 48
 
 
-def test_reopen_uses_the_saved_index(gallery, embedder, caplog):
+def test_reopen_uses_the_saved_index(gallery, model_embedder, caplog):
     path, before = gallery.path, gallery.search(np.zeros((28, 28), np.uint8), k=5)
     gallery.close()
     with caplog.at_level("INFO", logger="indexer"):
-        reopened = Gallery.open(path, embedder)
+        reopened = Gallery.open(path, model_embedder)
     assert not caplog.records  # nothing to repair
     assert reopened.search(np.zeros((28, 28), np.uint8), k=5) == before
     reopened.close()
 
 
 @pytest.mark.parametrize("damage", ["delete", "corrupt", "truncate", "manifest"])
-def test_open_rebuilds_a_missing_or_damaged_index(gallery, embedder, damage, caplog):
+def test_open_rebuilds_a_missing_or_damaged_index(gallery, model_embedder, damage, caplog):
     path = gallery.path
     query = np.zeros((28, 28), np.uint8)
     before = gallery.search(query, k=5)
@@ -147,81 +147,83 @@ def test_open_rebuilds_a_missing_or_damaged_index(gallery, embedder, damage, cap
     else:
         (path / MANIFEST_FILE).write_text("garbage")
     with caplog.at_level("WARNING", logger="indexer"):
-        reopened = Gallery.open(path, embedder)
+        reopened = Gallery.open(path, model_embedder)
     assert "rebuilding the index from the stored embeddings" in caplog.text
     assert reopened.search(query, k=5) == before
     reopened.close()
     caplog.clear()
-    Gallery.open(path, embedder).close()  # the rebuilt index was saved
+    Gallery.open(path, model_embedder).close()  # the rebuilt index was saved
     assert not caplog.records
 
 
-def test_open_catches_up_a_stale_index(gallery, embedder, fashion, tmp_path):
+def test_open_catches_up_a_stale_index(gallery, model_embedder, fashion_test, tmp_path):
     """The state a crash between the database commit and the index save leaves behind."""
     path = gallery.path
     old = tmp_path / "old-index"
     old.mkdir()
     for name in (INDEX_FILE, MANIFEST_FILE):
         shutil.copy(path / name, old / name)
-    added = gallery.add(fashion.images[200:210])
+    added = gallery.add(fashion_test.images[200:210])
     gallery.remove(gallery.items(limit=3)[0].id)
     gallery.close()
     for name in (INDEX_FILE, MANIFEST_FILE):
         shutil.copy(old / name, path / name)  # back to the index of two changes ago
-    reopened = Gallery.open(path, embedder)
+    reopened = Gallery.open(path, model_embedder)
     assert len(reopened) == 48 + 10 - 1
-    assert reopened.search(fashion.images[205], k=1)[0].id == added[5]
+    assert reopened.search(fashion_test.images[205], k=1)[0].id == added[5]
     assert json.loads((path / MANIFEST_FILE).read_text())["generation"] == reopened.stats().generation
     reopened.close()
 
 
-def test_a_reader_sees_a_writers_changes_after_refresh(gallery, embedder, fashion):
-    reader = Gallery.open(gallery.path, embedder)
-    new_id = gallery.add(fashion.images[300])[0]
-    assert len(reader) == 48 and reader.search(fashion.images[300], k=1)[0].id != new_id
+def test_a_reader_sees_a_writers_changes_after_refresh(gallery, model_embedder, fashion_test):
+    reader = Gallery.open(gallery.path, model_embedder)
+    new_id = gallery.add(fashion_test.images[300])[0]
+    assert len(reader) == 48 and reader.search(fashion_test.images[300], k=1)[0].id != new_id
     assert reader.refresh() is True
-    assert len(reader) == 49 and reader.search(fashion.images[300], k=1)[0].id == new_id
+    assert len(reader) == 49 and reader.search(fashion_test.images[300], k=1)[0].id == new_id
     assert reader.refresh() is False
     gallery.remove(new_id)
     assert reader.refresh() and len(reader) == 48
     # The reader's search had cached the item; removed, it is found no more.
-    assert all(m.id != new_id for m in reader.search(fashion.images[300], k=48))
+    assert all(m.id != new_id for m in reader.search(fashion_test.images[300], k=48))
     with pytest.raises(NotFoundError):
         reader.get(new_id)
     reader.close()
 
 
-def test_refresh_survives_its_change_probe_connection_dropping(gallery, embedder, fashion):
+def test_refresh_survives_its_change_probe_connection_dropping(gallery, model_embedder,
+                                                                fashion_test):
     """The per-request change check runs on a DBAPI connection of its own; if that connection
     dies (a database server restarted), the check reconnects instead of failing requests."""
-    reader = Gallery.open(gallery.path, embedder)
+    reader = Gallery.open(gallery.path, model_embedder)
     assert reader.refresh() is False
     reader._store._probe.dbapi_connection.close()  # dropped under it
-    new_id = gallery.add(fashion.images[300])[0]
+    new_id = gallery.add(fashion_test.images[300])[0]
     assert reader.refresh() is True and reader.get(new_id).id == new_id
     assert reader.refresh() is False
     reader.close()
 
 
-def test_one_writer_at_a_time(gallery, embedder, fashion):
-    other = Gallery.open(gallery.path, embedder, lock_timeout=0.3)
+def test_one_writer_at_a_time(gallery, model_embedder, fashion_test):
+    other = Gallery.open(gallery.path, model_embedder, lock_timeout=0.3)
     with gallery.writing():
         with pytest.raises(GalleryError, match=r"another process \(pid \d+\) is writing"):
-            other.add(fashion.images[400])
-        assert len(other.search(fashion.images[0], k=3)) == 3  # reading needs no lock
-    other.add(fashion.images[400])  # the lock is free again
+            other.add(fashion_test.images[400])
+        assert len(other.search(fashion_test.images[0], k=3)) == 3  # reading needs no lock
+    other.add(fashion_test.images[400])  # the lock is free again
     assert gallery.refresh() and len(gallery) == 49
     other.close()
 
 
-def test_model_mismatch_is_refused_then_reembed(gallery, embedder, other_model_dir, png_folder):
+def test_model_mismatch_is_refused_then_reembed(gallery, model_embedder, other_model_dir,
+                                                png_folder):
     from encoder import Embedder
 
     path = gallery.path
     gallery.close()
     other = Embedder.load(other_model_dir)
-    with pytest.raises(ModelMismatchError, match=f"built with model {embedder.model_id}, but the "
-                                                 f"model given is {other.model_id}.*--reembed"):
+    with pytest.raises(ModelMismatchError, match=f"built with model {model_embedder.model_id}, but "
+                                                 f"the model given is {other.model_id}.*--reembed"):
         Gallery.open(path, other)
     reembedded = Gallery.reembed(path, other)
     assert reembedded.model_id == other.model_id and len(reembedded) == 48
@@ -232,67 +234,67 @@ def test_model_mismatch_is_refused_then_reembed(gallery, embedder, other_model_d
     assert reembedded.verify(query, best.id).distance < 1e-3 and stored.shape == (64,)
     reembedded.close()
     with pytest.raises(ModelMismatchError):
-        Gallery.open(path, embedder)  # the old model is now the wrong one
+        Gallery.open(path, model_embedder)  # the old model is now the wrong one
     Gallery.open(path, other).close()
 
 
 @pytest.mark.parametrize("kind", ["hnsw:m=16", "ivf:nlist=16"])
-def test_approximate_galleries(tmp_path, embedder, fashion, kind):
-    g = Gallery.create(tmp_path / "g", embedder, index=kind)
-    ids = g.add(fashion.images[:1000])
+def test_approximate_galleries(tmp_path, model_embedder, fashion_test, kind):
+    g = Gallery.create(tmp_path / "g", model_embedder, index=kind)
+    ids = g.add(fashion_test.images[:1000])
     assert kind.split(":")[0] in g.stats().index
     g.remove(ids[:300])  # hnsw: past a fifth deleted, the graph is rebuilt
     assert len(g) == 700 and g.stats().vectors == 700
-    assert g.search(fashion.images[500], k=1)[0].id == ids[500]
+    assert g.search(fashion_test.images[500], k=1)[0].id == ids[500]
     assert g.stats().recall_at_10 >= 0.9
     g.set_index("flat")
-    assert g.stats().index == "flat" and g.search(fashion.images[500], k=1)[0].id == ids[500]
+    assert g.stats().index == "flat" and g.search(fashion_test.images[500], k=1)[0].id == ids[500]
     g.close()
 
 
-def test_not_a_gallery(tmp_path, embedder):
+def test_not_a_gallery(tmp_path, model_embedder):
     with pytest.raises(NotFoundError, match="no such gallery"):
-        Gallery.open(tmp_path / "absent", embedder)
+        Gallery.open(tmp_path / "absent", model_embedder)
     (tmp_path / "plain").mkdir()
     (tmp_path / "plain" / "x.txt").write_text("x")
     with pytest.raises(GalleryError, match="not a gallery"):
-        Gallery.open(tmp_path / "plain", embedder)
+        Gallery.open(tmp_path / "plain", model_embedder)
     with pytest.raises(GalleryError, match="not a gallery, and not an empty folder"):
-        Gallery.create(tmp_path / "plain", embedder)
+        Gallery.create(tmp_path / "plain", model_embedder)
     (tmp_path / "plain" / GALLERY_FILE).write_text("{}")
     with pytest.raises(GalleryError, match="unreadable or incomplete"):
-        Gallery.open(tmp_path / "plain", embedder)
+        Gallery.open(tmp_path / "plain", model_embedder)
 
 
-def test_database_and_folder_must_belong_together(tmp_path, embedder):
-    Gallery.create(tmp_path / "a", embedder).close()
-    Gallery.create(tmp_path / "b", embedder).close()
+def test_database_and_folder_must_belong_together(tmp_path, model_embedder):
+    Gallery.create(tmp_path / "a", model_embedder).close()
+    Gallery.create(tmp_path / "b", model_embedder).close()
     shutil.copy(tmp_path / "b" / GALLERY_FILE, tmp_path / "a" / GALLERY_FILE)
     with pytest.raises(GalleryError, match="belong to different galleries"):
-        Gallery.open(tmp_path / "a", embedder)
+        Gallery.open(tmp_path / "a", model_embedder)
     with pytest.raises(GalleryError, match="already a gallery"):
-        Gallery.create(tmp_path / "b", embedder)
+        Gallery.create(tmp_path / "b", model_embedder)
 
 
-def test_metadata_at_another_sqlalchemy_url(tmp_path, embedder, fashion):
+def test_metadata_at_another_sqlalchemy_url(tmp_path, model_embedder, fashion_test):
     url = f"sqlite:///{tmp_path / 'elsewhere.db'}"
-    g = Gallery.create(tmp_path / "g", embedder, url=url)
-    g.add(fashion.images[:5])
+    g = Gallery.create(tmp_path / "g", model_embedder, url=url)
+    g.add(fashion_test.images[:5])
     g.close()
     assert not (tmp_path / "g" / "gallery.db").exists()
     with pytest.raises(ConfigError, match="external database"):
-        Gallery.open(tmp_path / "g", embedder)
-    with Gallery.open(tmp_path / "g", embedder, url=url) as g:
+        Gallery.open(tmp_path / "g", model_embedder)
+    with Gallery.open(tmp_path / "g", model_embedder, url=url) as g:
         assert len(g) == 5
     rows = sqlite3.connect(tmp_path / "elsewhere.db").execute("select count(*) from items").fetchone()
     assert rows == (5,)
 
 
-def test_gallery_threshold_overrides_the_card(tmp_path, embedder, fashion):
-    g = Gallery.create(tmp_path / "g", embedder, threshold=0.01)
-    g.add(fashion.images[:20])
+def test_gallery_threshold_overrides_the_card(tmp_path, model_embedder, fashion_test):
+    g = Gallery.create(tmp_path / "g", model_embedder, threshold=0.01)
+    g.add(fashion_test.images[:20])
     assert g.threshold == 0.01
-    matches = g.search(fashion.images[0], k=5)
+    matches = g.search(fashion_test.images[0], k=5)
     assert all(m.verified == (m.distance <= 0.01) for m in matches)
     g.close()
 

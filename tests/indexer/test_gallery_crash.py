@@ -2,16 +2,15 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sqlite3
 import subprocess
 import sys
 import time
 
-from conftest import REPO, cli, write_pngs
 from indexer import Gallery
 from scripts import index as index_cmd
+from tests.support import REPO, child_env, cli, write_fashion_pngs
 
 ADD_IN_A_LOOP = """
 import sys
@@ -26,12 +25,6 @@ for start in range(0, len(files), 8):
 """
 
 
-def child_env() -> dict[str, str]:
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    return env
-
-
 def assert_consistent(gallery: Gallery, files) -> None:
     """Every item is whole: row, original bytes, and a vector that finds it."""
     by_source = {str(p): p for p in files}
@@ -44,10 +37,10 @@ def assert_consistent(gallery: Gallery, files) -> None:
         assert best.id == item.id and best.distance < 1e-3
 
 
-def test_killed_in_the_middle_of_adds_leaves_whole_items_only(tmp_path, fashion, embedder,
-                                                             model_dir):
-    files = write_pngs(tmp_path / "photos", fashion, range(400))
-    Gallery.create(tmp_path / "g", embedder).close()
+def test_killed_in_the_middle_of_adds_leaves_whole_items_only(tmp_path, fashion_test,
+                                                             model_embedder, model_dir):
+    files = write_fashion_pngs(tmp_path / "photos", fashion_test, range(400))
+    Gallery.create(tmp_path / "g", model_embedder).close()
     child = subprocess.Popen([sys.executable, "-c", ADD_IN_A_LOOP, tmp_path / "g", model_dir,
                               tmp_path / "photos"], stdout=subprocess.PIPE, text=True,
                              env=child_env())
@@ -59,7 +52,7 @@ def test_killed_in_the_middle_of_adds_leaves_whole_items_only(tmp_path, fashion,
         child.stdout.close()
     assert child.returncode == -signal.SIGKILL and lines[-1].strip() == "40"
 
-    with Gallery.open(tmp_path / "g", embedder) as gallery:
+    with Gallery.open(tmp_path / "g", model_embedder) as gallery:
         n = len(gallery)
         assert n >= 40 and n % 8 == 0, n  # each add is all or nothing
         assert n < 400, "the child finished before it was killed"
@@ -69,8 +62,8 @@ def test_killed_in_the_middle_of_adds_leaves_whole_items_only(tmp_path, fashion,
         assert not list(gallery.path.glob(".*.tmp"))  # a killed writer's temp files are swept
 
 
-def test_killed_index_command_resumes(tmp_path, fashion, embedder, model_dir, capsys):
-    files = write_pngs(tmp_path / "photos", fashion, range(600))
+def test_killed_index_command_resumes(tmp_path, fashion_test, model_embedder, model_dir, capsys):
+    files = write_fashion_pngs(tmp_path / "photos", fashion_test, range(600))
     gallery = tmp_path / "g"
     child = subprocess.Popen([sys.executable, "-m", "scripts.index", tmp_path / "photos",
                               "--gallery", gallery, "--model", model_dir, "--batch-size", "16",
@@ -100,6 +93,6 @@ def test_killed_index_command_resumes(tmp_path, fashion, embedder, model_dir, ca
     report = json.loads(out)["report"]
     assert code == 0 and report["failed"] == []
     assert report["added"] + report["skipped"] == 600 and report["skipped"] >= committed
-    with Gallery.open(gallery, embedder) as g:
+    with Gallery.open(gallery, model_embedder) as g:
         assert_consistent(g, files)
         assert len(g) == 600

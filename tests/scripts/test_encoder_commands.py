@@ -6,7 +6,7 @@ import shutil
 import numpy as np
 import pytest
 
-from scripts import bench, evaluate, make_samples, train
+from scripts import evaluate, make_samples, train
 from scripts.common import run
 
 
@@ -77,36 +77,12 @@ def test_train_command_writes_a_loadable_model(small_folder, tmp_path, capsys):
     assert Embedder.load(tmp_path / "m").embedding_dim == 64
 
 
-def test_encoder_benchmark_prints_a_table_with_its_baseline(tiny_model, fashion_dir, capsys):
-    code, out, err = run_command(bench.main, ["encoder", "--model", str(tiny_model), "--dataset",
-                                              str(fashion_dir), "--repeats", "5"], capsys)
-    assert code == 0, err
-    assert "baseline: model.predict, one image" in out and "Embedder.embed, batch of 1,024" in out
-
-
 def test_make_samples_writes_labelled_pngs(fashion_dir, tmp_path, capsys):
     code, out, _ = run_command(make_samples.main, ["--dataset", str(fashion_dir), "--out",
                                                    str(tmp_path / "s"), "--per-class", "2"], capsys)
     assert code == 0 and "wrote 20 PNG files in 10 folders" in out
     assert sorted(p.name for p in (tmp_path / "s" / "Ankle-boot").iterdir()) == [
         "t10k-00000.png", "t10k-00023.png"]  # the first two ankle boots of the test split
-
-
-def test_training_benchmark_trains_both_recipes_for_the_same_budget(tiny_model, fashion_dir,
-                                                                     tmp_path, capsys):
-    code, out, err = run_command(bench.main, [
-        "training", "--dataset", str(fashion_dir), "--budget", "2", "--recipe-from", str(tiny_model),
-        "--out", str(tmp_path / "runs"), "--json"], capsys)
-    assert code == 0, err
-    results = json.loads(out[out.index("["):])
-    assert [r["recipe"] for r in results] == ["tutorial", "ours"]
-    assert results[0]["val_loss_vs_tutorial"] == 1.0 and results[1]["val_loss_vs_tutorial"] > 0
-    assert all(0 < r["test_accuracy"] <= 1 and r["epochs"] >= 1 for r in results)
-    ours = json.loads((tmp_path / "runs" / "ours" / "card.json").read_text())["training"]["settings"]
-    recipe = json.loads((tiny_model / "card.json").read_text())["training"]["settings"]
-    assert {k: ours[k] for k in ("arch", "width", "augment", "hard_fraction")} == \
-        {k: recipe[k] for k in ("arch", "width", "augment", "hard_fraction")}
-    assert ours["time_budget"] == 2
 
 
 @pytest.fixture(scope="module")

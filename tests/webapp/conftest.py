@@ -4,21 +4,15 @@ gunicorn (`siamese-serve`, two workers) on 127.0.0.1; `browser`, Debian's headle
 from __future__ import annotations
 
 import io
-import json
 import os
 import shutil
-import sys
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from scripts.bench_web import free_port, start
+from tests.support import SAMPLES, multipart, start_serve
 from webapp import Settings, create_app
 
-REPO = Path(__file__).resolve().parents[2]
-SAMPLES = REPO / "samples" / "fashion-mnist"
 PER_LABEL = 5  # sample PNGs per label in the test gallery: 50 in all
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -90,75 +84,22 @@ def upload_fixture():
 
 # --- a real gunicorn ------------------------------------------------------------------------------
 
-class Live:
-    """A running `siamese-serve` (a `scripts.bench_web.Server`): its URL and a tiny HTTP client."""
-
-    def __init__(self, server, gallery: Path):
-        self.server, self.gallery = server, gallery
-        self.url = f"http://127.0.0.1:{server.port}"
-        self.process, self.log = server.process, server.log
-
-    def request(self, method: str, path: str, fields: dict | None = None,
-                headers: dict | None = None) -> tuple[int, dict, bytes]:
-        """(status, headers, body). `fields`: {name: str or (filename, bytes)}, sent multipart."""
-        body, all_headers = None, dict(headers or {})
-        if fields is not None:
-            body, content_type = multipart(fields)
-            all_headers["Content-Type"] = content_type
-        req = urllib.request.Request(self.url + path, data=body, method=method, headers=all_headers)
-        try:
-            with urllib.request.urlopen(req, timeout=30) as response:
-                return response.status, dict(response.headers), response.read()
-        except urllib.error.HTTPError as exc:
-            return exc.code, dict(exc.headers), exc.read()
-
-    def json(self, method: str, path: str, **kw) -> tuple[int, dict]:
-        status, _, body = self.request(method, path, **kw)
-        return status, (json.loads(body) if body else {})
-
-
-def multipart(fields: dict) -> tuple[bytes, str]:
-    boundary = "----siamese-test-boundary-7c1f"
-    out = io.BytesIO()
-    for name, value in fields.items():
-        out.write(f"--{boundary}\r\n".encode())
-        if isinstance(value, tuple):
-            filename, data = value
-            out.write(f'Content-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
-                      "Content-Type: application/octet-stream\r\n\r\n".encode())
-            out.write(data)
-        else:
-            out.write(f'Content-Disposition: form-data; name="{name}"\r\n\r\n{value}'.encode())
-        out.write(b"\r\n")
-    out.write(f"--{boundary}--\r\n".encode())
-    return out.getvalue(), f"multipart/form-data; boundary={boundary}"
-
-
 @pytest.fixture(name="multipart")
 def multipart_fixture():
     """`multipart({name: text or (filename, bytes)})`: (body, content type), as curl writes it."""
     return multipart
 
 
-def start_server(gallery: Path, model: Path, log: Path, *args: str, workers: int = 2,
-                 env: dict | None = None) -> Live:
-    """`siamese-serve` in a child process, once all its workers have loaded the model."""
-    port = free_port()
-    command = [sys.executable, "-m", "scripts.serve", "--gallery", str(gallery), "--model",
-               str(model), "--port", str(port), "--workers", str(workers), *args]
-    return Live(start("siamese-serve", command, env or {}, port, log, workers,
-                      ready="ready: gallery of"), gallery)
-
-
 @pytest.fixture(scope="session")
 def server(tmp_path_factory, template_gallery, model_dir):
-    """`siamese-serve` with two gunicorn workers over a copy of the test gallery."""
+    """`siamese-serve` with two gunicorn workers over a copy of the test gallery (one for the
+    session; the API key is s3cret)."""
     folder = tmp_path_factory.mktemp("served")
     gallery = folder / "gallery"
     shutil.copytree(template_gallery, gallery)
-    live = start_server(gallery, model_dir, folder / "serve.log", env={"SIAMESE_API_KEY": "s3cret"})
+    live = start_serve(gallery, model_dir, folder / "serve.log", env={"SIAMESE_API_KEY": "s3cret"})
     yield live
-    live.server.stop()
+    live.stop()
 
 
 # --- a real Chromium ----------------------------------------------------------------------------

@@ -5,15 +5,15 @@ import io
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[2]
-SAMPLES = REPO / "samples" / "fashion-mnist"
+from tests.support import REPO, SAMPLES, start_serve
 
 KEY = {"X-API-Key": "s3cret"}
+PNG_HEADER_ONLY = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR"
 
 
 def png_of(array: np.ndarray) -> bytes:
@@ -99,7 +99,7 @@ def test_bad_input_through_gunicorn(server):
     cases = [
         ({"image": ("x.txt", b"plain text")}, 415, "unsupported_media_type"),
         ({"image": ("x.png", b"")}, 400, "bad_image"),
-        ({"image": ("x.png", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")}, 400, "bad_image"),
+        ({"image": ("x.png", PNG_HEADER_ONLY)}, 400, "bad_image"),
         ({"k": "5"}, 400, "missing_field"),
         ({"image": ("x.png", b"\x89PNG" + bytes(21_000_000))}, 413, "too_large"),
     ]
@@ -111,9 +111,46 @@ def test_bad_input_through_gunicorn(server):
     assert server.json("GET", "/api/gallery/123456")[0] == 404
 
 
-def test_no_worker_failed(server):
-    """Run last in this module: nothing above made a worker log a traceback."""
-    log = server.log.read_text()
+@pytest.fixture
+def own_server(tmp_path, template_gallery, model_dir):
+    """A `siamese-serve` (two workers) of the test's own, over its own copy of the test gallery."""
+    gallery = tmp_path / "gallery"
+    shutil.copytree(template_gallery, gallery)
+    live = start_serve(gallery, model_dir, tmp_path / "serve.log",
+                       env={"SIAMESE_API_KEY": "s3cret"})
+    yield live
+    live.stop()
+
+
+def test_no_worker_logs_an_error_after_good_and_bad_requests(own_server, sample_pngs):
+    """Every endpoint, asked well and badly on new connections (so both workers answer): the log,
+    read after a graceful stop, has no traceback and no [ERROR] line."""
+    coat, bag = (sample_pngs[label][0].read_bytes() for label in ("Coat", "Bag"))
+    for _ in range(4):
+        assert own_server.json("POST", "/api/search", fields={"image": ("c.png", coat)})[0] == 200
+        assert own_server.json("POST", "/api/verify", fields={"image_a": ("a.png", coat),
+                                                              "image_b": ("b.png", bag)})[0] == 200
+        assert own_server.json("POST", "/api/identify", fields={"image": ("c.png", bag)})[0] == 200
+        assert own_server.json("GET", "/api/stats")[0] == 200
+        assert own_server.json("GET", "/api/gallery?label=Coat")[0] == 200
+    eye = png_of(np.eye(28, dtype=np.uint8) * 255)
+    status, body = own_server.json("POST", "/api/gallery", headers=KEY,
+                                   fields={"image": ("eye.png", eye), "label": "Eye"})
+    assert status == 201, body
+    item = body["item"]["id"]
+    assert own_server.request("GET", f"/api/gallery/{item}/image")[0] == 200
+    assert own_server.request("DELETE", f"/api/gallery/{item}", headers=KEY)[0] == 204
+    bad = [("POST", "/api/search", {"image": ("x.txt", b"plain text")}, 415),
+           ("POST", "/api/search", {"image": ("x.png", PNG_HEADER_ONLY)}, 400),
+           ("POST", "/api/verify", {"image_a": ("a.png", coat)}, 400),
+           ("POST", "/api/gallery", {"image": ("x.png", coat)}, 401),
+           ("GET", "/api/gallery/123456", None, 404),
+           ("DELETE", "/api/gallery/123456", None, 401)]
+    for method, path, fields, expected in bad:
+        assert own_server.request(method, path, fields=fields)[0] == expected, (method, path)
+    own_server.stop()
+    log = own_server.log.read_text()
+    assert log.count("ready: gallery of") == 2  # the log is the two workers'
     assert "Traceback" not in log and "[ERROR]" not in log, log[-3000:]
 
 

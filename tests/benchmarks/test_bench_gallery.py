@@ -3,15 +3,15 @@ from __future__ import annotations
 
 import json
 
-from scripts import bench
+from benchmarks import bench
 
 
 def test_bench_runs_small(model_dir, fashion_dir, capsys):
     code = bench.main(["gallery", "--model", str(model_dir), "--dataset", str(fashion_dir),
-                               "--images", "300", "--real", "2000", "--sizes", "1000,3000",
-                               "--queries", "60", "--seconds", "0.1", "--index", "flat",
-                               "--index", "hnsw:m=8,ef_search=16", "--index", "hnsw:m=8,ef_search=64",
-                               "--index", "ivf:nlist=16,nprobe=4", "--json"])
+                       "--images", "300", "--real", "2000", "--sizes", "1000,3000",
+                       "--queries", "60", "--seconds", "0.1", "--index", "flat",
+                       "--index", "hnsw:m=8,ef_search=16", "--index", "hnsw:m=8,ef_search=64",
+                       "--index", "ivf:nlist=16,nprobe=4", "--json"])
     out, err = capsys.readouterr()
     results = json.loads(out)
     assert code == 0
@@ -26,5 +26,5 @@ def test_bench_runs_small(model_dir, fashion_dir, capsys):
                                           "hnsw:m=8,ef_construction=80,ef_search=64"]
     assert hnsw[0]["build_s"] == hnsw[1]["build_s"]  # one build, two search settings
     assert hnsw[1]["recall_at_10"] >= hnsw[0]["recall_at_10"]
-    assert all(r["p50_ms"] > 0 and r["queries"] >= 50 for r in rows)
+    assert all(r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"] and r["queries"] >= 50 for r in rows)
     assert "images/s end to end" in err

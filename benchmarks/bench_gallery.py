@@ -25,7 +25,7 @@ from typing import Iterator
 
 import numpy as np
 
-from scripts.common import add_benchmark_arguments
+from benchmarks import add_benchmark_arguments
 from scripts.gallery_cli import load_embedder, quiet_faiss
 
 DEFAULT_INDEXES = ["flat", "hnsw:ef_search=32", "hnsw", "ivf:nprobe=8", "ivf"]

@@ -6,10 +6,10 @@ import json
 import pytest
 from PIL import Image
 
-from conftest import cli, error_line
 from indexer import Gallery
 from scripts import index as index_cmd
 from scripts import search as search_cmd
+from tests.support import cli, error_line
 
 
 def test_index_a_folder_then_again_adds_nothing(tmp_path, png_folder, model_dir, capsys):

@@ -9,7 +9,7 @@ import numpy as np
 
 
 def add_arguments(p) -> None:
-    from scripts.common import add_benchmark_arguments
+    from benchmarks import add_benchmark_arguments
 
     add_benchmark_arguments(p)
     p.add_argument("--repeats", type=int, default=200, help="single-image calls to time")

@@ -1,4 +1,5 @@
-"""siamese-bench: benchmarks that print a table and compare against a baseline in the same run.
+"""python -m benchmarks: benchmarks that print a table and compare against a baseline in the same
+run.
 
 Machines here are shared and noisy, so every row is read against its baseline measured moments
 before or after it, as a ratio.
@@ -12,15 +13,15 @@ from scripts.common import run
 
 # subcommand -> module with add_arguments(parser) and run(args) -> int
 BENCHMARKS = {
-    "encoder": ("scripts.bench_encoder", "embedding latency and throughput vs model.predict"),
-    "training": ("scripts.bench_training", "our default vs the tutorial, same wall-clock budget"),
-    "gallery": ("scripts.bench_gallery", "ingestion throughput and search latency vs NumPy"),
-    "web": ("scripts.bench_web", "POST /api/search over HTTP, 1-16 clients, vs a naive Flask server"),
+    "encoder": ("benchmarks.bench_encoder", "embedding latency and throughput vs model.predict"),
+    "training": ("benchmarks.bench_training", "our default vs the tutorial, same wall-clock budget"),
+    "gallery": ("benchmarks.bench_gallery", "ingestion throughput and search latency vs NumPy"),
+    "web": ("benchmarks.bench_web", "POST /api/search over HTTP, 1-16 clients, vs a naive Flask server"),
 }
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="siamese-bench", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     sub = p.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
     for name, (module, help_text) in BENCHMARKS.items():
         sp = sub.add_parser(name, help=help_text, description=help_text)
@@ -35,7 +36,3 @@ def main(argv: list[str] | None = None) -> int:
 
 def entry() -> None:
     run(main)
-
-
-if __name__ == "__main__":
-    entry()

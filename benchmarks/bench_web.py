@@ -30,7 +30,7 @@ from typing import Optional
 
 import numpy as np
 
-from scripts.common import add_benchmark_arguments
+from benchmarks import add_benchmark_arguments
 from scripts.gallery_cli import quiet_faiss
 
 K = 10
@@ -169,7 +169,7 @@ def start_naive(model: str, folder: Path, args) -> Server:
     port = free_port()
     command = [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers",
                str(args.workers), "--worker-class", "gthread", "--threads", str(args.threads),
-               "--timeout", "300", *_no_control_socket(), "scripts.bench_web:naive_app()"]
+               "--timeout", "300", *_no_control_socket(), "benchmarks.bench_web:naive_app()"]
     env = {"SIAMESE_MODEL": str(Path(model).resolve()),
            "BENCH_DATASET": str(Path(args.dataset).resolve()), "BENCH_SIZE": str(args.size)}
     return start("naive", command, env, port, folder / "naive.log", args.workers, "naive worker")

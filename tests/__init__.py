@@ -1,0 +1,1 @@
+"""The tests of siamese-search; shared helpers are in `tests.support`."""

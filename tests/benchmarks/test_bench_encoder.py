@@ -1,0 +1,12 @@
+"""The encoder benchmark (`python -m benchmarks encoder`), on the tiny model and a few repeats."""
+from __future__ import annotations
+
+from benchmarks import bench
+from tests.support import cli
+
+
+def test_encoder_benchmark_prints_a_table_with_its_baseline(tiny_model, fashion_dir, capsys):
+    code, out, err = cli(bench, ["encoder", "--model", tiny_model, "--dataset", fashion_dir,
+                                 "--repeats", "5"], capsys)
+    assert code == 0, err
+    assert "baseline: model.predict, one image" in out and "Embedder.embed, batch of 1,024" in out
