@@ -1,7 +1,6 @@
 import io
 import json
 import shutil
-import zipfile
 
 import numpy as np
 import pytest

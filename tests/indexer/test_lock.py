@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from encoder.errors import GalleryError
+from indexer.errors import GalleryError
 from indexer.lock import WriterLock
 from tests.support import REPO, child_env
 

@@ -7,7 +7,8 @@ import sqlite3
 import numpy as np
 import pytest
 
-from encoder.errors import GalleryError, NotFoundError
+from encoder.errors import NotFoundError
+from indexer.errors import GalleryError
 from indexer.records import Original
 from indexer.store import IMAGES, ITEMS, SCHEMA_VERSION, Base, GalleryRecord, Store
 
@@ -53,11 +54,11 @@ def add(store: Store, items: list[Original], labels=None, metadata=None) -> list
 def test_initialise_then_read_the_record_back(store, url):
     assert store.has_gallery()
     with store.read() as conn:
-        assert store.settings(conn) == record()
+        assert store.record(conn) == record()
     other = Store(url)  # another engine: the record is in the file
     try:
         with other.read() as conn:
-            assert other.settings(conn) == record()
+            assert other.record(conn) == record()
     finally:
         other.close()
 
@@ -66,7 +67,7 @@ def test_initialise_refuses_a_database_that_already_holds_a_gallery(store, url):
     with pytest.raises(GalleryError, match="already holds a gallery"):
         Store(url).initialise(record(gallery_id="another"))
     with store.read() as conn:
-        assert store.settings(conn).gallery_id == record().gallery_id
+        assert store.record(conn).gallery_id == record().gallery_id
 
 
 def test_upgrade_adds_the_later_columns_to_a_schema_1_database(tmp_path):
@@ -90,15 +91,15 @@ def test_upgrade_adds_the_later_columns_to_a_schema_1_database(tmp_path):
         columns = [row[1] for row in sqlite3.connect(path).execute("PRAGMA table_info(gallery)")]
         assert columns[-2:] == ["operating_point", "fpir"]
         with store.read() as conn:
-            upgraded = store.settings(conn)
+            upgraded = store.record(conn)
         assert (upgraded.gallery_id, upgraded.threshold, upgraded.generation,
                 upgraded.next_id) == ("g-old", 0.5, 7, 12)
         assert upgraded.operating_point is None and upgraded.fpir is None
         assert upgraded.created == dt.datetime(2024, 5, 6, 7, 8, 9, tzinfo=dt.timezone.utc)
         with store.write() as conn:
-            store.update_settings(conn, operating_point="far-1e-3", fpir=0.05)
+            store.update_record(conn, operating_point="far-1e-3", fpir=0.05)
         with store.read() as conn:
-            assert (store.settings(conn).operating_point, store.settings(conn).fpir) == \
+            assert (store.record(conn).operating_point, store.record(conn).fpir) == \
                 ("far-1e-3", 0.05)
     finally:
         store.close()
@@ -114,7 +115,7 @@ def test_each_change_bumps_the_generation_and_ids_are_never_reused(store):
     assert add(store, originals(2, start=10)) == [4, 5]  # not 3 again
     with store.read() as conn:
         assert store.ids(conn).tolist() == [1, 2, 4, 5]
-        assert store.settings(conn).next_id == 6
+        assert store.record(conn).next_id == 6
 
 
 def test_a_change_that_fails_leaves_nothing_behind(store):
@@ -127,7 +128,7 @@ def test_a_change_that_fails_leaves_nothing_behind(store):
             raise RuntimeError("embedding failed")
     with store.read() as conn:
         assert store.count(conn) == 2 and store.generation(conn) == 1
-        assert store.settings(conn).next_id == 3
+        assert store.record(conn).next_id == 3
         assert len(conn.execute(IMAGES.select()).all()) == 2  # no orphaned image bytes
 
 
@@ -215,4 +216,4 @@ def test_an_empty_gallery_table_is_an_error(store, tmp_path):
     db.commit()
     db.close()
     with store.read() as conn, pytest.raises(GalleryError, match="gallery table is empty"):
-        store.settings(conn)
+        store.record(conn)
