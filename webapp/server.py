@@ -77,6 +77,7 @@ class Server(BaseApplication):
         service = app.extensions.get(EXTENSION) if app is not None else None
         if service is not None:
             service.close()
+            worker.log.info("worker %s closed its gallery", worker.pid)
 
 
 def serve(settings: Settings, announce=None, access_log: bool = False) -> int:

@@ -1,0 +1,21 @@
+"""A worker lets go of what its app opened when it exits (gunicorn's worker_exit hook)."""
+from __future__ import annotations
+
+import shutil
+
+from tests.support import start_serve
+
+
+def test_each_worker_closes_its_gallery_when_stopped(tmp_path, template_gallery, model_dir):
+    gallery = tmp_path / "gallery"
+    shutil.copytree(template_gallery, gallery)
+    live = start_serve(gallery, model_dir, tmp_path / "serve.log", workers=2)
+    try:
+        assert live.json("GET", "/healthz")[0] == 200
+    finally:
+        live.stop()
+    log = live.log.read_text(errors="replace")
+    assert live.process.returncode == 0
+    assert log.count("closed its gallery") == 2, log[-2000:]
+    # The database's write-ahead log was folded back: nothing left beside gallery.db.
+    assert not (gallery / "gallery.db-wal").exists()
