@@ -32,8 +32,9 @@ def doc_files() -> list[Path]:
     return [f for f in files if f.is_file()]
 
 
-def prose_lines(text: str) -> list[str]:
-    """The lines outside fenced code blocks, with inline code removed."""
+def prose_lines(text: str, keep_code: bool = False) -> list[str]:
+    """The lines outside fenced code blocks, with inline code removed unless `keep_code`
+    (headings' anchors include it)."""
     out, fence = [], None
     for line in text.splitlines():
         m = FENCE.match(line)
@@ -44,7 +45,7 @@ def prose_lines(text: str) -> list[str]:
             if line.strip().startswith(fence):
                 fence = None
             continue
-        out.append(INLINE_CODE.sub("", line))
+        out.append(line if keep_code else INLINE_CODE.sub("", line))
     return out
 
 
@@ -85,7 +86,7 @@ def slug(heading: str) -> str:
 def anchors(text: str) -> set[str]:
     seen: dict[str, int] = {}
     out = set()
-    for line in prose_lines_keeping_code(text):
+    for line in prose_lines(text, keep_code=True):
         m = HEADING.match(line)
         if not m:
             continue
@@ -93,22 +94,6 @@ def anchors(text: str) -> set[str]:
         n = seen.get(base, 0)
         seen[base] = n + 1
         out.add(base if n == 0 else f"{base}-{n}")
-    return out
-
-
-def prose_lines_keeping_code(text: str) -> list[str]:
-    """Lines outside fenced code blocks, inline code kept (headings' anchors include it)."""
-    out, fence = [], None
-    for line in text.splitlines():
-        m = FENCE.match(line)
-        if fence is None and m:
-            fence = m.group(1)[0] * 3
-            continue
-        if fence is not None:
-            if line.strip().startswith(fence):
-                fence = None
-            continue
-        out.append(line)
     return out
 
 
