@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 from typing import Optional, Union
 
-from encoder.errors import ConfigError, NotFoundError
+from encoder.errors import ConfigError, ModelMismatchError, NotFoundError
 
 from .errors import GalleryError
 from .files import write_json
@@ -86,3 +86,12 @@ def gallery_model_id(path: Union[str, Path], url: Optional[str] = None) -> str:
     store, record = connect(Path(path), url)
     store.close()
     return record.model_id
+
+
+def check_model(path: Path, built_with: str, given: str) -> None:
+    """Refuse a model other than the one the gallery at `path` was embedded with."""
+    if built_with != given:
+        raise ModelMismatchError(
+            f"{path}: this gallery was built with model {built_with}, but the model given is "
+            f"{given}; use the gallery's model, or re-embed the gallery with the new one: "
+            f"siamese-index --gallery {path} --model NEW_MODEL --reembed")

@@ -22,7 +22,7 @@ from typing import Any, Iterator, Optional, Sequence, Union
 import numpy as np
 
 from encoder.distance import euclidean
-from encoder.errors import ConfigError, ModelMismatchError, NotFoundError
+from encoder.errors import ConfigError, NotFoundError
 from encoder.images import ImageSource
 from encoder.verdict import DEFAULT_FPIR, DomainCheck, Rule, check_fpir, nearest_impostors
 
@@ -544,11 +544,7 @@ class Gallery:
             self._replica.flush()
 
     def _check_model(self, record: GalleryRecord) -> None:
-        if record.model_id != self.embedder.model_id:
-            raise ModelMismatchError(
-                f"{self.path}: this gallery was built with model {record.model_id}, but the model "
-                f"given is {self.embedder.model_id}; use the gallery's model, or re-embed the gallery "
-                f"with the new one: siamese-index --gallery {self.path} --model NEW_MODEL --reembed")
+        folder.check_model(self.path, record.model_id, self.embedder.model_id)
 
 
 # --- helpers ---------------------------------------------------------------------------------------

@@ -9,6 +9,8 @@ header when one is set (--api-key or SIAMESE_API_KEY; prefer the variable: flags
 from __future__ import annotations
 
 import argparse
+import errno
+import socket
 from pathlib import Path
 
 from scripts.common import run
@@ -54,15 +56,15 @@ def settings_from(args: argparse.Namespace, **defaults):
 
 
 def check(settings) -> None:
-    """What can be checked before the workers start, without loading TensorFlow: the model card
-    and the gallery folder. (A model that does not match the gallery stops the workers with one
-    line, too.)"""
+    """What can be checked before the workers start, without loading TensorFlow, so that it is
+    said once and not by every worker: the model card, the gallery folder, that the gallery was
+    built with this model, and that the address is free to listen on."""
     from encoder import load_card
     from encoder.errors import NotFoundError
     from indexer.errors import GalleryError
-    from indexer.folder import GALLERY_FILE
+    from indexer.folder import GALLERY_FILE, check_model, gallery_model_id
 
-    load_card(settings.model)
+    card = load_card(settings.model)
     gallery = settings.require_gallery()
     if not Path(gallery).exists():
         raise NotFoundError(f"{gallery}: no such gallery; make one with siamese-index FOLDER "
@@ -70,6 +72,23 @@ def check(settings) -> None:
     if not (Path(gallery) / GALLERY_FILE).is_file():
         raise GalleryError(f"{gallery}: not a gallery (no {GALLERY_FILE}); make one with "
                            f"siamese-index FOLDER --gallery {gallery}")
+    check_model(gallery, gallery_model_id(gallery, settings.db_url), card.model_id)
+    check_address(settings.host, settings.port)
+
+
+def check_address(host: str, port: int) -> None:
+    """Whether `host:port` can be listened on (gunicorn would retry for 5 s, then exit 1)."""
+    from encoder.errors import ConfigError
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn binds
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror.lower()}"
+                              + (" (another server? choose another --port)"
+                                 if exc.errno == errno.EADDRINUSE else "")) from None
 
 
 def announce(settings, command: str = "siamese-serve") -> None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import shutil
+import socket
 import subprocess
 import sys
 
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.support import REPO, SAMPLES, start_serve
+from tests.support import REPO, SAMPLES, child_env, start_serve
 
 KEY = {"X-API-Key": "s3cret"}
 PNG_HEADER_ONLY = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR"
@@ -172,11 +173,12 @@ def test_serve_refuses_a_missing_gallery_in_one_line(tmp_path, model_dir):
 
 def test_serve_stops_in_one_line_when_the_model_does_not_match(template_gallery, other_model_dir,
                                                                 tmp_path):
-    """Found in the worker (the master never loads the model): one error line, exit status 2."""
+    """Found before the workers start (from the card and the database, without TensorFlow):
+    one error line, not one per worker, and exit status 2."""
     gallery = tmp_path / "gallery"
     shutil.copytree(template_gallery, gallery)
     done = subprocess.run([sys.executable, "-m", "scripts.serve", "--gallery", str(gallery),
-                           "--model", str(other_model_dir), "--port", "0", "--workers", "1"],
+                           "--model", str(other_model_dir), "--port", "0", "--workers", "2"],
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
@@ -184,6 +186,23 @@ def test_serve_stops_in_one_line_when_the_model_does_not_match(template_gallery,
     assert errors[0].startswith(f"error: {gallery}: this gallery was built with model ")
     assert errors[0].endswith(f"siamese-index --gallery {gallery} --model NEW_MODEL --reembed")
     assert "Traceback" not in done.stderr
+
+
+def test_serve_says_in_one_line_that_the_port_is_taken(template_gallery, model_dir, tmp_path):
+    gallery = tmp_path / "gallery"
+    shutil.copytree(template_gallery, gallery)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run([sys.executable, "-m", "scripts.serve", "--gallery", str(gallery),
+                               "--model", str(model_dir), "--port", str(port)],
+                              cwd=REPO, capture_output=True, text=True, timeout=120,
+                              env=child_env())
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        f"error: cannot listen on 127.0.0.1:{port}: address already in use (another server? "
+        "choose another --port)"]
 
 
 def test_master_process_never_loads_tensorflow(server):
