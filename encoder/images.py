@@ -20,7 +20,8 @@ from PIL import Image, ImageOps
 
 from .errors import BadImageError, UnsupportedImageError
 
-MAX_IMAGE_BYTES = 20 * 1024 * 1024
+MB = 1_000_000  # sizes are shown in MB, decimal, everywhere (pages, errors, flags, docs)
+MAX_IMAGE_BYTES = 20 * MB
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".pgm", ".ppm"}
 MAX_IMAGE_PIXELS = 40_000_000  # a 6000x6000 photo; beyond that it is almost surely a decompression bomb
 
@@ -80,6 +81,11 @@ def source_name(source: Any) -> str:
     return f"<{type(source).__name__}>"
 
 
+def megabytes(n: int) -> str:
+    """A size as people read it: "20 MB", "0.05 MB", "1.5 MB"."""
+    return f"{n / MB:.3g} MB"
+
+
 def read_bytes(path: Union[str, os.PathLike], max_bytes: int = MAX_IMAGE_BYTES) -> bytes:
     """Read an image file, refusing missing, empty and over-size files before reading them."""
     p = Path(path)
@@ -90,7 +96,7 @@ def read_bytes(path: Union[str, os.PathLike], max_bytes: int = MAX_IMAGE_BYTES) 
         if size == 0:
             raise BadImageError(f"{p}: empty file")
         if size > max_bytes:
-            raise BadImageError(f"{p}: {size:,} bytes is over the {max_bytes:,}-byte limit")
+            raise BadImageError(f"{p}: {megabytes(size)} is over the {megabytes(max_bytes)} limit")
         return p.read_bytes()
     except FileNotFoundError:
         raise BadImageError(f"{p}: no such file") from None
@@ -107,7 +113,8 @@ def decode(data: bytes, name: str = "image", max_pixels: int = MAX_IMAGE_PIXELS)
     if len(data) == 0:
         raise BadImageError(f"{name}: empty file")
     if len(data) > MAX_IMAGE_BYTES:
-        raise BadImageError(f"{name}: {len(data):,} bytes is over the {MAX_IMAGE_BYTES:,}-byte limit")
+        raise BadImageError(f"{name}: {megabytes(len(data))} is over the "
+                            f"{megabytes(MAX_IMAGE_BYTES)} limit")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Optional
 
 from flask import Flask, Response, request
 
+from encoder.images import megabytes
+
 from . import api, errors, pages
 from .service import EXTENSION, Service, get_gallery, get_service
 from .settings import Settings
@@ -60,4 +62,4 @@ def _security_headers(response: Response) -> Response:
 def _page_context() -> dict:
     service = get_service()
     return {"model_id": service.embedder.model_id, "gallery_size": len(service.gallery),
-            "max_image_mb": service.settings.max_image_bytes / 1e6, "endpoint": request.endpoint}
+            "max_image_size": megabytes(service.settings.max_image_bytes), "endpoint": request.endpoint}

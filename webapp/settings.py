@@ -26,11 +26,10 @@ from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from encoder.errors import ConfigError
-from encoder.images import MAX_IMAGE_BYTES
+from encoder.images import MAX_IMAGE_BYTES, MB
 from encoder.params import Range, check_fields, param
 
 DEFAULT_MODEL = "models/fashion-mnist"
-MB = 1_000_000
 
 # environment variable -> (field, parser)
 ENVIRONMENT = {

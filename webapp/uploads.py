@@ -25,7 +25,7 @@ from werkzeug.http import parse_options_header
 from werkzeug.utils import secure_filename
 
 from encoder.errors import ConfigError
-from encoder.images import decode
+from encoder.images import decode, megabytes
 from encoder.params import Range, parse_int
 
 from .errors import MissingFieldError
@@ -128,7 +128,7 @@ def image_bytes(field: str) -> tuple[bytes, str]:
     limit = current_app.config["SIAMESE_MAX_IMAGE_BYTES"]
     data = upload.stream.read(limit + 1)
     if len(data) > limit:
-        raise RequestEntityTooLarge(f"{field}: the image is over the {limit:,}-byte limit")
+        raise RequestEntityTooLarge(f"{field}: the image is over the {megabytes(limit)} limit")
     return data, secure_filename(upload.filename or "") or field
 
 

@@ -64,7 +64,7 @@ def test_read_bytes_rejects_missing_empty_and_oversize(tmp_path):
     with pytest.raises(BadImageError, match="empty file"):
         read_bytes(tmp_path / "empty.png")
     (tmp_path / "big.png").write_bytes(b"x" * 2000)
-    with pytest.raises(BadImageError, match="over the 1,000-byte limit"):
+    with pytest.raises(BadImageError, match="0.002 MB is over the 0.001 MB limit"):
         read_bytes(tmp_path / "big.png", max_bytes=1000)
     with pytest.raises(BadImageError, match="not a file"):
         read_bytes(tmp_path)
