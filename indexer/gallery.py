@@ -8,7 +8,6 @@ by the database's generation counter.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import threading
 import time
@@ -29,7 +28,7 @@ from encoder.verdict import DEFAULT_FPIR, DomainCheck, Rule, check_fpir, nearest
 from . import folder
 from .folder import LOCK_FILE
 from .lock import WriterLock
-from .records import Item, Match, Original
+from .records import Item, Match, Original, check_metadata
 from .replica import Replica
 from .store import SCHEMA_VERSION, GalleryRecord, Store
 from .vectors import INDEX_FILE, IndexSpec, VectorIndex
@@ -40,6 +39,14 @@ ITEM_CACHE = 50_000  # items kept in memory for search results (a few hundred by
 IMPOSTOR_SAMPLE = 5_000  # items whose nearest other-label item sets the 1:N threshold
 
 Images = Union[ImageSource, Sequence[ImageSource]]
+
+
+@dataclass(frozen=True)
+class Added:
+    """What `add_originals` did: each image's id, in order, and whether it was added now (False:
+    the same bytes were already in the gallery, or earlier in the same batch)."""
+    ids: list[int]
+    created: list[bool]
 
 
 @dataclass(frozen=True)
@@ -452,7 +459,8 @@ class Gallery:
     def add(self, images: Images, labels: Union[None, str, Sequence[Optional[str]]] = None,
             metadata: Union[None, dict, Sequence[dict]] = None,
             sources: Optional[Sequence[str]] = None) -> list[int]:
-        """Add images (paths, bytes, PIL images or arrays); returns their ids, in order.
+        """Add images (paths, bytes, PIL images or arrays); returns their ids, in order
+        (`add_originals` also says which were new).
 
         An image already in the gallery (same bytes, by sha256) is not added again: its existing
         id is returned. `labels` and `metadata` (JSON-able dicts) go with the images, one each, or
@@ -465,17 +473,15 @@ class Gallery:
         if sources is not None:
             for original, name in zip(originals, _per_image(sources, len(batch), "sources", str)):
                 original.name = name
-        return self.add_originals(originals, labels, metadata)
+        return self.add_originals(originals, labels, metadata).ids
 
     def add_originals(self, originals: Sequence[Original], labels: Sequence[Optional[str]],
-                      metadata: Sequence[dict], pixels: Optional[np.ndarray] = None) -> list[int]:
+                      metadata: Sequence[dict], pixels: Optional[np.ndarray] = None) -> Added:
         """`add` for images already read and decoded (`records.Original`), as a folder ingest has;
-        `pixels`: their model input (`embedder.prepare`), if already made."""
+        `pixels`: their model input (`embedder.prepare`), if already made. Which images were new
+        is decided under the writer lock, so concurrent adds of one image create it once."""
         for m in metadata:
-            try:
-                json.dumps(m)
-            except (TypeError, ValueError) as exc:
-                raise ConfigError(f"metadata must be JSON-serialisable: {exc}") from None
+            check_metadata(m)
         with self.writing():
             known = self.known([o.sha256 for o in originals])
             first: dict[str, int] = {}  # the first of several equal images in this batch
@@ -491,7 +497,9 @@ class Gallery:
                         [metadata[i] for i in new], vectors, dt.datetime.now(dt.timezone.utc))
                 self._replica.changed(generation, lambda index: index.add(np.asarray(ids), vectors))
                 known.update({originals[i].sha256: item_id for i, item_id in zip(new, ids)})
-            return [known[o.sha256] for o in originals]
+            created = set(new)
+            return Added([known[o.sha256] for o in originals],
+                         [i in created for i in range(len(originals))])
 
     def remove(self, ids: Union[int, Sequence[int]]) -> None:
         """Remove items (rows, images and vectors). Unknown ids: `NotFoundError`, nothing removed."""

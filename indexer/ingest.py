@@ -139,10 +139,13 @@ def ingest(gallery: Gallery, sources: Sequence[Source], batch_size: int = BATCH_
             report.duplicates += batch.duplicates + len(batch.originals) - len(keep)
             if keep:
                 originals = [batch.originals[i] for i in keep]
-                gallery.add_originals(originals, [batch.sources[i].label for i in keep],
-                                      [batch.sources[i].metadata for i in keep], batch.pixels[keep])
+                added = gallery.add_originals(
+                    originals, [batch.sources[i].label for i in keep],
+                    [batch.sources[i].metadata for i in keep], batch.pixels[keep])
                 seen.update(o.sha256 for o in originals)
-                report.added += len(originals)
+                # Another process may have added some of them since the batch was read.
+                report.added += sum(added.created)
+                report.skipped += len(originals) - sum(added.created)
             if progress is not None:
                 progress.update(len(chunk))
     report.seconds = time.perf_counter() - start

@@ -4,14 +4,18 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import io
+import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
 import numpy as np
 from PIL import Image
 
+from encoder.errors import ConfigError
 from encoder.images import ImageSource, decode, encoded, open_image, source_name
 from encoder.verdict import DomainCheck, Rule, Verdict
+
+MAX_METADATA_DEPTH = 32  # levels of nested objects and lists in an item's metadata
 
 
 @dataclass(frozen=True)
@@ -106,3 +110,28 @@ class Original:
 
 def sha256_of(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def check_metadata(metadata: Any) -> None:
+    """Metadata must be a JSON object that round-trips: finite numbers (no NaN or Infinity, which
+    JSON has no words for) and not nested deeper than `MAX_METADATA_DEPTH`."""
+    if not isinstance(metadata, dict):
+        raise ConfigError(f"metadata must be a JSON object, not {type(metadata).__name__}")
+    if _depth(metadata) > MAX_METADATA_DEPTH:
+        raise ConfigError(f"metadata is nested deeper than {MAX_METADATA_DEPTH} levels")
+    try:
+        json.dumps(metadata, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"metadata must be JSON with finite numbers: {exc}") from None
+
+
+def _depth(value: Any, limit: int = MAX_METADATA_DEPTH + 1) -> int:
+    """How deeply `value` nests, counted up to `limit` (no recursion: any depth is safe)."""
+    deepest, todo = 0, [(value, 1)]
+    while todo:
+        v, d = todo.pop()
+        if isinstance(v, (dict, list)):
+            deepest = max(deepest, d)
+            if d < limit:
+                todo.extend((c, d + 1) for c in (v.values() if isinstance(v, dict) else v))
+    return deepest

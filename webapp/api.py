@@ -101,11 +101,16 @@ def add_item():
     metadata = uploads.json_object_param("metadata")
     original = Original.from_bytes(data, name)
     gallery = get_gallery()
-    existed = gallery.known([original.sha256])
-    item_id = gallery.add_originals([original], [label], [metadata])[0]
-    body = jsonify(item=item_json(gallery.get(item_id)), created=not existed)
+    added = gallery.add_originals([original], [label], [metadata])
+    item_id, created = added.ids[0], added.created[0]
+    item = gallery.get(item_id)
+    body = {"item": item_json(item), "created": created}
+    if not created and item.label != label:
+        body.update(label_changed=False, message=(
+            f"this image is already in the gallery as item {item_id}, labelled {item.label!r}; "
+            f"it was not added again, and its label stays {item.label!r}"))
     location = url_for("api.get_item", item_id=item_id)
-    return body, (200 if existed else 201), {"Location": location}
+    return jsonify(body), (201 if created else 200), {"Location": location}
 
 
 @bp.get("/gallery")

@@ -27,6 +27,7 @@ from werkzeug.utils import secure_filename
 from encoder.errors import ConfigError
 from encoder.images import decode, megabytes
 from encoder.params import Range, parse_int
+from indexer.records import check_metadata
 
 from .errors import MissingFieldError
 
@@ -180,8 +181,11 @@ def json_object_param(name: str) -> dict[str, Any]:
         value = json.loads(text, parse_constant=_no_constant)
     except ValueError as exc:
         raise ConfigError(f"{name} must be a JSON object: {exc}") from None
+    except RecursionError:  # the parser recurses: ~1,000 levels exhaust Python's stack
+        raise ConfigError(f"{name} is nested too deeply") from None
     if not isinstance(value, dict):
         raise ConfigError(f"{name} must be a JSON object ({{...}}), not {type(value).__name__}")
+    check_metadata(value)
     return value
 
 

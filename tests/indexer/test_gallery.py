@@ -93,7 +93,7 @@ def test_bad_input_is_refused_and_nothing_is_added(gallery, png_folder, tmp_path
         gallery.add(tmp_path / "absent.png")
     with pytest.raises(ConfigError, match="2 labels for 1 image"):
         gallery.add(good[:1], labels=["a", "b"])
-    with pytest.raises(ConfigError, match="JSON-serialisable"):
+    with pytest.raises(ConfigError, match="metadata must be JSON with finite numbers"):
         gallery.add(good[:1], metadata={"when": object()})
     with pytest.raises(ConfigError, match="k must be an integer"):
         gallery.search(good[0], k=0)

@@ -94,7 +94,7 @@ def test_gallery_add_get_image_list_delete(client, upload, fashion_test):
                                                                  "new_shoe.png")
     assert (item["width"], item["height"], item["media_type"]) == (28, 28, "image/png")
 
-    again = client.post("/api/gallery", data={"image": upload(data), "label": "Other"})
+    again = client.post("/api/gallery", data={"image": upload(data), "label": "Mine"})
     assert again.status_code == 200 and again.get_json() == {"item": item, "created": False}
 
     assert client.get(f"/api/gallery/{item['id']}").get_json() == {"item": item}

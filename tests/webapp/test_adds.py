@@ -1,0 +1,79 @@
+"""Adding to the gallery through the API: an image added once however many ask at once, a label
+that differs from the stored one said out loud, metadata that stays JSON."""
+from __future__ import annotations
+
+import io
+import json
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from encoder.errors import ConfigError
+from indexer import Original
+
+KEY = {"X-API-Key": "s3cret"}
+
+
+def png_of(array: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(array).save(out, "PNG")
+    return out.getvalue()
+
+
+def test_identical_concurrent_adds_create_one_item(server, fashion_test):
+    data = png_of(fashion_test.images[9700, :, :, 0])
+
+    def add(_):
+        return server.json("POST", "/api/gallery", headers=KEY,
+                           fields={"image": ("same.png", data), "label": "Same"})
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(add, range(8)))
+    assert sorted(status for status, _ in answers) == [200] * 7 + [201]
+    assert [body["created"] for _, body in answers].count(True) == 1
+    assert len({body["item"]["id"] for _, body in answers}) == 1
+
+
+def test_adding_a_known_image_with_another_label_says_so(client, sample_pngs):
+    coat = sample_pngs["Coat"][0].read_bytes()  # in the test gallery, labelled Coat
+    answer = client.post("/api/gallery", data={"image": (io.BytesIO(coat), "c.png"),
+                                               "label": "Jacket"})
+    body = answer.get_json()
+    assert answer.status_code == 200 and body["created"] is False
+    assert body["item"]["label"] == "Coat" and body["label_changed"] is False
+    assert "already in the gallery as item" in body["message"] and "'Coat'" in body["message"]
+    same = client.post("/api/gallery", data={"image": (io.BytesIO(coat), "c.png"), "label": "Coat"})
+    assert same.status_code == 200 and "label_changed" not in same.get_json()
+
+
+@pytest.mark.parametrize("metadata, message", [
+    ('{"a": 1e400}', "finite numbers"),
+    ('{"a": NaN}', "NaN is not JSON"),
+    ("[" * 1000 + "]" * 1000, "nested too deeply"),
+    ('{"a": ' + "[" * 40 + "]" * 40 + "}", "nested deeper than 32 levels"),
+])
+def test_metadata_that_is_not_plain_json_is_400(client, sample_pngs, metadata, message):
+    bag = sample_pngs["Bag"][0].read_bytes()
+    answer = client.post("/api/gallery", data={"image": (io.BytesIO(bag), "b.png"), "label": "Bag",
+                                               "metadata": metadata})
+    assert answer.status_code == 400, answer.data[:300]
+    assert message in answer.get_json()["error"]["message"]
+    listed = client.get("/api/gallery?limit=1000").data
+    json.loads(listed)  # every stored item is still plain JSON (no Infinity)
+
+
+def test_the_gallery_refuses_such_metadata_and_reports_what_it_added(tmp_path, model_embedder,
+                                                                    sample_pngs):
+    from indexer import Gallery
+
+    with Gallery.create(tmp_path / "g", model_embedder) as gallery:
+        with pytest.raises(ConfigError, match="finite numbers"):
+            gallery.add(sample_pngs["Bag"][0], labels="Bag", metadata={"a": float("inf")})
+        assert len(gallery) == 0
+        originals = [Original.from_source(p) for p in sample_pngs["Bag"][:2]]
+        first = gallery.add_originals(originals, ["Bag", "Bag"], [{}, {}])
+        again = gallery.add_originals(originals + originals[:1], ["Bag"] * 3, [{}] * 3)
+    assert first.created == [True, True]
+    assert again.created == [False, False, False] and again.ids == first.ids + first.ids[:1]
