@@ -589,7 +589,12 @@ def _match(item: Item, verdict) -> Match:
                  metadata=item.metadata, source=item.source)
 
 
+MAX_ID = 2**63 - 1  # ids are BIGINT in every database
+
+
 def _check_id(item_id: Any) -> int:
     if isinstance(item_id, bool) or not isinstance(item_id, (int, np.integer)):
         raise NotFoundError(f"item ids are integers, not {item_id!r}")
+    if not 1 <= item_id <= MAX_ID:
+        raise NotFoundError(f"no item {item_id} in the gallery (ids are 1 to {MAX_ID})")
     return int(item_id)

@@ -6,6 +6,7 @@ threshold, probability and the query's domain check.
 """
 from __future__ import annotations
 
+import hashlib
 import hmac
 from functools import wraps
 from typing import Any
@@ -139,10 +140,12 @@ def item_image(item_id: int):
     gallery = get_gallery()
     data, media_type = gallery.image(item_id)
     response = Response(data, mimetype=media_type)
-    # Ids are never reused, so an item's image never changes: cache it for good.
-    response.headers["Cache-Control"] = "public, max-age=31536000, immutable"
+    # Private and revalidated: a deleted image must not live on in a shared cache, and a browser
+    # asks again (a 304 when its copy, named by the bytes' hash, is still the item's).
+    response.headers["Cache-Control"] = "private, no-cache"
     response.headers["Content-Disposition"] = f'inline; filename="item-{item_id}"'
-    return response
+    response.set_etag(hashlib.sha256(data).hexdigest())
+    return response.make_conditional(request)
 
 
 @bp.delete("/gallery/<int:item_id>")

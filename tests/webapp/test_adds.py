@@ -77,3 +77,16 @@ def test_the_gallery_refuses_such_metadata_and_reports_what_it_added(tmp_path, m
         again = gallery.add_originals(originals + originals[:1], ["Bag"] * 3, [{}] * 3)
     assert first.created == [True, True]
     assert again.created == [False, False, False] and again.ids == first.ids + first.ids[:1]
+
+
+@pytest.mark.parametrize("path", ["/api/gallery/9223372036854775808",
+                                  "/api/gallery/9223372036854775808/image",
+                                  "/api/gallery/0", "/?item=9223372036854775808"])
+def test_ids_beyond_the_database_range_are_404(client, path):
+    answer = client.get(path)
+    assert answer.status_code == 404, answer.data[:300]
+
+
+def test_deleting_an_id_beyond_the_range_is_404(client):
+    answer = client.delete("/api/gallery/99999999999999999999")
+    assert answer.status_code == 404 and answer.get_json()["error"]["code"] == "not_found"

@@ -100,7 +100,10 @@ def test_gallery_add_get_image_list_delete(client, upload, fashion_test):
     assert client.get(f"/api/gallery/{item['id']}").get_json() == {"item": item}
     image = client.get(item["image_url"])
     assert image.status_code == 200 and image.data == data and image.mimetype == "image/png"
-    assert "immutable" in image.headers["Cache-Control"]
+    # Cached privately and revalidated: a shared cache never keeps a deleted image.
+    assert image.headers["Cache-Control"] == "private, no-cache"
+    again = client.get(item["image_url"], headers={"If-None-Match": image.headers["ETag"]})
+    assert again.status_code == 304 and again.data == b""
 
     listed = client.get("/api/gallery?label=Mine").get_json()
     assert listed["total"] == 1 and [i["id"] for i in listed["items"]] == [item["id"]]
