@@ -58,7 +58,9 @@ def requires_key(view):
             given = request.headers.get("X-API-Key")
             if not given:
                 raise Unauthorized("this change needs the API key in the X-API-Key header")
-            if not hmac.compare_digest(given.encode(), key.encode()):
+            # WSGI hands header bytes over as Latin-1 text: compare the bytes sent with the key's
+            # UTF-8 bytes, so a non-ASCII key matches when sent as UTF-8, as clients send it.
+            if not hmac.compare_digest(given.encode("latin-1"), key.encode("utf-8")):
                 raise Forbidden("wrong API key")
         return view(*args, **kwargs)
 

@@ -90,3 +90,17 @@ def test_ids_beyond_the_database_range_are_404(client, path):
 def test_deleting_an_id_beyond_the_range_is_404(client):
     answer = client.delete("/api/gallery/99999999999999999999")
     assert answer.status_code == 404 and answer.get_json()["error"]["code"] == "not_found"
+
+
+def test_a_non_ascii_api_key_matches_when_sent_as_utf8(make_app, sample_pngs):
+    client = make_app(api_key="schlüssel-ключ").test_client()
+    bag = sample_pngs["Bag"][1].read_bytes()
+
+    def add(header_bytes: bytes):
+        # What a WSGI server passes on: the header's bytes, read as Latin-1.
+        return client.post("/api/gallery", headers={"X-API-Key": header_bytes.decode("latin-1")},
+                           data={"image": (io.BytesIO(bag), "b.png"), "label": "Bag"})
+
+    assert add("schlüssel-ключ".encode("utf-8")).status_code in (200, 201)
+    assert add("schlüssel-kljuch".encode("utf-8")).status_code == 403
+    assert add(b"schl\xfcssel").status_code == 403
