@@ -43,6 +43,11 @@ class MultipartFormParser(FormDataParser):
     def _parse_multipart(self, stream, mimetype, content_length, options):
         boundary = options.get("boundary", "").encode("latin-1")
         body = stream.read()  # bounded: werkzeug limits the stream to MAX_CONTENT_LENGTH
+        limit = self.max_content_length
+        if content_length is None and limit is not None and len(body) >= limit:
+            # A chunked body (no Content-Length) is cut at the limit, not refused: refuse it here,
+            # or its truncated form would read as a missing field.
+            raise RequestEntityTooLarge(f"the request is over the {megabytes(limit)} limit")
         parsed = _parse_multipart_body(body, boundary, self.max_form_parts) if boundary else None
         if parsed is None:
             return super()._parse_multipart(io.BytesIO(body), mimetype, content_length, options)
