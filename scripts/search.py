@@ -5,6 +5,9 @@ probability that both show the same class, and the verdict under an operating po
 gallery's default, else "balanced"). With --identify, answers 1:N: the enrolled item each image
 shows, at the threshold for a target false-positive identification rate at the gallery's size.
 An image that does not look like the model's training data is never verified.
+
+Exit status: 0 every image answered, 1 answered but some files could not be read (each named,
+as "failed: FILE: reason"), 2 error (nothing answered).
 """
 from __future__ import annotations
 
@@ -41,7 +44,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     quiet_faiss()
-    from encoder.errors import ConfigError
+    from encoder.errors import BadImageError, ConfigError
     from indexer import Gallery
 
     if args.identify and args.operating_point:
@@ -50,19 +53,51 @@ def main(argv: list[str] | None = None) -> int:
     if args.fpir is not None and not args.identify:
         raise ConfigError("--fpir goes with --identify")
     embedder = load_embedder(args.model)
-    paths = [Path(p) for p in args.images]
+    images, failed = _read(args.images)
+    if not images:
+        raise BadImageError("; ".join(f"{name}: {reason}" for name, reason in failed))
     with Gallery.open(args.gallery, embedder, url=args.db_url) as gallery:
         if args.identify:
-            return _identify(gallery, args, paths)
-        results = gallery.search_results(paths, k=args.k, threshold=args.threshold,
-                                         operating_point=args.operating_point)
+            _identify(gallery, args, images, failed)
+        else:
+            _search(gallery, args, images, failed)
+    return 1 if failed else 0
+
+
+def _read(names: list[str]) -> tuple[list[tuple[str, object]], list[tuple[str, str]]]:
+    """(name, image) for each image that can be read, and (name, reason) for each that cannot
+    (reported, as siamese-index does, while the others are answered)."""
+    from encoder.errors import BadImageError
+    from encoder.images import open_image
+
+    images, failed = [], []
+    for name in names:
+        try:
+            images.append((name, open_image(Path(name))))
+        except BadImageError as exc:
+            failed.append((name, str(exc).removeprefix(f"{name}: ")))
+    return images, failed
+
+
+def _failures(failed: list[tuple[str, str]], as_json: bool) -> list[dict]:
+    if not as_json:
+        for name, reason in failed:
+            print(f"failed: {name}: {reason}")
+    return [{"image": name, "error": reason} for name, reason in failed]
+
+
+def _search(gallery, args, images: list, failed: list) -> None:
+    results = gallery.search_results([image for _, image in images], k=args.k,
+                                     threshold=args.threshold, operating_point=args.operating_point)
     if args.json:
         print(json.dumps({"results": [
             {"image": image, **r.rule.to_dict(), **r.domain.to_dict(),
              "matches": [_match_dict(m) for m in r.matches]}
-            for image, r in zip(args.images, results)]}, indent=2))
-        return 0
-    for image, r in zip(args.images, results):
+            for (image, _), r in zip(images, results)],
+            "failed": _failures(failed, True)}, indent=2))
+        return
+    _failures(failed, False)
+    for (image, _), r in zip(images, results):
         matches = r.matches
         if r.domain.in_domain is False:
             verdict = f"not judged: {r.domain.reason}"
@@ -78,19 +113,21 @@ def main(argv: list[str] | None = None) -> int:
         for rank, m in enumerate(matches, 1):
             print(f"  {rank:>3}  id {m.id:<8} distance {m.distance:.4f}{_probability(m)}  "
                   f"{'verified' if m.verified else '        '}  {m.label or '-':<16} {m.source}")
-    return 0
 
 
-def _identify(gallery, args, paths) -> int:
-    results = [gallery.identification(p, fpir=args.fpir, threshold=args.threshold) for p in paths]
+def _identify(gallery, args, images: list, failed: list) -> None:
+    results = [gallery.identification(image, fpir=args.fpir, threshold=args.threshold)
+               for _, image in images]
     if args.json:
         print(json.dumps({"results": [
             {"image": image, **r.rule.to_dict(), **r.domain.to_dict(),
              "match": _match_dict(r.match) if r.match else None,
              "nearest": _match_dict(r.nearest) if r.nearest else None}
-            for image, r in zip(args.images, results)]}, indent=2))
-        return 0
-    for image, r in zip(args.images, results):
+            for (image, _), r in zip(images, results)],
+            "failed": _failures(failed, True)}, indent=2))
+        return
+    _failures(failed, False)
+    for (image, _), r in zip(images, results):
         if r.domain.in_domain is False:
             answer = f"nobody: {r.domain.reason}"
         elif r.match:
@@ -102,7 +139,6 @@ def _identify(gallery, args, paths) -> int:
         print(f"{image}: {answer} ({r.rule.describe()})")
         if r.domain.in_domain is None:
             print(f"  note: {r.domain.reason}")
-    return 0
 
 
 def _match_dict(m) -> dict:

@@ -149,3 +149,29 @@ def test_search_command(tmp_path, png_folder, model_dir, capsys):
     Image.new("L", (5, 5)).save(tmp_path / "tiny.png")  # any size is resized as the card says
     assert cli(search_cmd, [tmp_path / "tiny.png", "--gallery", gallery, "--model", model_dir],
                capsys)[0] == 0
+
+
+def test_search_answers_the_good_images_and_names_each_bad_one(tmp_path, png_folder, model_dir,
+                                                                capsys):
+    gallery = tmp_path / "g"
+    cli(index_cmd, [png_folder, "--gallery", gallery, "--model", model_dir], capsys)
+    good = sorted((png_folder / "Trouser").glob("*.png"))[:2]
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not an image")
+    missing = tmp_path / "gone.png"
+    argv = [good[0], notes, good[1], missing, "--gallery", gallery, "--model", model_dir]
+    code, out, err = cli(search_cmd, argv, capsys)
+    assert code == 1, err
+    lines = out.splitlines()
+    assert f"failed: {notes}: not an image Pillow can decode" in lines[0]
+    assert lines[1] == f"failed: {missing}: no such file"
+    answered = [line for line in lines if line.startswith(str(good[0]) + ":")
+                or line.startswith(str(good[1]) + ":")]
+    assert len(answered) == 2
+    code, out, _ = cli(search_cmd, argv + ["--json", "--identify"], capsys)
+    body = json.loads(out)
+    assert code == 1 and [r["image"] for r in body["results"]] == [str(good[0]), str(good[1])]
+    assert [f["image"] for f in body["failed"]] == [str(notes), str(missing)]
+    code, _, err = cli(search_cmd, [notes, missing, "--gallery", gallery, "--model", model_dir],
+                       capsys)
+    assert code == 2 and error_line(err).startswith(f"error: {notes}: ")
