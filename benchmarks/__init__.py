@@ -10,9 +10,9 @@ from __future__ import annotations
 def add_benchmark_arguments(parser) -> None:
     """--model and --dataset, as every benchmark takes them."""
     from scripts.common import FASHION_MNIST_DIR
-    from scripts.gallery_cli import DEFAULT_MODEL
+    from webapp.settings import BUNDLED_MODEL
 
-    parser.add_argument("--model", default=DEFAULT_MODEL, metavar="DIR",
+    parser.add_argument("--model", default=str(BUNDLED_MODEL), metavar="DIR",
                         help="model directory (default: %(default)s)")
     parser.add_argument("--dataset", default=FASHION_MNIST_DIR, metavar="FOLDER",
                         help="folder of the Fashion-MNIST idx files (default: %(default)s)")

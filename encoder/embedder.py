@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Iterable, Optional, Sequence, Union
 
 import numpy as np
@@ -28,6 +29,7 @@ class Embedder:
         self.model = model
         self.card = card
         self.batch_size = batch_size
+        self.directory: Optional[Path] = None  # the model directory it was loaded from, if any
         self.domain = domain  # a `domain.DomainModel`, or None for a card without one
         self.verdicts = Verdicts(card)
         # Called as a concrete function: the polymorphic wrapper's argument checks cost ~0.3 ms
@@ -44,7 +46,9 @@ class Embedder:
         model, card = load_model(path)
         domain = None if card.domain is None else \
             load_domain_model(path, card.domain, card.preprocessing)
-        return cls(model, card, batch_size, domain)
+        embedder = cls(model, card, batch_size, domain)
+        embedder.directory = Path(path).resolve()
+        return embedder
 
     @property
     def model_id(self) -> str:

@@ -3,7 +3,8 @@ checked. `Gallery` (gallery.py) works on what `make` and `connect` return.
 
 A gallery is a folder:
 
-    gallery.json    what this folder is: format, gallery id, where the database is
+    gallery.json    what this folder is: format, gallery id, where the database is, and the
+                    model directory it was embedded with (used when no model is named)
     gallery.db      the metadata store (SQLite; or any SQLAlchemy URL, see `store`)
     index.faiss     the vector index, replaced atomically ...
     index.json      ... beside its manifest: gallery id, model id, database generation, checksum
@@ -33,9 +34,10 @@ def sqlite_url(path: Path) -> str:
     return f"sqlite:///{(path / DATABASE_FILE).resolve()}"
 
 
-def make(path: Path, url: Optional[str], record: GalleryRecord) -> Store:
+def make(path: Path, url: Optional[str], record: GalleryRecord,
+         model_dir: Optional[Path] = None) -> Store:
     """A new gallery folder at `path` (which must not exist or be empty) with its database (at
-    `url`, else the folder's own) holding `record`."""
+    `url`, else the folder's own) holding `record`; `model_dir`: the model's directory, if known."""
     if (path / GALLERY_FILE).exists():
         raise GalleryError(f"{path}: already a gallery; open it instead")
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
@@ -44,8 +46,31 @@ def make(path: Path, url: Optional[str], record: GalleryRecord) -> Store:
     store = Store(url or sqlite_url(path))
     store.initialise(record)
     write_json(path / GALLERY_FILE, {"format": GALLERY_FORMAT, "gallery_id": record.gallery_id,
-                                     "database": EXTERNAL if url else DATABASE_FILE})
+                                     "database": EXTERNAL if url else DATABASE_FILE,
+                                     **({"model": str(model_dir)} if model_dir else {})})
     return store
+
+
+def remember_model(path: Path, model_dir: Optional[Path]) -> None:
+    """Record in gallery.json the model directory the gallery is now embedded with."""
+    if model_dir is None:
+        return
+    info = json.loads((path / GALLERY_FILE).read_text())
+    write_json(path / GALLERY_FILE, {**info, "model": str(model_dir)})
+
+
+def model_dir(path: Path, given: Optional[Path], default: Path) -> Path:
+    """The model to use with the gallery at `path`: the one `given`, else the directory the
+    gallery was embedded with (if gallery.json names one that still exists), else `default`."""
+    if given is not None:
+        return Path(given)
+    try:
+        remembered = json.loads((path / GALLERY_FILE).read_text()).get("model")
+    except (OSError, ValueError, AttributeError):
+        remembered = None
+    if remembered and Path(remembered).is_dir():
+        return Path(remembered)
+    return default
 
 
 def connect(path: Path, url: Optional[str]) -> tuple[Store, GalleryRecord]:

@@ -143,7 +143,7 @@ class Gallery:
                                index=str(spec), threshold=threshold, generation=0, next_id=1,
                                created=dt.datetime.now(dt.timezone.utc),
                                operating_point=operating_point, fpir=fpir)
-        store = folder.make(path, url, record)
+        store = folder.make(path, url, record, embedder.directory)
         gallery = cls(path, embedder, store, record, lock_timeout, save_every)
         with gallery._mutex, gallery._lock:
             gallery._replica.start_empty()
@@ -189,6 +189,7 @@ class Gallery:
             gallery._replica.sync()  # the manifest names the old model: a full rebuild
             if gallery._replica.unsaved:
                 gallery._replica.save()
+            folder.remember_model(path, embedder.directory)
         return gallery
 
     @property

@@ -16,13 +16,12 @@ import sys
 from pathlib import Path
 
 from scripts.common import run
-from webapp.settings import DEFAULT_MODEL
+from webapp.settings import BUNDLED_MODEL
 from scripts.gallery_cli import quiet_faiss
 from scripts.serve import add_server_arguments, announce, check, settings_from
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_GALLERY = REPO / "galleries" / "demo"
-BUNDLED_MODEL = REPO / DEFAULT_MODEL
 DEFAULT_SAMPLES = REPO / "samples" / "fashion-mnist"
 
 

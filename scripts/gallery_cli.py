@@ -4,8 +4,9 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
+from typing import Optional
 
-from webapp.settings import DEFAULT_MODEL
+from webapp.settings import BUNDLED_MODEL
 
 
 def add_gallery_arguments(p: argparse.ArgumentParser, served: bool = False) -> None:
@@ -15,9 +16,10 @@ def add_gallery_arguments(p: argparse.ArgumentParser, served: bool = False) -> N
     p.add_argument("--gallery", required=not served, metavar="PATH",
                    help="gallery folder (gallery.json, gallery.db, index.faiss, ...)"
                         + env("SIAMESE_GALLERY"))
-    p.add_argument("--model", default=None if served else DEFAULT_MODEL, metavar="DIR",
-                   help="model directory; must be the one the gallery was built with"
-                        + env("SIAMESE_MODEL") + f" (default: {DEFAULT_MODEL})")
+    p.add_argument("--model", metavar="DIR",
+                   help="model directory; must be the one the gallery was embedded with"
+                        + env("SIAMESE_MODEL") + " (default: that one, which the gallery "
+                        f"remembers; for a new gallery {BUNDLED_MODEL})")
     p.add_argument("--db-url", metavar="URL",
                    help="SQLAlchemy URL of the gallery's metadata, if not PATH/gallery.db "
                         "(e.g. postgresql://user@host/db)" + env("SIAMESE_DB_URL"))
@@ -28,15 +30,18 @@ def quiet_faiss() -> None:
     logging.getLogger("faiss").setLevel(logging.WARNING)
 
 
-def load_embedder(model: str):
-    """The model, loaded once, with a hint when the default model is missing."""
+def load_embedder(model: Optional[str], gallery: str):
+    """The model named, else the one the gallery remembers, else the bundled one; loaded once,
+    with a hint when no model was named and none is found."""
     from encoder import Embedder
     from encoder.errors import ModelError
+    from indexer.folder import model_dir
 
+    path = model_dir(Path(gallery), None if model is None else Path(model), BUNDLED_MODEL)
     try:
-        return Embedder.load(model)
+        return Embedder.load(path)
     except ModelError as exc:
-        if model == DEFAULT_MODEL and not Path(model).exists():
+        if model is None:
             raise ModelError(f"{exc}; pass --model DIR (a model directory written by "
                              "siamese-train)") from None
         raise

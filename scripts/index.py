@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         sources, ignored = folder_sources(args.folder)
     else:
         sources = []
-    embedder = load_embedder(args.model)
+    embedder = load_embedder(args.model, args.gallery)
     path = Path(args.gallery)
     bar = _progress(args.progress)
     if (path / GALLERY_FILE).exists():

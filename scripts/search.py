@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
                           "--operating-point is for 1:1 verdicts")
     if args.fpir is not None and not args.identify:
         raise ConfigError("--fpir goes with --identify")
-    embedder = load_embedder(args.model)
+    embedder = load_embedder(args.model, args.gallery)
     images, failed = _read(args.images)
     if not images:
         raise BadImageError("; ".join(f"{name}: {reason}" for name, reason in failed))

@@ -64,7 +64,8 @@ def check(settings) -> None:
     from indexer.errors import GalleryError
     from indexer.folder import GALLERY_FILE, check_model, gallery_model_id
 
-    card = load_card(settings.model)
+    if settings.model is not None:
+        load_card(settings.model)  # a model named but missing: said first
     gallery = settings.require_gallery()
     if not Path(gallery).exists():
         raise NotFoundError(f"{gallery}: no such gallery; make one with siamese-index FOLDER "
@@ -72,6 +73,7 @@ def check(settings) -> None:
     if not (Path(gallery) / GALLERY_FILE).is_file():
         raise GalleryError(f"{gallery}: not a gallery (no {GALLERY_FILE}); make one with "
                            f"siamese-index FOLDER --gallery {gallery}")
+    card = load_card(settings.model_dir())
     check_model(gallery, gallery_model_id(gallery, settings.db_url), card.model_id)
     check_address(settings.host, settings.port)
 

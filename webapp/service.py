@@ -43,7 +43,7 @@ class Service:
         path = settings.require_gallery()
         if embedder is None:
             limit_tensorflow_threads(settings.tf_threads)
-            embedder = Embedder.load(settings.model)
+            embedder = Embedder.load(settings.model_dir())
         gallery = Gallery.open(path, embedder, url=settings.db_url)
         log.debug("gallery %s: %d items, model %s, threshold %.4f", path, len(gallery),
                  embedder.model_id, gallery.threshold)

@@ -8,7 +8,7 @@ settings can live side by side (the tests build several).
 | variable               | field            | default                                     |
 |------------------------|------------------|---------------------------------------------|
 | SIAMESE_GALLERY        | gallery          | (required)                                  |
-| SIAMESE_MODEL          | model            | models/fashion-mnist                        |
+| SIAMESE_MODEL          | model            | the gallery's own, else the bundled model   |
 | SIAMESE_DB_URL         | db_url           | the gallery's own gallery.db                |
 | SIAMESE_API_KEY        | api_key          | none: gallery changes are open              |
 | SIAMESE_MAX_IMAGE_MB   | max_image_bytes  | 20 (MB per uploaded image)                  |
@@ -30,6 +30,9 @@ from encoder.images import MAX_IMAGE_BYTES, MB
 from encoder.params import Range, check_fields, param
 
 DEFAULT_MODEL = "models/fashion-mnist"
+# The bundled model, found from this package (an editable install from the repository), so that
+# commands find it from any folder.
+BUNDLED_MODEL = Path(__file__).resolve().parents[1] / DEFAULT_MODEL
 
 # environment variable -> (field, parser)
 ENVIRONMENT = {
@@ -48,7 +51,9 @@ ENVIRONMENT = {
 @dataclass(frozen=True)
 class Settings:
     gallery: Optional[Path] = None  # the gallery folder (siamese-index or Gallery.create made it)
-    model: Path = Path(DEFAULT_MODEL)  # the model directory the gallery was built with
+    # The model directory; None: the one the gallery was embedded with, else the bundled one
+    # (`model_dir`).
+    model: Optional[Path] = None
     db_url: Optional[str] = None  # SQLAlchemy URL of the gallery's metadata, if not in its folder
     api_key: Optional[str] = None  # required in X-API-Key for gallery changes, when set
     # per uploaded image; larger: 413
@@ -108,6 +113,12 @@ class Settings:
     def replace(self, **values: Any) -> "Settings":
         """A copy with the given fields changed; None leaves a field as it is (a flag not given)."""
         return dataclasses.replace(self, **{k: v for k, v in values.items() if v is not None})
+
+    def model_dir(self) -> Path:
+        """The model to serve the gallery with (see `model`)."""
+        from indexer.folder import model_dir
+
+        return model_dir(self.require_gallery(), self.model, BUNDLED_MODEL)
 
     def require_gallery(self) -> Path:
         if self.gallery is None:

@@ -175,3 +175,25 @@ def test_search_answers_the_good_images_and_names_each_bad_one(tmp_path, png_fol
     code, _, err = cli(search_cmd, [notes, missing, "--gallery", gallery, "--model", model_dir],
                        capsys)
     assert code == 2 and error_line(err).startswith(f"error: {notes}: ")
+
+
+def test_a_gallery_remembers_its_model_for_commands_run_anywhere(tmp_path, png_folder, model_dir,
+                                                                 other_model_dir, monkeypatch,
+                                                                 capsys):
+    gallery = tmp_path / "g"
+    code, _, err = cli(index_cmd, [png_folder, "--gallery", gallery, "--model", other_model_dir],
+                       capsys)
+    assert code == 0, err
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # models/fashion-mnist is not here
+    query = sorted((png_folder / "Trouser").glob("*.png"))[0]
+    code, out, err = cli(search_cmd, [query, "--gallery", gallery, "--json"], capsys)
+    assert code == 0, err  # the gallery's own model, not the default one
+    assert json.loads(out)["results"][0]["matches"][0]["label"] == "Trouser"
+    code, _, err = cli(index_cmd, ["--gallery", gallery, "--model", model_dir, "--reembed"], capsys)
+    assert code == 0, err
+    info = json.loads((gallery / "gallery.json").read_text())
+    assert info["model"] == str(model_dir.resolve())  # re-embedding moves what it remembers
+    code, out, err = cli(search_cmd, [query, "--gallery", gallery], capsys)
+    assert code == 0, err

@@ -208,3 +208,18 @@ def test_settings_from_the_environment(tmp_path):
     with pytest.raises(ConfigError, match="workers must be an integer in 1..64, not 0"):
         Settings(workers=0)
     assert Settings.from_env({"SIAMESE_API_KEY": ""}).api_key is None
+
+
+def test_the_service_serves_a_gallery_with_the_model_it_remembers(gallery_path, model_dir,
+                                                                  tmp_path):
+    import json as json_module
+
+    from webapp.settings import BUNDLED_MODEL
+
+    assert Settings(gallery=gallery_path).model_dir() == model_dir.resolve()
+    assert Settings(gallery=gallery_path, model=tmp_path).model_dir() == tmp_path
+    marker = gallery_path / "gallery.json"
+    info = json_module.loads(marker.read_text())
+    info.pop("model")  # a gallery made before galleries remembered their model
+    marker.write_text(json_module.dumps(info))
+    assert Settings(gallery=gallery_path).model_dir() == BUNDLED_MODEL
