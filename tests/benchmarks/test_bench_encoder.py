@@ -1,8 +1,12 @@
 """The encoder benchmark (`python -m benchmarks encoder`), on the tiny model and a few repeats."""
 from __future__ import annotations
 
+import pytest
+
 from benchmarks import bench
 from tests.support import cli
+
+pytestmark = pytest.mark.slow  # times embedding with the tiny model
 
 
 def test_encoder_benchmark_prints_a_table_with_its_baseline(tiny_model, fashion_dir, capsys):

@@ -3,7 +3,11 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from benchmarks import bench
+
+pytestmark = pytest.mark.slow  # ingests, builds and times indexes
 
 
 def test_bench_runs_small(model_dir, fashion_dir, capsys):

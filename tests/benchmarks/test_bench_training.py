@@ -3,8 +3,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from benchmarks import bench
 from tests.support import cli
+
+pytestmark = pytest.mark.slow  # trains two models for their budget
 
 
 def test_training_benchmark_trains_both_recipes_for_the_same_budget(tiny_model, fashion_dir,

@@ -3,7 +3,11 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from benchmarks import bench
+
+pytestmark = pytest.mark.slow  # starts two gunicorn servers and loads them
 
 
 def test_bench_web_runs_small(model_dir, fashion_dir, capsys):

@@ -102,6 +102,7 @@ def test_config_values_are_checked():
         TrainConfig(class_weight=-1)
 
 
+@pytest.mark.slow
 def test_class_loss_trains_the_same_encoder_and_is_recorded(small_folder, tiny_model, tmp_path):
     """The auxiliary class head changes the weights, learns, and leaves no trace in the model."""
     ds = load_image_folder(small_folder)
@@ -116,6 +117,7 @@ def test_class_loss_trains_the_same_encoder_and_is_recorded(small_folder, tiny_m
     assert with_head.model.count_params() == plain.model.count_params()
 
 
+@pytest.mark.slow
 def test_training_learns_and_is_deterministic(small_folder, tiny_model, tmp_path):
     ds = load_image_folder(small_folder)
     config = TrainConfig(epochs=10, seed=3, classes_per_batch=4, images_per_class=8,
@@ -129,6 +131,7 @@ def test_training_learns_and_is_deterministic(small_folder, tiny_model, tmp_path
     assert len(history) == card.training["epochs_run"] and history[0]["val_loss"] > 0
 
 
+@pytest.mark.slow
 def test_tutorial_recipe_trains_with_pairs_and_a_time_budget(small_folder, tmp_path):
     lines = []
     ds = load_image_folder(small_folder)
@@ -252,6 +255,7 @@ def test_oneshot_summary_weighs_every_held_out_group_once():
     assert plain == {"episode_classes": "any", "episodes": 1000, "5-way": 0.7}
 
 
+@pytest.mark.slow
 def test_card_records_oneshot_accuracy_of_held_out_classes(fashion_test, tmp_path):
     pick = np.concatenate([np.nonzero(fashion_test.labels == c)[0][:10] for c in range(10)])
     ds = fashion_test.subset(pick)  # 10 classes of 10 images; 5 classes held out
@@ -292,6 +296,7 @@ def test_resolve_decides_every_auto_setting_as_the_network_would(small_folder):
         assert layout(built) == layout(build_encoder(arch, pre))  # the same network as "auto"
 
 
+@pytest.mark.slow
 def test_thin_validation_is_a_warning_on_screen_and_in_the_card(small_folder, tmp_path):
     """Four classes: auto would use three calibration folds but cannot, and the threshold is
     calibrated on the two held-out classes (one pair of different classes): both said, not

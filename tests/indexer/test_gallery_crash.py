@@ -8,9 +8,13 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from indexer import Gallery
 from scripts import index as index_cmd
 from tests.support import REPO, child_env, cli, write_fashion_pngs
+
+pytestmark = pytest.mark.slow  # child processes that load TensorFlow, killed mid-write
 
 ADD_IN_A_LOOP = """
 import sys

@@ -66,6 +66,7 @@ def test_commands_name_bad_paths(tmp_path, capsys, small_folder):
     assert code == 2 and "epochs must be at least 1, not 0" in err
 
 
+@pytest.mark.slow
 def test_train_command_writes_a_loadable_model(small_folder, tmp_path, capsys):
     from encoder import Embedder
 
@@ -97,6 +98,7 @@ def mixed_folder(tmp_path_factory, omniglot_dir):
     return out
 
 
+@pytest.mark.slow
 def test_train_on_a_small_mixed_folder_reports_and_records_its_choices(mixed_folder, tmp_path,
                                                                         capsys):
     from encoder import Embedder
@@ -163,6 +165,7 @@ def test_train_refuses_data_too_small_to_train_or_validate(mixed_folder, tmp_pat
     assert not (tmp_path / "m").exists()
 
 
+@pytest.mark.slow
 def test_oneshot_evaluation_defaults_to_alphabets_the_model_never_saw(omniglot_dir, tmp_path,
                                                                      capsys):
     source = str(omniglot_dir / "images_background_small1.zip")
@@ -233,6 +236,7 @@ def test_oneshot_evaluation_of_a_folder(tiny_model, small_folder, capsys):
 TINY = ["--epochs", "1", "--width", "8", "--classes-per-batch", "2", "--images-per-class", "4"]
 
 
+@pytest.mark.slow
 def test_classes_held_out_of_training_are_evaluated_on_by_name(small_folder, tmp_path, capsys):
     code, out, err = run_command(train.main, [
         "--dataset", "folder", str(small_folder), "--out", str(tmp_path / "m"),
@@ -261,6 +265,7 @@ def test_classes_held_out_of_training_are_evaluated_on_by_name(small_folder, tmp
     assert not (tmp_path / "n").exists()
 
 
+@pytest.mark.slow
 def test_train_pads_long_images_when_told_and_the_model_keeps_doing_so(tmp_path, capsys):
     from PIL import Image
 

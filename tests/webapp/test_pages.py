@@ -9,6 +9,8 @@ import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
+pytestmark = pytest.mark.slow  # a real gunicorn and a headless Chromium
+
 LAPTOP, PHONE = (1280, 900), (390, 844)
 
 DROP = """

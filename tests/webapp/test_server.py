@@ -13,6 +13,8 @@ from PIL import Image
 
 from tests.support import REPO, SAMPLES, child_env, start_serve
 
+pytestmark = pytest.mark.slow  # real gunicorn processes that load the model
+
 KEY = {"X-API-Key": "s3cret"}
 PNG_HEADER_ONLY = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR"
 
