@@ -5,11 +5,15 @@ from __future__ import annotations
 import json
 import shutil
 
+import pytest
+
 from encoder import Embedder
 from encoder.artifact import CARD_FILE, load_card
 from encoder.domain import DOMAIN_FILE
 from scripts import calibrate as calibrate_cmd
 from tests.support import cli, error_line
+
+pytestmark = pytest.mark.slow  # trains domain models
 
 
 def old_model(tmp_path, tiny_model):

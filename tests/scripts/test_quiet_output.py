@@ -4,8 +4,12 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from scripts.common import TENSORFLOW_NOISE
 from tests.support import REPO, SAMPLES, child_env
+
+pytestmark = pytest.mark.slow  # a child process that loads TensorFlow
 
 
 def test_a_command_that_loads_the_model_prints_no_tensorflow_banner(tmp_path, model_dir):

@@ -22,6 +22,7 @@ def png_of(array: np.ndarray) -> bytes:
     return out.getvalue()
 
 
+@pytest.mark.slow  # the session's gunicorn server
 def test_identical_concurrent_adds_create_one_item(server, fashion_test):
     data = png_of(fashion_test.images[9700, :, :, 0])
 

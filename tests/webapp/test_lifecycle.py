@@ -3,7 +3,11 @@ from __future__ import annotations
 
 import shutil
 
+import pytest
+
 from tests.support import start_serve
+
+pytestmark = pytest.mark.slow  # a real gunicorn, started and stopped
 
 
 def test_each_worker_closes_its_gallery_when_stopped(tmp_path, template_gallery, model_dir):

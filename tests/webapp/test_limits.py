@@ -8,6 +8,8 @@ import pytest
 
 from tests.support import multipart, start_serve
 
+pytestmark = pytest.mark.slow  # a real gunicorn (chunked bodies need one)
+
 
 @pytest.fixture(scope="module")
 def small_limit_server(tmp_path_factory, template_gallery, model_dir):
