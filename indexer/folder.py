@@ -13,13 +13,15 @@ A gallery is a folder:
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 from typing import Optional, Union
 
 from encoder.errors import ConfigError, ModelMismatchError, NotFoundError
 
 from .errors import GalleryError
-from .files import write_json
+from .files import fsync_folder, write_json
 from .store import SCHEMA_VERSION, GalleryRecord, Store
 
 GALLERY_FILE = "gallery.json"
@@ -37,18 +39,54 @@ def sqlite_url(path: Path) -> str:
 def make(path: Path, url: Optional[str], record: GalleryRecord,
          model_dir: Optional[Path] = None) -> Store:
     """A new gallery folder at `path` (which must not exist or be empty) with its database (at
-    `url`, else the folder's own) holding `record`; `model_dir`: the model's directory, if known."""
+    `url`, else the folder's own) holding `record`; `model_dir`: the model's directory, if known.
+
+    The folder is made whole beside `path` and renamed into place, so a process killed meanwhile
+    leaves no half gallery at `path`, only a hidden `.NAME.creating.PID` folder that the next
+    `make` removes. (With a database at `url`, a kill after its tables are made leaves them there:
+    drop them, or give another database.)"""
     if (path / GALLERY_FILE).exists():
         raise GalleryError(f"{path}: already a gallery; open it instead")
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
         raise GalleryError(f"{path}: not a gallery, and not an empty folder to make one in")
-    path.mkdir(parents=True, exist_ok=True)
-    store = Store(url or sqlite_url(path))
-    store.initialise(record)
-    write_json(path / GALLERY_FILE, {"format": GALLERY_FORMAT, "gallery_id": record.gallery_id,
-                                     "database": EXTERNAL if url else DATABASE_FILE,
-                                     **({"model": str(model_dir)} if model_dir else {})})
-    return store
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_abandoned(path)
+    building = path.with_name(f".{path.name}.creating.{os.getpid()}")
+    building.mkdir()
+    try:
+        store = Store(url or sqlite_url(building))
+        try:
+            store.initialise(record)
+        finally:
+            store.close()
+        write_json(building / GALLERY_FILE, {
+            "format": GALLERY_FORMAT, "gallery_id": record.gallery_id,
+            "database": EXTERNAL if url else DATABASE_FILE,
+            **({"model": str(model_dir)} if model_dir else {})})
+        os.rename(building, path)  # atomic; takes the place of an empty folder too
+    except BaseException:
+        shutil.rmtree(building, ignore_errors=True)
+        raise
+    fsync_folder(path.parent)
+    return Store(url or sqlite_url(path))
+
+
+def _remove_abandoned(path: Path) -> None:
+    """Remove what `make`s killed before they finished left beside `path`."""
+    for leftover in path.parent.glob(f".{path.name}.creating.*"):
+        pid = leftover.name.rsplit(".", 1)[-1]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
 
 
 def remember_model(path: Path, model_dir: Optional[Path]) -> None:

@@ -100,3 +100,41 @@ def test_killed_index_command_resumes(tmp_path, fashion_test, model_embedder, mo
     with Gallery.open(gallery, model_embedder) as g:
         assert_consistent(g, files)
         assert len(g) == 600
+
+
+CREATE_KILLED_AFTER = """
+import os, signal, sys
+from encoder import Embedder
+from indexer import Gallery, files, store
+# Die (SIGKILL, no clean-up) right after the step named in argv[3] has done its work.
+owner, name = {"database": (store.Store, "initialise"), "marker": (files, "replace_atomically"),
+               "index": (files, "replace_atomically")}[sys.argv[3]]
+real, calls = getattr(owner, name), []
+
+def then_die(*args, **kwargs):
+    real(*args, **kwargs)
+    calls.append(args)
+    # the marker is the first file written atomically, the index manifest comes later
+    if sys.argv[3] != "index" or any(str(a[0]).endswith("index.json") for a in calls):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+setattr(owner, name, then_die)
+Gallery.create(sys.argv[1], Embedder.load(sys.argv[2]))
+"""
+
+
+@pytest.mark.parametrize("step", ["database", "marker", "index"])
+def test_killed_while_creating_leaves_no_half_gallery(tmp_path, model_embedder, model_dir, step):
+    path = tmp_path / "galleries" / "g"
+    done = subprocess.run([sys.executable, "-c", CREATE_KILLED_AFTER, path, model_dir, step],
+                          env=child_env(), cwd=REPO, capture_output=True, timeout=300)
+    assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
+    if step == "index":  # killed after the folder was in place: a gallery, its index repaired
+        with Gallery.open(path, model_embedder) as gallery:
+            assert len(gallery) == 0
+        return
+    assert not path.exists()  # nothing half-made where the gallery goes
+    assert [p.name for p in path.parent.iterdir()][0].startswith(".g.creating.")
+    with Gallery.create(path, model_embedder) as gallery:  # a second try just works
+        assert len(gallery) == 0
+    assert [p.name for p in path.parent.iterdir()] == ["g"]  # the leftover is gone
