@@ -10,6 +10,7 @@ SIAMESE_MODEL change them.
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import subprocess
 import sys
@@ -67,16 +68,25 @@ def build(samples: Path, gallery: Path, model: Path) -> None:
     source = samples.resolve()
     if source.is_relative_to(REPO):
         source = source.relative_to(REPO)
+    # Its summary comes back as JSON, to be told under the gallery's own name, not the build's.
     done = subprocess.run([sys.executable, "-m", "scripts.index", str(source), "--gallery",
                            str(partial.resolve()), "--model", str(Path(model).resolve()),
-                           "--progress", "always"], cwd=REPO)
-    if done.returncode not in (0, 1):  # 1: built, but some files were bad (listed above)
+                           "--progress", "always", "--json"], cwd=REPO, stdout=subprocess.PIPE,
+                          text=True)
+    if done.returncode not in (0, 1):  # 1: built, but some files were bad
         from indexer.errors import GalleryError
 
         raise GalleryError(f"building {gallery} failed (siamese-index exit status "
                            f"{done.returncode}); run siamese-demo again to resume")
     gallery.parent.mkdir(parents=True, exist_ok=True)
     shutil.move(str(partial), str(gallery))
+    summary = json.loads(done.stdout)
+    report, stats = summary["report"], summary["gallery"]
+    for failure in report["failed"]:
+        print(f"siamese-demo: failed: {failure['file']}: {failure['reason']}", file=sys.stderr)
+    print(f"siamese-demo: built {gallery}: {stats['items']:,} items, {len(stats['labels'])} "
+          f"labels, in {report['seconds']:.0f} s ({len(report['failed'])} file(s) failed)",
+          file=sys.stderr, flush=True)
 
 
 def reembed_if_new_model(gallery: Path, model: Path) -> None:
