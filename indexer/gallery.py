@@ -28,7 +28,7 @@ from encoder.verdict import DEFAULT_FPIR, DomainCheck, Rule, check_fpir, nearest
 from . import folder
 from .folder import LOCK_FILE
 from .lock import WriterLock
-from .records import Item, Match, Original, check_metadata
+from .records import Item, Match, Original, check_metadata, check_text
 from .replica import Replica
 from .store import SCHEMA_VERSION, GalleryRecord, Store
 from .vectors import INDEX_FILE, IndexSpec, VectorIndex
@@ -483,6 +483,9 @@ class Gallery:
         is decided under the writer lock, so concurrent adds of one image create it once."""
         for m in metadata:
             check_metadata(m)
+        for label in labels:
+            if label is not None:
+                check_text("label", label)
         with self.writing():
             known = self.known([o.sha256 for o in originals])
             first: dict[str, int] = {}  # the first of several equal images in this batch

@@ -112,26 +112,31 @@ def sha256_of(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def check_text(name: str, text: str) -> None:
+    """Text a database can store: no NUL characters (PostgreSQL refuses them)."""
+    if "\x00" in text:
+        raise ConfigError(f"{name} must not contain NUL characters")
+
+
 def check_metadata(metadata: Any) -> None:
-    """Metadata must be a JSON object that round-trips: finite numbers (no NaN or Infinity, which
-    JSON has no words for) and not nested deeper than `MAX_METADATA_DEPTH`."""
+    """Metadata must be a JSON object that round-trips and that every database stores: finite
+    numbers (JSON has no words for NaN or Infinity), no NUL characters, and not nested deeper
+    than `MAX_METADATA_DEPTH`."""
     if not isinstance(metadata, dict):
         raise ConfigError(f"metadata must be a JSON object, not {type(metadata).__name__}")
-    if _depth(metadata) > MAX_METADATA_DEPTH:
-        raise ConfigError(f"metadata is nested deeper than {MAX_METADATA_DEPTH} levels")
+    todo = [(metadata, 1)]  # a walk without recursion: any depth is safe to look at
+    while todo:
+        value, depth = todo.pop()
+        if isinstance(value, (dict, list)):
+            if depth > MAX_METADATA_DEPTH:
+                raise ConfigError(f"metadata is nested deeper than {MAX_METADATA_DEPTH} levels")
+            if isinstance(value, dict):
+                todo.extend((k, depth) for k in value)
+            todo.extend((v, depth + 1) for v in (value.values() if isinstance(value, dict)
+                                                 else value))
+        elif isinstance(value, str) and "\x00" in value:
+            raise ConfigError("metadata must not contain NUL characters")
     try:
         json.dumps(metadata, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"metadata must be JSON with finite numbers: {exc}") from None
-
-
-def _depth(value: Any, limit: int = MAX_METADATA_DEPTH + 1) -> int:
-    """How deeply `value` nests, counted up to `limit` (no recursion: any depth is safe)."""
-    deepest, todo = 0, [(value, 1)]
-    while todo:
-        v, d = todo.pop()
-        if isinstance(v, (dict, list)):
-            deepest = max(deepest, d)
-            if d < limit:
-                todo.extend((c, d + 1) for c in (v.values() if isinstance(v, dict) else v))
-    return deepest

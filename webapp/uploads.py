@@ -27,7 +27,7 @@ from werkzeug.utils import secure_filename
 from encoder.errors import ConfigError
 from encoder.images import decode, megabytes
 from encoder.params import Range, parse_int
-from indexer.records import check_metadata
+from indexer.records import check_metadata, check_text
 
 from .errors import MissingFieldError
 
@@ -175,6 +175,7 @@ def text_param(name: str, required: bool = False, max_length: int = 200) -> Opti
         return None
     if len(text) > max_length:
         raise ConfigError(f"{name} must be at most {max_length} characters, not {len(text)}")
+    check_text(name, text)
     return text
 
 

@@ -105,3 +105,20 @@ def test_a_non_ascii_api_key_matches_when_sent_as_utf8(make_app, sample_pngs):
     assert add("schlüssel-ключ".encode("utf-8")).status_code in (200, 201)
     assert add("schlüssel-kljuch".encode("utf-8")).status_code == 403
     assert add(b"schl\xfcssel").status_code == 403
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"label": "Ba\x00g"}, "label must not contain NUL characters"),
+    ({"label": "Bag", "metadata": '{"sku": "A\\u0000"}'}, "metadata must not contain NUL"),
+    ({"label": "Bag", "metadata": '{"A\\u0000": 1}'}, "metadata must not contain NUL"),
+])
+def test_text_a_database_cannot_store_is_400(client, sample_pngs, fields, message):
+    bag = sample_pngs["Bag"][2].read_bytes()
+    answer = client.post("/api/gallery", data={"image": (io.BytesIO(bag), "b.png"), **fields})
+    assert answer.status_code == 400 and message in answer.get_json()["error"]["message"]
+
+
+def test_a_nul_in_the_label_filter_is_400(client):
+    answer = client.get("/api/gallery?label=%00")
+    assert answer.status_code == 400
+    assert "NUL" in answer.get_json()["error"]["message"]
