@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from functools import wraps
+from urllib.parse import urlsplit
 from typing import Any
 
 from flask import Blueprint, Response, g, jsonify, request, url_for
@@ -49,10 +50,12 @@ def image_url(item_id: int) -> str:
 
 
 def requires_key(view):
-    """Gallery changes need the configured API key in `X-API-Key` (none configured: open)."""
+    """Gallery changes come from this site (never from another site's page: `same_origin`) and,
+    when one is configured, carry the API key in `X-API-Key`."""
 
     @wraps(view)
     def checked(*args, **kwargs):
+        same_origin()
         key = get_service().settings.api_key
         if key is not None:
             given = request.headers.get("X-API-Key")
@@ -65,6 +68,20 @@ def requires_key(view):
         return view(*args, **kwargs)
 
     return checked
+
+
+def same_origin() -> None:
+    """Refuse a write sent by a page of another site. A browser names the page's origin in
+    `Origin` (or at least `Referer`) on a cross-site POST or DELETE, and a multipart POST needs
+    no CORS preflight, so without this any web page could add to a server with no API key.
+    Clients that are not browsers (curl, scripts) send neither header and are not affected."""
+    source = request.headers.get("Origin") or request.headers.get("Referer")
+    if source is None:
+        return
+    # The host alone: behind a proxy that ends TLS the page is https and the request http.
+    # An opaque origin ("null": a sandboxed frame, a file) has none, and is refused.
+    if urlsplit(source).netloc.lower() != request.host.lower():
+        raise Forbidden(f"gallery changes are refused from pages of other sites ({source})")
 
 
 @bp.post("/search")

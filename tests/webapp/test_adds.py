@@ -122,3 +122,29 @@ def test_a_nul_in_the_label_filter_is_400(client):
     answer = client.get("/api/gallery?label=%00")
     assert answer.status_code == 400
     assert "NUL" in answer.get_json()["error"]["message"]
+
+
+@pytest.mark.parametrize("headers, status", [
+    ({"Origin": "https://evil.example"}, 403),
+    ({"Origin": "null"}, 403),
+    ({"Referer": "http://evil.example/page.html"}, 403),
+    ({"Origin": "http://localhost"}, 201),  # this site (the test client's host)
+    ({"Referer": "http://localhost/gallery"}, 201),
+    ({}, 201),  # not a browser: curl and scripts send neither header
+])
+def test_writes_from_pages_of_other_sites_are_refused(make_app, fashion_test, headers, status):
+    client = make_app().test_client()  # no API key: the default set-up
+    data = png_of(fashion_test.images[9800 + len(str(headers)) % 50, :, :, 0])
+    answer = client.post("/api/gallery", headers=headers,
+                         data={"image": (io.BytesIO(data), "x.png"), "label": "X"})
+    assert answer.status_code == status, answer.data[:300]
+    if status == 403:
+        assert "other sites" in answer.get_json()["error"]["message"]
+        assert client.get("/api/gallery?label=X").get_json()["total"] == 0  # nothing written
+
+
+def test_deletes_from_pages_of_other_sites_are_refused(client):
+    first = client.get("/api/gallery?limit=1").get_json()["items"][0]["id"]
+    answer = client.delete(f"/api/gallery/{first}", headers={"Origin": "https://evil.example"})
+    assert answer.status_code == 403
+    assert client.get(f"/api/gallery/{first}").status_code == 200
