@@ -521,6 +521,7 @@ class Gallery:
             for i in ids:
                 self._item_cache.pop(i, None)
             self._replica.changed(generation, lambda index: index.remove(np.asarray(ids, np.int64)))
+            self._store.purge()
 
     def set_index(self, index: Union[str, IndexSpec]) -> None:
         """Switch to another index kind or parameters (rebuilt from the stored embeddings)."""

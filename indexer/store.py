@@ -120,8 +120,9 @@ def _sqlite_setup(engine: Engine) -> None:
     def _connect(dbapi_connection, _record) -> None:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
+        # secure_delete: a deleted row's bytes are overwritten, not left in free pages.
         for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "foreign_keys=ON",
-                       "busy_timeout=30000"):
+                       "busy_timeout=30000", "secure_delete=ON"):
             cursor.execute(f"PRAGMA {pragma}")
         cursor.close()
 
@@ -281,6 +282,16 @@ class Store:
             hashes = list(conn.execute(select(ITEMS.c.sha256).where(ITEMS.c.id.in_(chunk))).scalars())
             conn.execute(delete(ITEMS).where(ITEMS.c.id.in_(chunk)))
             conn.execute(delete(IMAGES).where(IMAGES.c.sha256.in_(hashes)))
+
+    def purge(self) -> None:
+        """After a delete: leave no copy of the deleted rows in the database's files. On SQLite,
+        `secure_delete` has zeroed them in the database pages, and a checkpoint that truncates the
+        write-ahead log drops the older copies kept there (when a reader still holds an older
+        snapshot the log is truncated at a later checkpoint instead). PostgreSQL keeps dead rows
+        until VACUUM reclaims them (autovacuum, or VACUUM after deletes that must not linger)."""
+        if self.engine.dialect.name == "sqlite":
+            with self.engine.connect() as conn:
+                conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 
     def items(self, conn: Connection, ids: Sequence[int]) -> dict[int, Item]:
         found: dict[int, Item] = {}
