@@ -176,6 +176,7 @@ def array_image(a: np.ndarray) -> Image.Image:
 
 def to_array(img: Image.Image, pre: Preprocessing) -> np.ndarray:
     """Colour mode, size and polarity as the model card says; uint8 (H, W, C)."""
+    img = shrink(img, pre)
     img = ImageOps.exif_transpose(img)
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         # Transparent areas become white, as a viewer shows them.
@@ -185,7 +186,8 @@ def to_array(img: Image.Image, pre: Preprocessing) -> np.ndarray:
     if img.mode == "I" or img.mode.startswith("I;16"):
         # 16-bit grey (scanners, microscopes): Pillow's conversion to 8 bits clips at 255, which
         # turns nearly every pixel white; map the 16-bit range onto the 8-bit one instead.
-        img = Image.fromarray((np.asarray(img, np.int64) // 257).clip(0, 255).astype(np.uint8), "L")
+        img = Image.fromarray((np.asarray(img).astype(np.uint32) // 257).clip(0, 255)
+                              .astype(np.uint8), "L")
     img = img.convert("L" if pre.channels == 1 else "RGB")
     if img.size != (pre.width, pre.height):
         img = _padded(img, pre) if pre.fit == "pad" else img.resize(
@@ -194,6 +196,17 @@ def to_array(img: Image.Image, pre: Preprocessing) -> np.ndarray:
     if a.ndim == 2:
         a = a[:, :, None]
     return 255 - a if pre.invert else a
+
+
+def shrink(img: Image.Image, pre: Preprocessing) -> Image.Image:
+    """A large image averaged down (box filter) to twice the model input on its shorter side
+    first, whatever its mode, so that every later step (rotation, transparency, 16-bit mapping)
+    costs what a small image costs: a 6300x6300 16-bit PNG took 680 MB and 1.9 s without this."""
+    factor = min(img.width, img.height) / (2 * max(pre.width, pre.height))
+    if factor <= 2:
+        return img
+    size = (max(1, round(img.width / factor)), max(1, round(img.height / factor)))
+    return img.resize(size, Image.Resampling.BOX)
 
 
 def _padded(img: Image.Image, pre: Preprocessing) -> Image.Image:
