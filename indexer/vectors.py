@@ -316,6 +316,10 @@ class VectorIndex:
             return None, {}, f"{MANIFEST_FILE} is unreadable ({exc})"
         if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
             return None, {}, f"{MANIFEST_FILE} is not a format-{MANIFEST_FORMAT} manifest"
+        generation = manifest.get("generation")
+        if isinstance(generation, bool) or not isinstance(generation, int) or generation < 0:
+            # Callers compare it with the database's: anything but a count makes it useless.
+            return None, {}, f"{MANIFEST_FILE} has no valid generation ({generation!r})"
         for key, value in expect.items():
             if manifest.get(key) != value:
                 return None, manifest, f"it was built for {key} {manifest.get(key)!r}, not {value!r}"

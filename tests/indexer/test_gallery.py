@@ -129,7 +129,7 @@ def test_reopen_uses_the_saved_index(gallery, model_embedder, caplog):
     reopened.close()
 
 
-@pytest.mark.parametrize("damage", ["delete", "corrupt", "truncate", "manifest"])
+@pytest.mark.parametrize("damage", ["delete", "corrupt", "truncate", "manifest", "generation"])
 def test_open_rebuilds_a_missing_or_damaged_index(gallery, model_embedder, damage, caplog):
     path = gallery.path
     query = np.zeros((28, 28), np.uint8)
@@ -144,6 +144,9 @@ def test_open_rebuilds_a_missing_or_damaged_index(gallery, model_embedder, damag
         index_file.write_bytes(bytes(data))
     elif damage == "truncate":
         index_file.write_bytes(index_file.read_bytes()[:1000])
+    elif damage == "generation":  # a manifest that parses, with a wrongly typed generation
+        manifest = json.loads((path / MANIFEST_FILE).read_text())
+        (path / MANIFEST_FILE).write_text(json.dumps({**manifest, "generation": "7"}))
     else:
         (path / MANIFEST_FILE).write_text("garbage")
     with caplog.at_level("WARNING", logger="indexer"):
