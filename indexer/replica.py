@@ -126,12 +126,20 @@ class Replica:
             self.index = self._build(conn)
 
     def save(self) -> None:
-        """Write the index file and manifest (writer lock held)."""
-        remove_leftovers(self.path)
+        """Write the index file and manifest (writer lock held). A file system that refuses (disk
+        full, read-only) leaves the old files, which the database catches up later: every change
+        is already committed there, so it is logged, not raised."""
         self.index.update_recall()
-        self.index.save(self.path, {"gallery_id": self.record.gallery_id,
-                                    "model_id": self.record.model_id,
-                                    "generation": self.generation})
+        try:
+            remove_leftovers(self.path)
+            self.index.save(self.path, {"gallery_id": self.record.gallery_id,
+                                        "model_id": self.record.model_id,
+                                        "generation": self.generation})
+        except OSError as exc:
+            log.warning("%s: the index file could not be saved (%s); the database holds every "
+                        "change, and the index catches up from it at the next save or open",
+                        self.path, exc.strerror or exc)
+            return
         self.unsaved = False
         self.last_save = time.monotonic()
 

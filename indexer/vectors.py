@@ -23,8 +23,10 @@ turns it into the distance callers see.
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import json
 import math
+import os
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -293,7 +295,12 @@ class VectorIndex:
         digest = {}
 
         def write(tmp: Path) -> None:
-            faiss.write_index(self.index, str(tmp))
+            try:
+                faiss.write_index(self.index, str(tmp))
+            except RuntimeError as exc:  # FAISS reports a failed write (disk full...) this way
+                full = "No space left on device" in str(exc)
+                raise OSError(errno.ENOSPC if full else errno.EIO,
+                              os.strerror(errno.ENOSPC) if full else f"FAISS: {exc}") from None
             digest["sha256"], digest["bytes"] = sha256_file(tmp), tmp.stat().st_size
 
         replace_atomically(folder / INDEX_FILE, write)

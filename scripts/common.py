@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import importlib.abc
 import importlib.util
 import logging
@@ -70,7 +71,8 @@ if "tensorflow" not in sys.modules and not any(
 
 
 def run(main: Callable[[], int | None]) -> None:
-    """Run a command: a `SiameseSearchError` becomes `error: <message>` and exit status 2."""
+    """Run a command: a `SiameseSearchError`, a file system that refuses (disk full, read-only)
+    or a database that fails becomes `error: <message>` and exit status 2."""
     from encoder.errors import SiameseSearchError
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
@@ -82,6 +84,28 @@ def run(main: Callable[[], int | None]) -> None:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    except Exception as exc:
+        line = storage_failure(exc)
+        if line is None:
+            raise
+        print(f"error: {line}", file=sys.stderr)
+        sys.exit(2)
+
+
+def storage_failure(exc: Exception) -> Optional[str]:
+    """One line for a failure of the disk or the database, else None (a bug: its traceback)."""
+    if isinstance(exc, OSError):
+        if exc.errno == errno.ENOSPC:
+            return "disk full: nothing more could be written" + (
+                f" ({exc.filename})" if exc.filename else "")
+        where = f"{exc.filename}: " if exc.filename else ""
+        return f"{where}{exc.strerror or exc}"
+    if type(exc).__module__.startswith("sqlalchemy") and hasattr(exc, "orig"):
+        cause = str(exc.orig).splitlines()[0] if exc.orig is not None else str(exc)
+        if "full" in cause.lower():
+            return f"disk full: the database could not be written ({cause})"
+        return f"database: {cause}"
+    return None
 
 
 def add_dataset_argument(parser, required: bool = True) -> None:

@@ -7,9 +7,12 @@ unexpected is logged with its traceback and answered with a plain 500 that shows
 """
 from __future__ import annotations
 
+import errno
 import logging
 import re
+from typing import Optional
 
+import sqlalchemy.exc
 from flask import Flask, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException
 
@@ -44,7 +47,11 @@ HTTP_CODES = {413: "too_large", 415: "unsupported_media_type"}
 
 
 def status_of(exc: Exception) -> tuple[int, str, str]:
-    """(status, code, message) of any exception."""
+    """(status, code, message) of any exception. Storage failures say what happened, never where
+    (no paths)."""
+    storage = storage_failure(exc)
+    if storage is not None:
+        return storage
     if isinstance(exc, SiameseSearchError):
         status, code = next((s, c) for kind, s, c in STATUS if isinstance(exc, kind))
         return status, code, str(exc)
@@ -55,15 +62,30 @@ def status_of(exc: Exception) -> tuple[int, str, str]:
     return 500, "internal_error", "internal error; the server log has the details"
 
 
+def storage_failure(exc: Exception) -> Optional[tuple[int, str, str]]:
+    """A full disk (507) or a database that cannot be reached or read (503), else None."""
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return 507, "insufficient_storage", "the server's disk is full; the change was not stored"
+    if isinstance(exc, OSError) and exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO):
+        return 503, "storage_unavailable", "the gallery's files cannot be written or read now"
+    if isinstance(exc, sqlalchemy.exc.DBAPIError):
+        if "full" in str(exc.orig).lower():  # SQLite: "database or disk is full"
+            return 507, "insufficient_storage", "the server's disk is full; the change was not stored"
+        return 503, "database_unavailable", "the gallery's database cannot be reached or read now"
+    return None
+
+
 def handle(exc: Exception):
     status, code, message = status_of(exc)
-    if status >= 500:
+    if storage_failure(exc) is not None:  # the operator's to fix: one line, not a traceback
+        log.error("%s %s: %s: %s", request.method, request.path, type(exc).__name__, exc)
+    elif status >= 500:
         log.error("%s %s failed", request.method, request.path, exc_info=exc)
     if wants_json():
         response = jsonify(error={"code": code, "message": message})
     else:
         response = render_template("error.html", status=status, code=code, message=message)
-    headers = {"Retry-After": "5"} if status == 503 else {}
+    headers = {"Retry-After": "5"} if status in (503, 507) else {}
     return response, status, headers
 
 

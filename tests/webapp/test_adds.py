@@ -148,3 +148,16 @@ def test_deletes_from_pages_of_other_sites_are_refused(client):
     answer = client.delete(f"/api/gallery/{first}", headers={"Origin": "https://evil.example"})
     assert answer.status_code == 403
     assert client.get(f"/api/gallery/{first}").status_code == 200
+
+
+def test_a_database_that_goes_bad_is_503_without_a_path(make_app, gallery_path, sample_pngs):
+    client = make_app().test_client()
+    assert client.get("/api/gallery?limit=1").status_code == 200
+    (gallery_path / "gallery.db").write_bytes(b"this is not a database" * 200)
+    for name in ("gallery.db-wal", "gallery.db-shm"):
+        (gallery_path / name).unlink(missing_ok=True)
+    answer = client.get("/api/gallery?limit=5&offset=7")
+    assert answer.status_code == 503, answer.data[:300]
+    error = answer.get_json()["error"]
+    assert error["code"] == "database_unavailable" and str(gallery_path) not in error["message"]
+    assert answer.headers["Retry-After"] == "5"
