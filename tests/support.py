@@ -1,14 +1,12 @@
 """Helpers the tests share, imported as `from tests.support import ...` (pyproject puts the
 repository root on pytest's `pythonpath`). Plain functions and classes; fixtures live in the
-conftest files. Nothing here imports the benchmarks, and no package imports this."""
+conftest files. No package imports this; the server helpers are the benchmarks' own."""
 from __future__ import annotations
 
 import http.client
 import io
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +16,8 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+
+from benchmarks.bench_web import free_port, stop
 
 REPO = Path(__file__).resolve().parents[1]
 DATASETS = REPO.parent / "shared" / "datasets"
@@ -67,11 +67,6 @@ def write_fashion_pngs(folder: Path, fashion, indices) -> list[Path]:
 
 # --- a real siamese-serve (gunicorn) on 127.0.0.1 --------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 class LiveServer:
     """A running `siamese-serve` child process: its URL, its log and a tiny HTTP client."""
@@ -100,13 +95,7 @@ class LiveServer:
 
     def stop(self) -> None:
         """SIGTERM (gunicorn's graceful stop), then SIGKILL if it has not exited in 30 s."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop(self.process)
 
 
 def start_serve(gallery: Path, model: Path, log: Path, *args: str, workers: int = 2,
