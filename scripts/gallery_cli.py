@@ -30,14 +30,18 @@ def quiet_faiss() -> None:
     logging.getLogger("faiss").setLevel(logging.WARNING)
 
 
-def load_embedder(model: Optional[str], gallery: str):
+def load_embedder(model: Optional[str], gallery: Optional[str] = None):
     """The model named, else the one the gallery remembers, else the bundled one; loaded once,
     with a hint when no model was named and none is found."""
     from encoder import Embedder
     from encoder.errors import ModelError
     from indexer.folder import model_dir
 
-    path = model_dir(Path(gallery), None if model is None else Path(model), BUNDLED_MODEL)
+    given = None if model is None else Path(model)
+    if gallery is None:
+        path = given or BUNDLED_MODEL
+    else:
+        path = model_dir(Path(gallery), given, BUNDLED_MODEL)
     try:
         return Embedder.load(path)
     except ModelError as exc:
