@@ -145,7 +145,7 @@ class Gallery:
                                operating_point=operating_point, fpir=fpir)
         store = folder.make(path, url, record, embedder.directory)
         gallery = cls(path, embedder, store, record, lock_timeout, save_every)
-        with gallery._mutex, gallery._lock:
+        with gallery._lock, gallery._mutex:
             gallery._replica.start_empty()
         return gallery
 
@@ -171,7 +171,7 @@ class Gallery:
         path = Path(path)
         store, record = folder.connect(path, url)
         gallery = cls(path, embedder, store, record, lock_timeout)
-        with gallery._mutex, gallery._lock:
+        with gallery._lock, gallery._mutex:
             if record.model_id == embedder.model_id:
                 log.info("%s: already embedded with model %s", path, embedder.model_id)
             else:
@@ -446,16 +446,20 @@ class Gallery:
     def writing(self) -> Iterator["Gallery"]:
         """Hold the writer lock for several changes. Each change takes it anyway; the index file is
         saved when the outermost `writing` ends (at most every `save_every` seconds)."""
-        with self._mutex:
-            outermost = not self._lock.held
-            with self._lock:
-                if outermost:
+        # The writer lock first, without the mutex: readers of this process search on while a
+        # writer waits for another process (the mutex is held only to change the index).
+        with self._lock:
+            outermost = self._lock.depth == 1
+            if outermost:
+                with self._mutex:
                     self._replica.sync()  # another process may have written since
-                yield self
-                replica = self._replica
-                if outermost and replica.unsaved and \
-                        time.monotonic() - replica.last_save >= self.save_every:
-                    replica.save()
+            yield self
+            replica = self._replica
+            if outermost and replica.unsaved and \
+                    time.monotonic() - replica.last_save >= self.save_every:
+                # Without the mutex: while this writer holds the lock nothing else changes the
+                # index, and searches read it as it is saved.
+                replica.save()
 
     def add(self, images: Images, labels: Union[None, str, Sequence[Optional[str]]] = None,
             metadata: Union[None, dict, Sequence[dict]] = None,
@@ -499,7 +503,9 @@ class Gallery:
                     ids = self._store.insert(
                         conn, first_id, [originals[i] for i in new], [labels[i] for i in new],
                         [metadata[i] for i in new], vectors, dt.datetime.now(dt.timezone.utc))
-                self._replica.changed(generation, lambda index: index.add(np.asarray(ids), vectors))
+                with self._mutex:
+                    self._replica.changed(generation,
+                                          lambda index: index.add(np.asarray(ids), vectors))
                 known.update({originals[i].sha256: item_id for i, item_id in zip(new, ids)})
             created = set(new)
             return Added([known[o.sha256] for o in originals],
@@ -518,9 +524,11 @@ class Gallery:
                     raise NotFoundError(f"no item(s) {shown} in the gallery; nothing was removed")
                 generation, _ = self._store.next_generation(conn)
                 self._store.delete(conn, ids)
-            for i in ids:
-                self._item_cache.pop(i, None)
-            self._replica.changed(generation, lambda index: index.remove(np.asarray(ids, np.int64)))
+            with self._mutex:
+                for i in ids:
+                    self._item_cache.pop(i, None)
+                self._replica.changed(generation,
+                                      lambda index: index.remove(np.asarray(ids, np.int64)))
             self._store.purge()
 
     def set_index(self, index: Union[str, IndexSpec]) -> None:
@@ -532,7 +540,8 @@ class Gallery:
             with self._store.write() as conn:
                 self._store.next_generation(conn)
                 self._store.update_record(conn, index=str(spec))
-            self._replica.sync()  # the spec changed: rebuilt
+            with self._mutex:
+                self._replica.sync()  # the spec changed: rebuilt
 
     def set_verdict(self, operating_point: Optional[str] = None,
                     threshold: Optional[float] = None, fpir: Optional[float] = None) -> None:
@@ -546,9 +555,10 @@ class Gallery:
                 generation, _ = self._store.next_generation(conn)
                 self._store.update_record(conn, operating_point=operating_point,
                                             threshold=threshold, fpir=fpir)
-            self._replica.record = replace(self._record, operating_point=operating_point,
-                                           threshold=threshold, fpir=fpir)
-            self._replica.changed(generation, lambda index: None)
+            with self._mutex:
+                self._replica.record = replace(self._record, operating_point=operating_point,
+                                               threshold=threshold, fpir=fpir)
+                self._replica.changed(generation, lambda index: None)
 
     def flush(self) -> None:
         """Save the index file now if it has unsaved changes, unless another process is writing

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -15,32 +16,60 @@ from .errors import GalleryError
 
 
 class WriterLock:
-    """Re-entrant within one object: nested `acquire` calls only count."""
+    """One writer among the processes (`flock`) and among the threads of this process (a thread
+    lock taken first); re-entrant for the thread that holds it: nested `acquire` calls count."""
 
     def __init__(self, path: Path, timeout: float = 30.0):
         self.path = Path(path)
         self.timeout = timeout
         self._fd: int | None = None
-        self._depth = 0
+        self._depth = 0  # nested acquires by the holding thread
+        self._thread = threading.RLock()
+        # The thread that holds this process's turn (and holds, or waits for, the file lock).
+        self.owner: int | None = None
 
     @property
     def held(self) -> bool:
+        """Whether some thread of this process holds it."""
         return self._depth > 0
+
+    @property
+    def depth(self) -> int:
+        """How deeply the holding thread has acquired it (1: the outermost hold)."""
+        return self._depth
 
     def acquire(self, blocking: bool = True) -> bool:
         """Take the lock, waiting up to `timeout` seconds when `blocking`. False only when not
-        blocking and another process holds it; a timeout raises `GalleryError`."""
+        blocking and another thread or process holds it; a timeout raises `GalleryError`."""
+        deadline = time.monotonic() + (self.timeout if blocking else 0.0)
+        if not self._thread.acquire(timeout=self.timeout if blocking else 0.0):
+            if not blocking:
+                return False
+            raise GalleryError(f"gallery {self.path.parent.name!r} is busy: another request of "
+                               f"this process held its writer lock for {self.timeout:g} s")
         if self._depth:
             self._depth += 1
             return True
+        self.owner = threading.get_ident()
+        try:
+            taken = self._take_file_lock(blocking, deadline)
+        except BaseException:
+            self.owner = None
+            self._thread.release()
+            raise
+        if not taken:
+            self.owner = None
+            self._thread.release()
+        return taken
+
+    def _take_file_lock(self, blocking: bool, deadline: float) -> bool:
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
             if not blocking:
                 return False  # e.g. a read-only gallery: readers carry on without saving
-            raise GalleryError(f"{self.path}: cannot open the gallery's lock file ({exc.strerror})") \
-                from None
-        deadline = time.monotonic() + (self.timeout if blocking else 0.0)
+            raise GalleryError(f"gallery {self.path.parent.name!r}: cannot open its lock file "
+                               f"({exc.strerror})") from None
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -51,9 +80,10 @@ class WriterLock:
                     os.close(fd)
                     if not blocking:
                         return False
+                    # The gallery's name, not its path: this message may reach an API client.
                     raise GalleryError(
-                        f"{self.path.parent}: another process{holder} is writing to this gallery; "
-                        f"waited {self.timeout:g} s for it to finish") from None
+                        f"gallery {self.path.parent.name!r} is busy: another process{holder} is "
+                        f"writing to it; waited {self.timeout:g} s for it to finish") from None
                 time.sleep(0.05)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
@@ -61,13 +91,14 @@ class WriterLock:
         return True
 
     def release(self) -> None:
-        if not self._depth:
-            return
+        if not self._depth or self.owner != threading.get_ident():
+            return  # not held by this thread
         self._depth -= 1
         if self._depth == 0 and self._fd is not None:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
-            self._fd = None
+            self._fd, self.owner = None, None
+        self._thread.release()
 
     @staticmethod
     def _holder(fd: int) -> str:

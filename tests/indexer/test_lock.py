@@ -81,8 +81,10 @@ def test_a_lock_held_by_another_process_times_out_with_a_gallery_error_naming_it
     lock = WriterLock(tmp_path / "writer.lock", timeout=0.3)
     with pytest.raises(GalleryError) as error:
         lock.acquire()
-    assert str(error.value) == (f"{tmp_path}: another process (pid {h.process.pid}) is writing to "
-                                "this gallery; waited 0.3 s for it to finish")
+    # The gallery's name, never its path (the message can reach an API client).
+    assert str(error.value) == (f"gallery {tmp_path.name!r} is busy: another process "
+                                f"(pid {h.process.pid}) is writing to it; waited 0.3 s for it "
+                                "to finish")
     assert not lock.held
 
 
@@ -146,5 +148,5 @@ def test_nested_acquires_hold_until_the_outermost_release(tmp_path):
 def test_a_lock_file_that_cannot_be_opened(tmp_path):
     lock = WriterLock(tmp_path / "no such folder" / "writer.lock")
     assert lock.acquire(blocking=False) is False  # e.g. a read-only gallery: readers carry on
-    with pytest.raises(GalleryError, match=r"cannot open the gallery's lock file \(No such file"):
+    with pytest.raises(GalleryError, match=r"gallery 'no such folder': cannot open its lock file \(No such file"):
         lock.acquire()
