@@ -38,6 +38,7 @@ def create_app(settings: Optional[Settings] = None, embedder: Optional["Embedder
     app.request_class = UploadRequest
     app.config.update(MAX_CONTENT_LENGTH=settings.max_request_bytes,
                       SIAMESE_MAX_IMAGE_BYTES=settings.max_image_bytes,
+                      SIAMESE_BODY_TIMEOUT=settings.body_timeout,
                       MAX_FORM_MEMORY_SIZE=1_000_000, MAX_FORM_PARTS=100,
                       JSON_SORT_KEYS=False)
     app.json.sort_keys = False

@@ -16,6 +16,7 @@ settings can live side by side (the tests build several).
 | SIAMESE_PORT           | port             | 8000                                        |
 | SIAMESE_WORKERS        | workers          | 2 (processes, each with the model loaded)   |
 | SIAMESE_THREADS        | threads          | 4 (request threads per worker)              |
+| SIAMESE_BODY_TIMEOUT   | body_timeout     | 30 (seconds to receive an upload; then 408) |
 """
 from __future__ import annotations
 
@@ -45,6 +46,7 @@ ENVIRONMENT = {
     "SIAMESE_PORT": ("port", int),
     "SIAMESE_WORKERS": ("workers", int),
     "SIAMESE_THREADS": ("threads", int),
+    "SIAMESE_BODY_TIMEOUT": ("body_timeout", int),
 }
 
 
@@ -72,6 +74,8 @@ class Settings:
     threads: int = param(4, check=Range(1, 256, integer=True))  # gunicorn threads per worker (gthread)
     # gunicorn: seconds before a silent worker is restarted (loading included)
     timeout: int = param(120, check=Range(1, 3600, integer=True))
+    # seconds to receive a request body, in all and of silence (then 408): slow clients
+    body_timeout: int = param(30, check=Range(1, 3600, integer=True))
 
     def __post_init__(self) -> None:
         for name in ("gallery", "model"):

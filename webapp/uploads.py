@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import json
+import socket
 import threading
 from typing import Any, Optional
 
@@ -20,7 +21,7 @@ from flask import Request, current_app, request
 from PIL import Image
 from python_multipart.multipart import MultipartParser, MultipartState
 from werkzeug.datastructures import FileStorage, Headers
-from werkzeug.exceptions import RequestEntityTooLarge, UnsupportedMediaType
+from werkzeug.exceptions import RequestEntityTooLarge, RequestTimeout, UnsupportedMediaType
 from werkzeug.formparser import FormDataParser
 from werkzeug.http import parse_options_header
 from werkzeug.utils import secure_filename
@@ -44,7 +45,7 @@ class MultipartFormParser(FormDataParser):
 
     def _parse_multipart(self, stream, mimetype, content_length, options):
         boundary = options.get("boundary", "").encode("latin-1")
-        body = stream.read()  # bounded: werkzeug limits the stream to MAX_CONTENT_LENGTH
+        body = read_body(stream)  # bounded: werkzeug limits the stream to MAX_CONTENT_LENGTH
         limit = self.max_content_length
         if content_length is None and limit is not None and len(body) >= limit:
             # A chunked body (no Content-Length) is cut at the limit, not refused: refuse it here,
@@ -69,6 +70,41 @@ class MultipartFormParser(FormDataParser):
                     f"the form's text fields are over {self.max_form_memory_size:,} bytes")
             form.append((name, data.decode("utf-8", "replace")))
         return stream, self.cls(form), self.cls(files)
+
+
+def read_body(stream) -> bytes:
+    """The request body, received within `SIAMESE_BODY_TIMEOUT` seconds (then 408): a client
+    trickling its upload holds one of the server's few threads, and a handful of them would
+    starve every other request. When the time is up the connection's reading side is shut, which
+    ends the read however slowly the bytes come. A buffering proxy in front (docs/deployment.md)
+    is the full answer; this bounds what a slow client costs without one."""
+    timeout = current_app.config.get("SIAMESE_BODY_TIMEOUT")
+    connection = request.environ.get("gunicorn.socket")
+    if not timeout or connection is None:
+        return stream.read()
+    expired = threading.Event()
+
+    def stop_reading() -> None:
+        expired.set()
+        try:
+            connection.shutdown(socket.SHUT_RD)
+        except OSError:
+            pass  # already closed
+
+    timer = threading.Timer(timeout, stop_reading)
+    timer.start()
+    try:
+        body = stream.read()
+    except Exception:
+        if not expired.is_set():
+            raise
+        body = b""
+    finally:
+        timer.cancel()
+    if expired.is_set():
+        raise RequestTimeout(f"the upload took over {timeout:g} s; send it faster, or through a "
+                             "proxy that buffers uploads")
+    return body
 
 
 def _parse_multipart_body(body: bytes, boundary: bytes, max_parts: Optional[int]

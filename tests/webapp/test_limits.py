@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import http.client
+import select
 import shutil
+import socket
 
 import pytest
 
@@ -13,11 +15,12 @@ pytestmark = pytest.mark.slow  # a real gunicorn (chunked bodies need one)
 
 @pytest.fixture(scope="module")
 def small_limit_server(tmp_path_factory, template_gallery, model_dir):
-    """siamese-serve taking images up to 0.05 MB (requests up to about 1.15 MB)."""
+    """siamese-serve taking images up to 0.05 MB (requests up to about 1.15 MB), received within
+    2 s."""
     folder = tmp_path_factory.mktemp("limits")
     shutil.copytree(template_gallery, folder / "gallery")
     live = start_serve(folder / "gallery", model_dir, folder / "serve.log", "--max-image-mb", "0.05",
-                       workers=1)
+                       workers=1, env={"SIAMESE_BODY_TIMEOUT": "2"})
     yield live
     live.stop()
 
@@ -44,3 +47,28 @@ def test_a_chunked_body_over_the_limit_is_413(small_limit_server, sample_pngs):
                                 *multipart({"image": ("a.png", png + b"\0" * 3_000_000)}))
     assert status == 413 and b'"too_large"' in body, body[:300]
     assert b"the request is over the 1.15 MB limit" in body
+
+
+def test_a_client_trickling_its_upload_gets_408_and_others_are_served(small_limit_server,
+                                                                      sample_pngs):
+    png = sample_pngs["Bag"][0].read_bytes()
+    body, content_type = multipart({"image": ("a.png", png)})
+    slow = socket.create_connection(("127.0.0.1", small_limit_server.port), timeout=60)
+    slow.sendall(f"POST /api/search HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {content_type}"
+                 f"\r\nContent-Length: {len(body)}\r\n\r\n".encode())
+    answer = b""
+    for byte in body:  # a byte every 0.2 s: the body would take minutes
+        readable, _, _ = select.select([slow], [], [], 0.2)
+        if readable:
+            answer = slow.recv(65536)
+            break
+        try:
+            slow.send(bytes([byte]))
+        except OSError:  # the server has stopped reading
+            answer = slow.recv(65536)
+            break
+    slow.close()
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+    assert b'"request_timeout"' in answer
+    status, _, _ = small_limit_server.request("GET", "/healthz")
+    assert status == 200
