@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import uuid
 from pathlib import Path
 from typing import Optional, Union
 
@@ -29,6 +30,11 @@ DATABASE_FILE = "gallery.db"
 LOCK_FILE = "gallery.lock"
 GALLERY_FORMAT = 1
 EXTERNAL = "external"  # gallery.json "database" value when the metadata lives at another URL
+
+
+def new_gallery_id() -> str:
+    """A gallery's id (in gallery.json, the database and the index manifest, which must agree)."""
+    return str(uuid.uuid4())
 
 
 def sqlite_url(path: Path) -> str:

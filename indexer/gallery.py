@@ -11,7 +11,6 @@ import datetime as dt
 import logging
 import threading
 import time
-import uuid
 from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
@@ -138,7 +137,7 @@ class Gallery:
         rule = embedder.verdicts.rule(operating_point, threshold)
         threshold = None if threshold is None else rule.threshold
         fpir = None if fpir is None else check_fpir(fpir)
-        record = GalleryRecord(gallery_id=str(uuid.uuid4()), schema=SCHEMA_VERSION,
+        record = GalleryRecord(gallery_id=folder.new_gallery_id(), schema=SCHEMA_VERSION,
                                model_id=embedder.model_id, embedding_dim=embedder.embedding_dim,
                                index=str(spec), threshold=threshold, generation=0, next_id=1,
                                created=dt.datetime.now(dt.timezone.utc),
@@ -501,8 +500,9 @@ class Gallery:
                 with self._store.write() as conn:
                     generation, first_id = self._store.next_generation(conn, len(new))
                     ids = self._store.insert(
-                        conn, first_id, [originals[i] for i in new], [labels[i] for i in new],
-                        [metadata[i] for i in new], vectors, dt.datetime.now(dt.timezone.utc))
+                        conn, range(first_id, first_id + len(new)), [originals[i] for i in new],
+                        [labels[i] for i in new], [metadata[i] for i in new], vectors,
+                        dt.datetime.now(dt.timezone.utc))
                 with self._mutex:
                     self._replica.changed(generation,
                                           lambda index: index.add(np.asarray(ids), vectors))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence, Union
 
 import numpy as np
 from sqlalchemy import (JSON, BigInteger, DateTime, ForeignKey, Integer, LargeBinary, String, Text,
@@ -256,17 +256,20 @@ class Store:
             found.update({sha: int(i) for sha, i in rows})
         return found
 
-    def insert(self, conn: Connection, first_id: int, originals: Sequence[Original],
+    def insert(self, conn: Connection, ids: Sequence[int], originals: Sequence[Original],
                labels: Sequence[Optional[str]], metadata: Sequence[dict[str, Any]],
-               embeddings: np.ndarray, added: dt.datetime) -> list[int]:
-        ids = list(range(first_id, first_id + len(originals)))
+               embeddings: np.ndarray, added: Union[dt.datetime, Sequence[dt.datetime]]
+               ) -> list[int]:
+        """Store new items under `ids` (reserved by `next_generation`, or kept from an export)."""
+        ids = [int(i) for i in ids]
+        added = [added] * len(ids) if isinstance(added, dt.datetime) else list(added)
         vectors = np.ascontiguousarray(embeddings, "<f4")
         conn.execute(insert(IMAGES), [
             {"sha256": o.sha256, "media_type": o.media_type, "data": o.data} for o in originals])
         conn.execute(insert(ITEMS), [
             {"id": i, "label": label, "source": o.name, "sha256": o.sha256, "width": o.image.width,
-             "height": o.image.height, "added": added, "metadata": meta, "embedding": v.tobytes()}
-            for i, o, label, meta, v in zip(ids, originals, labels, metadata, vectors)])
+             "height": o.image.height, "added": when, "metadata": meta, "embedding": v.tobytes()}
+            for i, o, label, meta, v, when in zip(ids, originals, labels, metadata, vectors, added)])
         return ids
 
     def missing(self, conn: Connection, ids: Sequence[int]) -> list[int]:

@@ -20,6 +20,7 @@ from gunicorn.errors import AppImportError, HaltServer
 
 from encoder.errors import SiameseSearchError
 
+from .errors import storage_failure
 from .service import EXTENSION
 from .settings import Settings
 
@@ -57,6 +58,12 @@ class Server(BaseApplication):
         except SiameseSearchError as exc:
             # gunicorn prints this message and stops (no traceback, no endless restarts).
             raise AppImportError(f"error: {exc}") from None
+        except Exception as exc:
+            if storage_failure(exc) is None:
+                raise
+            cause = getattr(exc, "orig", None) or exc
+            raise AppImportError(f"error: {self.settings.gallery}: "
+                                 f"{str(cause).splitlines()[0]}") from None
 
     def _worker_ready(self, worker) -> None:
         """In a worker, its app loaded: log it; the first worker tells the user where to go."""

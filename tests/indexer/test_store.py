@@ -47,7 +47,8 @@ def add(store: Store, items: list[Original], labels=None, metadata=None) -> list
     with store.write() as conn:
         _, first = store.next_generation(conn, len(items))
         vectors = np.arange(len(items) * DIM, dtype=np.float32).reshape(len(items), DIM)
-        return store.insert(conn, first, items, labels or [None] * len(items),
+        return store.insert(conn, range(first, first + len(items)), items,
+                            labels or [None] * len(items),
                             metadata or [{}] * len(items), vectors, CREATED)
 
 
@@ -123,7 +124,8 @@ def test_a_change_that_fails_leaves_nothing_behind(store):
     with pytest.raises(RuntimeError, match="embedding failed"):
         with store.write() as conn:
             _, first = store.next_generation(conn, 3)
-            store.insert(conn, first, originals(3, start=20), [None] * 3, [{}] * 3,
+            store.insert(conn, range(first, first + 3), originals(3, start=20), [None] * 3,
+                         [{}] * 3,
                          np.zeros((3, DIM), np.float32), CREATED)
             raise RuntimeError("embedding failed")
     with store.read() as conn:

@@ -1,0 +1,203 @@
+"""A gallery in one file, and back: `export` writes every item (id, label, metadata, source,
+original image bytes, embedding) and the gallery's settings to a zip; `restore` makes a new
+gallery from one, with the same ids. `check` says whether a gallery's files are whole.
+
+The zip holds `export.json` (the settings and one record per item, in id order), the original
+images as `images/<sha256>`, and `embeddings.npy` (float32, one row per item, in that order).
+"""
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+import shutil
+import zipfile
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import sqlalchemy.exc
+
+from encoder.errors import ModelMismatchError
+
+from . import folder
+from .errors import GalleryError
+from .files import replace_atomically
+from .gallery import Gallery
+from .records import Original, check_metadata
+from .store import SCHEMA_VERSION, GalleryRecord
+from .vectors import IndexSpec, VectorIndex
+
+EXPORT_FORMAT = 1
+MANIFEST = "export.json"
+EMBEDDINGS = "embeddings.npy"
+BATCH = 500  # items read or written at a time
+
+
+def export(gallery: Gallery, file: Path, progress=None) -> int:
+    """Write `gallery` to the zip `file` (replaced atomically); returns the number of items.
+    `progress`: an object with `update(n)` (e.g. tqdm)."""
+    record = gallery._record
+    items, vectors = [], []
+
+    def write(tmp: Path) -> None:
+        with zipfile.ZipFile(tmp, "w") as zf:
+            offset = 0
+            while batch := gallery.items(offset, BATCH):
+                with gallery._store.read() as conn:
+                    _, rows = gallery._store.embeddings(conn, record.embedding_dim,
+                                                        [i.id for i in batch])
+                for item, vector in zip(batch, rows):
+                    data, _ = gallery.image(item.id)
+                    name = f"images/{item.sha256}"
+                    if name not in zf.namelist():
+                        zf.writestr(name, data)  # PNG and JPEG do not compress further
+                    items.append(item.to_dict())
+                    vectors.append(vector)
+                offset += len(batch)
+                if progress is not None:
+                    progress.update(len(batch))
+            buffer = io.BytesIO()
+            np.save(buffer, np.asarray(vectors, np.float32).reshape(-1, record.embedding_dim))
+            zf.writestr(EMBEDDINGS, buffer.getvalue())
+            zf.writestr(MANIFEST, json.dumps({
+                "format": EXPORT_FORMAT, "model_id": record.model_id,
+                "embedding_dim": record.embedding_dim, "index": record.index,
+                "operating_point": record.operating_point, "threshold": record.threshold,
+                "fpir": record.fpir, "exported": dt.datetime.now(dt.timezone.utc).isoformat(),
+                "items": items}, indent=1), compress_type=zipfile.ZIP_DEFLATED)
+
+    with gallery.writing():  # one consistent state: no other writer while it is read
+        replace_atomically(Path(file), write)
+    return len(items)
+
+
+def restore(file: Path, path: Path, embedder, reembed: bool = False, progress=None) -> Gallery:
+    """A new gallery at `path` (SQLite, in its folder) holding the export in `file`, with the
+    same ids, labels, metadata, sources and images. The embeddings are the export's when it was
+    made with `embedder`'s model; another model is refused unless `reembed`, which embeds the
+    images anew. Built beside `path` and renamed into place: a failure leaves nothing at `path`."""
+    path = Path(path)
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise GalleryError(f"{path}: already exists; restore into a new folder")
+    try:
+        zf = zipfile.ZipFile(file)
+    except (OSError, zipfile.BadZipFile) as exc:
+        raise GalleryError(f"{file}: not a gallery export ({exc})") from None
+    with zf:
+        manifest = _manifest(zf, file)
+        if manifest["model_id"] != embedder.model_id and not reembed:
+            raise ModelMismatchError(
+                f"{file} was embedded with model {manifest['model_id']}, not {embedder.model_id}; "
+                "restore it with that model, or re-embed its images with this one (--reembed)")
+        building = path.with_name(f".{path.name}.restoring")
+        shutil.rmtree(building, ignore_errors=True)
+        try:
+            _fill(zf, manifest, building, embedder, reembed, progress)
+            building.rename(path)
+        except BaseException:
+            shutil.rmtree(building, ignore_errors=True)
+            raise
+    return Gallery.open(path, embedder)
+
+
+def _manifest(zf: zipfile.ZipFile, file: Path) -> dict[str, Any]:
+    try:
+        manifest = json.loads(zf.read(MANIFEST))
+        assert manifest["format"] == EXPORT_FORMAT and isinstance(manifest["items"], list)
+        return manifest
+    except (KeyError, ValueError, AssertionError, TypeError, zipfile.BadZipFile) as exc:
+        raise GalleryError(f"{file}: not a gallery export of format {EXPORT_FORMAT} "
+                           f"({type(exc).__name__}: {exc})") from None
+
+
+def _fill(zf: zipfile.ZipFile, manifest: dict, path: Path, embedder, reembed: bool,
+          progress) -> None:
+    """Make the gallery folder at `path` and store the export's items in one transaction."""
+    items = manifest["items"]
+    vectors = None if reembed else np.load(io.BytesIO(zf.read(EMBEDDINGS)))
+    if vectors is not None and vectors.shape != (len(items), embedder.embedding_dim):
+        raise GalleryError(f"the export's embeddings have shape {vectors.shape}, not "
+                           f"({len(items)}, {embedder.embedding_dim})")
+    spec = IndexSpec.parse(manifest.get("index") or "flat")
+    ids = [int(item["id"]) for item in items]
+    record = GalleryRecord(
+        gallery_id=folder.new_gallery_id(), schema=SCHEMA_VERSION, model_id=embedder.model_id,
+        embedding_dim=embedder.embedding_dim, index=str(spec), threshold=manifest.get("threshold"),
+        generation=1, next_id=max(ids, default=0) + 1, created=dt.datetime.now(dt.timezone.utc),
+        operating_point=manifest.get("operating_point"), fpir=manifest.get("fpir"))
+    store = folder.make(path, None, record, embedder.directory)
+    try:
+        with store.write() as conn:
+            for start in range(0, len(items), BATCH):
+                batch = items[start:start + BATCH]
+                originals = [_original(zf, item) for item in batch]
+                for item in batch:
+                    check_metadata(item.get("metadata") or {})
+                rows = (embedder.embed([o.image for o in originals]) if vectors is None
+                        else vectors[start:start + len(batch)])
+                store.insert(conn, [int(i["id"]) for i in batch], originals,
+                             [i.get("label") for i in batch],
+                             [i.get("metadata") or {} for i in batch], rows,
+                             [dt.datetime.fromisoformat(i["added"]) for i in batch])
+                if progress is not None:
+                    progress.update(len(batch))
+        with store.read() as conn:
+            all_ids, all_vectors = store.embeddings(conn, embedder.embedding_dim)
+        VectorIndex.build(spec, embedder.embedding_dim, all_ids, all_vectors).save(
+            path, {"gallery_id": record.gallery_id, "model_id": record.model_id,
+                   "generation": record.generation})
+    finally:
+        store.close()
+
+
+def _original(zf: zipfile.ZipFile, item: dict) -> Original:
+    try:
+        data = zf.read(f"images/{item['sha256']}")
+    except KeyError:
+        raise GalleryError(f"the export lacks the image of item {item.get('id')}") from None
+    original = Original.from_bytes(data, item.get("source") or f"item {item['id']}")
+    if original.sha256 != item["sha256"]:
+        raise GalleryError(f"the image of item {item['id']} is damaged in the export")
+    return original
+
+
+def check(path: Path, url: Optional[str] = None) -> list[str]:
+    """What is wrong with the gallery's database, in words; empty when it is whole: the
+    database's own check (SQLite: `integrity_check`, which reads every page) and every item's
+    embedding. Needs no model. (The index file is rebuilt or caught up on open: `index_state`.)"""
+    try:
+        store, record = folder.connect(Path(path), url)
+    except sqlalchemy.exc.DBAPIError as exc:
+        return [f"database: {str(exc.orig).splitlines()[0]}"]
+    problems = []
+    try:
+        if store.engine.dialect.name == "sqlite":
+            with store.engine.connect() as conn:
+                rows = [r[0] for r in conn.exec_driver_sql("PRAGMA integrity_check").fetchall()]
+            if rows != ["ok"]:
+                problems += [f"database: {r}" for r in rows[:20]]
+        with store.read() as conn:
+            store.embeddings(conn, record.embedding_dim)
+    except GalleryError as exc:
+        problems.append(str(exc))
+    except sqlalchemy.exc.DBAPIError as exc:
+        problems.append(f"database: {str(exc.orig).splitlines()[0]}")
+    finally:
+        store.close()
+    return problems
+
+
+def index_state(path: Path, url: Optional[str] = None) -> Optional[str]:
+    """Why the gallery's index file is not current (opening rebuilds or catches it up), or None."""
+    store, record = folder.connect(Path(path), url)
+    store.close()
+    _, manifest, why = VectorIndex.load(Path(path), {
+        "gallery_id": record.gallery_id, "model_id": record.model_id,
+        "spec": str(IndexSpec.parse(record.index)), "dim": record.embedding_dim})
+    if why:
+        return why
+    if manifest.get("generation") != record.generation:
+        return (f"it reflects generation {manifest.get('generation')}, the database "
+                f"{record.generation}")
+    return None

@@ -1,0 +1,112 @@
+"""siamese-gallery: look after a gallery: its numbers (stats), whether its files are whole (check),
+and a backup in one file (export, import).
+
+An export holds every item's id, label, metadata, source, original image and embedding, and the
+gallery's settings; `import` makes a new gallery from it with the same ids. It refuses an export
+made with another model unless --reembed, which embeds the images with the model given.
+
+Exit status: 0 done (check: the gallery is whole), 1 check found damage, 2 error.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from scripts.common import run
+from scripts.gallery_cli import load_embedder, quiet_faiss
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="siamese-gallery", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    model_help = "model directory (default: the one the gallery was embedded with)"
+    stats = sub.add_parser("stats", help="items, labels, model, verdict defaults, index")
+    stats.add_argument("gallery", metavar="GALLERY")
+    stats.add_argument("--json", action="store_true", help="print them as JSON")
+    check = sub.add_parser("check", help="whether the database and the index are whole")
+    check.add_argument("gallery", metavar="GALLERY")
+    export = sub.add_parser("export", help="every item and the settings, into one zip file")
+    export.add_argument("gallery", metavar="GALLERY")
+    export.add_argument("file", metavar="FILE", help="the zip file to write (replaced if there)")
+    restore = sub.add_parser("import", help="a new gallery from an export")
+    restore.add_argument("file", metavar="FILE", help="a zip file written by export")
+    restore.add_argument("gallery", metavar="GALLERY", help="a new folder for the gallery")
+    restore.add_argument("--reembed", action="store_true",
+                         help="embed the images with --model when the export was made with "
+                              "another model")
+    for action in (stats, check, export, restore):
+        action.add_argument("--model", metavar="DIR", help=model_help)
+        action.add_argument("--progress", choices=["auto", "always", "never"], default="auto",
+                            help="progress bar on stderr (default: when stderr is a terminal)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    quiet_faiss()
+    from indexer import Gallery, archive
+
+    if args.action == "import":
+        embedder = load_embedder(args.model)
+        with _bar(args.progress, "importing") as bar:
+            gallery = archive.restore(Path(args.file), Path(args.gallery), embedder,
+                                      reembed=args.reembed, progress=bar)
+        with gallery:
+            print(f"imported {len(gallery):,} items from {args.file} into {args.gallery}")
+        return 0
+    if args.action == "check":
+        return _check(args, archive)
+    embedder = load_embedder(args.model, args.gallery)
+    with Gallery.open(args.gallery, embedder) as gallery:
+        if args.action == "stats":
+            stats = gallery.stats()
+            print(json.dumps(stats.to_dict(), indent=2) if args.json else _stats_text(stats))
+            return 0
+        if args.action == "export":
+            with _bar(args.progress, "exporting", len(gallery)) as bar:
+                n = archive.export(gallery, Path(args.file), progress=bar)
+            print(f"exported {n:,} items of {args.gallery} to {args.file}")
+            return 0
+
+
+def _check(args, archive) -> int:
+    """The database first, without the model (a damaged one may not open); then the index."""
+    from indexer import Gallery
+
+    problems = archive.check(Path(args.gallery))
+    for problem in problems:
+        print(f"damaged: {problem}")
+    if problems:
+        return 1
+    stale = archive.index_state(Path(args.gallery))
+    with Gallery.open(args.gallery, load_embedder(args.model, args.gallery)) as gallery:
+        items = len(gallery)
+    if stale:
+        print(f"note: the index file was not current ({stale}); opening caught it up")
+    print(f"ok: {args.gallery}: {items:,} items, database and embeddings whole")
+    return 0
+
+
+def _stats_text(stats) -> str:
+    labels = ", ".join(f"{k or '(none)'} {v:,}" for k, v in sorted(stats.labels.items())[:20])
+    return (f"{stats.path}: {stats.items:,} items; model {stats.model_id}; index {stats.index}, "
+            f"recall@10 {stats.recall_at_10}; verdicts at {stats.operating_point} (threshold "
+            f"{stats.threshold:.4f}), identification at FPIR {stats.fpir:g}; labels: {labels}")
+
+
+def _bar(mode: str, desc: str, total: int | None = None):
+    from tqdm import tqdm
+
+    disable = {"auto": None, "always": False, "never": True}[mode]
+    return tqdm(total=total, desc=desc, unit="item", file=sys.stderr, disable=disable)
+
+
+def entry() -> None:
+    run(main)
+
+
+if __name__ == "__main__":
+    entry()
