@@ -25,6 +25,7 @@ from encoder.images import ImageSource
 from encoder.verdict import DEFAULT_FPIR, DomainCheck, Rule, check_fpir, nearest_impostors
 
 from . import folder
+from .errors import GalleryError
 from .folder import LOCK_FILE
 from .lock import WriterLock
 from .records import Item, Match, Original, check_metadata, check_text
@@ -156,6 +157,12 @@ class Gallery:
         Options as for `create`."""
         path = Path(path)
         store, record = folder.connect(path, url)
+        damage = store.quick_check()
+        if damage:
+            store.close()
+            raise GalleryError(f"{path}: its database is damaged ({damage}); see what with "
+                               f"siamese-gallery check {path}, and restore it from an export "
+                               "(siamese-gallery import)")
         gallery = cls(path, embedder, store, record, lock_timeout, save_every)
         gallery._check_model(record)
         gallery.refresh()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence, Union
 
 import numpy as np
@@ -19,6 +20,7 @@ from sqlalchemy import (JSON, BigInteger, DateTime, ForeignKey, Integer, LargeBi
                         bindparam, create_engine, delete, event, func, insert, inspect, select,
                         update)
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from encoder.errors import NotFoundError
@@ -285,6 +287,22 @@ class Store:
             hashes = list(conn.execute(select(ITEMS.c.sha256).where(ITEMS.c.id.in_(chunk))).scalars())
             conn.execute(delete(ITEMS).where(ITEMS.c.id.in_(chunk)))
             conn.execute(delete(IMAGES).where(IMAGES.c.sha256.in_(hashes)))
+
+    def quick_check(self, max_bytes: int = 2 * 1024**3) -> Optional[str]:
+        """What SQLite's `quick_check` finds wrong with the database (its first line), or None:
+        it reads every page, about a second a GB from the page cache, so a database over
+        `max_bytes` is left to `siamese-gallery check`. Other databases check themselves."""
+        if self.engine.dialect.name != "sqlite":
+            return None
+        file = Path(self.engine.url.database or "")
+        if not file.is_file() or file.stat().st_size > max_bytes:
+            return None
+        try:
+            with self.engine.connect() as conn:
+                rows = [r[0] for r in conn.exec_driver_sql("PRAGMA quick_check(5)").fetchall()]
+        except DBAPIError as exc:  # damage that stops the check itself
+            return str(exc.orig).splitlines()[0]
+        return None if rows == ["ok"] else "; ".join(rows)
 
     def purge(self) -> None:
         """After a delete: leave no copy of the deleted rows in the database's files. On SQLite,

@@ -5,9 +5,11 @@ from __future__ import annotations
 import errno
 import os
 
+import pytest
 import sqlalchemy.exc
 
 from indexer import Gallery
+from indexer.errors import GalleryError
 from indexer.vectors import INDEX_FILE
 from scripts.common import storage_failure
 from webapp.errors import status_of
@@ -65,3 +67,15 @@ def test_a_damaged_database_is_one_error_line(tmp_path, model_dir, png_folder, c
     code, _, err = cli(search_cmd, [query, "--gallery", gallery], capsys)
     assert code == 2 and "Traceback" not in err
     assert error_line(err) == "error: database: file is not a database"
+
+
+def test_open_says_the_database_is_damaged(tmp_path, model_embedder, png_folder):
+    with Gallery.create(tmp_path / "g", model_embedder) as gallery:
+        gallery.add(sorted(png_folder.rglob("*.png")), labels="x")
+    db = tmp_path / "g" / "gallery.db"
+    data = bytearray(db.read_bytes())
+    data[-8192:-4096] = b"\xab" * 4096  # 4 KiB of garbage among the image pages
+    db.write_bytes(bytes(data))
+    with pytest.raises(GalleryError, match=r"its database is damaged \(.+\); see what with "
+                                           r"siamese-gallery check"):
+        Gallery.open(tmp_path / "g", model_embedder)
