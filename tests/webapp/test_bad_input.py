@@ -8,12 +8,15 @@ that takes an image.
 from __future__ import annotations
 
 import io
+import shutil
 import struct
 import zlib
 
 import numpy as np
 import pytest
 from PIL import Image
+
+from tests.support import start_serve
 
 IMAGE_ENDPOINTS = [("/api/search", "image"), ("/api/identify", "image"), ("/api/verify", "image_a"),
                    ("/api/verify", "image_b"), ("/api/gallery", "image"), ("/", "image"),
@@ -291,3 +294,35 @@ def test_page_errors_are_html_pages(client):
     missing = client.get("/no-such-page")
     assert missing.status_code == 404 and "404 not_found" in missing.get_data(as_text=True)
     assert client.get("/gallery?page=zero").status_code == 400
+
+
+@pytest.fixture(scope="module")
+def fuzz_server(tmp_path_factory, template_gallery, model_dir):
+    """Its own siamese-serve (two gunicorn workers): the corpus adds to its gallery."""
+    folder = tmp_path_factory.mktemp("fuzz")
+    shutil.copytree(template_gallery, folder / "gallery")
+    live = start_serve(folder / "gallery", model_dir, folder / "serve.log")
+    yield live
+    live.stop()
+
+
+@pytest.mark.slow  # a real gunicorn, every file of the corpus to every endpoint
+def test_fuzz_corpus_through_gunicorn_has_no_5xx(fuzz_server, files, sample_pngs):
+    """The same corpus through the real server: the statuses the in-process app gives, never
+    a 5xx, never a hang (each request times out after 30 s), and nothing in the log."""
+    good = sample_pngs["Coat"][0].read_bytes()
+    statuses = []
+    for name, data, allowed in files:
+        for endpoint, field in IMAGE_ENDPOINTS:
+            fields = {field: (name, data)}
+            if endpoint.endswith("verify"):
+                fields["image_b" if field == "image_a" else "image_a"] = ("good.png", good)
+            if endpoint == "/api/gallery":
+                fields["label"] = "fuzz"
+            status, _, body = fuzz_server.request("POST", endpoint, fields=fields)
+            statuses.append(status)
+            assert status < 500, (name, endpoint, status, body[:300])
+    assert {200, 400, 415} <= set(statuses)
+    assert fuzz_server.json("GET", "/healthz")[0] == 200
+    log = fuzz_server.log.read_text(errors="replace")
+    assert "Traceback" not in log and "[ERROR]" not in log, log[-3000:]
