@@ -88,6 +88,14 @@ class GalleryStats:
     generation: int
     created: str
 
+    def summary(self) -> str:
+        """One line for people: size, model, index, verdict defaults."""
+        recall = f", recall@10 {self.recall_at_10:.3f}" if self.recall_at_10 is not None else ""
+        return (f"gallery {self.path}: {self.items:,} items, {len(self.labels)} label(s), "
+                f"model {self.model_id}, index {self.index}{recall}; verdicts at "
+                f"{self.operating_point} (threshold {self.threshold:.4f}), identification at "
+                f"FPIR {self.fpir:g}")
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

@@ -108,6 +108,19 @@ def storage_failure(exc: Exception) -> Optional[str]:
     return None
 
 
+def add_progress_argument(parser) -> None:
+    parser.add_argument("--progress", choices=["auto", "always", "never"], default="auto",
+                        help="progress bar on stderr (default: auto, when stderr is a terminal)")
+
+
+def progress_bar(mode: str, **options):
+    """A tqdm bar on stderr as --progress says (auto: only on a terminal)."""
+    from tqdm import tqdm
+
+    disable = {"auto": None, "always": False, "never": True}[mode]
+    return tqdm(file=sys.stderr, disable=disable, dynamic_ncols=True, **options)
+
+
 def add_dataset_argument(parser, required: bool = True) -> None:
     parser.add_argument(
         "--dataset", nargs="+", metavar=("KIND", "PATH"), required=required,

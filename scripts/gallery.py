@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-from scripts.common import run
+from scripts.common import add_progress_argument, progress_bar, run
 from scripts.gallery_cli import load_embedder, quiet_faiss
 
 
@@ -39,8 +38,7 @@ def parser() -> argparse.ArgumentParser:
                               "another model")
     for action in (stats, check, export, restore):
         action.add_argument("--model", metavar="DIR", help=model_help)
-        action.add_argument("--progress", choices=["auto", "always", "never"], default="auto",
-                            help="progress bar on stderr (default: when stderr is a terminal)")
+        add_progress_argument(action)
     return p
 
 
@@ -51,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.action == "import":
         embedder = load_embedder(args.model)
-        with _bar(args.progress, "importing") as bar:
+        with progress_bar(args.progress, desc="importing", unit="item") as bar:
             gallery = archive.restore(Path(args.file), Path(args.gallery), embedder,
                                       reembed=args.reembed, progress=bar)
         with gallery:
@@ -66,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(stats.to_dict(), indent=2) if args.json else _stats_text(stats))
             return 0
         if args.action == "export":
-            with _bar(args.progress, "exporting", len(gallery)) as bar:
+            with progress_bar(args.progress, desc="exporting", unit="item",
+                              total=len(gallery)) as bar:
                 n = archive.export(gallery, Path(args.file), progress=bar)
             print(f"exported {n:,} items of {args.gallery} to {args.file}")
             return 0
@@ -92,16 +91,7 @@ def _check(args, archive) -> int:
 
 def _stats_text(stats) -> str:
     labels = ", ".join(f"{k or '(none)'} {v:,}" for k, v in sorted(stats.labels.items())[:20])
-    return (f"{stats.path}: {stats.items:,} items; model {stats.model_id}; index {stats.index}, "
-            f"recall@10 {stats.recall_at_10}; verdicts at {stats.operating_point} (threshold "
-            f"{stats.threshold:.4f}), identification at FPIR {stats.fpir:g}; labels: {labels}")
-
-
-def _bar(mode: str, desc: str, total: int | None = None):
-    from tqdm import tqdm
-
-    disable = {"auto": None, "always": False, "never": True}[mode]
-    return tqdm(total=total, desc=desc, unit="item", file=sys.stderr, disable=disable)
+    return f"{stats.summary()}\nlabels: {labels}" + (" ..." if len(stats.labels) > 20 else "")
 
 
 def entry() -> None:

@@ -8,11 +8,11 @@ Exit status: 0 done, 1 done but some files failed, 2 error (nothing more was add
 from __future__ import annotations
 
 import argparse
+import functools
 import json
-import sys
 from pathlib import Path
 
-from scripts.common import run
+from scripts.common import add_progress_argument, progress_bar, run
 from scripts.gallery_cli import add_gallery_arguments, load_embedder, quiet_faiss
 
 
@@ -48,8 +48,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=512, help="images per batch (default: %(default)s)")
     p.add_argument("--strict", action="store_true", help="stop at the first bad file (exit 2)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
-    p.add_argument("--progress", choices=["auto", "always", "never"], default="auto",
-                   help="progress bar on stderr (default: auto, when stderr is a terminal)")
+    add_progress_argument(p)
     return p
 
 
@@ -81,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         sources = []
     embedder = load_embedder(args.model, args.gallery)
     path = Path(args.gallery)
-    bar = _progress(args.progress)
+    bar = functools.partial(progress_bar, args.progress)
     if (path / GALLERY_FILE).exists():
         if args.reembed:
             with bar(desc="re-embedding", unit="img") as progress:
@@ -111,13 +110,6 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if report.failed else 0
 
 
-def _progress(mode: str):
-    from tqdm import tqdm
-
-    disable = {"auto": None, "always": False, "never": True}[mode]  # None: only on a terminal
-    return lambda **kw: tqdm(file=sys.stderr, disable=disable, dynamic_ncols=True, **kw)
-
-
 def _print_summary(report, stats) -> None:
     for name, reason in report.failed:
         print(f"failed: {name}: {reason}")
@@ -127,11 +119,7 @@ def _print_summary(report, stats) -> None:
         print(f"added {report.added:,}, skipped {report.skipped:,} already in the gallery, "
               f"{report.duplicates:,} duplicate(s), failed {len(report.failed):,}: "
               f"{report.files:,} file(s) in {report.seconds:.1f} s ({report.images_per_s:,.0f} images/s)")
-    recall = f", recall@10 {stats.recall_at_10:.3f}" if stats.recall_at_10 is not None else ""
-    print(f"gallery {stats.path}: {stats.items:,} items, {len(stats.labels)} label(s), "
-          f"model {stats.model_id}, index {stats.index}{recall}; verdicts at "
-          f"{stats.operating_point} (threshold {stats.threshold:.4f}), identification at "
-          f"FPIR {stats.fpir:g}")
+    print(stats.summary())
 
 
 def entry() -> None:
