@@ -49,9 +49,8 @@ def export(gallery: Gallery, file: Path, progress=None) -> int:
                                                         [i.id for i in batch])
                 for item, vector in zip(batch, rows):
                     data, _ = gallery.image(item.id)
-                    name = f"images/{item.sha256}"
-                    if name not in zf.namelist():
-                        zf.writestr(name, data)  # PNG and JPEG do not compress further
+                    # One item per image (adds are deduplicated by sha256); stored as it is.
+                    zf.writestr(f"images/{item.sha256}", data)
                     items.append(item.to_dict())
                     vectors.append(vector)
                 offset += len(batch)

@@ -1,6 +1,37 @@
-"""The gallery's errors, in the one family of `encoder.errors`."""
+"""The gallery's errors, in the one family of `encoder.errors`, and what a failure of the storage
+under a gallery (its disk, its database) is, for the API and the commands to report alike."""
+from __future__ import annotations
+
+import errno
+from dataclasses import dataclass
+from typing import Optional
+
+import sqlalchemy.exc
+
 from encoder.errors import SiameseSearchError
 
 
 class GalleryError(SiameseSearchError):
     """A gallery is missing, locked by another writer, or its files do not belong together."""
+
+
+@dataclass(frozen=True)
+class StorageFailure:
+    """A failure of what a gallery is stored on, not of the request or of the code."""
+    kind: str  # "disk_full", "database" (unreachable or unreadable) or "files" (read-only, I/O)
+    detail: str  # what the system said, first line (it may name server paths: not for clients)
+
+
+def storage_failure(exc: BaseException) -> Optional[StorageFailure]:
+    """What `exc` says about the storage, or None when it is something else (a bug)."""
+    if isinstance(exc, sqlalchemy.exc.DBAPIError):
+        detail = str(exc.orig if exc.orig is not None else exc).splitlines()[0]
+        # SQLite says "database or disk is full"
+        return StorageFailure("disk_full" if "full" in detail.lower() else "database", detail)
+    if isinstance(exc, OSError):
+        detail = (f"{exc.filename}: " if exc.filename else "") + str(exc.strerror or exc)
+        if exc.errno == errno.ENOSPC:
+            return StorageFailure("disk_full", detail)
+        if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO):
+            return StorageFailure("files", detail)
+    return None

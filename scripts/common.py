@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import errno
 import importlib.abc
 import importlib.util
 import logging
@@ -85,26 +84,24 @@ def run(main: Callable[[], int | None]) -> None:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
     except Exception as exc:
-        line = storage_failure(exc)
+        line = failure_line(exc)
         if line is None:
             raise
         print(f"error: {line}", file=sys.stderr)
         sys.exit(2)
 
 
-def storage_failure(exc: Exception) -> Optional[str]:
-    """One line for a failure of the disk or the database, else None (a bug: its traceback)."""
-    if isinstance(exc, OSError):
-        if exc.errno == errno.ENOSPC:
-            return "disk full: nothing more could be written" + (
-                f" ({exc.filename})" if exc.filename else "")
-        where = f"{exc.filename}: " if exc.filename else ""
-        return f"{where}{exc.strerror or exc}"
-    if type(exc).__module__.startswith("sqlalchemy") and hasattr(exc, "orig"):
-        cause = str(exc.orig).splitlines()[0] if exc.orig is not None else str(exc)
-        if "full" in cause.lower():
-            return f"disk full: the database could not be written ({cause})"
-        return f"database: {cause}"
+def failure_line(exc: Exception) -> Optional[str]:
+    """One line for a failure of the disk, the database or a file, else None (a bug: its
+    traceback)."""
+    from indexer.errors import storage_failure
+
+    storage = storage_failure(exc)
+    if storage is not None:
+        return {"disk_full": "disk full: nothing more could be written ({})",
+                "database": "database: {}", "files": "{}"}[storage.kind].format(storage.detail)
+    if isinstance(exc, OSError):  # any other file a command could not read or write
+        return (f"{exc.filename}: " if exc.filename else "") + str(exc.strerror or exc)
     return None
 
 

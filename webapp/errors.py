@@ -7,19 +7,16 @@ unexpected is logged with its traceback and answered with a plain 500 that shows
 """
 from __future__ import annotations
 
-import errno
 import logging
 import re
-from typing import Optional
 
-import sqlalchemy.exc
 from flask import Flask, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException
 
 from encoder.errors import (BadImageError, ConfigError, DatasetError, ModelError,
                             ModelMismatchError, NotFoundError, SiameseSearchError,
                             UnsupportedImageError)
-from indexer.errors import GalleryError
+from indexer.errors import GalleryError, storage_failure
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +48,7 @@ def status_of(exc: Exception) -> tuple[int, str, str]:
     (no paths)."""
     storage = storage_failure(exc)
     if storage is not None:
-        return storage
+        return STORAGE_STATUS[storage.kind]
     if isinstance(exc, SiameseSearchError):
         status, code = next((s, c) for kind, s, c in STATUS if isinstance(exc, kind))
         return status, code, str(exc)
@@ -62,23 +59,19 @@ def status_of(exc: Exception) -> tuple[int, str, str]:
     return 500, "internal_error", "internal error; the server log has the details"
 
 
-def storage_failure(exc: Exception) -> Optional[tuple[int, str, str]]:
-    """A full disk (507) or a database that cannot be reached or read (503), else None."""
-    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-        return 507, "insufficient_storage", "the server's disk is full; the change was not stored"
-    if isinstance(exc, OSError) and exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO):
-        return 503, "storage_unavailable", "the gallery's files cannot be written or read now"
-    if isinstance(exc, sqlalchemy.exc.DBAPIError):
-        if "full" in str(exc.orig).lower():  # SQLite: "database or disk is full"
-            return 507, "insufficient_storage", "the server's disk is full; the change was not stored"
-        return 503, "database_unavailable", "the gallery's database cannot be reached or read now"
-    return None
+# A storage failure's kind -> (HTTP status, error code, message: what happened, never where).
+STORAGE_STATUS = {
+    "disk_full": (507, "insufficient_storage", "the server's disk is full; the change was not stored"),
+    "database": (503, "database_unavailable", "the gallery's database cannot be reached or read now"),
+    "files": (503, "storage_unavailable", "the gallery's files cannot be written or read now"),
+}
 
 
 def handle(exc: Exception):
     status, code, message = status_of(exc)
-    if storage_failure(exc) is not None:  # the operator's to fix: one line, not a traceback
-        log.error("%s %s: %s: %s", request.method, request.path, type(exc).__name__, exc)
+    storage = storage_failure(exc)
+    if storage is not None:  # the operator's to fix: one line, not a traceback
+        log.error("%s %s: %s", request.method, request.path, storage.detail)
     elif status >= 500:
         log.error("%s %s failed", request.method, request.path, exc_info=exc)
     if wants_json():

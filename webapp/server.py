@@ -20,7 +20,8 @@ from gunicorn.errors import AppImportError, HaltServer
 
 from encoder.errors import SiameseSearchError
 
-from .errors import storage_failure
+from indexer.errors import storage_failure
+
 from .service import EXTENSION
 from .settings import Settings
 
@@ -59,11 +60,10 @@ class Server(BaseApplication):
             # gunicorn prints this message and stops (no traceback, no endless restarts).
             raise AppImportError(f"error: {exc}") from None
         except Exception as exc:
-            if storage_failure(exc) is None:
+            storage = storage_failure(exc)
+            if storage is None:
                 raise
-            cause = getattr(exc, "orig", None) or exc
-            raise AppImportError(f"error: {self.settings.gallery}: "
-                                 f"{str(cause).splitlines()[0]}") from None
+            raise AppImportError(f"error: {self.settings.gallery}: {storage.detail}") from None
 
     def _worker_ready(self, worker) -> None:
         """In a worker, its app loaded: log it; the first worker tells the user where to go."""
@@ -75,7 +75,6 @@ class Server(BaseApplication):
             self._announced.value = 1
         if first and self.announce is not None:
             self.announce(self.settings)
-
 
     @staticmethod
     def _worker_exit(server, worker) -> None:

@@ -11,7 +11,7 @@ import sqlalchemy.exc
 from indexer import Gallery
 from indexer.errors import GalleryError
 from indexer.vectors import INDEX_FILE
-from scripts.common import storage_failure
+from scripts.common import failure_line
 from webapp.errors import status_of
 
 
@@ -36,20 +36,22 @@ def test_a_committed_add_survives_an_index_file_that_cannot_be_saved(tmp_path, m
 
 def test_disk_full_and_database_failures_are_one_line_and_a_clear_status():
     full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/srv/g/gallery.db")
-    assert storage_failure(full) == "disk full: nothing more could be written (/srv/g/gallery.db)"
+    assert failure_line(full) == ("disk full: nothing more could be written "
+                                  "(/srv/g/gallery.db: No space left on device)")
     assert status_of(full)[:2] == (507, "insufficient_storage")
     assert "/srv" not in status_of(full)[2]  # the API never shows server paths
     sqlite_full = sqlalchemy.exc.OperationalError("INSERT ...", {}, Exception(
         "database or disk is full"))
-    assert storage_failure(sqlite_full).startswith("disk full: the database could not be written")
+    assert failure_line(sqlite_full) == ("disk full: nothing more could be written "
+                                         "(database or disk is full)")
     assert status_of(sqlite_full)[:2] == (507, "insufficient_storage")
     gone = sqlalchemy.exc.OperationalError("SELECT ...", {}, Exception(
         "could not connect to server: Connection refused"))
-    assert storage_failure(gone) == "database: could not connect to server: Connection refused"
+    assert failure_line(gone) == "database: could not connect to server: Connection refused"
     assert status_of(gone)[:2] == (503, "database_unavailable")
     read_only = OSError(errno.EROFS, os.strerror(errno.EROFS), "/srv/g/index.faiss")
     assert status_of(read_only)[:2] == (503, "storage_unavailable")
-    assert storage_failure(ValueError("a bug")) is None  # not ours to hide: its traceback
+    assert failure_line(ValueError("a bug")) is None  # not ours to hide: its traceback
 
 
 def test_a_damaged_database_is_one_error_line(tmp_path, model_dir, png_folder, capsys):
