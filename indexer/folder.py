@@ -49,26 +49,26 @@ def make(path: Path, url: Optional[str], record: GalleryRecord,
 
     The folder is made whole beside `path` and renamed into place, so a process killed meanwhile
     leaves no half gallery at `path`, only a hidden `.NAME.creating.PID` folder that the next
-    `make` removes. (With a database at `url`, a kill after its tables are made leaves them there:
-    drop them, or give another database.)"""
+    `make` removes. Its gallery.json is written before the database's tables, so that with a
+    database at `url` the next `make` also knows the tables a killed one left there (still empty)
+    as its own, and drops them."""
     if (path / GALLERY_FILE).exists():
         raise GalleryError(f"{path}: already a gallery; open it instead")
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
         raise GalleryError(f"{path}: not a gallery, and not an empty folder to make one in")
     path.parent.mkdir(parents=True, exist_ok=True)
-    _remove_abandoned(path)
+    abandoned = _remove_abandoned(path)
     building = path.with_name(f".{path.name}.creating.{os.getpid()}")
     building.mkdir()
     try:
+        _write_marker(building, record.gallery_id, external=url is not None, model_dir=model_dir)
         store = Store(url or sqlite_url(building))
         try:
+            if url is not None:
+                _drop_abandoned(store, abandoned)
             store.initialise(record)
         finally:
             store.close()
-        write_json(building / GALLERY_FILE, {
-            "format": GALLERY_FORMAT, "gallery_id": record.gallery_id,
-            "database": EXTERNAL if url else DATABASE_FILE,
-            **({"model": str(model_dir)} if model_dir else {})})
         os.rename(building, path)  # atomic; takes the place of an empty folder too
     except BaseException:
         shutil.rmtree(building, ignore_errors=True)
@@ -77,12 +77,38 @@ def make(path: Path, url: Optional[str], record: GalleryRecord,
     return Store(url or sqlite_url(path))
 
 
-def _remove_abandoned(path: Path) -> None:
-    """Remove what `make`s killed before they finished left beside `path`."""
+def _write_marker(folder: Path, gallery_id: str, external: bool,
+                  model_dir: Optional[Path] = None) -> None:
+    write_json(folder / GALLERY_FILE, {
+        "format": GALLERY_FORMAT, "gallery_id": gallery_id,
+        "database": EXTERNAL if external else DATABASE_FILE,
+        **({"model": str(model_dir)} if model_dir else {})})
+
+
+def _remove_abandoned(path: Path) -> set[str]:
+    """Remove what `make`s killed before they finished left beside `path`; the ids of the
+    galleries they were making."""
+    ids = set()
     for leftover in path.parent.glob(f".{path.name}.creating.*"):
         pid = leftover.name.rsplit(".", 1)[-1]
         if pid.isdigit() and not _alive(int(pid)):
+            try:
+                ids.add(json.loads((leftover / GALLERY_FILE).read_text())["gallery_id"])
+            except (OSError, ValueError, KeyError, TypeError):
+                pass
             shutil.rmtree(leftover, ignore_errors=True)
+    return ids
+
+
+def _drop_abandoned(store: Store, abandoned: set[str]) -> None:
+    """Drop the tables of a gallery that a killed `make` began in this database: only when they
+    are that gallery's and it never got a change (generation 0)."""
+    if not abandoned or not store.has_gallery():
+        return
+    with store.read() as conn:
+        record = store.record(conn)
+    if record.gallery_id in abandoned and record.generation == 0:
+        store.drop()
 
 
 def _alive(pid: int) -> bool:

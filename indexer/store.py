@@ -177,6 +177,10 @@ class Store:
         with self.write() as conn:
             conn.execute(insert(GALLERY).values(id=1, **vars(record)))
 
+    def drop(self) -> None:
+        """Drop the gallery's tables (only for one that a killed creation left behind)."""
+        Base.metadata.drop_all(self.engine)
+
     def has_gallery(self) -> bool:
         return inspect(self.engine).has_table(GALLERY.name)
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.support import write_fashion_pngs
+from tests.support import BACKENDS, new_database, write_fashion_pngs
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -54,6 +54,39 @@ def other_model_dir(tmp_path_factory, model_dir) -> Path:
     card = dataclasses.replace(card, model_id=compute_model_id(weights, card.preprocessing,
                                                                card.architecture), domain=None)
     return save_model(tmp_path_factory.mktemp("models") / "nudged", model, card)
+
+
+# --- the two database back ends ------------------------------------------------------------------
+
+# --- the two database back ends (tests.support.BACKENDS) --------------------------------------------
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A private PostgreSQL server for the session (`benchmarks.postgres.PrivateCluster`: a
+    temporary cluster on 127.0.0.1, stopped and removed at the end). Its absence fails the tests
+    that need it, with the command that installs it."""
+    from benchmarks.postgres import PrivateCluster
+
+    try:
+        cluster = PrivateCluster()
+    except RuntimeError as exc:
+        pytest.fail(f"the PostgreSQL tests need a PostgreSQL server: {exc}")
+    yield cluster
+    cluster.remove()
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request) -> str:
+    """Each gallery and web test that takes this (through `db_url`, `gallery`, `gallery_path`...)
+    runs on both back ends. A test that is about one of them parametrizes `backend` itself."""
+    return request.param
+
+
+@pytest.fixture
+def db_url(request, backend):
+    """`url` for `Gallery.create`/`open` (and --db-url): None on SQLite, else a new, empty
+    PostgreSQL database."""
+    return new_database(request, backend)
 
 
 @pytest.fixture(scope="session")

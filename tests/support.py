@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import http.client
 import io
+import itertools
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Optional
 
 import pytest
 from PIL import Image
@@ -29,6 +32,34 @@ def child_env(**extra: str) -> dict[str, str]:
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", **extra)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     return env
+
+
+# --- the two database back ends ------------------------------------------------------------------
+
+BACKENDS = ("sqlite", "postgresql")
+_database_names = itertools.count(1)
+
+
+def new_database(request, backend: str, template: Optional[str] = None) -> Optional[str]:
+    """The metadata URL for a new gallery on `backend`: None (the gallery's own SQLite file) or a
+    new PostgreSQL database, empty or a copy of `template`."""
+    if backend == "sqlite":
+        return None
+    return request.getfixturevalue("postgres").create_database(
+        f"t{next(_database_names)}", template)
+
+
+def copy_gallery(request, backend: str, folder: Path) -> tuple[Path, Optional[str]]:
+    """A copy of the web tests' gallery (`template_gallery`, `postgres_template` in
+    tests/webapp/conftest.py) on `backend` at `folder`/gallery: (its folder, and its database URL
+    or None)."""
+    path = folder / "gallery"
+    if backend == "sqlite":
+        shutil.copytree(request.getfixturevalue("template_gallery"), path)
+        return path, None
+    template, database = request.getfixturevalue("postgres_template")
+    shutil.copytree(template, path)
+    return path, new_database(request, backend, template=database)
 
 
 # --- commands, in-process ------------------------------------------------------------------------

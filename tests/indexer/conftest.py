@@ -11,13 +11,13 @@ import pytest
 
 
 @pytest.fixture
-def gallery(tmp_path, model_embedder, png_folder):
+def gallery(tmp_path, model_embedder, png_folder, db_url):
     """A flat gallery made with the real model, holding the 48 PNGs of `png_folder`, labelled by
-    class."""
+    class; on SQLite and on PostgreSQL (`db_url`)."""
     from indexer import Gallery
 
     paths = sorted(png_folder.rglob("*.png"))
-    g = Gallery.create(tmp_path / "gallery", model_embedder)
+    g = Gallery.create(tmp_path / "gallery", model_embedder, url=db_url)
     g.add(paths, labels=[p.parent.name for p in paths])
     yield g
     g.close()

@@ -119,18 +119,18 @@ def test_remove_and_unknown_ids(gallery, png_folder):
     assert new_id > 48
 
 
-def test_reopen_uses_the_saved_index(gallery, model_embedder, caplog):
+def test_reopen_uses_the_saved_index(gallery, model_embedder, caplog, db_url):
     path, before = gallery.path, gallery.search(np.zeros((28, 28), np.uint8), k=5)
     gallery.close()
     with caplog.at_level("INFO", logger="indexer"):
-        reopened = Gallery.open(path, model_embedder)
+        reopened = Gallery.open(path, model_embedder, url=db_url)
     assert not caplog.records  # nothing to repair
     assert reopened.search(np.zeros((28, 28), np.uint8), k=5) == before
     reopened.close()
 
 
 @pytest.mark.parametrize("damage", ["delete", "corrupt", "truncate", "manifest", "generation"])
-def test_open_rebuilds_a_missing_or_damaged_index(gallery, model_embedder, damage, caplog):
+def test_open_rebuilds_a_missing_or_damaged_index(gallery, model_embedder, damage, caplog, db_url):
     path = gallery.path
     query = np.zeros((28, 28), np.uint8)
     before = gallery.search(query, k=5)
@@ -150,16 +150,16 @@ def test_open_rebuilds_a_missing_or_damaged_index(gallery, model_embedder, damag
     else:
         (path / MANIFEST_FILE).write_text("garbage")
     with caplog.at_level("WARNING", logger="indexer"):
-        reopened = Gallery.open(path, model_embedder)
+        reopened = Gallery.open(path, model_embedder, url=db_url)
     assert "rebuilding the index from the stored embeddings" in caplog.text
     assert reopened.search(query, k=5) == before
     reopened.close()
     caplog.clear()
-    Gallery.open(path, model_embedder).close()  # the rebuilt index was saved
+    Gallery.open(path, model_embedder, url=db_url).close()  # the rebuilt index was saved
     assert not caplog.records
 
 
-def test_open_catches_up_a_stale_index(gallery, model_embedder, fashion_test, tmp_path):
+def test_open_catches_up_a_stale_index(gallery, model_embedder, fashion_test, tmp_path, db_url):
     """The state a crash between the database commit and the index save leaves behind."""
     path = gallery.path
     old = tmp_path / "old-index"
@@ -171,15 +171,15 @@ def test_open_catches_up_a_stale_index(gallery, model_embedder, fashion_test, tm
     gallery.close()
     for name in (INDEX_FILE, MANIFEST_FILE):
         shutil.copy(old / name, path / name)  # back to the index of two changes ago
-    reopened = Gallery.open(path, model_embedder)
+    reopened = Gallery.open(path, model_embedder, url=db_url)
     assert len(reopened) == 48 + 10 - 1
     assert reopened.search(fashion_test.images[205], k=1)[0].id == added[5]
     assert json.loads((path / MANIFEST_FILE).read_text())["generation"] == reopened.stats().generation
     reopened.close()
 
 
-def test_a_reader_sees_a_writers_changes_after_refresh(gallery, model_embedder, fashion_test):
-    reader = Gallery.open(gallery.path, model_embedder)
+def test_a_reader_sees_a_writers_changes_after_refresh(gallery, model_embedder, fashion_test, db_url):
+    reader = Gallery.open(gallery.path, model_embedder, url=db_url)
     new_id = gallery.add(fashion_test.images[300])[0]
     assert len(reader) == 48 and reader.search(fashion_test.images[300], k=1)[0].id != new_id
     assert reader.refresh() is True
@@ -195,10 +195,10 @@ def test_a_reader_sees_a_writers_changes_after_refresh(gallery, model_embedder, 
 
 
 def test_refresh_survives_its_change_probe_connection_dropping(gallery, model_embedder,
-                                                                fashion_test):
+                                                                fashion_test, db_url):
     """The per-request change check runs on a DBAPI connection of its own; if that connection
     dies (a database server restarted), the check reconnects instead of failing requests."""
-    reader = Gallery.open(gallery.path, model_embedder)
+    reader = Gallery.open(gallery.path, model_embedder, url=db_url)
     assert reader.refresh() is False
     reader._store._probe.dbapi_connection.close()  # dropped under it
     new_id = gallery.add(fashion_test.images[300])[0]
@@ -207,8 +207,8 @@ def test_refresh_survives_its_change_probe_connection_dropping(gallery, model_em
     reader.close()
 
 
-def test_one_writer_at_a_time(gallery, model_embedder, fashion_test):
-    other = Gallery.open(gallery.path, model_embedder, lock_timeout=0.3)
+def test_one_writer_at_a_time(gallery, model_embedder, fashion_test, db_url):
+    other = Gallery.open(gallery.path, model_embedder, lock_timeout=0.3, url=db_url)
     with gallery.writing():
         with pytest.raises(GalleryError, match=r"another process \(pid \d+\) is writing"):
             other.add(fashion_test.images[400])
@@ -219,7 +219,7 @@ def test_one_writer_at_a_time(gallery, model_embedder, fashion_test):
 
 
 def test_model_mismatch_is_refused_then_reembed(gallery, model_embedder, other_model_dir,
-                                                png_folder):
+                                                png_folder, db_url):
     from encoder import Embedder
 
     path = gallery.path
@@ -227,8 +227,8 @@ def test_model_mismatch_is_refused_then_reembed(gallery, model_embedder, other_m
     other = Embedder.load(other_model_dir)
     with pytest.raises(ModelMismatchError, match=f"built with model {model_embedder.model_id}, but "
                                                  f"the model given is {other.model_id}.*--reembed"):
-        Gallery.open(path, other)
-    reembedded = Gallery.reembed(path, other)
+        Gallery.open(path, other, url=db_url)
+    reembedded = Gallery.reembed(path, other, url=db_url)
     assert reembedded.model_id == other.model_id and len(reembedded) == 48
     query = sorted(png_folder.rglob("*.png"))[7]
     best = reembedded.search(query, k=1)[0]
@@ -237,8 +237,8 @@ def test_model_mismatch_is_refused_then_reembed(gallery, model_embedder, other_m
     assert reembedded.verify(query, best.id).distance < 1e-3 and stored.shape == (64,)
     reembedded.close()
     with pytest.raises(ModelMismatchError):
-        Gallery.open(path, model_embedder)  # the old model is now the wrong one
-    Gallery.open(path, other).close()
+        Gallery.open(path, model_embedder, url=db_url)  # the old model is now the wrong one
+    Gallery.open(path, other, url=db_url).close()
 
 
 @pytest.mark.parametrize("kind", ["hnsw:m=16", "ivf:nlist=16"])

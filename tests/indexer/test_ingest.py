@@ -15,8 +15,8 @@ from tests.support import write_fashion_pngs
 
 
 @pytest.fixture
-def empty_gallery(tmp_path, model_embedder):
-    g = Gallery.create(tmp_path / "gallery", model_embedder)
+def empty_gallery(tmp_path, model_embedder, db_url):
+    g = Gallery.create(tmp_path / "gallery", model_embedder, url=db_url)
     yield g
     g.close()
 

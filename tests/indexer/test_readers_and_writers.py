@@ -22,10 +22,10 @@ sys.stdin.read()  # until the test closes our stdin
 
 
 def test_searches_go_on_while_a_writer_waits_for_another_process(tmp_path, model_embedder,
-                                                                 png_folder):
+                                                                 png_folder, db_url):
     files = sorted(png_folder.rglob("*.png"))
-    Gallery.create(tmp_path / "g", model_embedder).close()
-    gallery = Gallery.open(tmp_path / "g", model_embedder, lock_timeout=120)
+    Gallery.create(tmp_path / "g", model_embedder, url=db_url).close()
+    gallery = Gallery.open(tmp_path / "g", model_embedder, url=db_url, lock_timeout=120)
     gallery.add(files[:10], labels="x")
     other = subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path / "g" / LOCK_FILE)],
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)

@@ -16,9 +16,9 @@ from webapp.errors import status_of
 
 
 def test_a_committed_add_survives_an_index_file_that_cannot_be_saved(tmp_path, model_embedder,
-                                                                     png_folder, caplog):
+                                                                     png_folder, caplog, db_url):
     files = sorted(png_folder.rglob("*.png"))[:4]
-    with Gallery.create(tmp_path / "g", model_embedder) as gallery:
+    with Gallery.create(tmp_path / "g", model_embedder, url=db_url) as gallery:
         gallery.add(files[:2], labels="x")
         saved = (gallery.path / INDEX_FILE).read_bytes()
         # A folder where the writer's temp file goes: the save fails as a full or read-only
@@ -30,7 +30,7 @@ def test_a_committed_add_survives_an_index_file_that_cannot_be_saved(tmp_path, m
         assert (gallery.path / INDEX_FILE).read_bytes() == saved  # the old file, whole
         assert len(gallery) == 4
         (gallery.path / f".{INDEX_FILE}.{os.getpid()}.tmp").rmdir()
-    with Gallery.open(tmp_path / "g", model_embedder) as reopened:  # caught up from the database
+    with Gallery.open(tmp_path / "g", model_embedder, url=db_url) as reopened:  # caught up
         assert len(reopened) == 4 and reopened.get(ids[1]).label == "y"
 
 

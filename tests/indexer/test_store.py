@@ -1,4 +1,5 @@
-"""indexer.store: the gallery's tables in real SQLite files (no model, no index)."""
+"""indexer.store: the gallery's tables in real SQLite files and real PostgreSQL databases (no
+model, no index)."""
 from __future__ import annotations
 
 import datetime as dt
@@ -10,7 +11,8 @@ import pytest
 from encoder.errors import NotFoundError
 from indexer.errors import GalleryError
 from indexer.records import Original
-from indexer.store import IMAGES, ITEMS, SCHEMA_VERSION, Base, GalleryRecord, Store
+from indexer.store import (GALLERY, IMAGES, ITEMS, SCHEMA_VERSION, Base, GalleryRecord,
+                           Store)
 
 DIM = 4
 CREATED = dt.datetime(2025, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc)
@@ -30,8 +32,9 @@ def originals(n: int, start: int = 0) -> list[Original]:
 
 
 @pytest.fixture
-def url(tmp_path) -> str:
-    return f"sqlite:///{tmp_path / 'gallery.db'}"
+def url(tmp_path, db_url) -> str:
+    """A SQLite file, or a new PostgreSQL database (`db_url`)."""
+    return db_url or f"sqlite:///{tmp_path / 'gallery.db'}"
 
 
 @pytest.fixture
@@ -201,21 +204,17 @@ def test_image_bytes_and_embeddings_round_trip(store):
             store.image(conn, 99)
 
 
-def test_a_damaged_embedding_is_named(store, tmp_path):
+def test_a_damaged_embedding_is_named(store):
     ids = add(store, originals(3))
-    db = sqlite3.connect(tmp_path / "gallery.db")
-    db.execute("UPDATE items SET embedding = ? WHERE id = ?", (b"\x00" * 5, ids[1]))
-    db.commit()
-    db.close()
+    with store.write() as conn:  # as damage would leave it
+        conn.execute(ITEMS.update().where(ITEMS.c.id == ids[1]).values(embedding=b"\x00" * 5))
     with store.read() as conn, pytest.raises(GalleryError, match=(
             f"item {ids[1]} has a damaged embedding \\(1 item\\(s\\) in all\\); re-embed")):
         store.embeddings(conn, DIM)
 
 
-def test_an_empty_gallery_table_is_an_error(store, tmp_path):
-    db = sqlite3.connect(tmp_path / "gallery.db")
-    db.execute("DELETE FROM gallery")
-    db.commit()
-    db.close()
+def test_an_empty_gallery_table_is_an_error(store):
+    with store.write() as conn:
+        conn.execute(GALLERY.delete())
     with store.read() as conn, pytest.raises(GalleryError, match="gallery table is empty"):
         store.record(conn)

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import io
 import os
-import shutil
 from pathlib import Path
+from typing import Optional
 
 import pytest
 
-from tests.support import SAMPLES, multipart, start_serve
+from tests.support import BACKENDS, SAMPLES, copy_gallery, multipart, start_serve
 from webapp import Settings, create_app
 
 PER_LABEL = 5  # sample PNGs per label in the test gallery: 50 in all
@@ -24,31 +24,55 @@ def sample_pngs() -> dict[str, list[Path]]:
     return {d.name: sorted(d.glob("*.png"))[:PER_LABEL] for d in sorted(SAMPLES.iterdir())}
 
 
-@pytest.fixture(scope="session")
-def template_gallery(tmp_path_factory, model_embedder, sample_pngs) -> Path:
-    """A flat gallery of the sample PNGs, built once; each test gets a copy (`gallery_path`)."""
+def build_template(path: Path, embedder, sample_pngs, url=None) -> Path:
     from indexer import Gallery
 
-    path = tmp_path_factory.mktemp("template") / "gallery"
-    with Gallery.create(path, model_embedder) as gallery:
+    with Gallery.create(path, embedder, url=url) as gallery:
         for label, paths in sample_pngs.items():
             gallery.add(paths, labels=label)
     return path
 
 
-@pytest.fixture
-def gallery_path(tmp_path, template_gallery) -> Path:
-    path = tmp_path / "gallery"
-    shutil.copytree(template_gallery, path)
-    return path
+@pytest.fixture(scope="session")
+def template_gallery(tmp_path_factory, model_embedder, sample_pngs) -> Path:
+    """A flat gallery of the sample PNGs on SQLite, built once; each test gets a copy
+    (`gallery_path`)."""
+    return build_template(tmp_path_factory.mktemp("template") / "gallery", model_embedder,
+                          sample_pngs)
+
+
+@pytest.fixture(scope="session")
+def postgres_template(tmp_path_factory, model_embedder, sample_pngs, postgres) -> tuple[Path, str]:
+    """The same gallery on PostgreSQL: its folder and its database's name, copied per test."""
+    path = tmp_path_factory.mktemp("template-pg") / "gallery"
+    build_template(path, model_embedder, sample_pngs, postgres.create_database("web_template"))
+    return path, "web_template"
 
 
 @pytest.fixture
-def make_app(gallery_path, model_dir, model_embedder):
+def copied_gallery(request, tmp_path, backend) -> tuple[Path, Optional[str]]:
+    return copy_gallery(request, backend, tmp_path)
+
+
+@pytest.fixture
+def gallery_path(copied_gallery) -> Path:
+    """The test's own copy of the test gallery, on SQLite and on PostgreSQL (`gallery_url`)."""
+    return copied_gallery[0]
+
+
+@pytest.fixture
+def gallery_url(copied_gallery) -> Optional[str]:
+    """The database URL of `gallery_path`: None (its own gallery.db) or a PostgreSQL URL."""
+    return copied_gallery[1]
+
+
+@pytest.fixture
+def make_app(gallery_path, gallery_url, model_dir, model_embedder):
     """Apps over the test's gallery, with settings changed as the test asks."""
     apps = []
 
     def make(**settings):
+        settings.setdefault("db_url", gallery_url)
         app = create_app(Settings(gallery=gallery_path, model=model_dir, **settings),
                          embedder=model_embedder)
         app.config["TESTING"] = True
@@ -90,14 +114,14 @@ def multipart_fixture():
     return multipart
 
 
-@pytest.fixture(scope="session")
-def server(tmp_path_factory, template_gallery, model_dir):
+@pytest.fixture(scope="session", params=BACKENDS)
+def server(request, tmp_path_factory, model_dir):
     """`siamese-serve` with two gunicorn workers over a copy of the test gallery (one for the
-    session; the API key is s3cret)."""
+    session on each back end; the API key is s3cret)."""
     folder = tmp_path_factory.mktemp("served")
-    gallery = folder / "gallery"
-    shutil.copytree(template_gallery, gallery)
-    live = start_serve(gallery, model_dir, folder / "serve.log", env={"SIAMESE_API_KEY": "s3cret"})
+    gallery, url = copy_gallery(request, request.param, folder)
+    live = start_serve(gallery, model_dir, folder / "serve.log",
+                       *(["--db-url", url] if url else []), env={"SIAMESE_API_KEY": "s3cret"})
     yield live
     live.stop()
 

@@ -152,6 +152,7 @@ def test_deletes_from_pages_of_other_sites_are_refused(client):
     assert client.get(f"/api/gallery/{first}").status_code == 200
 
 
+@pytest.mark.parametrize("backend", ["sqlite"])  # PostgreSQL: test_postgres_outage.py
 def test_a_database_that_goes_bad_is_503_without_a_path(make_app, gallery_path, sample_pngs):
     client = make_app().test_client()
     assert client.get("/api/gallery?limit=1").status_code == 200

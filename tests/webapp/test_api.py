@@ -163,27 +163,29 @@ def test_api_key_guards_changes_only(make_app, upload, sample_pngs):
 
 
 def test_changes_by_another_process_show_up_without_a_restart(client, upload, gallery_path,
-                                                               model_embedder, fashion_test):
+                                                               gallery_url, model_embedder,
+                                                               fashion_test):
     """siamese-index (or another worker) writes; the app sees it at its next request."""
     query = fashion_test.images[9100]
     assert client.get("/healthz").get_json()["items"] == 50
-    with Gallery.open(gallery_path, model_embedder) as other:
+    with Gallery.open(gallery_path, model_embedder, url=gallery_url) as other:
         [new_id] = other.add([query], labels="Added elsewhere")
     assert client.get("/healthz").get_json()["items"] == 51
     assert client.get(f"/api/gallery/{new_id}").get_json()["item"]["label"] == "Added elsewhere"
     data = png(Image.fromarray(query[:, :, 0]))
     best = client.post("/api/search", data={"image": upload(data), "k": "1"}).get_json()
     assert best["matches"][0]["id"] == new_id
-    with Gallery.open(gallery_path, model_embedder) as other:
+    with Gallery.open(gallery_path, model_embedder, url=gallery_url) as other:
         other.remove([new_id])
     best = client.post("/api/search", data={"image": upload(data), "k": "1"}).get_json()
     assert best["matches"][0]["id"] != new_id
 
 
-def test_two_apps_side_by_side(gallery_path, tmp_path, template_gallery, model_dir, model_embedder):
+def test_two_apps_side_by_side(gallery_path, gallery_url, tmp_path, template_gallery, model_dir,
+                               model_embedder):
     """Settings are passed in, not global: two apps with different settings coexist."""
     shutil.copytree(template_gallery, tmp_path / "second")
-    a = create_app(Settings(gallery=gallery_path, model=model_dir, default_k=3),
+    a = create_app(Settings(gallery=gallery_path, db_url=gallery_url, model=model_dir, default_k=3),
                    embedder=model_embedder)
     b = create_app(Settings(gallery=tmp_path / "second", model=model_dir, api_key="k"),
                    embedder=model_embedder)

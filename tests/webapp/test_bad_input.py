@@ -8,7 +8,6 @@ that takes an image.
 from __future__ import annotations
 
 import io
-import shutil
 import struct
 import zlib
 
@@ -16,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.support import start_serve
+from tests.support import BACKENDS, copy_gallery, start_serve
 
 IMAGE_ENDPOINTS = [("/api/search", "image"), ("/api/identify", "image"), ("/api/verify", "image_a"),
                    ("/api/verify", "image_b"), ("/api/gallery", "image"), ("/", "image"),
@@ -296,12 +295,13 @@ def test_page_errors_are_html_pages(client):
     assert client.get("/gallery?page=zero").status_code == 400
 
 
-@pytest.fixture(scope="module")
-def fuzz_server(tmp_path_factory, template_gallery, model_dir):
-    """Its own siamese-serve (two gunicorn workers): the corpus adds to its gallery."""
+@pytest.fixture(scope="module", params=BACKENDS)
+def fuzz_server(request, tmp_path_factory, model_dir):
+    """Its own siamese-serve (two gunicorn workers), on each back end: the corpus adds to its
+    gallery."""
     folder = tmp_path_factory.mktemp("fuzz")
-    shutil.copytree(template_gallery, folder / "gallery")
-    live = start_serve(folder / "gallery", model_dir, folder / "serve.log")
+    gallery, url = copy_gallery(request, request.param, folder)
+    live = start_serve(gallery, model_dir, folder / "serve.log", *(["--db-url", url] if url else []))
     yield live
     live.stop()
 

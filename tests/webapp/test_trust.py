@@ -123,10 +123,10 @@ def test_identify_picks_its_threshold_for_the_target_fpir_at_the_gallery_size(
 
 
 def test_identify_in_an_empty_gallery_is_a_clear_error(make_app, upload, sample_pngs, gallery_path,
-                                                      model_embedder):
+                                                      gallery_url, model_embedder):
     from indexer import Gallery
 
-    with Gallery.open(gallery_path, model_embedder) as gallery:
+    with Gallery.open(gallery_path, model_embedder, url=gallery_url) as gallery:
         gallery.remove([item.id for item in gallery.items(limit=1000)])
     client = make_app().test_client()
     r = client.post("/api/identify", data={"image": upload(sample_pngs["Bag"][0])})
@@ -136,10 +136,11 @@ def test_identify_in_an_empty_gallery_is_a_clear_error(make_app, upload, sample_
 
 
 def test_a_gallery_default_operating_point_applies_to_every_request(make_app, upload, sample_pngs,
-                                                                   gallery_path, model_embedder):
+                                                                   gallery_path, gallery_url,
+                                                                   model_embedder):
     from indexer import Gallery
 
-    with Gallery.open(gallery_path, model_embedder) as gallery:
+    with Gallery.open(gallery_path, model_embedder, url=gallery_url) as gallery:
         gallery.set_verdict(operating_point="far-1e-2", fpir=0.05)
     client = make_app().test_client()
     body = client.post("/api/search", data={"image": upload(sample_pngs["Bag"][0])}).get_json()
