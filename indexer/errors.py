@@ -22,12 +22,21 @@ class StorageFailure:
     detail: str  # what the system said, first line (it may name server paths: not for clients)
 
 
+# The database's refusals of what it was given: a bug of ours, not a failure of the storage.
+_REFUSALS = (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.DataError,
+             sqlalchemy.exc.ProgrammingError)
+_DISK_FULL_SQLSTATE = "53100"  # PostgreSQL's disk_full
+
+
 def storage_failure(exc: BaseException) -> Optional[StorageFailure]:
     """What `exc` says about the storage, or None when it is something else (a bug)."""
-    if isinstance(exc, sqlalchemy.exc.DBAPIError):
+    if isinstance(exc, sqlalchemy.exc.DBAPIError) and not isinstance(exc, _REFUSALS):
         detail = str(exc.orig if exc.orig is not None else exc).splitlines()[0]
-        # SQLite says "database or disk is full"
-        return StorageFailure("disk_full" if "full" in detail.lower() else "database", detail)
+        # SQLite says "database or disk is full"; PostgreSQL "could not extend file ...: No
+        # space left on device", with its SQLSTATE
+        full = ("full" in detail.lower() or "no space left" in detail.lower()
+                or getattr(exc.orig, "sqlstate", None) == _DISK_FULL_SQLSTATE)
+        return StorageFailure("disk_full" if full else "database", detail)
     if isinstance(exc, OSError):
         detail = (f"{exc.filename}: " if exc.filename else "") + str(exc.strerror or exc)
         if exc.errno == errno.ENOSPC:

@@ -13,6 +13,7 @@ A gallery is a folder:
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import uuid
@@ -24,6 +25,8 @@ from encoder.errors import ConfigError, ModelMismatchError, NotFoundError
 from .errors import GalleryError
 from .files import fsync_folder, write_json
 from .store import SCHEMA_VERSION, GalleryRecord, Store
+
+log = logging.getLogger(__name__)
 
 GALLERY_FILE = "gallery.json"
 DATABASE_FILE = "gallery.db"
@@ -143,9 +146,38 @@ def model_dir(path: Path, given: Optional[Path], default: Path) -> Path:
     return default
 
 
+def attach(path: Path, url: str) -> None:
+    """Make `path` (absent or an empty folder) a local folder of the gallery held by the database
+    at `url`: how a second server on another host serves a gallery it shares through PostgreSQL.
+    Its index is built from the database when the gallery is opened."""
+    store = Store(url)
+    try:
+        where = store.engine.url.render_as_string(hide_password=True)
+        if not store.has_gallery():
+            raise NotFoundError(f"{path}: no such gallery, and the database {where} holds none")
+        with store.read() as conn:
+            gallery_id = store.record(conn).gallery_id
+    finally:
+        store.close()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    building = path.with_name(f".{path.name}.creating.{os.getpid()}")
+    building.mkdir()
+    try:
+        _write_marker(building, gallery_id, external=True)
+        os.rename(building, path)
+    except BaseException:
+        shutil.rmtree(building, ignore_errors=True)
+        raise
+    fsync_folder(path.parent)
+    log.info("%s: made a local folder for the gallery in %s", path, where)
+
+
 def connect(path: Path, url: Optional[str]) -> tuple[Store, GalleryRecord]:
     """The store of the gallery at `path` and its record, checked to be a gallery and to belong to
-    this folder; an older database schema is upgraded."""
+    this folder; an older database schema is upgraded. With a database `url` and no folder yet
+    (absent or empty), the folder is made (`attach`)."""
+    if url is not None and (not path.exists() or (path.is_dir() and not any(path.iterdir()))):
+        attach(path, url)
     if not path.exists():
         raise NotFoundError(f"{path}: no such gallery")
     marker = path / GALLERY_FILE

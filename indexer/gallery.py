@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
-import time
 from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
@@ -28,7 +27,7 @@ from . import folder
 from .errors import GalleryError
 from .folder import LOCK_FILE
 from .lock import WriterLock
-from .records import Item, Match, Original, check_metadata, check_text
+from .records import MAX_LABEL_LENGTH, Item, Match, Original, check_metadata, check_text
 from .replica import Replica
 from .store import SCHEMA_VERSION, GalleryRecord, Store
 from .vectors import INDEX_FILE, IndexSpec, VectorIndex
@@ -108,10 +107,9 @@ class Gallery:
     """
 
     def __init__(self, path: Path, embedder, store: Store, record: GalleryRecord,
-                 lock_timeout: float = 30.0, save_every: float = 0.0):
+                 lock_timeout: float = 30.0):
         self.path = path
         self.embedder = embedder
-        self.save_every = save_every  # seconds between index saves while writing; 0: every change
         self._store = store
         self._lock = WriterLock(path / LOCK_FILE, lock_timeout)
         self._mutex = threading.RLock()
@@ -127,8 +125,7 @@ class Gallery:
     @classmethod
     def create(cls, path: Union[str, Path], embedder, index: Union[str, IndexSpec] = "flat",
                url: Optional[str] = None, threshold: Optional[float] = None,
-               lock_timeout: float = 30.0, save_every: float = 0.0,
-               operating_point: Optional[str] = None, fpir: Optional[float] = None
+               lock_timeout: float = 30.0, operating_point: Optional[str] = None, fpir: Optional[float] = None
                ) -> "Gallery":
         """A new, empty gallery in folder `path` (created; it must not hold anything yet).
 
@@ -137,9 +134,7 @@ class Gallery:
         written down, as it may hold a password). `operating_point` ("balanced", "far-1e-2",
         "far-1e-3") or `threshold`: this gallery's default 1:1 rule (default: "balanced");
         `fpir`: its default target for `identify` (0.01). `lock_timeout`: seconds to wait for
-        another writer.
-        `save_every`: seconds between index saves while writing (0: after every change; the
-        database is the record, a lagging index file is caught up on open)."""
+        another writer."""
         path = Path(path)
         spec = index if isinstance(index, IndexSpec) else IndexSpec.parse(index)
         # The verdict checks both (and not both together), before anything is made.
@@ -152,14 +147,14 @@ class Gallery:
                                created=dt.datetime.now(dt.timezone.utc),
                                operating_point=operating_point, fpir=fpir)
         store = folder.make(path, url, record, embedder.directory)
-        gallery = cls(path, embedder, store, record, lock_timeout, save_every)
+        gallery = cls(path, embedder, store, record, lock_timeout)
         with gallery._lock, gallery._mutex:
             gallery._replica.start_empty()
         return gallery
 
     @classmethod
     def open(cls, path: Union[str, Path], embedder, url: Optional[str] = None,
-             lock_timeout: float = 30.0, save_every: float = 0.0) -> "Gallery":
+             lock_timeout: float = 30.0) -> "Gallery":
         """An existing gallery, checked: the model must be the one it was built with, and the index
         is brought in line with the database (rebuilt from stored embeddings if need be).
         Options as for `create`."""
@@ -171,7 +166,7 @@ class Gallery:
             raise GalleryError(f"{path}: its database is damaged ({damage}); see what with "
                                f"siamese-gallery check {path}, and restore it from an export "
                                "(siamese-gallery import)")
-        gallery = cls(path, embedder, store, record, lock_timeout, save_every)
+        gallery = cls(path, embedder, store, record, lock_timeout)
         gallery._check_model(record)
         gallery.refresh()
         return gallery
@@ -197,9 +192,10 @@ class Gallery:
                         after = batch[-1][0]
                         if progress is not None:
                             progress.update(len(batch))
-                    store.next_generation(conn)
+                    generation, _ = store.next_generation(conn)
                     store.update_record(conn, model_id=embedder.model_id,
-                                          embedding_dim=embedder.embedding_dim)
+                                        embedding_dim=embedder.embedding_dim)
+                    store.log(conn, generation, "record")
             gallery._replica.sync()  # the manifest names the old model: a full rebuild
             if gallery._replica.unsaved:
                 gallery._replica.save()
@@ -458,8 +454,9 @@ class Gallery:
 
     @contextmanager
     def writing(self) -> Iterator["Gallery"]:
-        """Hold the writer lock for several changes. Each change takes it anyway; the index file is
-        saved when the outermost `writing` ends (at most every `save_every` seconds)."""
+        """Hold the writer lock for several changes. Each change takes it anyway; when the
+        outermost `writing` ends, the index file is saved if a snapshot is due
+        (`replica.Replica.snapshot_due`)."""
         # The writer lock first, without the mutex: readers of this process search on while a
         # writer waits for another process (the mutex is held only to change the index).
         with self._lock:
@@ -469,8 +466,7 @@ class Gallery:
                     self._replica.sync()  # another process may have written since
             yield self
             replica = self._replica
-            if outermost and replica.unsaved and \
-                    time.monotonic() - replica.last_save >= self.save_every:
+            if outermost and replica.snapshot_due():
                 # Without the mutex: while this writer holds the lock nothing else changes the
                 # index, and searches read it as it is saved.
                 replica.save()
@@ -503,7 +499,7 @@ class Gallery:
             check_metadata(m)
         for label in labels:
             if label is not None:
-                check_text("label", label)
+                check_text("label", label, MAX_LABEL_LENGTH)
         with self.writing():
             known = self.known([o.sha256 for o in originals])
             first: dict[str, int] = {}  # the first of several equal images in this batch
@@ -513,14 +509,24 @@ class Gallery:
                 vectors = (self.embedder.embed([originals[i].image for i in new]) if pixels is None
                            else self.embedder.embed_prepared(pixels[new]))
                 with self._store.write() as conn:
-                    generation, first_id = self._store.next_generation(conn, len(new))
-                    ids = self._store.insert(
-                        conn, range(first_id, first_id + len(new)), [originals[i] for i in new],
-                        [labels[i] for i in new], [metadata[i] for i in new], vectors,
-                        dt.datetime.now(dt.timezone.utc))
-                with self._mutex:
-                    self._replica.changed(generation,
-                                          lambda index: index.add(np.asarray(ids), vectors))
+                    # Another server on the same database may have added some meanwhile (the
+                    # folder's lock is per host; the database's row lock is for all of them).
+                    known.update(self._store.known(conn, [originals[i].sha256 for i in new]))
+                    keep = [k for k, i in enumerate(new) if originals[i].sha256 not in known]
+                    new, vectors = [new[k] for k in keep], vectors[keep]
+                    if new:
+                        generation, first_id = self._store.next_generation(conn, len(new))
+                        ids = self._store.insert(
+                            conn, range(first_id, first_id + len(new)),
+                            [originals[i] for i in new], [labels[i] for i in new],
+                            [metadata[i] for i in new], vectors, dt.datetime.now(dt.timezone.utc))
+                        self._store.log(conn, generation, "add", ids)
+                if new:
+                    with self._mutex:
+                        self._replica.changed(
+                            generation, lambda index: index.add(np.asarray(ids), vectors), len(ids))
+                else:
+                    ids = []
                 known.update({originals[i].sha256: item_id for i, item_id in zip(new, ids)})
             created = set(new)
             return Added([known[o.sha256] for o in originals],
@@ -539,11 +545,13 @@ class Gallery:
                     raise NotFoundError(f"no item(s) {shown} in the gallery; nothing was removed")
                 generation, _ = self._store.next_generation(conn)
                 self._store.delete(conn, ids)
+                self._store.log(conn, generation, "remove", ids)
             with self._mutex:
                 for i in ids:
                     self._item_cache.pop(i, None)
                 self._replica.changed(generation,
-                                      lambda index: index.remove(np.asarray(ids, np.int64)))
+                                      lambda index: index.remove(np.asarray(ids, np.int64)),
+                                      len(ids))
             self._store.purge()
 
     def set_index(self, index: Union[str, IndexSpec]) -> None:
@@ -553,8 +561,9 @@ class Gallery:
             if str(spec) == self._record.index:
                 return
             with self._store.write() as conn:
-                self._store.next_generation(conn)
+                generation, _ = self._store.next_generation(conn)
                 self._store.update_record(conn, index=str(spec))
+                self._store.log(conn, generation, "record")
             with self._mutex:
                 self._replica.sync()  # the spec changed: rebuilt
 
@@ -569,7 +578,8 @@ class Gallery:
             with self._store.write() as conn:
                 generation, _ = self._store.next_generation(conn)
                 self._store.update_record(conn, operating_point=operating_point,
-                                            threshold=threshold, fpir=fpir)
+                                          threshold=threshold, fpir=fpir)
+                self._store.log(conn, generation, "record")
             with self._mutex:
                 self._replica.record = replace(self._record, operating_point=operating_point,
                                                threshold=threshold, fpir=fpir)

@@ -15,6 +15,7 @@ from encoder.errors import ConfigError
 from encoder.images import ImageSource, decode, encoded, open_image, source_name
 from encoder.verdict import DomainCheck, Rule, Verdict
 
+MAX_LABEL_LENGTH = 200  # characters (the database column's length)
 MAX_METADATA_DEPTH = 32  # levels of nested objects and lists in an item's metadata
 
 
@@ -112,8 +113,11 @@ def sha256_of(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def check_text(name: str, text: str) -> None:
-    """Text a database can store: no NUL characters (PostgreSQL refuses them)."""
+def check_text(name: str, text: str, max_length: Optional[int] = None) -> None:
+    """Text a database can store: no NUL characters (PostgreSQL refuses them), and at most
+    `max_length` characters where its column has a length (PostgreSQL enforces it)."""
+    if max_length is not None and len(text) > max_length:
+        raise ConfigError(f"{name} must be at most {max_length} characters, not {len(text)}")
     if "\x00" in text:
         raise ConfigError(f"{name} must not contain NUL characters")
 

@@ -1,11 +1,16 @@
 """The gallery's FAISS index, kept in line with its database.
 
-The database is the record. Each change is one transaction (rows, embeddings and image bytes
-together) that bumps a generation counter; the index is updated after it and saved with the
-generation it reflects. Whatever happens between the two (a crash, a kill, a deleted or damaged
-index file), `sync` brings the index back in line with the database: it loads the index file if
-it is intact, then adds the vectors of items it lacks and drops those it has too many, or
-rebuilds it from the stored embeddings when the file cannot be used.
+The database is the record. Each change is one transaction (rows, embeddings, image bytes and a
+row of the change log together) that bumps a generation counter; the index in memory is updated
+after it. `sync` brings it to the database's current generation by replaying the change log since
+the generation it reflects: work in proportion to what changed, whoever changed it (another
+worker, another `siamese-index`, another server on the same PostgreSQL database).
+
+The index file is a snapshot: written (atomically) only when one is due (`snapshot_due`: a share
+of the index changed since the last one, or a while has passed with changes unsaved), and at
+close; opening loads it and replays the log after its generation. When the file cannot be used (a
+crash, a kill, a deleted or damaged file) the index is rebuilt from the stored embeddings; when the
+log no longer reaches back to the snapshot (compacted), all ids are compared instead.
 
 A `Replica` is not thread-safe: the gallery calls it under its mutex, and saves only while it
 holds the writer lock (or can take it without waiting).
@@ -18,18 +23,25 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
+from sqlalchemy.exc import DBAPIError
 
 from .files import remove_leftovers
 from .lock import WriterLock
-from .store import GalleryRecord, Store
+from .store import Change, GalleryRecord, Store
 from .vectors import IndexSpec, VectorIndex
 
 log = logging.getLogger(__name__)
 
+# When a snapshot (the whole index file) is due; measured in docs/deployment.md.
+SNAPSHOT_SHARE = 0.1  # ... once this share of the index has changed (items added or removed) ...
+SNAPSHOT_MIN_CHANGES = 1_000  # ... and at least this many items ...
+SNAPSHOT_SECONDS = 600.0  # ... or once changes have waited this long (bounds replay after a kill)
+LOG_KEEP = 10_000  # changes kept in the log before the newest snapshot (for other servers' files)
+
 
 class Replica:
     """The in-memory index of the gallery at `path`, the database generation it reflects, and
-    whether the index file on disk lags behind it."""
+    how far the index file on disk lags behind it."""
 
     def __init__(self, path: Path, store: Store, lock: WriterLock, record: GalleryRecord,
                  check: Callable[[GalleryRecord], None]):
@@ -39,8 +51,19 @@ class Replica:
         self.index: Optional[VectorIndex] = None
         self.model_id: Optional[str] = None  # the model id the in-memory index was built for
         self.generation = -1  # the database generation the in-memory index reflects
-        self.unsaved = False
+        self.saved_generation = -1  # the generation of the index file, as this process knows it
+        self.changed_items = 0  # items added or removed in memory since that file
         self.last_save = time.monotonic()
+
+    @property
+    def unsaved(self) -> bool:
+        return self.index is not None and self.generation != self.saved_generation
+
+    def snapshot_due(self) -> bool:
+        if not self.unsaved:
+            return False
+        return (self.changed_items >= max(SNAPSHOT_MIN_CHANGES, SNAPSHOT_SHARE * len(self.index))
+                or time.monotonic() - self.last_save >= SNAPSHOT_SECONDS)
 
     def start_empty(self) -> None:
         """A new gallery's index: empty, saved (writer lock held)."""
@@ -49,68 +72,82 @@ class Replica:
         self.model_id, self.generation = self.record.model_id, self.record.generation
         self.save()
 
-    def changed(self, generation: int, update: Callable[[VectorIndex], None]) -> None:
-        """After a committed change: apply it to the in-memory index (writer lock held)."""
+    def changed(self, generation: int, update: Callable[[VectorIndex], None],
+                items: int = 0) -> None:
+        """After a committed change of `items` items: apply it to the in-memory index (writer
+        lock held)."""
         if generation != self.generation + 1:
-            self.sync()  # someone wrote without our lock; catch up from the database instead
+            self.sync()  # another process wrote in between; the log has theirs and ours
             return
         update(self.index)
         self.generation = generation
-        self.unsaved = True
-        reason = self.index.wants_rebuild()
-        if reason:
-            log.info("%s: rebuilding the index: %s", self.path, reason)
-            with self.store.read() as conn:
-                self.index = self._build(conn)
+        self.changed_items += items
+        self._rebuild_if_wanted()
 
     def sync(self) -> None:
         """Bring the in-memory index to the database's current state."""
         if self.generation >= 0 and self.store.current_generation() == self.generation:
             return  # the common case, once per request: nothing changed
+        repaired = False
         with self.store.read() as conn:
             if self.store.generation(conn) == self.generation:
                 return
             record = self.store.record(conn)
             self.check(record)
             self.record = record
-            base, base_generation, loaded, why = self._base(record)
-            if base is None:
-                if self.index is None and why:
-                    log.warning("%s: rebuilding the index from the stored embeddings: %s",
-                                self.path, why)
-                self.index = self._build(conn)
-            else:
-                self.index = base
-                if base_generation != record.generation:
-                    self._catch_up(conn, base_generation, record.generation)
+            spec = IndexSpec.parse(record.index)
+            fits = (self.index is not None and self.index.spec == spec
+                    and self.model_id == record.model_id)
+            if not (fits and self._replay(conn, self.generation, record.generation)):
+                repaired = self._reload(conn, record, fits)
             self.model_id, self.generation = record.model_id, record.generation
-            self.unsaved = base is not loaded or base_generation != record.generation
-        if not self.lock.held:
+        if repaired and not self.lock.held:
             self.flush()  # a reader that repaired the index saves it, if no writer is busy
 
-    def _base(self, record: GalleryRecord
-              ) -> tuple[Optional[VectorIndex], int, Optional[VectorIndex], Optional[str]]:
-        """The index to catch up from: the file's when it is newer than the one in memory (or
-        there is none that fits), else the one in memory; with its generation, the file's index
-        (if it could be loaded) and why it could not."""
+    def _reload(self, conn, record: GalleryRecord, fits: bool) -> bool:
+        """Catch up from the index file (or the index in memory, if newer), else rebuild; whether
+        the index file needs saving because of what was found."""
         spec = IndexSpec.parse(record.index)
         expect = {"gallery_id": record.gallery_id, "model_id": record.model_id,
                   "spec": str(spec), "dim": record.embedding_dim}
         loaded, manifest, why = VectorIndex.load(self.path, expect)
-        current = self.index if (self.index is not None and self.index.spec == spec
-                                 and self.model_id == record.model_id) else None
-        if loaded is not None and (current is None or manifest["generation"] > self.generation):
-            return loaded, int(manifest["generation"]), loaded, why
-        if current is not None:
-            return current, self.generation, loaded, why
-        return None, -1, loaded, why
+        if loaded is not None and (not fits or manifest["generation"] > self.generation):
+            self.index, base = loaded, int(manifest["generation"])
+            self.saved_generation, self.changed_items = base, 0
+        elif fits:
+            base = self.generation
+        else:
+            if self.index is None and why:
+                log.warning("%s: rebuilding the index from the stored embeddings: %s",
+                            self.path, why)
+            self.index = self._build(conn)
+            self.changed_items = len(self.index)
+            return True
+        if self._replay(conn, base, record.generation):
+            return False
+        self._compare_ids(conn, base, record.generation)
+        return True
 
-    def _build(self, conn) -> VectorIndex:
-        ids, vectors = self.store.embeddings(conn, self.record.embedding_dim)
-        return VectorIndex.build(IndexSpec.parse(self.record.index), self.record.embedding_dim,
-                                 ids, vectors)
+    def _replay(self, conn, after: int, upto: int) -> bool:
+        """Apply the logged changes after generation `after`; False (nothing applied) when the
+        log does not hold all of them."""
+        changes = self.store.changes(conn, after, upto)
+        if changes is None:
+            return False
+        added, removed = _net(changes)
+        self.index.remove(removed)
+        if len(added):
+            ids, vectors = self.store.embeddings(conn, self.record.embedding_dim, added)
+            self.index.add(ids, vectors)
+        self.changed_items += len(added) + len(removed)
+        if changes:
+            log.debug("%s: index replayed generations %d..%d: %d added, %d removed",
+                      self.path, after + 1, upto, len(added), len(removed))
+        self._rebuild_if_wanted(conn)
+        return True
 
-    def _catch_up(self, conn, from_generation: int, to_generation: int) -> None:
+    def _compare_ids(self, conn, from_generation: int, to_generation: int) -> None:
+        """The catch-up when the log is not there to replay: every id, compared."""
         stored = self.store.ids(conn)
         indexed = self.index.ids()
         extra = np.setdiff1d(indexed, stored)
@@ -120,15 +157,33 @@ class Replica:
             ids, vectors = self.store.embeddings(conn, self.record.embedding_dim,
                                                  None if len(missing) == len(stored) else missing)
             self.index.add(ids, vectors)
-        log.info("%s: index caught up from generation %d to %d: %d added, %d removed",
-                 self.path, from_generation, to_generation, len(missing), len(extra))
-        if self.index.wants_rebuild():
+        self.changed_items += len(missing) + len(extra)
+        log.info("%s: index caught up from generation %d to %d by comparing ids: %d added, "
+                 "%d removed", self.path, from_generation, to_generation, len(missing), len(extra))
+        self._rebuild_if_wanted(conn)
+
+    def _rebuild_if_wanted(self, conn=None) -> None:
+        reason = self.index.wants_rebuild()
+        if not reason:
+            return
+        log.info("%s: rebuilding the index: %s", self.path, reason)
+        if conn is None:
+            with self.store.read() as conn:
+                self.index = self._build(conn)
+        else:
             self.index = self._build(conn)
+        self.changed_items = len(self.index)  # a new index: its snapshot is due
+
+    def _build(self, conn) -> VectorIndex:
+        ids, vectors = self.store.embeddings(conn, self.record.embedding_dim)
+        return VectorIndex.build(IndexSpec.parse(self.record.index), self.record.embedding_dim,
+                                 ids, vectors)
 
     def save(self) -> None:
-        """Write the index file and manifest (writer lock held). A file system that refuses (disk
-        full, read-only) leaves the old files, which the database catches up later: every change
-        is already committed there, so it is logged, not raised."""
+        """Write the index file and manifest (writer lock held), then drop the log's changes
+        older than `LOG_KEEP` before it. A file system that refuses (disk full, read-only)
+        leaves the old files, which the log catches up later: every change is already committed
+        in the database, so it is logged, not raised."""
         self.index.update_recall()
         try:
             remove_leftovers(self.path)
@@ -140,8 +195,15 @@ class Replica:
                         "change, and the index catches up from it at the next save or open",
                         self.path, exc.strerror or exc)
             return
-        self.unsaved = False
+        self.saved_generation, self.changed_items = self.generation, 0
         self.last_save = time.monotonic()
+        if self.generation > LOG_KEEP:
+            try:
+                with self.store.write() as conn:
+                    self.store.compact_log(conn, self.generation - LOG_KEEP)
+            except DBAPIError as exc:  # the next snapshot compacts it
+                log.warning("%s: the change log could not be compacted (%s)", self.path,
+                            str(exc.orig or exc).splitlines()[0])
 
     def flush(self) -> None:
         """Save the index file now if it has unsaved changes, unless another process is writing
@@ -152,3 +214,20 @@ class Replica:
                     self.save()
             finally:
                 self.lock.release()
+
+
+def _net(changes: list[Change]) -> tuple[np.ndarray, np.ndarray]:
+    """(ids to add, ids to remove) that a run of changes comes to: ids are never reused, so an
+    item both added and removed within the run is neither."""
+    added: set[int] = set()
+    removed: set[int] = set()
+    for change in changes:
+        if change.op == "add":
+            added.update(change.ids.tolist())
+        elif change.op == "remove":
+            for i in change.ids.tolist():
+                if i in added:
+                    added.discard(i)
+                else:
+                    removed.add(i)
+    return (np.array(sorted(added), np.int64), np.array(sorted(removed), np.int64))

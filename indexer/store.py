@@ -1,11 +1,18 @@
-"""The metadata store: SQLAlchemy tables for the gallery's own row (its record), its items and
-their images.
+"""The metadata store: SQLAlchemy tables for the gallery's own row (its record), its items, their
+images, and the change log.
 
-SQLite file by default; any SQLAlchemy URL works (the statements are plain Core SQL). Every change
-is one transaction that also bumps `gallery.generation`, the counter the index manifest records, so
-an item is either wholly present (row, embedding, image bytes) or absent, and a reader can tell in
-one cheap query whether anything changed. Item ids are allocated from `gallery.next_id` and never
-reused, so an id held by a client can never point at a different image later.
+SQLite file by default; PostgreSQL (or any SQLAlchemy URL: the statements are plain Core SQL).
+Every change is one transaction that also bumps `gallery.generation`, the counter the index
+manifest records, so an item is either wholly present (row, embedding, image bytes) or absent, and
+a reader can tell in one cheap query whether anything changed. The same transaction appends the
+change (its generation, what it did, the item ids) to `changes`, so a reader whose index reflects
+generation G catches up by reading the log after G: work in proportion to what changed, not to the
+gallery. Item ids are allocated from `gallery.next_id` and never reused, so an id held by a client
+can never point at a different image later.
+
+Writers take turns on the gallery row: `write()` locks it first (SQLite: `BEGIN IMMEDIATE`;
+PostgreSQL: `SELECT ... FOR UPDATE`), so writers in different processes or on different hosts,
+sharing nothing but the database, each see the others' committed changes.
 """
 from __future__ import annotations
 
@@ -26,7 +33,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from encoder.errors import NotFoundError
 
 from .errors import GalleryError
-from .records import Item, Original
+from .records import MAX_LABEL_LENGTH, Item, Original
 
 SCHEMA_VERSION = 1
 _CHUNK = 500  # ids or hashes per IN (...) list, well under every database's parameter limit
@@ -69,7 +76,7 @@ class ItemRow(Base):
     __tablename__ = "items"
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
                                     autoincrement=False)  # == the FAISS id
-    label: Mapped[Optional[str]] = mapped_column(String(200), index=True)
+    label: Mapped[Optional[str]] = mapped_column(String(MAX_LABEL_LENGTH), index=True)
     source: Mapped[str] = mapped_column(Text)  # original path or upload name
     sha256: Mapped[str] = mapped_column(ForeignKey("images.sha256"), unique=True)
     width: Mapped[int] = mapped_column(Integer)
@@ -79,9 +86,29 @@ class ItemRow(Base):
     embedding: Mapped[bytes] = mapped_column(LargeBinary)  # float32 little-endian, embedding_dim values
 
 
-GALLERY, IMAGES, ITEMS = GalleryRow.__table__, ImageRow.__table__, ItemRow.__table__
+class ChangeRow(Base):
+    """One committed change: what the generation it made did to the index. Compacted (the oldest
+    rows deleted) when an index snapshot is saved; a reader whose index is older than the log
+    compares all ids instead."""
+
+    __tablename__ = "changes"
+    generation: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"),
+                                            primary_key=True, autoincrement=False)
+    op: Mapped[str] = mapped_column(String(8))  # "add", "remove", or "record" (the gallery row)
+    ids: Mapped[bytes] = mapped_column(LargeBinary)  # int64 little-endian item ids
+
+
+GALLERY, IMAGES, ITEMS, CHANGES = (GalleryRow.__table__, ImageRow.__table__, ItemRow.__table__,
+                                   ChangeRow.__table__)
 _ITEM_COLUMNS = [ITEMS.c.id, ITEMS.c.label, ITEMS.c.source, ITEMS.c.sha256, ITEMS.c.width,
                  ITEMS.c.height, IMAGES.c.media_type, ITEMS.c.added, ITEMS.c.metadata]
+
+
+@dataclass(frozen=True)
+class Change:
+    generation: int
+    op: str  # "add", "remove" or "record"
+    ids: np.ndarray  # int64
 
 
 @dataclass(frozen=True)
@@ -161,10 +188,13 @@ class Store:
 
     @contextmanager
     def write(self) -> Iterator[Connection]:
-        """One transaction: committed at the end, rolled back on any exception."""
+        """One transaction, writers one at a time (the gallery row locked first): committed at the
+        end, rolled back on any exception."""
         with self.engine.connect() as conn:
             conn = conn.execution_options(gallery_write=True)
             with conn.begin():
+                if self.engine.dialect.name != "sqlite":  # SQLite: BEGIN IMMEDIATE did it
+                    conn.execute(select(GALLERY.c.id).where(GALLERY.c.id == 1).with_for_update())
                 yield conn
 
     # --- the gallery row -------------------------------------------------------------------------
@@ -185,8 +215,10 @@ class Store:
         return inspect(self.engine).has_table(GALLERY.name)
 
     def upgrade(self) -> None:
-        """Add the nullable columns that came after schema 1 to an older gallery row (the
-        gallery works the same with them empty)."""
+        """Add what came after schema 1 to an older gallery: the nullable columns of the gallery
+        row (the gallery works the same with them empty), and the change log (empty: readers
+        compare ids until it has the changes they need)."""
+        Base.metadata.create_all(self.engine, tables=[CHANGES])  # only if it is not there
         present = {c["name"] for c in inspect(self.engine).get_columns(GALLERY.name)}
         added = [c for c in GALLERY.columns if c.name not in present]
         if not added:
@@ -251,6 +283,30 @@ class Store:
         generation, next_id = conn.execute(
             select(GALLERY.c.generation, GALLERY.c.next_id).where(GALLERY.c.id == 1)).one()
         return int(generation), int(next_id) - new_ids
+
+    # --- the change log ------------------------------------------------------------------------
+
+    def log(self, conn: Connection, generation: int, op: str, ids: Sequence[int] = ()) -> None:
+        """Record in the log what the change that made `generation` did."""
+        conn.execute(insert(CHANGES).values(
+            generation=generation, op=op, ids=np.asarray(_ints(ids), "<i8").tobytes()))
+
+    def changes(self, conn: Connection, after: int, upto: int) -> Optional[list[Change]]:
+        """The changes that made generations `after`+1 .. `upto`, in order; None if the log no
+        longer (or does not yet) holds all of them."""
+        if upto <= after:
+            return []
+        rows = conn.execute(select(CHANGES).where(CHANGES.c.generation > after,
+                                                  CHANGES.c.generation <= upto)
+                            .order_by(CHANGES.c.generation)).all()
+        if len(rows) != upto - after:
+            return None
+        return [Change(int(r.generation), r.op, np.frombuffer(bytes(r.ids), "<i8").astype(np.int64))
+                for r in rows]
+
+    def compact_log(self, conn: Connection, upto: int) -> int:
+        """Drop the log's changes up to generation `upto`; how many were dropped."""
+        return conn.execute(delete(CHANGES).where(CHANGES.c.generation <= upto)).rowcount
 
     # --- items -----------------------------------------------------------------------------------
 

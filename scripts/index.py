@@ -97,7 +97,6 @@ def main(argv: list[str] | None = None) -> int:
         gallery = Gallery.create(path, embedder, index=args.index or "flat", url=args.db_url,
                                  **verdict)
     with gallery:
-        gallery.save_every = 5.0  # a long run saves its index now and then, and at the end
         with bar(total=len(sources), desc="indexing", unit="img") as progress:
             report = ingest(gallery, sources, args.batch_size, args.strict, progress)
         gallery.flush()

@@ -29,7 +29,7 @@ from werkzeug.utils import secure_filename
 from encoder.errors import ConfigError
 from encoder.images import decode, megabytes, shrink
 from encoder.params import Range, parse_int
-from indexer.records import check_text
+from indexer.records import MAX_LABEL_LENGTH, check_text
 
 from .errors import MissingFieldError
 from .service import get_service
@@ -212,15 +212,14 @@ def fpir_param() -> Optional[str]:
     return request.values.get("fpir", "").strip() or None
 
 
-def text_param(name: str, required: bool = False, max_length: int = 200) -> Optional[str]:
+def text_param(name: str, required: bool = False, max_length: int = MAX_LABEL_LENGTH
+               ) -> Optional[str]:
     text = request.values.get(name, "").strip()
     if not text:
         if required:
             raise MissingFieldError(f"missing the text field '{name}'")
         return None
-    if len(text) > max_length:
-        raise ConfigError(f"{name} must be at most {max_length} characters, not {len(text)}")
-    check_text(name, text)
+    check_text(name, text, max_length)
     return text
 
 

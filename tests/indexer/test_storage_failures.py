@@ -26,6 +26,7 @@ def test_a_committed_add_survives_an_index_file_that_cannot_be_saved(tmp_path, m
         (gallery.path / f".{INDEX_FILE}.{os.getpid()}.tmp").mkdir()
         with caplog.at_level("WARNING", logger="indexer"):
             ids = gallery.add(files[2:], labels="y")  # committed: answered, not raised
+            gallery.flush()  # a snapshot, as is made when one is due and at close
         assert "the index file could not be saved" in caplog.text
         assert (gallery.path / INDEX_FILE).read_bytes() == saved  # the old file, whole
         assert len(gallery) == 4

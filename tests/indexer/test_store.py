@@ -218,3 +218,23 @@ def test_an_empty_gallery_table_is_an_error(store):
         conn.execute(GALLERY.delete())
     with store.read() as conn, pytest.raises(GalleryError, match="gallery table is empty"):
         store.record(conn)
+
+
+def test_the_change_log_holds_each_change_until_compacted(store):
+    ids = add(store, originals(3))
+    with store.write() as conn:
+        store.log(conn, 1, "add", ids)
+        generation, _ = store.next_generation(conn)
+        store.delete(conn, ids[:1])
+        store.log(conn, generation, "remove", np.asarray(ids[:1], np.int64))
+    with store.read() as conn:
+        changes = store.changes(conn, 0, 2)
+        assert [(c.generation, c.op, c.ids.tolist()) for c in changes] == [
+            (1, "add", ids), (2, "remove", ids[:1])]
+        assert store.changes(conn, 1, 2)[0].op == "remove" and store.changes(conn, 2, 2) == []
+        assert store.changes(conn, 0, 3) is None  # generation 3 is not (yet) in the log
+    with store.write() as conn:
+        assert store.compact_log(conn, 1) == 1
+    with store.read() as conn:
+        assert store.changes(conn, 0, 2) is None  # no longer reaches back to generation 1
+        assert len(store.changes(conn, 1, 2)) == 1
