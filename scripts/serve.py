@@ -67,10 +67,13 @@ def check(settings) -> None:
     if settings.model is not None:
         load_card(settings.model)  # a model named but missing: said first
     gallery = settings.require_gallery()
-    if not Path(gallery).exists():
+    # With a database URL, an absent or empty folder is made for the database's gallery
+    # (`indexer.folder.attach`): a second server's own folder.
+    if settings.db_url is None and not Path(gallery).exists():
         raise NotFoundError(f"{gallery}: no such gallery; make one with siamese-index FOLDER "
                             f"--gallery {gallery}")
-    if not (Path(gallery) / GALLERY_FILE).is_file():
+    if Path(gallery).exists() and not (Path(gallery) / GALLERY_FILE).is_file() and (
+            settings.db_url is None or any(Path(gallery).iterdir())):
         raise GalleryError(f"{gallery}: not a gallery (no {GALLERY_FILE}); make one with "
                            f"siamese-index FOLDER --gallery {gallery}")
     card = load_card(settings.model_dir())
