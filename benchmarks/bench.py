@@ -16,6 +16,10 @@ BENCHMARKS = {
     "encoder": ("benchmarks.bench_encoder", "embedding latency and throughput vs model.predict"),
     "training": ("benchmarks.bench_training", "our default vs the tutorial, same wall-clock budget"),
     "gallery": ("benchmarks.bench_gallery", "ingestion throughput and search latency vs NumPy"),
+    "writes": ("benchmarks.bench_writes", "single adds and searches under writes in a large gallery, "
+               "vs a whole-index save per add"),
+    "servers": ("benchmarks.bench_servers", "3 servers on one PostgreSQL gallery under 16 clients "
+                "with 10% writes, vs one server"),
     "web": ("benchmarks.bench_web", "POST /api/search over HTTP, 1-16 clients, vs a naive Flask server"),
 }
 

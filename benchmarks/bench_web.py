@@ -189,25 +189,26 @@ def _no_control_socket() -> list[str]:
 
 # --- the gallery and the queries ---------------------------------------------------------------
 
-def build_gallery(path: Path, model: str, dataset: str, size: int) -> Path:
+def build_gallery(path: Path, model: str, dataset: str, size: int, url: str = "") -> Path:
     """The first `size` Fashion-MNIST test images, labelled, in a flat gallery (in a child
-    process, so this one never loads TensorFlow)."""
+    process, so this one never loads TensorFlow); its metadata at `url` if given."""
     code = ("import sys\n"
             "from encoder import Embedder\n"
             "from encoder.datasets import load_fashion_mnist\n"
             "from indexer import Gallery\n"
             "path, model, dataset, size = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])\n"
+            "url = sys.argv[5] or None\n"
             "ds = load_fashion_mnist(dataset, 'test')\n"
             "names = [n.replace('/', '-') for n in ds.class_names]\n"
-            "with Gallery.create(path, Embedder.load(model)) as g:\n"
+            "with Gallery.create(path, Embedder.load(model), url=url) as g:\n"
             "    for s in range(0, size, 1000):\n"
             "        e = min(size, s + 1000)\n"
             "        g.add(ds.images[s:e], labels=[names[i] for i in ds.labels[s:e]],\n"
             "              sources=[f't10k-{i:05d}' for i in range(s, e)])\n")
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    subprocess.run([sys.executable, "-c", code, str(path), model, dataset, str(size)], check=True,
-                   env=env)
+    subprocess.run([sys.executable, "-c", code, str(path), model, dataset, str(size), url],
+                   check=True, env=env)
     return path
 
 
