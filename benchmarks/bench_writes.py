@@ -5,7 +5,8 @@ in the gallery benchmark; each item with its own small stored original) is writt
 the database and its index snapshot, then opened with the real model. Then:
 
 1. Single adds of new real images through `Gallery.add`, one at a time: latency p50/p99 and bytes
-   this process wrote per add (/proc/self/io wchar: the database, its log, the index file).
+   written per add (this process's writes: SQLite, its log, the index file; and on PostgreSQL
+   the server's write-ahead log).
    Baseline, in the same run: the same adds with the whole index file saved after each one, as
    every add did before the change log.
 2. Searches (refresh + search of one embedding, as each request does) while the gallery is idle,
@@ -61,7 +62,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--adds", type=int, default=300, help="single adds to time (default: %(default)s)")
     p.add_argument("--baseline-adds", type=int, default=20,
                    help="single adds with a whole-index save each (default: %(default)s)")
-    p.add_argument("--queries", type=int, default=600, help="searches per phase (default: %(default)s)")
+    p.add_argument("--queries", type=int, default=600,
+                   help="distinct query vectors, cycled (default: %(default)s)")
+    p.add_argument("--search-seconds", type=float, default=15.0,
+                   help="seconds of searching per phase (default: %(default)s)")
     p.add_argument("--write-interval", type=float, default=0.05,
                    help="seconds between the other process's adds (default: %(default)s)")
     p.add_argument("--real", type=int, default=70_000,
@@ -96,10 +100,10 @@ def run(args: argparse.Namespace) -> int:
             cluster.remove()
     print(f"\n{args.size:,} items, index {args.index}, metadata on "
           f"{'PostgreSQL' if args.postgres else 'SQLite'}")
-    print(f"{'':<40} {'p50 ms':>8} {'p99 ms':>8} {'KB written':>11}")
+    print(f"{'':<40} {'count':>7} {'p50 ms':>8} {'p99 ms':>8} {'KB written':>11}")
     for name, r in rows.items():
         written = f"{r['kb']:>11,.1f}" if "kb" in r else f"{'':>11}"
-        print(f"{name:<40} {r['p50']:>8.2f} {r['p99']:>8.2f} {written}")
+        print(f"{name:<40} {r['n']:>7,} {r['p50']:>8.2f} {r['p99']:>8.2f} {written}")
     add, old = rows["add (change log)"], rows["add, index saved each time (before)"]
     idle, busy = rows["search, idle"], rows["search, another process writing"]
     print(f"add p99: {old['p99'] / add['p99']:.1f}x faster; bytes per add: "
@@ -150,9 +154,18 @@ def build(path: Path, embedder, url, vectors: np.ndarray, index: str) -> None:
           file=sys.stderr, flush=True)
 
 
-def written() -> int:
+def written(gallery) -> int:
+    """Bytes written so far for the gallery: by this process (/proc/self/io wchar: SQLite, its
+    log, the index file), plus PostgreSQL's write-ahead log when the metadata is there (each
+    change is written to the WAL first; the table files follow at checkpoints)."""
     with open("/proc/self/io") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("wchar:"))
+        local = next(int(line.split()[1]) for line in f if line.startswith("wchar:"))
+    store = gallery._store
+    if store.engine.dialect.name != "postgresql":
+        return local
+    with store.engine.connect() as conn:
+        wal = conn.exec_driver_sql("select pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')")
+        return local + int(wal.scalar_one())
 
 
 def percentiles(times: list[float]) -> dict:
@@ -176,7 +189,7 @@ def measure(path: Path, embedder, url, images: np.ndarray, queries: np.ndarray, 
         gallery.add(new_image())  # warm up (TensorFlow's first calls)
     for name, count, save_each in [("add (change log)", args.adds, False),
                                    ("add, index saved each time (before)", args.baseline_adds, True)]:
-        times, before = [], written()
+        times, before = [], written(gallery)
         for _ in range(count):
             image = new_image()
             start = time.perf_counter()
@@ -185,20 +198,22 @@ def measure(path: Path, embedder, url, images: np.ndarray, queries: np.ndarray, 
                 with gallery.writing():
                     gallery._replica.save()
             times.append(time.perf_counter() - start)
-        rows[name] = {**percentiles(times), "kb": (written() - before) / count / 1e3}
+        rows[name] = {**percentiles(times), "kb": (written(gallery) - before) / count / 1e3}
         print(f"measured: {name}", file=sys.stderr, flush=True)
 
-    def searches() -> list[float]:
+    def searches(seconds: float) -> list[float]:
         times = []
-        for q in queries:
+        stop = time.perf_counter() + seconds
+        while time.perf_counter() < stop:
+            q = queries[len(times) % len(queries)]
             start = time.perf_counter()
             gallery.refresh()
             gallery.search_vectors(q[None], k=10)
             times.append(time.perf_counter() - start)
         return times
 
-    searches()  # warm up
-    rows["search, idle"] = percentiles(searches())
+    searches(1.0)  # warm up
+    rows["search, idle"] = percentiles(searches(args.search_seconds))
     generation = gallery.stats().generation
     # The writer on one thread: on a 2-core machine TensorFlow's thread pools would otherwise
     # take the searcher's core, which measures the machine, not the gallery.
@@ -210,7 +225,7 @@ def measure(path: Path, embedder, url, images: np.ndarray, queries: np.ndarray, 
     try:
         assert writer.stdout.readline().strip() == "ready"
         time.sleep(1.0)
-        rows["search, another process writing"] = percentiles(searches())
+        rows["search, another process writing"] = percentiles(searches(args.search_seconds))
     finally:
         writer.kill()
         writer.wait()

@@ -444,10 +444,13 @@ class Gallery:
                 generation=self._replica.generation, created=s.created.isoformat(timespec="seconds"))
 
     def refresh(self) -> bool:
-        """Catch up with changes committed since (by this or another process). True if any."""
+        """Catch up with changes committed since (by this or another process), and save the
+        index if a snapshot is due and no writer is busy. True if anything changed."""
         with self._mutex:
             before = self._replica.generation
             self._replica.sync()
+            if self._replica.snapshot_due():
+                self._replica.flush()
             return self._replica.generation != before
 
     # --- writing ---------------------------------------------------------------------------------
@@ -467,9 +470,10 @@ class Gallery:
             yield self
             replica = self._replica
             if outermost and replica.snapshot_due():
-                # Without the mutex: while this writer holds the lock nothing else changes the
-                # index, and searches read it as it is saved.
-                replica.save()
+                # Under the mutex: a server sharing the database (not this folder's lock) may
+                # write meanwhile, and this process's readers replay it into the index.
+                with self._mutex:
+                    replica.save()
 
     def add(self, images: Images, labels: Union[None, str, Sequence[Optional[str]]] = None,
             metadata: Union[None, dict, Sequence[dict]] = None,
@@ -524,7 +528,8 @@ class Gallery:
                 if new:
                     with self._mutex:
                         self._replica.changed(
-                            generation, lambda index: index.add(np.asarray(ids), vectors), len(ids))
+                            generation, lambda index: index.add(np.asarray(ids), vectors),
+                            added=len(ids))
                 else:
                     ids = []
                 known.update({originals[i].sha256: item_id for i, item_id in zip(new, ids)})
@@ -551,7 +556,7 @@ class Gallery:
                     self._item_cache.pop(i, None)
                 self._replica.changed(generation,
                                       lambda index: index.remove(np.asarray(ids, np.int64)),
-                                      len(ids))
+                                      removed=len(ids))
             self._store.purge()
 
     def set_index(self, index: Union[str, IndexSpec]) -> None:

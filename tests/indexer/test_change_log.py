@@ -121,3 +121,16 @@ def test_servers_with_their_own_folders_share_one_database(tmp_path, model_embed
     assert np.array_equal(a._index.ids(), b._index.ids())
     a.close()
     b.close()
+
+
+def test_a_removed_vector_leaves_the_index_file_within_its_bound(gallery, monkeypatch):
+    """A removal makes a snapshot due after `REMOVAL_SECONDS` (here 0), at the end of the write
+    or at a reader's next refresh, so a deleted embedding does not linger in index.faiss."""
+    monkeypatch.setattr(replica, "REMOVAL_SECONDS", 0.0)
+    gallery.flush()
+    victim = gallery.items(limit=1)[0].id
+    with gallery._store.read() as conn:
+        vector = gallery._store.embeddings(conn, 64, [victim])[1][0]
+    assert vector.tobytes() in (gallery.path / INDEX_FILE).read_bytes()
+    gallery.remove(victim)
+    assert vector.tobytes() not in (gallery.path / INDEX_FILE).read_bytes()

@@ -8,7 +8,7 @@ import pytest
 
 from encoder.distance import pairwise
 from encoder.errors import ConfigError
-from indexer.vectors import INDEX_FILE, MANIFEST_FILE, IndexSpec, VectorIndex
+from indexer.vectors import INDEX_FILE, MANIFEST_FILE, IndexSpec, VectorIndex, measure_recall
 
 
 @pytest.fixture(scope="module")
@@ -146,3 +146,24 @@ def test_load_refuses_damaged_replaced_or_foreign_files(tmp_path, vectors):
     assert "index.json is unreadable" in VectorIndex.load(tmp_path, {})[2]
     (tmp_path / MANIFEST_FILE).write_text(json.dumps({"format": 99}))
     assert "not a format-1 manifest" in VectorIndex.load(tmp_path, {})[2]
+
+
+def test_hnsw_save_scrubs_deleted_vectors_and_keeps_recall(tmp_path, vectors):
+    """No deleted embedding reaches the saved file (nor stays in memory); searches keep their
+    recall, and the scrubbed nodes are remembered across a load."""
+    ids, x = vectors
+    index = VectorIndex.build(IndexSpec.parse("hnsw:ef_search=32"), x.shape[1], ids, x)
+    gone = ids[::7]  # a seventh deleted: under the rebuild limit
+    index.remove(gone)
+    index.save(tmp_path, {"generation": 1})
+    data = (tmp_path / INDEX_FILE).read_bytes()
+    row = {int(i): r for r, i in enumerate(ids)}
+    assert not any(x[row[int(i)]].tobytes() in data for i in gone)
+    assert all(x[row[int(i)]].tobytes() in data for i in ids[1:200:7])  # the live ones are there
+    live = np.setdiff1d(ids, gone)
+    assert measure_recall(index, live, x[[row[int(i)] for i in live]]).at_10 >= 0.95
+    loaded, manifest, why = VectorIndex.load(tmp_path, {})
+    assert why == "" and manifest["scrubbed"] == gone.tolist()
+    assert loaded.scrub() == 0  # nothing new to scrub
+    found = loaded.search(x[[row[int(i)] for i in gone]], 10)[1]
+    assert not np.isin(found, gone).any()

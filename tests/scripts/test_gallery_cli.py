@@ -197,3 +197,23 @@ def test_a_gallery_remembers_its_model_for_commands_run_anywhere(tmp_path, png_f
     assert info["model"] == str(model_dir.resolve())  # re-embedding moves what it remembers
     code, out, err = cli(search_cmd, [query, "--gallery", gallery], capsys)
     assert code == 0, err
+
+
+def test_database_urls_that_cannot_serve_are_one_line(tmp_path, png_folder, model_dir, capsys,
+                                                      postgres):
+    """A URL that is not one, a scheme without its driver, a PostgreSQL server that is not there
+    (with a password in the URL that must not be shown), and a database with no gallery."""
+    query = sorted(png_folder.rglob("*.png"))[0]
+    dead = "postgresql+psycopg://postgres:s3cret@127.0.0.1:1/gallery"  # nothing listens on port 1
+    for url, expected in [
+            ("not a url", "error: not a database URL (e.g. postgresql+psycopg://"),
+            ("mysql://u@localhost/db", "error: no driver for the database URL's scheme: No "
+                                       "module named 'MySQLdb'"),
+            (dead, "error: database: connection failed: connection to server at \"127.0.0.1\", "
+                   "port 1 failed"),
+            (postgres.create_database("empty"), f"error: {tmp_path / 'g'}: no such gallery, and "
+                                                "the database postgresql+psycopg://")]:
+        code, _, err = cli(search_cmd, [query, "--gallery", tmp_path / "g", "--model", model_dir,
+                                        "--db-url", url], capsys)
+        assert code == 2 and error_line(err).startswith(expected), err
+        assert "s3cret" not in err and "Traceback" not in err
