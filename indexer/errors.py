@@ -15,6 +15,10 @@ class GalleryError(SiameseSearchError):
     """A gallery is missing, locked by another writer, or its files do not belong together."""
 
 
+class OriginalsUnavailable(GalleryError):
+    """The store of original images (`indexer.originals`) could not be written or read."""
+
+
 @dataclass(frozen=True)
 class StorageFailure:
     """A failure of what a gallery is stored on, not of the request or of the code."""
@@ -30,6 +34,9 @@ _DISK_FULL_SQLSTATE = "53100"  # PostgreSQL's disk_full
 
 def storage_failure(exc: BaseException) -> Optional[StorageFailure]:
     """What `exc` says about the storage, or None when it is something else (a bug)."""
+    if isinstance(exc, OriginalsUnavailable):
+        detail = str(exc)
+        return StorageFailure("disk_full" if "No space left" in detail else "files", detail)
     if isinstance(exc, sqlalchemy.exc.DBAPIError) and not isinstance(exc, _REFUSALS):
         detail = str(exc.orig if exc.orig is not None else exc).splitlines()[0]
         # SQLite says "database or disk is full"; PostgreSQL "could not extend file ...: No

@@ -77,7 +77,9 @@ def make(path: Path, url: Optional[str], record: GalleryRecord,
         shutil.rmtree(building, ignore_errors=True)
         raise
     fsync_folder(path.parent)
-    return Store(url or sqlite_url(path))
+    store = Store(url or sqlite_url(path))
+    store.use_originals(record)
+    return store
 
 
 def _write_marker(folder: Path, gallery_id: str, external: bool,
@@ -200,6 +202,7 @@ def connect(path: Path, url: Optional[str]) -> tuple[Store, GalleryRecord]:
     store.upgrade()
     with store.read() as conn:
         record = store.record(conn)
+    store.use_originals(record)
     if record.gallery_id != gallery_id or record.schema != SCHEMA_VERSION:
         store.close()
         raise GalleryError(f"{path}: {GALLERY_FILE} and the database {where} belong to different "

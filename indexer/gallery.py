@@ -27,6 +27,7 @@ from . import folder
 from .errors import GalleryError
 from .folder import LOCK_FILE
 from .lock import WriterLock
+from .originals import normalise as normalise_originals
 from .records import MAX_LABEL_LENGTH, Item, Match, Original, check_metadata, check_text
 from .replica import Replica
 from .store import SCHEMA_VERSION, GalleryRecord, Store
@@ -86,6 +87,7 @@ class GalleryStats:
     index_bytes: Optional[int]
     generation: int
     created: str
+    originals: str  # where the original images are: "database", a folder or a URL
 
     def summary(self) -> str:
         """One line for people: size, model, index, verdict defaults."""
@@ -125,8 +127,8 @@ class Gallery:
     @classmethod
     def create(cls, path: Union[str, Path], embedder, index: Union[str, IndexSpec] = "flat",
                url: Optional[str] = None, threshold: Optional[float] = None,
-               lock_timeout: float = 30.0, operating_point: Optional[str] = None, fpir: Optional[float] = None
-               ) -> "Gallery":
+               lock_timeout: float = 30.0, operating_point: Optional[str] = None,
+               fpir: Optional[float] = None, originals: Optional[str] = None) -> "Gallery":
         """A new, empty gallery in folder `path` (created; it must not hold anything yet).
 
         `index`: an `IndexSpec` or its text ("flat", "hnsw:m=16", ...). `url`: keep the metadata at
@@ -134,9 +136,12 @@ class Gallery:
         written down, as it may hold a password). `operating_point` ("balanced", "far-1e-2",
         "far-1e-3") or `threshold`: this gallery's default 1:1 rule (default: "balanced");
         `fpir`: its default target for `identify` (0.01). `lock_timeout`: seconds to wait for
-        another writer."""
+        another writer. `originals`: keep the original image bytes outside the database, in this
+        folder or at this fsspec URL (e.g. s3://bucket/prefix), content-addressed; the database
+        keeps the key (`indexer.originals`)."""
         path = Path(path)
         spec = index if isinstance(index, IndexSpec) else IndexSpec.parse(index)
+        originals = normalise_originals(originals)
         # The verdict checks both (and not both together), before anything is made.
         rule = embedder.verdicts.rule(operating_point, threshold)
         threshold = None if threshold is None else rule.threshold
@@ -145,7 +150,7 @@ class Gallery:
                                model_id=embedder.model_id, embedding_dim=embedder.embedding_dim,
                                index=str(spec), threshold=threshold, generation=0, next_id=1,
                                created=dt.datetime.now(dt.timezone.utc),
-                               operating_point=operating_point, fpir=fpir)
+                               operating_point=operating_point, fpir=fpir, originals=originals)
         store = folder.make(path, url, record, embedder.directory)
         gallery = cls(path, embedder, store, record, lock_timeout)
         with gallery._lock, gallery._mutex:
@@ -441,7 +446,8 @@ class Gallery:
                 recall_at_10=1.0 if index.exact else (index.recall.at_10 if index.recall else None),
                 recall_measured_on=index.recall.items if index.recall else None,
                 index_bytes=file.stat().st_size if file.exists() else None,
-                generation=self._replica.generation, created=s.created.isoformat(timespec="seconds"))
+                generation=self._replica.generation, created=s.created.isoformat(timespec="seconds"),
+                originals=s.originals or "database")
 
     def refresh(self) -> bool:
         """Catch up with changes committed since (by this or another process), and save the
@@ -549,8 +555,9 @@ class Gallery:
                     shown = ", ".join(map(str, missing[:10])) + (" ..." if len(missing) > 10 else "")
                     raise NotFoundError(f"no item(s) {shown} in the gallery; nothing was removed")
                 generation, _ = self._store.next_generation(conn)
-                self._store.delete(conn, ids)
+                hashes = self._store.delete(conn, ids)
                 self._store.log(conn, generation, "remove", ids)
+            self._store.discard(hashes)
             with self._mutex:
                 for i in ids:
                     self._item_cache.pop(i, None)

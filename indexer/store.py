@@ -33,6 +33,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from encoder.errors import ConfigError, NotFoundError
 
 from .errors import GalleryError
+from .originals import Originals, discard, open_originals
 from .records import MAX_LABEL_LENGTH, Item, Original
 
 SCHEMA_VERSION = 1
@@ -58,6 +59,8 @@ class GalleryRow(Base):
     # after schema 1 was out: `Store.upgrade` adds them to older databases.
     operating_point: Mapped[Optional[str]] = mapped_column(String(40), nullable=True)
     fpir: Mapped[Optional[float]] = mapped_column(nullable=True)
+    # Where the original image bytes are (`originals.py`); None: in `images.data`.
+    originals: Mapped[Optional[str]] = mapped_column(String(1000), nullable=True)
     generation: Mapped[int] = mapped_column(BigInteger)  # +1 per committed change
     next_id: Mapped[int] = mapped_column(BigInteger)
     created: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
@@ -69,7 +72,7 @@ class ImageRow(Base):
     __tablename__ = "images"
     sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
     media_type: Mapped[str] = mapped_column(String(64))
-    data: Mapped[bytes] = mapped_column(LargeBinary)
+    data: Mapped[Optional[bytes]] = mapped_column(LargeBinary, nullable=True)  # None: in `originals`
 
 
 class ItemRow(Base):
@@ -124,6 +127,7 @@ class GalleryRecord:
     created: dt.datetime
     operating_point: Optional[str] = None
     fpir: Optional[float] = None
+    originals: Optional[str] = None
 
 
 def _utc(t: dt.datetime) -> dt.datetime:
@@ -181,6 +185,11 @@ class Store:
         if self.engine.dialect.name == "sqlite":
             _sqlite_setup(self.engine)
         self._probe = None  # the DBAPI connection of `current_generation`
+        self.originals: Optional[Originals] = None  # where image bytes go, if not in `images`
+
+    def use_originals(self, record: GalleryRecord) -> None:
+        """Keep image bytes where the gallery's record says (`originals.py`)."""
+        self.originals = open_originals(record.originals, record.gallery_id)
 
     def close(self) -> None:
         if self._probe is not None:
@@ -334,8 +343,12 @@ class Store:
         ids = [int(i) for i in ids]
         added = [added] * len(ids) if isinstance(added, dt.datetime) else list(added)
         vectors = np.ascontiguousarray(embeddings, "<f4")
+        if self.originals is not None:  # before the commit: an unreachable store refuses the add
+            for o in originals:
+                self.originals.put(o.sha256, o.data)
         conn.execute(insert(IMAGES), [
-            {"sha256": o.sha256, "media_type": o.media_type, "data": o.data} for o in originals])
+            {"sha256": o.sha256, "media_type": o.media_type,
+             "data": None if self.originals is not None else o.data} for o in originals])
         conn.execute(insert(ITEMS), [
             {"id": i, "label": label, "source": o.name, "sha256": o.sha256, "width": o.image.width,
              "height": o.image.height, "added": when, "metadata": meta, "embedding": v.tobytes()}
@@ -350,11 +363,28 @@ class Store:
             present.update(conn.execute(select(ITEMS.c.id).where(ITEMS.c.id.in_(chunk))).scalars())
         return [i for i in ids if i not in present]
 
-    def delete(self, conn: Connection, ids: Sequence[int]) -> None:
+    def delete(self, conn: Connection, ids: Sequence[int]) -> list[str]:
+        """Delete items and their images; the hashes of the images, for `discard` after the
+        commit when the bytes are in an originals store."""
+        removed = []
         for chunk in _chunks(_ints(ids)):
             hashes = list(conn.execute(select(ITEMS.c.sha256).where(ITEMS.c.id.in_(chunk))).scalars())
             conn.execute(delete(ITEMS).where(ITEMS.c.id.in_(chunk)))
             conn.execute(delete(IMAGES).where(IMAGES.c.sha256.in_(hashes)))
+            removed.extend(hashes)
+        return removed
+
+    def discard(self, hashes: list[str]) -> None:
+        """After a delete has committed: remove the objects from the originals store, if any."""
+        discard(self.originals, hashes)
+
+    def _bytes(self, sha256: str, data: Optional[bytes]) -> bytes:
+        if data is not None:
+            return bytes(data)
+        if self.originals is None:
+            raise GalleryError(f"the image {sha256} has no bytes in the database and the gallery "
+                               "names no originals store")
+        return self.originals.get(sha256)
 
     def quick_check(self, max_bytes: int = 2 * 1024**3) -> Optional[str]:
         """What SQLite's `quick_check` finds wrong with the database (its first line), or None:
@@ -404,11 +434,11 @@ class Store:
                     metadata=r.metadata or {})
 
     def image(self, conn: Connection, item_id: int) -> tuple[bytes, str]:
-        row = conn.execute(select(IMAGES.c.data, IMAGES.c.media_type).join(ITEMS)
+        row = conn.execute(select(IMAGES.c.sha256, IMAGES.c.data, IMAGES.c.media_type).join(ITEMS)
                            .where(ITEMS.c.id == item_id)).first()
         if row is None:
             raise NotFoundError(f"no item {item_id} in the gallery")
-        return bytes(row.data), row.media_type
+        return self._bytes(row.sha256, row.data), row.media_type
 
     def count(self, conn: Connection) -> int:
         return int(conn.execute(select(func.count()).select_from(ITEMS)).scalar_one())
@@ -448,9 +478,10 @@ class Store:
     def originals(self, conn: Connection, after_id: int, limit: int
                   ) -> list[tuple[int, str, bytes]]:
         """(id, source, image bytes) of the next `limit` items with id > `after_id`."""
-        rows = conn.execute(select(ITEMS.c.id, ITEMS.c.source, IMAGES.c.data).join(IMAGES)
-                            .where(ITEMS.c.id > after_id).order_by(ITEMS.c.id).limit(limit))
-        return [(int(r.id), r.source, bytes(r.data)) for r in rows]
+        rows = conn.execute(select(ITEMS.c.id, ITEMS.c.source, IMAGES.c.sha256, IMAGES.c.data)
+                            .join(IMAGES).where(ITEMS.c.id > after_id).order_by(ITEMS.c.id)
+                            .limit(limit))
+        return [(int(r.id), r.source, self._bytes(r.sha256, r.data)) for r in rows]
 
     def set_embeddings(self, conn: Connection, ids: Sequence[int], vectors: np.ndarray) -> None:
         vectors = np.ascontiguousarray(vectors, "<f4")

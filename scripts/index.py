@@ -34,6 +34,10 @@ def parser() -> argparse.ArgumentParser:
                    help="index of a new gallery, or switch an existing one (rebuilt): flat "
                         "(exact, the default), hnsw[:m=16,ef_construction=80,ef_search=64], "
                         "ivf[:nlist=auto,nprobe=16]")
+    p.add_argument("--originals", metavar="FOLDER_OR_URL",
+                   help="a new gallery keeps its original images here, content-addressed, "
+                        "instead of in its database: a folder, or an fsspec URL such as "
+                        "s3://bucket/prefix (with s3fs installed)")
     p.add_argument("--reembed", action="store_true",
                    help="re-embed the gallery's stored images with --model (a new model), "
                         "then rebuild the index")
@@ -82,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     path = Path(args.gallery)
     bar = functools.partial(progress_bar, args.progress)
     if (path / GALLERY_FILE).exists():
+        if args.originals:
+            raise ConfigError(f"{path}: --originals is for a new gallery; this one keeps its "
+                              "originals where it was made to")
         if args.reembed:
             with bar(desc="re-embedding", unit="img") as progress:
                 gallery = Gallery.reembed(path, embedder, url=args.db_url, progress=progress)
@@ -95,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         raise GalleryError(f"{path}: no gallery to re-embed")
     else:
         gallery = Gallery.create(path, embedder, index=args.index or "flat", url=args.db_url,
-                                 **verdict)
+                                 originals=args.originals, **verdict)
     with gallery:
         with bar(total=len(sources), desc="indexing", unit="img") as progress:
             report = ingest(gallery, sources, args.batch_size, args.strict, progress)

@@ -9,7 +9,7 @@ import pytest
 import sqlalchemy.exc
 
 from indexer import Gallery
-from indexer.errors import GalleryError
+from indexer.errors import GalleryError, OriginalsUnavailable
 from indexer.vectors import INDEX_FILE
 from scripts.common import failure_line
 from webapp.errors import status_of
@@ -52,6 +52,12 @@ def test_disk_full_and_database_failures_are_one_line_and_a_clear_status():
     assert status_of(gone)[:2] == (503, "database_unavailable")
     read_only = OSError(errno.EROFS, os.strerror(errno.EROFS), "/srv/g/index.faiss")
     assert status_of(read_only)[:2] == (503, "storage_unavailable")
+    originals = OriginalsUnavailable("the originals store /srv/originals cannot be reached: "
+                                     "Connection refused")
+    assert failure_line(originals) == ("the originals store /srv/originals cannot be reached: "
+                                       "Connection refused")
+    assert status_of(originals)[:2] == (503, "storage_unavailable")
+    assert "/srv" not in status_of(originals)[2]
     assert failure_line(ValueError("a bug")) is None  # not ours to hide: its traceback
 
 
