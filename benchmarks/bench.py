@@ -20,6 +20,8 @@ BENCHMARKS = {
                "vs a whole-index save per add"),
     "servers": ("benchmarks.bench_servers", "3 servers on one PostgreSQL gallery under 16 clients "
                 "with 10% writes, vs one server"),
+    "hardening": ("benchmarks.bench_hardening", "searches while clients send worst-case images, "
+                  "health probes while clients trickle bodies, vs alone"),
     "web": ("benchmarks.bench_web", "POST /api/search over HTTP, 1-16 clients, vs a naive Flask server"),
 }
 
