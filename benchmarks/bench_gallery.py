@@ -51,6 +51,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="real Fashion-MNIST embeddings to build galleries from; larger galleries "
                         "add jittered copies (default: %(default)s, all of them)")
     p.add_argument("--skip-ingest", action="store_true", help="measure search only")
+    p.add_argument("--ray", action="store_true",
+                   help="also ingest on a local Ray cluster (siamese-index --ray), compared with "
+                        "the single-process rate")
     p.add_argument("--skip-search", action="store_true", help="measure ingestion only")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.add_argument("--seed", type=int, default=0)
@@ -108,10 +111,27 @@ def bench_ingest(embedder, args) -> dict:
         again = ingest(gallery, sources)
         gallery.close()
         again_total = time.perf_counter() - start
+        ray = {}
+        if args.ray:
+            from indexer.ray_ingest import ingest_on_ray
+
+            start = time.perf_counter()
+            gallery = Gallery.create(Path(tmp) / "ray-gallery", embedder)
+            on_ray = ingest_on_ray(gallery, sources, args.model)
+            same = sorted(i.sha256 for i in gallery.items(limit=len(sources) + 1))
+            gallery.close()
+            ray_total = time.perf_counter() - start
+            gallery = Gallery.open(Path(tmp) / "gallery", embedder)
+            ref = sorted(i.sha256 for i in gallery.items(limit=len(sources) + 1))
+            gallery.close()
+            ray = {"ray_added": on_ray.added, "ray_seconds": round(ray_total, 2),
+                   "ray_images_per_s": round(on_ray.added / ray_total, 1),
+                   "ray_vs_one_process": round(first_total / ray_total, 3),
+                   "ray_same_gallery": same == ref}
     return {"images": len(sources), "added": first.added, "failed": len(first.failed),
             "seconds": round(first_total, 2), "images_per_s": round(first.added / first_total, 1),
             "again_added": again.added, "again_seconds": round(again_total, 2),
-            "again_fraction": round(again_total / first_total, 3)}
+            "again_fraction": round(again_total / first_total, 3), **ray}
 
 
 def write_pngs(folder: Path, args) -> Path:
@@ -129,7 +149,13 @@ def write_pngs(folder: Path, args) -> Path:
 
 
 def format_ingest(r: dict) -> str:
-    return (f"ingest: {r['added']:,} of {r['images']:,} PNGs in {r['seconds']:.2f} s = "
+    ray = ""
+    if "ray_seconds" in r:
+        ray = (f"on Ray (local cluster, started and stopped included): {r['ray_added']:,} added in "
+               f"{r['ray_seconds']:.2f} s = {r['ray_images_per_s']:,.0f} images/s, "
+               f"{r['ray_vs_one_process']:.2f}x the single-process rate; same gallery: "
+               f"{'yes' if r['ray_same_gallery'] else 'NO'}\n")
+    return ray + (f"ingest: {r['added']:,} of {r['images']:,} PNGs in {r['seconds']:.2f} s = "
             f"{r['images_per_s']:,.0f} images/s end to end (decode, embed, store, index); "
             f"again: {r['again_added']} added in {r['again_seconds']:.2f} s "
             f"({100 * r['again_fraction']:.0f}% of the first run)\n"

@@ -501,10 +501,12 @@ class Gallery:
         return self.add_originals(originals, labels, metadata).ids
 
     def add_originals(self, originals: Sequence[Original], labels: Sequence[Optional[str]],
-                      metadata: Sequence[dict], pixels: Optional[np.ndarray] = None) -> Added:
+                      metadata: Sequence[dict], pixels: Optional[np.ndarray] = None,
+                      vectors: Optional[np.ndarray] = None) -> Added:
         """`add` for images already read and decoded (`records.Original`), as a folder ingest has;
-        `pixels`: their model input (`embedder.prepare`), if already made. Which images were new
-        is decided under the writer lock, so concurrent adds of one image create it once."""
+        `pixels`: their model input (`embedder.prepare`), or `vectors`: their embeddings by this
+        gallery's model, if already made. Which images were new is decided under the writer lock,
+        so concurrent adds of one image create it once."""
         for m in metadata:
             check_metadata(m)
         for label in labels:
@@ -516,8 +518,12 @@ class Gallery:
             new = [i for i, o in enumerate(originals)
                    if o.sha256 not in known and first.setdefault(o.sha256, i) == i]
             if new:
-                vectors = (self.embedder.embed([originals[i].image for i in new]) if pixels is None
-                           else self.embedder.embed_prepared(pixels[new]))
+                if vectors is not None:
+                    vectors = np.asarray(vectors, np.float32)[new]
+                elif pixels is not None:
+                    vectors = self.embedder.embed_prepared(pixels[new])
+                else:
+                    vectors = self.embedder.embed([originals[i].image for i in new])
                 with self._store.write() as conn:
                     # Another server on the same database may have added some meanwhile (the
                     # folder's lock is per host; the database's row lock is for all of them).

@@ -95,6 +95,14 @@ class Original:
                    Image.MIME.get(image.format or "", "application/octet-stream"))
 
     @classmethod
+    def decoded_elsewhere(cls, data: bytes, name: str, sha256: str) -> "Original":
+        """An image that another process has decoded (and embedded), such as a Ray worker: only
+        its header is read here, for its size and type."""
+        image = Image.open(io.BytesIO(data))
+        return cls(data, sha256, name, image,
+                   Image.MIME.get(image.format or "", "application/octet-stream"))
+
+    @classmethod
     def from_source(cls, source: ImageSource) -> "Original":
         """From a path, bytes, a PIL image or a uint8 array (H, W[, C]); images that come without
         bytes are stored as PNG."""

@@ -38,6 +38,10 @@ def parser() -> argparse.ArgumentParser:
                    help="a new gallery keeps its original images here, content-addressed, "
                         "instead of in its database: a folder, or an fsspec URL such as "
                         "s3://bucket/prefix (with s3fs installed)")
+    p.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
+                   help="read and embed on a Ray cluster (pip install 'siamese-search[ray]'): the "
+                        "one at ADDRESS (e.g. ray://head:10001 or head:6379), else a local one "
+                        "started for the run; several machines need --db-url")
     p.add_argument("--reembed", action="store_true",
                    help="re-embed the gallery's stored images with --model (a new model), "
                         "then rebuild the index")
@@ -105,7 +109,12 @@ def main(argv: list[str] | None = None) -> int:
                                  originals=args.originals, **verdict)
     with gallery:
         with bar(total=len(sources), desc="indexing", unit="img") as progress:
-            report = ingest(gallery, sources, args.batch_size, args.strict, progress)
+            if args.ray is not None and sources:
+                from indexer.ray_ingest import ingest_on_ray
+                report = ingest_on_ray(gallery, sources, str(embedder.directory), args.db_url,
+                                       args.ray or None, args.batch_size, args.strict, progress)
+            else:
+                report = ingest(gallery, sources, args.batch_size, args.strict, progress)
         gallery.flush()
         report.ignored = ignored
         stats = gallery.stats()

@@ -1,0 +1,168 @@
+"""Filling a gallery on Ray: the same sources, report and guarantees as `ingest.ingest`, with the
+reading, hashing, decoding and embedding spread over a Ray cluster (Ray Data `map_batches`, one
+`Embedder` per actor).
+
+Each actor reads its batch of files, hashes them, asks the gallery's database which hashes it
+already holds (so a rerun after an interruption embeds only what is new), decodes and embeds the
+rest, and hands back bytes, hash and embedding. This process, the gallery's one writer, adds each
+batch with `Gallery.add_originals`, which decides under the writer lock what is new: an image is
+added once however often it appears, and an interrupted run resumes by running it again.
+
+The actors reach the database by its URL: on several machines the gallery's metadata must be in
+a database they all reach (PostgreSQL, `--db-url`), and the files and the model at the same paths
+on every node. `ray` is the optional extra `.[ray]`.
+"""
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from encoder.errors import BadImageError, ConfigError
+
+from .folder import sqlite_url
+from .gallery import Gallery
+from .ingest import BATCH_SIZE, IngestReport, Source, _fail
+from .records import Original
+
+
+class ReadAndEmbed:
+    """A Ray Data actor: one model and one database connection, loaded once per actor.
+    `settings`: {"model_dir", "db_url"}, set on a subclass made for the run."""
+
+    settings: dict[str, str] = {}
+
+    def __init__(self):
+        import tensorflow as tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(1)  # one CPU per actor
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+        from encoder import Embedder
+
+        from .store import Store
+
+        self.embedder = Embedder.load(self.settings["model_dir"])
+        self.store = Store(self.settings["db_url"])
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
+        from encoder.images import read_bytes
+
+        from .records import sha256_of
+
+        rows: dict[str, list] = {k: [] for k in ("index", "sha256", "data", "error", "known",
+                                                 "vector")}
+        read = []
+        for index, path in zip(batch["index"], batch["path"]):
+            try:
+                data = read_bytes(str(path))
+                read.append((int(index), str(path), data, sha256_of(data)))
+            except BadImageError as exc:
+                self._row(rows, int(index), error=str(exc))
+        with self.store.read() as conn:
+            known = self.store.known(conn, [sha for *_, sha in read])
+        decoded = []
+        for index, path, data, sha in read:
+            if sha in known:
+                self._row(rows, index, sha256=sha, known=True)
+                continue
+            try:
+                decoded.append((index, Original.from_bytes(data, path, sha)))
+            except BadImageError as exc:
+                self._row(rows, index, error=str(exc))
+        if decoded:
+            vectors = self.embedder.embed([o.image for _, o in decoded])
+            for (index, original), vector in zip(decoded, vectors):
+                self._row(rows, index, sha256=original.sha256, data=original.data,
+                          vector=vector.astype(np.float32))
+        return rows
+
+    @staticmethod
+    def _row(rows: dict[str, list], index: int, sha256: str = "", data: bytes = b"",
+             error: str = "", known: bool = False, vector: Optional[np.ndarray] = None) -> None:
+        rows["index"].append(index)
+        rows["sha256"].append(sha256)
+        rows["data"].append(data)
+        rows["error"].append(error)
+        rows["known"].append(known)
+        rows["vector"].append(np.zeros(0, np.float32) if vector is None else vector)
+
+
+def ingest_on_ray(gallery: Gallery, sources: Sequence[Source], model_dir: str,
+                  db_url: Optional[str] = None, address: Optional[str] = None,
+                  batch_size: int = BATCH_SIZE, strict: bool = False, progress=None,
+                  actors: Optional[int] = None) -> IngestReport:
+    """`ingest.ingest` on Ray: on the cluster at `address`, or a local one started (and stopped)
+    here. `actors`: embedding actors (default: one per CPU of the cluster, less one for this
+    process's writing)."""
+    try:
+        import ray
+        import ray.data
+    except ImportError:
+        raise ConfigError("--ray needs Ray: pip install 'siamese-search[ray]'") from None
+    report = IngestReport(files=len(sources))
+    start = time.perf_counter()
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                 logging_level=logging.ERROR)
+    try:
+        for name in ("ray", "ray.data"):  # their INFO lines would bury the command's own output
+            logging.getLogger(name).setLevel(logging.ERROR)
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = False
+        ctx.verbose_progress = False
+        cpus = int(ray.cluster_resources().get("CPU", 1))
+        actors = actors or max(1, cpus - 1)
+        items = ray.data.from_items([{"index": i, "path": s.path} for i, s in enumerate(sources)],
+                                    override_num_blocks=max(1, min(len(sources) // batch_size, 10_000)))
+        # The actor class with its settings built in: constructor arguments would travel through
+        # the object store, where Ray warns that a restarted actor may not find them.
+        settings = {"model_dir": str(model_dir), "db_url": db_url or sqlite_url(gallery.path)}
+        actor = type("ReadAndEmbedHere", (ReadAndEmbed,), {"settings": settings})
+        # No restarts: an actor that dies fails the run, and running it again resumes it. (With
+        # restarts, Ray warns that the actor's constructor arguments may be gone by then; the
+        # only way to say so is the deprecated `ray_remote_args`.)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*ray_remote_args.* is deprecated")
+            embedded = items.map_batches(actor, batch_size=batch_size,
+                                         compute=ray.data.ActorPoolStrategy(size=actors),
+                                         num_cpus=1, batch_format="numpy", max_restarts=0)
+        seen: set[str] = set()
+        for batch in embedded.iter_batches(batch_size=batch_size, batch_format="numpy"):
+            _add(gallery, sources, batch, report, seen, strict)
+            if progress is not None:
+                progress.update(len(batch["index"]))
+    finally:
+        if started_here:
+            ray.shutdown()
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def _add(gallery: Gallery, sources: Sequence[Source], batch: dict[str, Any],
+         report: IngestReport, seen: set[str], strict: bool) -> None:
+    new: list[tuple[Source, Original, np.ndarray]] = []
+    for index, sha, data, error, known, vector in zip(
+            batch["index"], batch["sha256"], batch["data"], batch["error"], batch["known"],
+            batch["vector"]):
+        source = sources[int(index)]
+        if error:
+            _fail(report, source, BadImageError(str(error)), strict)
+        elif known:
+            report.skipped += 1
+        elif sha in seen or any(sha == o.sha256 for _, o, _ in new):
+            report.duplicates += 1
+        else:
+            new.append((source, Original.decoded_elsewhere(bytes(data), source.path, str(sha)),
+                        np.asarray(vector, np.float32)))
+    if not new:
+        return
+    added = gallery.add_originals([o for _, o, _ in new], [s.label for s, _, _ in new],
+                                  [s.metadata for s, _, _ in new],
+                                  vectors=np.stack([v for _, _, v in new]))
+    seen.update(o.sha256 for _, o, _ in new)
+    report.added += sum(added.created)
+    report.skipped += len(new) - sum(added.created)
