@@ -95,8 +95,8 @@ def ingest_on_ray(gallery: Gallery, sources: Sequence[Source], model_dir: str,
                   batch_size: int = BATCH_SIZE, strict: bool = False, progress=None,
                   actors: Optional[int] = None) -> IngestReport:
     """`ingest.ingest` on Ray: on the cluster at `address`, or a local one started (and stopped)
-    here. `actors`: embedding actors (default: one per CPU of the cluster, less one for this
-    process's writing)."""
+    here. `actors`: embedding actors, each on one CPU (default: one per CPU of the cluster; this
+    process, which only writes, mostly waits for them)."""
     try:
         import ray
         import ray.data
@@ -115,7 +115,7 @@ def ingest_on_ray(gallery: Gallery, sources: Sequence[Source], model_dir: str,
         ctx.enable_progress_bars = False
         ctx.verbose_progress = False
         cpus = int(ray.cluster_resources().get("CPU", 1))
-        actors = actors or max(1, cpus - 1)
+        actors = actors or max(1, cpus)
         items = ray.data.from_items([{"index": i, "path": s.path} for i, s in enumerate(sources)],
                                     override_num_blocks=max(1, min(len(sources) // batch_size, 10_000)))
         # The actor class with its settings built in: constructor arguments would travel through
