@@ -14,7 +14,9 @@ on every node. `ray` is the optional extra `.[ray]`.
 """
 from __future__ import annotations
 
+import importlib.util
 import logging
+import socket
 import time
 import warnings
 from typing import Any, Optional, Sequence
@@ -90,6 +92,24 @@ class ReadAndEmbed:
         rows["vector"].append(np.zeros(0, np.float32) if vector is None else vector)
 
 
+def check_address(address: Optional[str], timeout: float = 5.0) -> None:
+    """Refuse at once a cluster address nothing answers at (Ray itself retries for minutes).
+    Ray must be installed too."""
+    if importlib.util.find_spec("ray") is None:
+        raise ConfigError("--ray needs Ray: pip install 'siamese-search[ray]'")
+    if not address or address == "auto":
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"--ray {address}: expected HOST:PORT (e.g. head:6379) or "
+                          "ray://HOST:PORT")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise ConfigError(f"cannot reach the Ray cluster at {address}: "
+                          f"{(exc.strerror or str(exc)).lower()}") from None
+
+
 def ingest_on_ray(gallery: Gallery, sources: Sequence[Source], model_dir: str,
                   db_url: Optional[str] = None, address: Optional[str] = None,
                   batch_size: int = BATCH_SIZE, strict: bool = False, progress=None,
@@ -116,8 +136,10 @@ def ingest_on_ray(gallery: Gallery, sources: Sequence[Source], model_dir: str,
         ctx.verbose_progress = False
         cpus = int(ray.cluster_resources().get("CPU", 1))
         actors = actors or max(1, cpus)
+        # A block per batch, and at least one per actor, so that every actor has work.
+        blocks = min(max(-(-len(sources) // batch_size), actors), len(sources))
         items = ray.data.from_items([{"index": i, "path": s.path} for i, s in enumerate(sources)],
-                                    override_num_blocks=max(1, min(len(sources) // batch_size, 10_000)))
+                                    override_num_blocks=blocks)
         # The actor class with its settings built in: constructor arguments would travel through
         # the object store, where Ray warns that a restarted actor may not find them.
         settings = {"model_dir": str(model_dir), "db_url": db_url or sqlite_url(gallery.path)}

@@ -86,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
         sources, ignored = folder_sources(args.folder)
     else:
         sources = []
+    if args.ray is not None:
+        from indexer.ray_ingest import check_address
+        check_address(args.ray or None)
     embedder = load_embedder(args.model, args.gallery)
     path = Path(args.gallery)
     bar = functools.partial(progress_bar, args.progress)

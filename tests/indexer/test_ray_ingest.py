@@ -13,7 +13,7 @@ import pytest
 
 from indexer import Gallery
 from scripts import index as index_cmd
-from tests.support import REPO, child_env, cli, write_fashion_pngs
+from tests.support import REPO, child_env, cli, error_line, write_fashion_pngs
 
 pytestmark = pytest.mark.slow  # a Ray cluster, TensorFlow in its actors
 
@@ -80,3 +80,13 @@ def test_a_killed_ray_ingest_resumes_without_duplicates(tmp_path, fashion_test, 
     assert report["added"] + report["skipped"] == 1500
     with Gallery.open(gallery, model_embedder) as g:
         assert len(g) == 1500 and len({i.sha256 for i in g.items(limit=10_000)}) == 1500
+
+
+def test_a_cluster_address_nothing_answers_at_is_one_line(tmp_path, png_folder, model_dir, capsys):
+    for address, expected in [("127.0.0.1:1", "error: cannot reach the Ray cluster at 127.0.0.1:1: "
+                                              "connection refused"),
+                              ("head", "error: --ray head: expected HOST:PORT")]:
+        code, _, err = cli(index_cmd, [png_folder, "--gallery", tmp_path / "g", "--model",
+                                       model_dir, "--ray", address], capsys)
+        assert code == 2 and error_line(err).startswith(expected), err
+    assert not (tmp_path / "g").exists()  # refused before anything was made
