@@ -41,8 +41,13 @@ def new_gallery_id() -> str:
 
 
 def sqlite_url(path: Path) -> str:
-    """The SQLAlchemy URL of the folder's own database."""
-    return f"sqlite:///{(path / DATABASE_FILE).resolve()}"
+    """The SQLAlchemy URL of the folder's own database; read-only (`immutable`: nothing can change
+    it) when the folder cannot be written, e.g. a read-only mount, where SQLite could not even
+    open it for reading otherwise (its write-ahead log needs a file beside it)."""
+    database = (path / DATABASE_FILE).resolve()
+    if path.is_dir() and not os.access(path, os.W_OK):
+        return f"sqlite:///file:{database}?mode=ro&immutable=1&uri=true"
+    return f"sqlite:///{database}"
 
 
 def make(path: Path, url: Optional[str], record: GalleryRecord,

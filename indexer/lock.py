@@ -68,8 +68,10 @@ class WriterLock:
         except OSError as exc:
             if not blocking:
                 return False  # e.g. a read-only gallery: readers carry on without saving
-            raise GalleryError(f"gallery {self.path.parent.name!r}: cannot open its lock file "
-                               f"({exc.strerror})") from None
+            # A storage failure (`errors.storage_failure`): the API answers 503, commands say it
+            # in one line.
+            raise OSError(exc.errno, f"cannot open the gallery's lock file to write: "
+                          f"{exc.strerror}", str(self.path)) from None
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

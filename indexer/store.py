@@ -17,6 +17,7 @@ sharing nothing but the database, each see the others' committed changes.
 from __future__ import annotations
 
 import datetime as dt
+import errno
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -144,7 +145,7 @@ def _chunks(values: Sequence, size: int = _CHUNK) -> Iterator[Sequence]:
         yield values[start:start + size]
 
 
-def _sqlite_setup(engine: Engine) -> None:
+def _sqlite_setup(engine: Engine, read_only: bool) -> None:
     """WAL (readers never block the writer), foreign keys, a busy timeout, and real transactions:
     pysqlite does not emit BEGIN before a SELECT, so we emit it ourselves (SQLAlchemy's documented
     recipe) and reads inside one transaction see one snapshot. Writes take the lock up front."""
@@ -154,8 +155,10 @@ def _sqlite_setup(engine: Engine) -> None:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         # secure_delete: a deleted row's bytes are overwritten, not left in free pages.
-        for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "foreign_keys=ON",
-                       "busy_timeout=30000", "secure_delete=ON"):
+        pragmas = ("foreign_keys=ON",) if read_only else (
+            "journal_mode=WAL", "synchronous=NORMAL", "foreign_keys=ON", "busy_timeout=30000",
+            "secure_delete=ON")
+        for pragma in pragmas:
             cursor.execute(f"PRAGMA {pragma}")
         cursor.close()
 
@@ -182,8 +185,10 @@ class Store:
         except ImportError as exc:
             extra = " (pip install 'siamese-search[postgres]')" if "postgres" in url else ""
             raise ConfigError(f"no driver for the database URL's scheme: {exc}{extra}") from None
+        # A SQLite file on a folder that cannot be written (`folder.sqlite_url`): search only.
+        self.read_only = "immutable=1" in url
         if self.engine.dialect.name == "sqlite":
-            _sqlite_setup(self.engine)
+            _sqlite_setup(self.engine, self.read_only)
         self._probe = None  # the DBAPI connection of `current_generation`
         self.originals: Optional[Originals] = None  # where image bytes go, if not in `images`
 
@@ -207,6 +212,10 @@ class Store:
     def write(self) -> Iterator[Connection]:
         """One transaction, writers one at a time (the gallery row locked first): committed at the
         end, rolled back on any exception."""
+        if self.read_only:
+            raise OSError(errno.EROFS, "the gallery's folder is read-only: it can be searched, "
+                          "not changed", str(self.engine.url.database or "").split("?")[0]
+                          .removeprefix("file:"))
         with self.engine.connect() as conn:
             conn = conn.execution_options(gallery_write=True)
             with conn.begin():
@@ -234,7 +243,9 @@ class Store:
     def upgrade(self) -> None:
         """Add what came after schema 1 to an older gallery: the nullable columns of the gallery
         row (the gallery works the same with them empty), and the change log (empty: readers
-        compare ids until it has the changes they need)."""
+        compare ids until it has the changes they need). Not on a read-only database."""
+        if self.read_only:
+            return
         Base.metadata.create_all(self.engine, tables=[CHANGES])  # only if it is not there
         present = {c["name"] for c in inspect(self.engine).get_columns(GALLERY.name)}
         added = [c for c in GALLERY.columns if c.name not in present]
@@ -409,7 +420,7 @@ class Store:
         write-ahead log drops the older copies kept there (when a reader still holds an older
         snapshot the log is truncated at a later checkpoint instead). PostgreSQL keeps dead rows
         until VACUUM reclaims them (autovacuum, or VACUUM after deletes that must not linger)."""
-        if self.engine.dialect.name == "sqlite":
+        if self.engine.dialect.name == "sqlite" and not self.read_only:
             with self.engine.connect() as conn:
                 conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 
