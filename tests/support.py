@@ -62,6 +62,18 @@ def copy_gallery(request, backend: str, folder: Path) -> tuple[Path, Optional[st
     return path, new_database(request, backend, template=database)
 
 
+# --- the pages' CSRF token ------------------------------------------------------------------------
+
+# A double-submit token (webapp/csrf.py): any well-formed value, the same in cookie and field.
+CSRF_TOKEN = "test-token-" + "x" * 32
+CSRF_COOKIE = f"siamese_csrf={CSRF_TOKEN}"
+
+
+def page_form(fields: dict) -> dict:
+    """A page form's fields with the CSRF token a browser would send from the page."""
+    return {**fields, "csrf_token": CSRF_TOKEN}
+
+
 # --- commands, in-process ------------------------------------------------------------------------
 
 def cli(command, argv, capsys) -> tuple[int, str, str]:

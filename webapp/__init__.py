@@ -14,7 +14,7 @@ from flask import Flask, Response, request
 
 from encoder.images import megabytes
 
-from . import api, errors, pages
+from . import api, csrf, errors, pages
 from .service import EXTENSION, Service, get_gallery, get_service
 from .settings import Settings
 from .uploads import UploadRequest
@@ -48,6 +48,7 @@ def create_app(settings: Optional[Settings] = None, embedder: Optional["Embedder
     app.register_blueprint(api.health)
     app.register_blueprint(pages.bp)
     app.after_request(_security_headers)
+    app.after_request(csrf.set_cookie)
     app.context_processor(_page_context)
     return app
 
@@ -63,4 +64,5 @@ def _security_headers(response: Response) -> Response:
 def _page_context() -> dict:
     service = get_service()
     return {"model_id": service.embedder.model_id, "gallery_size": len(service.gallery),
-            "max_image_size": megabytes(service.settings.max_image_bytes), "endpoint": request.endpoint}
+            "max_image_size": megabytes(service.settings.max_image_bytes), "endpoint": request.endpoint,
+            "csrf_field": csrf.FIELD, "csrf_token": csrf.token}

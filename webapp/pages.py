@@ -1,7 +1,7 @@
 """The HTML pages: search (upload or drag and drop), verify two images, browse the gallery.
 
-Plain forms, rendered on the server; `static/app.js` only adds drag and drop, previews and a busy
-state. The pages use the same gallery calls as the API, and their images come from the API's
+Plain forms, rendered on the server, each with a CSRF token (`csrf.py`); `static/app.js` only
+adds drag and drop, previews and a busy state. The pages use the same gallery calls as the API, and their images come from the API's
 image endpoint.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Optional
 from flask import Blueprint, render_template, request, url_for
 from PIL import Image
 
-from . import uploads
+from . import csrf, uploads
 from .service import get_gallery, get_service
 
 bp = Blueprint("pages", __name__)
@@ -40,6 +40,7 @@ def search_form():
 
 @bp.post("/")
 def search():
+    csrf.check()
     image, data = uploads.image_and_bytes("image")
     options = _search_options()
     result = get_gallery().search_results([image], k=options["k"], **options["params"])[0]
@@ -53,6 +54,7 @@ def verify():
     options = _verdict_options()
     if request.method == "GET":
         return render_template("verify.html", **options)
+    csrf.check()
     (a, data_a), (b, data_b) = uploads.image_and_bytes("image_a"), uploads.image_and_bytes("image_b")
     verdict = get_service().embedder.verify(a, b, rule=get_gallery().rule(**options["params"]))
     result = {"verdict": verdict, "a": _data_url(data_a, a), "b": _data_url(data_b, b),

@@ -10,7 +10,7 @@ from typing import Optional
 
 import pytest
 
-from tests.support import BACKENDS, SAMPLES, copy_gallery, multipart, start_serve
+from tests.support import BACKENDS, CSRF_TOKEN, SAMPLES, copy_gallery, multipart, start_serve
 from webapp import Settings, create_app
 
 PER_LABEL = 5  # sample PNGs per label in the test gallery: 50 in all
@@ -91,7 +91,11 @@ def app(make_app):
 
 @pytest.fixture
 def client(app):
-    return app.test_client()
+    """A test client whose browser holds the pages' CSRF cookie (`tests.support.page_form` adds
+    the matching field to a page form)."""
+    c = app.test_client()
+    c.set_cookie("siamese_csrf", CSRF_TOKEN)
+    return c
 
 
 def upload(path_or_bytes, name: str = "image.png") -> tuple[io.BytesIO, str]:

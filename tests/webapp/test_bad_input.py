@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.support import BACKENDS, copy_gallery, start_serve
+from tests.support import BACKENDS, CSRF_COOKIE, copy_gallery, page_form, start_serve
 
 IMAGE_ENDPOINTS = [("/api/search", "image"), ("/api/identify", "image"), ("/api/verify", "image_a"),
                    ("/api/verify", "image_b"), ("/api/gallery", "image"), ("/", "image"),
@@ -150,7 +150,7 @@ def post_image(client, endpoint: str, field: str, data: bytes, name: str, good: 
         fields[other] = (io.BytesIO(good), "good.png")
     if endpoint == "/api/gallery":
         fields["label"] = "fuzz"
-    return client.post(endpoint, data=fields)
+    return client.post(endpoint, data=fields if endpoint.startswith("/api") else page_form(fields))
 
 
 def test_fuzz_corpus_never_breaks_an_endpoint(client, files, sample_pngs):
@@ -287,7 +287,7 @@ def test_uploads_stay_in_memory(app, sample_pngs):
 
 
 def test_page_errors_are_html_pages(client):
-    response = client.post("/", data={"image": (io.BytesIO(b"nope"), "nope.txt")})
+    response = client.post("/", data=page_form({"image": (io.BytesIO(b"nope"), "nope.txt")}))
     assert response.status_code == 415 and response.mimetype == "text/html"
     assert "not an image Pillow can decode" in response.get_data(as_text=True)
     missing = client.get("/no-such-page")
@@ -319,7 +319,10 @@ def test_fuzz_corpus_through_gunicorn_has_no_5xx(fuzz_server, files, sample_pngs
                 fields["image_b" if field == "image_a" else "image_a"] = ("good.png", good)
             if endpoint == "/api/gallery":
                 fields["label"] = "fuzz"
-            status, _, body = fuzz_server.request("POST", endpoint, fields=fields)
+            if not endpoint.startswith("/api"):  # a page form, sent as the page would
+                fields = page_form(fields)
+            status, _, body = fuzz_server.request("POST", endpoint, fields=fields,
+                                                  headers={"Cookie": CSRF_COOKIE})
             statuses.append(status)
             assert status < 500, (name, endpoint, status, body[:300])
     assert {200, 400, 415} <= set(statuses)

@@ -4,6 +4,8 @@ screenshots (set SIAMESE_SCREENSHOTS=DIR to keep them)."""
 from __future__ import annotations
 
 import base64
+import io
+import re
 
 import pytest
 from selenium.webdriver.common.by import By
@@ -157,3 +159,31 @@ def test_a_bad_upload_shows_an_error_page(page, screenshots, tmp_path):
     assert "415" in panel.text
     shoot(browser, screenshots, "error")
     browser.get_log("browser")  # the 415 itself is logged by Chromium as a failed resource
+
+
+def test_page_forms_need_their_csrf_token(app, sample_pngs):
+    """A form POST must carry the token of its page's cookie (double submit): none, another, or
+    a field without the cookie (what a cross-site form could send) is refused with 403."""
+    client = app.test_client()
+    page = client.get("/")
+    token = re.search(r'name="csrf_token" value="([^"]+)"', page.get_data(as_text=True)).group(1)
+    cookie = page.headers["Set-Cookie"]
+    assert f"siamese_csrf={token}" in cookie and "SameSite=Strict" in cookie
+    assert "HttpOnly" in cookie
+    image = sample_pngs["Bag"][0].read_bytes()
+
+    def post(path, fields):
+        return client.post(path, data={**fields, "image": (io.BytesIO(image), "q.png"),
+                                       "image_a": (io.BytesIO(image), "a.png"),
+                                       "image_b": (io.BytesIO(image), "b.png")})
+
+    assert post("/", {"csrf_token": token}).status_code == 200
+    assert post("/verify", {"csrf_token": token}).status_code == 200
+    for fields in ({}, {"csrf_token": "another-" + "y" * 40}):
+        refused = post("/", fields)
+        assert refused.status_code == 403 and refused.mimetype == "text/html"
+        assert "reload the page" in refused.get_data(as_text=True)
+        assert post("/verify", fields).status_code == 403
+    stranger = app.test_client()  # another browser: no cookie, a token copied from elsewhere
+    assert stranger.post("/", data={"csrf_token": token,
+                                    "image": (io.BytesIO(image), "q.png")}).status_code == 403

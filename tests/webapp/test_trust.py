@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-
+from tests.support import page_form
 
 def png(image: Image.Image) -> bytes:
     out = io.BytesIO()
@@ -154,7 +154,7 @@ def test_a_gallery_default_operating_point_applies_to_every_request(make_app, up
 
 def test_the_search_page_says_plainly_that_a_portrait_is_not_what_the_model_knows(
         client, needs_domain_model):
-    r = client.post("/", data={"image": field(portrait(), "me.jpg")})
+    r = client.post("/", data=page_form({"image": field(portrait(), "me.jpg")}))
     html = r.get_data(as_text=True)
     assert r.status_code == 200
     assert 'data-verdict="out-of-domain"' in html and 'data-verdict="verified"' not in html
@@ -165,7 +165,8 @@ def test_the_search_page_says_plainly_that_a_portrait_is_not_what_the_model_know
 
 def test_the_verify_page_names_the_operating_point_and_probability(client, upload, sample_pngs):
     shoe = sample_pngs["Sandal"][0]
-    html = client.post("/verify", data={"image_a": upload(shoe), "image_b": upload(shoe),
-                                        "operating_point": "far-1e-3"}).get_data(as_text=True)
+    html = client.post("/verify", data=page_form({
+        "image_a": upload(shoe), "image_b": upload(shoe), "operating_point": "far-1e-3"})
+    ).get_data(as_text=True)
     assert 'data-verdict="verified"' in html and "operating point far-1e-3" in html
     assert "% same" in html
