@@ -115,7 +115,7 @@ class Replica:
                 repaired = self._reload(conn, record, fits)
             self.model_id, self.generation = record.model_id, record.generation
         if repaired and not self.lock.held:
-            self.flush()  # a reader that repaired the index saves it, if no writer is busy
+            self.flush(adopt=False)  # a reader that repaired the index saves it, if no writer is busy
 
     def _reload(self, conn, record: GalleryRecord, fits: bool) -> bool:
         """Catch up from the index file (or the index in memory, if newer), else rebuild; whether
@@ -222,12 +222,14 @@ class Replica:
         self.saved_generation, self.changed_items = self.generation, 0
         self.unsaved_since = self.removal_since = None
 
-    def flush(self) -> None:
+    def flush(self, adopt: bool = True) -> None:
         """Save the index file now if it has unsaved changes, unless another process is writing
-        or has written since (its index file is the newer one; the database is the record)."""
+        or has written since (its index file is the newer one; the database is the record).
+        `adopt`: take a file whose manifest already names this generation (another worker of
+        this folder saved it) as saved, instead of writing it again."""
         if self.unsaved and self.lock.acquire(blocking=False):
             try:
-                if saved_generation(self.path) == self.generation:
+                if adopt and saved_generation(self.path) == self.generation:
                     self._saved()  # another worker of this folder saved this very state
                 elif self.store.generation() == self.generation:
                     self.save()

@@ -190,11 +190,11 @@ class Store:
         if self.engine.dialect.name == "sqlite":
             _sqlite_setup(self.engine, self.read_only)
         self._probe = None  # the DBAPI connection of `current_generation`
-        self.originals: Optional[Originals] = None  # where image bytes go, if not in `images`
+        self.originals_store: Optional[Originals] = None  # where image bytes go, if not in `images`
 
     def use_originals(self, record: GalleryRecord) -> None:
         """Keep image bytes where the gallery's record says (`originals.py`)."""
-        self.originals = open_originals(record.originals, record.gallery_id)
+        self.originals_store = open_originals(record.originals, record.gallery_id)
 
     def close(self) -> None:
         if self._probe is not None:
@@ -354,12 +354,12 @@ class Store:
         ids = [int(i) for i in ids]
         added = [added] * len(ids) if isinstance(added, dt.datetime) else list(added)
         vectors = np.ascontiguousarray(embeddings, "<f4")
-        if self.originals is not None:  # before the commit: an unreachable store refuses the add
+        if self.originals_store is not None:  # before the commit: an unreachable store refuses
             for o in originals:
-                self.originals.put(o.sha256, o.data)
+                self.originals_store.put(o.sha256, o.data)
         conn.execute(insert(IMAGES), [
             {"sha256": o.sha256, "media_type": o.media_type,
-             "data": None if self.originals is not None else o.data} for o in originals])
+             "data": None if self.originals_store is not None else o.data} for o in originals])
         conn.execute(insert(ITEMS), [
             {"id": i, "label": label, "source": o.name, "sha256": o.sha256, "width": o.image.width,
              "height": o.image.height, "added": when, "metadata": meta, "embedding": v.tobytes()}
@@ -387,15 +387,15 @@ class Store:
 
     def discard(self, hashes: list[str]) -> None:
         """After a delete has committed: remove the objects from the originals store, if any."""
-        discard(self.originals, hashes)
+        discard(self.originals_store, hashes)
 
     def _bytes(self, sha256: str, data: Optional[bytes]) -> bytes:
         if data is not None:
             return bytes(data)
-        if self.originals is None:
+        if self.originals_store is None:
             raise GalleryError(f"the image {sha256} has no bytes in the database and the gallery "
                                "names no originals store")
-        return self.originals.get(sha256)
+        return self.originals_store.get(sha256)
 
     def quick_check(self, max_bytes: int = 2 * 1024**3) -> Optional[str]:
         """What SQLite's `quick_check` finds wrong with the database (its first line), or None:

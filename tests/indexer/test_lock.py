@@ -148,5 +148,6 @@ def test_nested_acquires_hold_until_the_outermost_release(tmp_path):
 def test_a_lock_file_that_cannot_be_opened(tmp_path):
     lock = WriterLock(tmp_path / "no such folder" / "writer.lock")
     assert lock.acquire(blocking=False) is False  # e.g. a read-only gallery: readers carry on
-    with pytest.raises(GalleryError, match=r"gallery 'no such folder': cannot open its lock file \(No such file"):
+    with pytest.raises(FileNotFoundError, match=r"cannot open the gallery's lock file to write: No "
+                                                r"such file"):
         lock.acquire()

@@ -7,6 +7,7 @@ import sqlite3
 
 import numpy as np
 import pytest
+from sqlalchemy import inspect
 
 from encoder.errors import NotFoundError
 from indexer.errors import GalleryError
@@ -75,8 +76,9 @@ def test_initialise_refuses_a_database_that_already_holds_a_gallery(store, url):
 
 
 def test_upgrade_adds_the_later_columns_to_a_schema_1_database(tmp_path):
-    """A database written before `operating_point` and `fpir` existed: upgrade adds them (empty),
-    the record reads with them None, and they can then be set."""
+    """A database written before `operating_point`, `fpir`, `originals` and the change log
+    existed: upgrade adds them (empty), the record reads with them None, and they can then be
+    set."""
     path = tmp_path / "old.db"
     old = sqlite3.connect(path)
     old.execute('CREATE TABLE gallery (id INTEGER NOT NULL PRIMARY KEY, gallery_id VARCHAR(36) '
@@ -93,12 +95,14 @@ def test_upgrade_adds_the_later_columns_to_a_schema_1_database(tmp_path):
         store.upgrade()
         store.upgrade()  # a second time does nothing
         columns = [row[1] for row in sqlite3.connect(path).execute("PRAGMA table_info(gallery)")]
-        assert columns[-2:] == ["operating_point", "fpir"]
+        assert columns[-3:] == ["operating_point", "fpir", "originals"]
+        assert inspect(store.engine).has_table("changes")  # the change log is there
         with store.read() as conn:
             upgraded = store.record(conn)
         assert (upgraded.gallery_id, upgraded.threshold, upgraded.generation,
                 upgraded.next_id) == ("g-old", 0.5, 7, 12)
         assert upgraded.operating_point is None and upgraded.fpir is None
+        assert upgraded.originals is None  # in the database, as before
         assert upgraded.created == dt.datetime(2024, 5, 6, 7, 8, 9, tzinfo=dt.timezone.utc)
         with store.write() as conn:
             store.update_record(conn, operating_point="far-1e-3", fpir=0.05)
