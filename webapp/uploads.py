@@ -15,6 +15,7 @@ import io
 import json
 import socket
 import threading
+import time
 from typing import Any, Optional
 
 from flask import Request, current_app, request
@@ -45,8 +46,12 @@ class MultipartFormParser(FormDataParser):
 
     def _parse_multipart(self, stream, mimetype, content_length, options):
         boundary = options.get("boundary", "").encode("latin-1")
-        body = read_body(stream)  # bounded: werkzeug limits the stream to MAX_CONTENT_LENGTH
         limit = self.max_content_length
+        try:
+            body = read_body(stream)  # bounded: werkzeug limits the stream to MAX_CONTENT_LENGTH
+        except RequestEntityTooLarge:  # werkzeug's words for a chunked body read past the limit
+            raise RequestEntityTooLarge(f"the request is over the {megabytes(limit)} limit"
+                                        ) from None
         if content_length is None and limit is not None and len(body) >= limit:
             # A chunked body (no Content-Length) is cut at the limit, not refused: refuse it here,
             # or its truncated form would read as a missing field.
@@ -72,8 +77,14 @@ class MultipartFormParser(FormDataParser):
         return stream, self.cls(form), self.cls(files)
 
 
+BODY_GRACE = 5.0  # seconds a body may take to get going ...
+MIN_BODY_RATE = 4_000  # ... after which it must have come at this many bytes per second
+BODY_CHUNK = 16_384  # bytes read at a time, so that progress can be seen
+
+
 def read_body(stream) -> bytes:
-    """The request body, received within `SIAMESE_BODY_TIMEOUT` seconds (then 408): a client
+    """The request body, received within `SIAMESE_BODY_TIMEOUT` seconds and, after the first
+    `BODY_GRACE` seconds, at `MIN_BODY_RATE` bytes per second on average (else 408): a client
     trickling its upload holds one of the server's few threads, and a handful of them would
     starve every other request. When the time is up the connection's reading side is shut, which
     ends the read however slowly the bytes come. A buffering proxy in front (docs/deployment.md)
@@ -82,29 +93,40 @@ def read_body(stream) -> bytes:
     connection = request.environ.get("gunicorn.socket")
     if not timeout or connection is None:
         return stream.read()
-    expired = threading.Event()
+    expired, done = threading.Event(), threading.Event()
+    received, why = [0], []
+    start = time.monotonic()
 
-    def stop_reading() -> None:
-        expired.set()
-        try:
-            connection.shutdown(socket.SHUT_RD)
-        except OSError:
-            pass  # already closed
+    def watch() -> None:
+        while not done.wait(0.5):
+            elapsed = time.monotonic() - start
+            too_slow = elapsed >= BODY_GRACE and received[0] < MIN_BODY_RATE * elapsed
+            if elapsed >= timeout or too_slow:
+                why.append(f"it took over {timeout:g} s" if elapsed >= timeout else
+                           f"it came at under {MIN_BODY_RATE / 1000:g} KB/s")
+                expired.set()
+                try:
+                    connection.shutdown(socket.SHUT_RD)
+                except OSError:
+                    pass  # already closed
+                return
 
-    timer = threading.Timer(timeout, stop_reading)
-    timer.start()
+    watcher = threading.Thread(target=watch, daemon=True, name="body-deadline")
+    watcher.start()
+    chunks = []
     try:
-        body = stream.read()
+        while chunk := stream.read(BODY_CHUNK):
+            chunks.append(chunk)
+            received[0] += len(chunk)
     except Exception:
         if not expired.is_set():
             raise
-        body = b""
     finally:
-        timer.cancel()
+        done.set()
     if expired.is_set():
-        raise RequestTimeout(f"the upload took over {timeout:g} s; send it faster, or through a "
+        raise RequestTimeout(f"the upload was too slow ({why[0]}); send it faster, or through a "
                              "proxy that buffers uploads")
-    return body
+    return b"".join(chunks)
 
 
 def _parse_multipart_body(body: bytes, boundary: bytes, max_parts: Optional[int]

@@ -49,15 +49,13 @@ def test_a_chunked_body_over_the_limit_is_413(small_limit_server, sample_pngs):
     assert b"the request is over the 1.15 MB limit" in body
 
 
-def test_a_client_trickling_its_upload_gets_408_and_others_are_served(small_limit_server,
-                                                                      sample_pngs):
-    png = sample_pngs["Bag"][0].read_bytes()
-    body, content_type = multipart({"image": ("a.png", png)})
-    slow = socket.create_connection(("127.0.0.1", small_limit_server.port), timeout=60)
+def trickle(port: int, body: bytes, content_type: str) -> bytes:
+    """Send a POST whose body comes a byte every 0.2 s; the server's answer."""
+    slow = socket.create_connection(("127.0.0.1", port), timeout=60)
     slow.sendall(f"POST /api/search HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {content_type}"
                  f"\r\nContent-Length: {len(body)}\r\n\r\n".encode())
     answer = b""
-    for byte in body:  # a byte every 0.2 s: the body would take minutes
+    for byte in body:  # the body would take minutes
         readable, _, _ = select.select([slow], [], [], 0.2)
         if readable:
             answer = slow.recv(65536)
@@ -67,8 +65,36 @@ def test_a_client_trickling_its_upload_gets_408_and_others_are_served(small_limi
         except OSError:  # the server has stopped reading
             answer = slow.recv(65536)
             break
+    slow.settimeout(5)
+    try:
+        while b"\r\n\r\n" in answer and len(answer.split(b"\r\n\r\n", 1)[1]) < int(
+                answer.split(b"Content-Length: ", 1)[1].split(b"\r\n", 1)[0]):
+            more = slow.recv(65536)  # the rest of the answer
+            if not more:
+                break
+            answer += more
+    except (OSError, IndexError, ValueError):
+        pass
     slow.close()
+    return answer
+
+
+def test_a_client_trickling_its_upload_gets_408_and_others_are_served(small_limit_server,
+                                                                      sample_pngs):
+    """Past SIAMESE_BODY_TIMEOUT (2 s here) the upload is cut off."""
+    body, content_type = multipart({"image": ("a.png", sample_pngs["Bag"][0].read_bytes())})
+    answer = trickle(small_limit_server.port, body, content_type)
     assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
-    assert b'"request_timeout"' in answer
+    assert b'"request_timeout"' in answer and b"it took over 2 s" in answer
     status, _, _ = small_limit_server.request("GET", "/healthz")
     assert status == 200
+
+
+def test_an_upload_slower_than_the_minimum_rate_is_cut_off_before_the_timeout(server,
+                                                                             sample_pngs):
+    """With the default 30 s timeout, a body averaging under 4 KB/s after its first 5 s is cut
+    off then: a slow client frees its thread long before the timeout."""
+    body, content_type = multipart({"image": ("a.png", sample_pngs["Bag"][0].read_bytes())})
+    answer = trickle(server.port, body, content_type)
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+    assert b"it came at under 4 KB/s" in answer
