@@ -17,8 +17,9 @@ import logging
 import os
 import shutil
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional, Union
+from typing import Iterator, Optional, Union
 
 from encoder.errors import ConfigError, ModelMismatchError, NotFoundError
 
@@ -66,9 +67,7 @@ def make(path: Path, url: Optional[str], record: GalleryRecord,
         raise GalleryError(f"{path}: not a gallery, and not an empty folder to make one in")
     path.parent.mkdir(parents=True, exist_ok=True)
     abandoned = _remove_abandoned(path)
-    building = path.with_name(f".{path.name}.creating.{os.getpid()}")
-    building.mkdir()
-    try:
+    with _built_beside(path) as building:
         _write_marker(building, record.gallery_id, external=url is not None, model_dir=model_dir)
         store = Store(url or sqlite_url(building))
         try:
@@ -77,14 +76,25 @@ def make(path: Path, url: Optional[str], record: GalleryRecord,
             store.initialise(record)
         finally:
             store.close()
-        os.rename(building, path)  # atomic; takes the place of an empty folder too
+    store = Store(url or sqlite_url(path))
+    store.use_originals(record)
+    return store
+
+
+@contextmanager
+def _built_beside(path: Path) -> Iterator[Path]:
+    """A hidden `.NAME.creating.PID` folder beside `path` to fill, renamed to `path` (atomic;
+    it takes the place of an empty folder too) when the block ends, removed if it fails."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    building = path.with_name(f".{path.name}.creating.{os.getpid()}")
+    building.mkdir()
+    try:
+        yield building
+        os.rename(building, path)
     except BaseException:
         shutil.rmtree(building, ignore_errors=True)
         raise
     fsync_folder(path.parent)
-    store = Store(url or sqlite_url(path))
-    store.use_originals(record)
-    return store
 
 
 def _write_marker(folder: Path, gallery_id: str, external: bool,
@@ -166,16 +176,8 @@ def attach(path: Path, url: str) -> None:
             gallery_id = store.record(conn).gallery_id
     finally:
         store.close()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    building = path.with_name(f".{path.name}.creating.{os.getpid()}")
-    building.mkdir()
-    try:
+    with _built_beside(path) as building:
         _write_marker(building, gallery_id, external=True)
-        os.rename(building, path)
-    except BaseException:
-        shutil.rmtree(building, ignore_errors=True)
-        raise
-    fsync_folder(path.parent)
     log.info("%s: made a local folder for the gallery in %s", path, where)
 
 

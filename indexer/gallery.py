@@ -524,6 +524,7 @@ class Gallery:
                     vectors = self.embedder.embed_prepared(pixels[new])
                 else:
                     vectors = self.embedder.embed([originals[i].image for i in new])
+                ids: list[int] = []
                 with self._store.write() as conn:
                     # Another server on the same database may have added some meanwhile (the
                     # folder's lock is per host; the database's row lock is for all of them).
@@ -537,13 +538,11 @@ class Gallery:
                             [originals[i] for i in new], [labels[i] for i in new],
                             [metadata[i] for i in new], vectors, dt.datetime.now(dt.timezone.utc))
                         self._store.log(conn, generation, "add", ids)
-                if new:
+                if ids:
                     with self._mutex:
                         self._replica.changed(
                             generation, lambda index: index.add(np.asarray(ids), vectors),
                             added=len(ids))
-                else:
-                    ids = []
                 known.update({originals[i].sha256: item_id for i, item_id in zip(new, ids)})
             created = set(new)
             return Added([known[o.sha256] for o in originals],
