@@ -12,7 +12,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
@@ -127,16 +127,19 @@ def ingest(gallery: Gallery, sources: Sequence[Source], batch_size: int = BATCH_
     seen: set[str] = set()  # hashes added in this run
     chunks = [sources[i:i + batch_size] for i in range(0, len(sources), batch_size)]
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-read") as worker:
-        pending = worker.submit(_read_batch, gallery, chunks[0]) if chunks else None
+        def read(chunk: Sequence[Source]) -> ReadBatch:
+            return read_batch(chunk, gallery.known, gallery.embedder.prepare)
+
+        pending = worker.submit(read, chunks[0]) if chunks else None
         for n, chunk in enumerate(chunks):
             batch = pending.result()
             if n + 1 < len(chunks):
-                pending = worker.submit(_read_batch, gallery, chunks[n + 1])
+                pending = worker.submit(read, chunks[n + 1])
             for source, exc in batch.failed:
                 _fail(report, source, exc, strict)
-            report.skipped += batch.skipped
+            report.skipped += len(batch.skipped)
             keep = [i for i, o in enumerate(batch.originals) if o.sha256 not in seen]
-            report.duplicates += batch.duplicates + len(batch.originals) - len(keep)
+            report.duplicates += len(batch.duplicates) + len(batch.originals) - len(keep)
             if keep:
                 originals = [batch.originals[i] for i in keep]
                 added = gallery.add_originals(
@@ -153,19 +156,22 @@ def ingest(gallery: Gallery, sources: Sequence[Source], batch_size: int = BATCH_
 
 
 @dataclass
-class _Batch:
+class ReadBatch:
     """One batch, read and decoded: the new images (and their model input), failures, skips."""
 
     sources: list[Source] = field(default_factory=list)
     originals: list[Original] = field(default_factory=list)
     pixels: Optional[np.ndarray] = None
     failed: list[tuple[Source, BadImageError]] = field(default_factory=list)
-    skipped: int = 0  # already in the gallery
-    duplicates: int = 0  # the same image as an earlier file of the batch
+    skipped: list[Source] = field(default_factory=list)  # already in the gallery
+    duplicates: list[Source] = field(default_factory=list)  # same image as an earlier file
 
 
-def _read_batch(gallery: Gallery, chunk: Sequence[Source]) -> _Batch:
-    batch = _Batch()
+def read_batch(chunk: Sequence[Source], known: Callable[[list[str]], dict[str, int]],
+               prepare: Callable[[list], np.ndarray]) -> ReadBatch:
+    """Read, hash, decode and prepare a batch of files (here, or in a Ray actor): files whose
+    hash `known` returns are skipped before they are decoded; `prepare` makes the model input."""
+    batch = ReadBatch()
     read: list[tuple[Source, bytes, str]] = []
     for source in chunk:
         try:
@@ -173,14 +179,14 @@ def _read_batch(gallery: Gallery, chunk: Sequence[Source]) -> _Batch:
             read.append((source, data, sha256_of(data)))
         except BadImageError as exc:
             batch.failed.append((source, exc))
-    known = gallery.known([sha for _, _, sha in read])
+    stored = known([sha for _, _, sha in read])
     hashes: set[str] = set()
     for source, data, sha in read:
-        if sha in known:
-            batch.skipped += 1
+        if sha in stored:
+            batch.skipped.append(source)
             continue
         if sha in hashes:
-            batch.duplicates += 1
+            batch.duplicates.append(source)
             continue
         try:
             batch.originals.append(Original.from_bytes(data, source.path, sha))
@@ -189,7 +195,7 @@ def _read_batch(gallery: Gallery, chunk: Sequence[Source]) -> _Batch:
             continue
         batch.sources.append(source)
         hashes.add(sha)
-    batch.pixels = gallery.embedder.prepare([o.image for o in batch.originals])
+    batch.pixels = prepare([o.image for o in batch.originals])
     return batch
 
 

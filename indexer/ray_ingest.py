@@ -2,9 +2,9 @@
 reading, hashing, decoding and embedding spread over a Ray cluster (Ray Data `map_batches`, one
 `Embedder` per actor).
 
-Each actor reads its batch of files, hashes them, asks the gallery's database which hashes it
-already holds (so a rerun after an interruption embeds only what is new), decodes and embeds the
-rest, and hands back bytes, hash and embedding. This process, the gallery's one writer, adds each
+Each actor reads its batch of files as the single-process path does (`ingest.read_batch`: read,
+hash, skip what the gallery's database already holds, so a rerun after an interruption embeds
+only what is new, decode), embeds the rest, and hands back bytes, hash and embedding. This process, the gallery's one writer, adds each
 batch with `Gallery.add_originals`, which decides under the writer lock what is new: an image is
 added once however often it appears, and an interrupted run resumes by running it again.
 
@@ -27,7 +27,7 @@ from encoder.errors import BadImageError, ConfigError
 
 from .folder import sqlite_url
 from .gallery import Gallery
-from .ingest import BATCH_SIZE, IngestReport, Source, _fail
+from .ingest import BATCH_SIZE, IngestReport, Source, _fail, read_batch
 from .records import Original
 
 
@@ -50,46 +50,38 @@ class ReadAndEmbed:
         self.store = Store(self.settings["db_url"])
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
-        from encoder.images import read_bytes
+        sources = [Source(str(path)) for path in batch["path"]]
+        index_of = {id(s): int(i) for s, i in zip(sources, batch["index"])}
 
-        from .records import sha256_of
+        def known(hashes: list[str]) -> dict[str, int]:
+            with self.store.read() as conn:
+                return self.store.known(conn, hashes)
 
-        rows: dict[str, list] = {k: [] for k in ("index", "sha256", "data", "error", "known",
+        read = read_batch(sources, known, self.embedder.prepare)
+        vectors = (self.embedder.embed_prepared(read.pixels) if read.originals
+                   else np.zeros((0, self.embedder.embedding_dim), np.float32))
+        rows: dict[str, list] = {k: [] for k in ("index", "sha256", "data", "error", "state",
                                                  "vector")}
-        read = []
-        for index, path in zip(batch["index"], batch["path"]):
-            try:
-                data = read_bytes(str(path))
-                read.append((int(index), str(path), data, sha256_of(data)))
-            except BadImageError as exc:
-                self._row(rows, int(index), error=str(exc))
-        with self.store.read() as conn:
-            known = self.store.known(conn, [sha for *_, sha in read])
-        decoded = []
-        for index, path, data, sha in read:
-            if sha in known:
-                self._row(rows, index, sha256=sha, known=True)
-                continue
-            try:
-                decoded.append((index, Original.from_bytes(data, path, sha)))
-            except BadImageError as exc:
-                self._row(rows, index, error=str(exc))
-        if decoded:
-            vectors = self.embedder.embed([o.image for _, o in decoded])
-            for (index, original), vector in zip(decoded, vectors):
-                self._row(rows, index, sha256=original.sha256, data=original.data,
-                          vector=vector.astype(np.float32))
-        return rows
 
-    @staticmethod
-    def _row(rows: dict[str, list], index: int, sha256: str = "", data: bytes = b"",
-             error: str = "", known: bool = False, vector: Optional[np.ndarray] = None) -> None:
-        rows["index"].append(index)
-        rows["sha256"].append(sha256)
-        rows["data"].append(data)
-        rows["error"].append(error)
-        rows["known"].append(known)
-        rows["vector"].append(np.zeros(0, np.float32) if vector is None else vector)
+        def row(source: Source, state: str, original: Optional[Original] = None,
+                error: str = "", vector: Optional[np.ndarray] = None) -> None:
+            rows["index"].append(index_of[id(source)])
+            rows["state"].append(state)
+            rows["sha256"].append(original.sha256 if original else "")
+            rows["data"].append(original.data if original else b"")
+            rows["error"].append(error)
+            rows["vector"].append(np.zeros(0, np.float32) if vector is None
+                                  else vector.astype(np.float32))
+
+        for source, exc in read.failed:
+            row(source, "failed", error=str(exc))
+        for source in read.skipped:
+            row(source, "known")
+        for source in read.duplicates:
+            row(source, "duplicate")
+        for source, original, vector in zip(read.sources, read.originals, vectors):
+            row(source, "new", original, vector=vector)
+        return rows
 
 
 def check_address(address: Optional[str], timeout: float = 5.0) -> None:
@@ -166,16 +158,17 @@ def ingest_on_ray(gallery: Gallery, sources: Sequence[Source], model_dir: str,
 
 def _add(gallery: Gallery, sources: Sequence[Source], batch: dict[str, Any],
          report: IngestReport, seen: set[str], strict: bool) -> None:
+    """Add one batch from the actors, counting what `ingest.ingest` counts."""
     new: list[tuple[Source, Original, np.ndarray]] = []
-    for index, sha, data, error, known, vector in zip(
-            batch["index"], batch["sha256"], batch["data"], batch["error"], batch["known"],
+    for index, state, sha, data, error, vector in zip(
+            batch["index"], batch["state"], batch["sha256"], batch["data"], batch["error"],
             batch["vector"]):
         source = sources[int(index)]
-        if error:
+        if state == "failed":
             _fail(report, source, BadImageError(str(error)), strict)
-        elif known:
+        elif state == "known":
             report.skipped += 1
-        elif sha in seen or any(sha == o.sha256 for _, o, _ in new):
+        elif state == "duplicate" or sha in seen or any(sha == o.sha256 for _, o, _ in new):
             report.duplicates += 1
         else:
             new.append((source, Original.decoded_elsewhere(bytes(data), source.path, str(sha)),
