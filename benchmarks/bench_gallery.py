@@ -7,7 +7,11 @@
    latency of single queries (k=10) and recall@10 against exact search. Vectors are real
    embeddings of the 70,000 Fashion-MNIST images; beyond that, synthetic: copies of real ones
    jittered by Gaussian noise about one nearest-neighbour distance long. Queries are further
-   jittered copies (a new photo of a known item), not gallery vectors.
+   jittered copies (a new photo of a known item), not gallery vectors. With `--vectors distinct`,
+   the vectors beyond the real ones are instead the encoder's outputs for distinct images: each a
+   Fashion-MNIST or Omniglot image under its own random affine distortion (rotation, shear, scale,
+   shift; `encoder.augment`), and queries are further distorted images. This costs an embedding
+   per vector (about 30 minutes for 10M on 2 cores), so `--cache DIR` keeps them for the next run.
 """
 from __future__ import annotations
 
@@ -28,6 +32,8 @@ import numpy as np
 from benchmarks import add_benchmark_arguments
 from scripts.gallery_cli import load_embedder, quiet_faiss
 
+OMNIGLOT_BACKGROUND = ["../shared/datasets/omniglot/images_background_small1.zip",
+                       "../shared/datasets/omniglot/images_background_small2.zip"]
 DEFAULT_INDEXES = ["flat", "hnsw:ef_search=32", "hnsw", "ivf:nprobe=8", "ivf"]
 K = 10
 
@@ -50,6 +56,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--real", type=int, default=70_000,
                    help="real Fashion-MNIST embeddings to build galleries from; larger galleries "
                         "add jittered copies (default: %(default)s, all of them)")
+    p.add_argument("--vectors", choices=("jittered", "distinct"), default="jittered",
+                   help="beyond the real embeddings: jittered copies of them, or embeddings of "
+                        "distinct distorted Fashion-MNIST and Omniglot images (default: %(default)s)")
+    p.add_argument("--omniglot", nargs="*", default=OMNIGLOT_BACKGROUND, metavar="ZIP",
+                   help="Omniglot sources among the images to distort (default: %(default)s)")
+    p.add_argument("--cache", metavar="DIR",
+                   help="--vectors distinct: keep the embeddings in this folder and reuse them")
     p.add_argument("--skip-ingest", action="store_true", help="measure search only")
     p.add_argument("--ray", action="store_true",
                    help="also ingest on a local Ray cluster (siamese-index --ray), compared with "
@@ -79,8 +92,13 @@ def run(args: argparse.Namespace) -> int:
     if not args.skip_search:
         pool = real_embeddings(embedder, args.dataset, args.real)
         results["search"] = []
+        _say(format_header(), args)
         for size in sizes:
-            for row in bench_search(pool, size, specs, args):
+            if args.vectors == "distinct":
+                x, q = distinct_gallery_and_queries(embedder, pool, size, args)
+            else:
+                x, q = gallery_and_queries(pool, size, args.queries, args.seed)
+            for row in bench_search(x, q, specs, args):
                 results["search"].append(row)
                 _say(format_row(row), args)
     if args.json:
@@ -188,8 +206,11 @@ def format_ingest(r: dict) -> str:
     return ray + (f"ingest: {r['added']:,} of {r['images']:,} PNGs in {r['seconds']:.2f} s = "
             f"{r['images_per_s']:,.0f} images/s end to end (decode, embed, store, index); "
             f"again: {r['again_added']} added in {r['again_seconds']:.2f} s "
-            f"({100 * r['again_fraction']:.0f}% of the first run)\n"
-            f"{'size':>9}  {'index':<44} {'build s':>8} {'MiB':>7} {'recall@10':>9} "
+            f"({100 * r['again_fraction']:.0f}% of the first run)")
+
+
+def format_header() -> str:
+    return (f"{'size':>9}  {'index':<44} {'build s':>8} {'MiB':>7} {'recall@10':>9} "
             f"{'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'queries':>7}  speed-up (numpy p50 / p50)")
 
 
@@ -222,14 +243,65 @@ def gallery_and_queries(pool: np.ndarray, size: int, queries: int, seed: int
     return np.ascontiguousarray(x), jittered(queries)
 
 
-def bench_search(pool: np.ndarray, size: int, specs, args) -> Iterator[dict]:
+def distorted_images(embedder, args) -> Iterator[np.ndarray]:
+    """Endless batches of distinct images: Fashion-MNIST and Omniglot images (at the model's input
+    size) each under its own random affine distortion, the same that training uses."""
+    from encoder.augment import Augmenter
+    from encoder.datasets import load_fashion_mnist, load_omniglot
+
+    pre = embedder.card.preprocessing
+    bases = [embedder.prepare(np.concatenate([load_fashion_mnist(args.dataset, s).images
+                                              for s in ("test", "train")]))]
+    if args.omniglot:
+        bases.append(load_omniglot(args.omniglot, pre=pre).images)
+    base = np.concatenate(bases)
+    rng = np.random.default_rng(args.seed)
+    distort = Augmenter("affine", args.seed)
+    while True:
+        yield distort(base[rng.integers(0, len(base), 8192)]).numpy()
+
+
+def distinct_gallery_and_queries(embedder, pool: np.ndarray, size: int, args
+                                 ) -> tuple[np.ndarray, np.ndarray]:
+    """The real embeddings, then embeddings of distinct distorted images up to `size`; queries are
+    further distorted images. Cached as one .npy per model and seed, grown as needed: its first
+    --queries rows are the queries, so a larger gallery extends a smaller one."""
+    need = max(size - len(pool), 0) + args.queries
+    cache = Path(args.cache) / f"distinct-{embedder.model_id}-seed{args.seed}.npy" \
+        if args.cache else None
+    have = np.load(cache, mmap_mode="r") if cache and cache.exists() else \
+        np.empty((0, pool.shape[1]), np.float32)
+    if len(have) < need:
+        made = [np.asarray(have)]
+        done, start = len(have), time.perf_counter()
+        said = start
+        for batch in distorted_images(embedder, args):
+            made.append(embedder.embed_prepared(batch[:need - done]))
+            done += len(made[-1])
+            now = time.perf_counter()
+            if now - said > 30 or done >= need:
+                rate, said = (done - len(have)) / (now - start), now
+                _say(f"embedding distinct images: {done:,}/{need:,} ({rate:,.0f}/s, "
+                     f"ETA {(need - done) / rate / 60:.0f} min)", args)
+            if done >= need:
+                break
+        have = np.concatenate(made)
+        if cache:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            np.save(cache.with_suffix(".tmp.npy"), have)
+            os.replace(cache.with_suffix(".tmp.npy"), cache)
+    x = np.concatenate([pool[:size], have[args.queries:need]])
+    return np.ascontiguousarray(x), np.ascontiguousarray(have[:args.queries])
+
+
+def bench_search(x: np.ndarray, q: np.ndarray, specs, args) -> Iterator[dict]:
     """One row per index, as each is measured: NumPy brute force first, then `specs`."""
     import faiss
     from threadpoolctl import threadpool_limits
 
     from indexer.vectors import IndexSpec, VectorIndex
 
-    x, q = gallery_and_queries(pool, size, args.queries, args.seed)
+    size = len(x)
     truth = faiss.knn(q, x, K)[1]
     ids = np.arange(1, size + 1, dtype=np.int64)  # gallery ids start at 1, as in a real gallery
     norms = np.einsum("ij,ij->i", x, x)
