@@ -116,9 +116,15 @@ class Embedder:
         is out of the model's domain."""
         if rule is None:
             rule = self.verdicts.rule(operating_point, threshold)
-        vectors, checks = self.embed_checked([a, b])
-        return self.verdicts.judge(self.distance(vectors[0], vectors[1]), rule,
-                                   DomainCheck.both(*checks))[0]
+        return self.verify_pairs([(a, b)], rule)[0]
+
+    def verify_pairs(self, pairs: Sequence[tuple[ImageSource, ImageSource]], rule: Rule
+                     ) -> list[Verdict]:
+        """`verify` for many pairs under one rule, their images embedded in one batch."""
+        vectors, checks = self.embed_checked([image for pair in pairs for image in pair])
+        distances = self.distance(vectors[0::2], vectors[1::2])
+        return [self.verdicts.judge(d, rule, DomainCheck.both(a, b))[0]
+                for d, a, b in zip(distances, checks[0::2], checks[1::2])]
 
     @staticmethod
     def distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -33,6 +33,22 @@ MIN_FALSE_IDENTIFICATIONS = 5
 EXPLICIT = "threshold"  # the operating point's name when the caller gave a threshold
 
 
+# What answers show: distances lie in [0, 2] (unit-length embeddings), and no threshold means
+# anything finer than 1e-4; a probability's third decimal is already past its calibration.
+# (Thresholds are settings, and are shown as given, to 1e-6; verdicts use unrounded distances.)
+DISTANCE_DECIMALS = 4
+PROBABILITY_DECIMALS = 3
+
+
+def rounded(distance: float) -> float:
+    """A distance as answers show it."""
+    return round(float(distance), DISTANCE_DECIMALS)
+
+
+def rounded_probability(p: Optional[float]) -> Optional[float]:
+    return None if p is None else round(float(p), PROBABILITY_DECIMALS)
+
+
 @dataclass(frozen=True)
 class Rule:
     """How distances are judged: `distance <= threshold`, and where the threshold came from."""
@@ -97,8 +113,8 @@ class Verdict:
     domain: DomainCheck
 
     def to_dict(self) -> dict:
-        return {"verified": self.verified, "distance": round(self.distance, 6),
-                "probability": None if self.probability is None else round(self.probability, 4),
+        return {"verified": self.verified, "distance": rounded(self.distance),
+                "probability": rounded_probability(self.probability),
                 **self.rule.to_dict(), **self.domain.to_dict()}
 
 

@@ -643,7 +643,7 @@ def _per_image(values, n: int, what: str, kind: type, optional: bool = False) ->
 
 def _match(item: Item, verdict) -> Match:
     return Match(id=item.id, label=item.label, verdict=verdict,
-                 metadata=item.metadata, source=item.source)
+                 metadata=item.metadata, source=item.source, sha256=item.sha256)
 
 
 MAX_ID = 2**63 - 1  # ids are BIGINT in every database

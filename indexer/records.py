@@ -47,6 +47,7 @@ class Match:
     metadata: dict[str, Any]
     source: str
     verdict: Verdict
+    sha256: str = ""  # of the item's original bytes: a query with the same hash is the same file
 
     @property
     def distance(self) -> float:

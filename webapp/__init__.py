@@ -12,10 +12,12 @@ from typing import TYPE_CHECKING, Optional
 
 from flask import Flask, Response, request
 
+from encoder.errors import NotFoundError
 from encoder.images import megabytes
 
-from . import api, csrf, errors, pages
-from .service import EXTENSION, Service, get_gallery, get_service
+from . import access, api, csrf, errors, pages
+from .service import (EXTENSION, Service, current, get_gallery, get_service, keep_gallery_name,
+                      take_gallery_name)
 from .settings import Settings
 from .uploads import UploadRequest
 
@@ -39,10 +41,13 @@ def create_app(settings: Optional[Settings] = None, embedder: Optional["Embedder
     app.config.update(MAX_CONTENT_LENGTH=settings.max_request_bytes,
                       SIAMESE_MAX_IMAGE_BYTES=settings.max_image_bytes,
                       SIAMESE_BODY_TIMEOUT=settings.body_timeout,
-                      MAX_FORM_MEMORY_SIZE=1_000_000, MAX_FORM_PARTS=100,
+                      MAX_FORM_MEMORY_SIZE=1_000_000, MAX_FORM_PARTS=2 * settings.max_batch + 20,
                       JSON_SORT_KEYS=False)
     app.json.sort_keys = False
     app.extensions[EXTENSION] = Service.load(settings, embedder)
+    access.configure(app, settings)
+    app.url_value_preprocessor(take_gallery_name)
+    app.url_defaults(keep_gallery_name)
     errors.register(app)
     app.register_blueprint(api.bp)
     app.register_blueprint(api.health)
@@ -63,6 +68,11 @@ def _security_headers(response: Response) -> Response:
 
 def _page_context() -> dict:
     service = get_service()
-    return {"model_id": service.embedder.model_id, "gallery_size": len(service.gallery),
+    try:
+        served = current()
+    except NotFoundError:  # the error page of a request for a gallery there is not
+        served = service.default
+    return {"model_id": served.embedder.model_id, "gallery_size": len(served.gallery),
+            "gallery_name": served.name, "gallery_names": list(service.galleries),
             "max_image_size": megabytes(service.settings.max_image_bytes), "endpoint": request.endpoint,
             "csrf_field": csrf.FIELD, "csrf_token": csrf.token}

@@ -1,34 +1,45 @@
-"""The JSON API: search, verify, identify, the gallery (add, list, get, image, delete), stats.
+"""The JSON API: search, verify, identify (one image or a batch), the gallery (add, list, get,
+image, delete), stats; for the default gallery at `/api/...`, for each by name at
+`/api/galleries/NAME/...`, and the list of them at `/api/galleries`.
 
-Images come as multipart file fields; every answer is JSON, errors included (`errors.py`).
+Images come as multipart file fields or base64 in a JSON body (`uploads.py`); every answer is
+JSON, errors included (`errors.py`).
 Distances are Euclidean; every verdict comes from `encoder.verdict` and names its operating point,
 threshold, probability and the query's domain check.
 """
 from __future__ import annotations
 
-import hmac
 from functools import wraps
-from urllib.parse import urlsplit
-from typing import Any
+from typing import Any, Optional
 
 from flask import Blueprint, Response, g, jsonify, request, url_for
-from werkzeug.exceptions import Forbidden, Unauthorized
 
+from encoder.errors import ConfigError
+from encoder.verdict import rounded, rounded_probability
 from indexer import Item, Match
-from indexer.records import Original
+from indexer.records import Original, sha256_of
 
-from . import uploads
-from .service import get_gallery, get_service
+from . import access, uploads
+from .service import gallery_routes, get_embedder, get_gallery, get_service
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 health = Blueprint("health", __name__)
+route = gallery_routes(bp)
 
 
-def match_json(m: Match) -> dict[str, Any]:
-    """A match in an answer whose rule and domain check are said once, at the top."""
-    return {"id": m.id, "label": m.label, "distance": round(m.distance, 6),
-            "probability": None if m.probability is None else round(m.probability, 4),
-            "verified": m.verified, "image_url": image_url(m.id), "metadata": m.metadata}
+@bp.before_request
+def check_read_access() -> None:
+    if request.endpoint != "api.list_galleries":
+        access.require_read()
+
+
+def match_json(m: Match, query_sha256: Optional[str] = None) -> dict[str, Any]:
+    """A match in an answer whose rule and domain check are said once, at the top. `same_image`:
+    the item's original is byte for byte the query (its distance is 0 for that reason)."""
+    return {"id": m.id, "label": m.label, "distance": rounded(m.distance),
+            "probability": rounded_probability(m.probability), "verified": m.verified,
+            "same_image": query_sha256 is not None and m.sha256 == query_sha256,
+            "image_url": image_url(m.id), "metadata": m.metadata}
 
 
 def verdict_context(rule, domain) -> dict[str, Any]:
@@ -49,70 +60,97 @@ def image_url(item_id: int) -> str:
 
 
 def requires_key(view):
-    """Gallery changes come from this site (never from another site's page: `same_origin`) and,
-    when one is configured, carry the API key in `X-API-Key`."""
+    """Gallery changes come from this site and carry the write key, when there is one
+    (`access.require_write`)."""
 
     @wraps(view)
     def checked(*args, **kwargs):
-        same_origin()
-        key = get_service().settings.api_key
-        if key is not None:
-            given = request.headers.get("X-API-Key")
-            if not given:
-                raise Unauthorized("this change needs the API key in the X-API-Key header")
-            # WSGI hands header bytes over as Latin-1 text: compare the bytes sent with the key's
-            # UTF-8 bytes, so a non-ASCII key matches when sent as UTF-8, as clients send it.
-            if not hmac.compare_digest(given.encode("latin-1"), key.encode("utf-8")):
-                raise Forbidden("wrong API key")
+        access.require_write()
         return view(*args, **kwargs)
 
     return checked
 
 
-def same_origin() -> None:
-    """Refuse a write sent by a page of another site. A browser names the page's origin in
-    `Origin` (or at least `Referer`) on a cross-site POST or DELETE, and a multipart POST needs
-    no CORS preflight, so without this any web page could add to a server with no API key.
-    Clients that are not browsers (curl, scripts) send neither header and are not affected."""
-    source = request.headers.get("Origin") or request.headers.get("Referer")
-    if source is None:
-        return
-    # The host alone: behind a proxy that ends TLS the page is https and the request http.
-    # An opaque origin ("null": a sandboxed frame, a file) has none, and is refused.
-    if urlsplit(source).netloc.lower() != request.host.lower():
-        raise Forbidden(f"gallery changes are refused from pages of other sites ({source})")
+@bp.get("/galleries")
+def list_galleries():
+    """The galleries this server serves, the default first; their counts where the caller may
+    read them."""
+    service = get_service()
+    out = []
+    for name, served in service.galleries.items():
+        readable = access.READ in access.granted(served.entry)
+        if readable:
+            served.gallery.refresh()
+        out.append({"name": name, "default": served is service.default,
+                    "model": served.embedder.model_id,
+                    "items": len(served.gallery) if readable else None,
+                    "read_key_required": served.entry.read_key is not None,
+                    "write_key_required": served.entry.api_key is not None,
+                    "url": url_for("api.stats", gallery=name).removesuffix("/stats")})
+    return jsonify(galleries=out)
 
 
-@bp.post("/search")
+@route.post("/search")
 def search():
     settings = get_service().settings
-    image = uploads.image("image")
+    image, data = uploads.image_and_bytes("image")
     k = uploads.int_param("k", settings.default_k, 1, settings.max_k)
     gallery = get_gallery()
     result = gallery.search_results([image], k=k, **uploads.rule_params())[0]
     return jsonify(model=gallery.model_id, **verdict_context(result.rule, result.domain),
-                   matches=[match_json(m) for m in result.matches])
+                   matches=[match_json(m, sha256_of(data)) for m in result.matches])
 
 
-@bp.post("/verify")
+@route.post("/search/batch")
+def search_batch():
+    """Several queries in one request: one embedding pass, one index search."""
+    settings = get_service().settings
+    found = uploads.image_list("image", most=settings.max_batch)
+    images = [uploads.decoded(data, where) for data, where in found]
+    k = uploads.int_param("k", settings.default_k, 1, settings.max_k)
+    gallery = get_gallery()
+    results = gallery.search_results(images, k=k, **uploads.rule_params())
+    return jsonify(model=gallery.model_id, **(results[0].rule.to_dict()), results=[
+        {**r.domain.to_dict(), "matches": [match_json(m, sha256_of(data)) for m in r.matches]}
+        for r, (data, _) in zip(results, found)])
+
+
+@route.post("/verify")
 def verify():
     a, b = uploads.image("image_a"), uploads.image("image_b")
-    embedder = get_service().embedder
+    embedder = get_embedder()
     verdict = embedder.verify(a, b, rule=get_gallery().rule(**uploads.rule_params()))
     return jsonify(model=embedder.model_id, **verdict.to_dict())
 
 
-@bp.post("/identify")
+@route.post("/verify/batch")
+def verify_batch():
+    """Pairs in one request: pair i is image_a's i-th image with image_b's i-th."""
+    most = get_service().settings.max_batch
+    found_a, found_b = uploads.image_list("image_a", most=most), uploads.image_list("image_b", most=most)
+    if len(found_a) != len(found_b):
+        raise ConfigError(f"image_a and image_b pair up by position: send as many of each "
+                          f"(here {len(found_a)} and {len(found_b)})")
+    rule = get_gallery().rule(**uploads.rule_params())
+    pairs = [(uploads.decoded(*a), uploads.decoded(*b)) for a, b in zip(found_a, found_b)]
+    embedder = get_embedder()
+    verdicts = embedder.verify_pairs(pairs, rule)
+    return jsonify(model=embedder.model_id, **rule.to_dict(), results=[
+        {k: v for k, v in verdict.to_dict().items() if k not in rule.to_dict()}
+        for verdict in verdicts])
+
+
+@route.post("/identify")
 def identify():
-    image = uploads.image("image")
+    image, data = uploads.image_and_bytes("image")
     threshold = uploads.rule_params()["threshold"]
     result = get_gallery().identification(image, fpir=uploads.fpir_param(), threshold=threshold)
     return jsonify(model=get_gallery().model_id, **verdict_context(result.rule, result.domain),
-                   match=match_json(result.match) if result.match else None,
-                   nearest=match_json(result.nearest) if result.nearest else None)
+                   match=match_json(result.match, sha256_of(data)) if result.match else None,
+                   nearest=match_json(result.nearest, sha256_of(data)) if result.nearest else None)
 
 
-@bp.post("/gallery")
+@route.post("/gallery")
 @requires_key
 def add_item():
     data, name = uploads.image_bytes("image")
@@ -132,7 +170,7 @@ def add_item():
     return jsonify(body), (201 if created else 200), {"Location": location}
 
 
-@bp.get("/gallery")
+@route.get("/gallery")
 def list_items():
     settings = get_service().settings
     offset = uploads.int_param("offset", 0, 0, 10**12)
@@ -148,12 +186,12 @@ def list_items():
                    if more else None)
 
 
-@bp.get("/gallery/<int:item_id>")
+@route.get("/gallery/<int:item_id>")
 def get_item(item_id: int):
     return jsonify(item=item_json(get_gallery().get(item_id)))
 
 
-@bp.get("/gallery/<int:item_id>/image")
+@route.get("/gallery/<int:item_id>/image")
 def item_image(item_id: int):
     gallery = get_gallery()
     sha256 = gallery.get(item_id).sha256  # the item's image never changes: its hash names it
@@ -169,16 +207,16 @@ def item_image(item_id: int):
     return response
 
 
-@bp.delete("/gallery/<int:item_id>")
+@route.delete("/gallery/<int:item_id>")
 @requires_key
 def delete_item(item_id: int):
     get_gallery().remove([item_id])
     return "", 204
 
 
-@bp.get("/stats")
+@route.get("/stats")
 def stats():
-    embedder = get_service().embedder
+    embedder = get_embedder()
     gallery = get_gallery()
     s = gallery.stats()
     card = embedder.card
@@ -199,5 +237,10 @@ def stats():
 
 @health.get("/healthz")
 def healthz():
-    gallery = get_gallery()
-    return jsonify(status="ok", model=gallery.model_id, items=len(gallery))
+    """Alive, and every gallery's database answers. Says no more than a count: it is open."""
+    service = get_service()
+    for served in service.galleries.values():
+        served.gallery.refresh()
+    default = service.default
+    return jsonify(status="ok", model=default.embedder.model_id, items=len(default.gallery),
+                   galleries=len(service.galleries))

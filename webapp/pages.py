@@ -14,16 +14,17 @@ from flask import Blueprint, render_template, request, url_for
 from PIL import Image
 
 from . import csrf, uploads
-from .service import get_gallery, get_service
+from .service import gallery_routes, get_embedder, get_gallery, get_service
 
 bp = Blueprint("pages", __name__)
+route = gallery_routes(bp)
 
 K_CHOICES = (4, 8, 12, 24, 48)
 PREVIEW_LIMIT = 4_000_000  # uploaded queries up to this size are shown back inline (data: URL)
 BROWSER_FORMATS = {"PNG", "JPEG", "GIF", "WEBP", "BMP"}  # what every browser can show
 
 
-@bp.get("/")
+@route.get("/")
 def search_form():
     item_id = request.args.get("item", type=int)
     options = _search_options()
@@ -38,7 +39,7 @@ def search_form():
     return render_template("search.html", query=query, result=result, **options)
 
 
-@bp.post("/")
+@route.post("/")
 def search():
     csrf.check()
     image, data = uploads.image_and_bytes("image")
@@ -49,21 +50,21 @@ def search():
     return render_template("search.html", query=query, result=result, **options)
 
 
-@bp.route("/verify", methods=["GET", "POST"])
+@route.route("/verify", methods=["GET", "POST"])
 def verify():
     options = _verdict_options()
     if request.method == "GET":
         return render_template("verify.html", **options)
     csrf.check()
     (a, data_a), (b, data_b) = uploads.image_and_bytes("image_a"), uploads.image_and_bytes("image_b")
-    verdict = get_service().embedder.verify(a, b, rule=get_gallery().rule(**options["params"]))
+    verdict = get_embedder().verify(a, b, rule=get_gallery().rule(**options["params"]))
     result = {"verdict": verdict, "a": _data_url(data_a, a), "b": _data_url(data_b, b),
               "name_a": request.files["image_a"].filename or "first image",
               "name_b": request.files["image_b"].filename or "second image"}
     return render_template("verify.html", result=result, **options)
 
 
-@bp.get("/gallery")
+@route.get("/gallery")
 def browse():
     settings = get_service().settings
     gallery = get_gallery()
@@ -90,9 +91,9 @@ def _verdict_options() -> dict:
     pages say about the model's verdicts."""
     params = uploads.rule_params()
     gallery = get_gallery()
-    card = get_service().embedder.card
+    card = get_embedder().card
     return {"params": params, "rule": gallery.rule(**params), "default_rule": gallery.rule(),
-            "operating_points": get_service().embedder.verdicts.operating_points,
+            "operating_points": get_embedder().verdicts.operating_points,
             "training_data": card.domain.training_data if card.domain else
             card.training.get("dataset", "its training data")}
 

@@ -11,17 +11,24 @@ settings can live side by side (the tests build several).
 | SIAMESE_MODEL          | model            | the gallery's own, else the bundled model   |
 | SIAMESE_DB_URL         | db_url           | the gallery's own gallery.db                |
 | SIAMESE_API_KEY        | api_key          | none: gallery changes are open              |
+| SIAMESE_READ_KEY       | read_key         | none: searches and reads are open           |
 | SIAMESE_MAX_IMAGE_MB   | max_image_bytes  | 20 (MB per uploaded image)                  |
 | SIAMESE_HOST           | host             | 127.0.0.1                                   |
 | SIAMESE_PORT           | port             | 8000                                        |
 | SIAMESE_WORKERS        | workers          | 2 (processes, each with the model loaded)   |
 | SIAMESE_THREADS        | threads          | 4 (request threads per worker)              |
 | SIAMESE_BODY_TIMEOUT   | body_timeout     | 30 (seconds to receive an upload; then 408) |
+
+A server of one gallery says so with `gallery`, `model`, `db_url` and the keys; a server of several
+lists them in `galleries` (`siamese-serve --gallery NAME=PATH ...`), each a `GalleryEntry` with its
+own model, database and keys. `gallery_entries` is the list either way; the first is the default,
+the one that the routes without a gallery name address.
 """
 from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional
@@ -41,6 +48,7 @@ ENVIRONMENT = {
     "SIAMESE_MODEL": ("model", Path),
     "SIAMESE_DB_URL": ("db_url", str),
     "SIAMESE_API_KEY": ("api_key", str),
+    "SIAMESE_READ_KEY": ("read_key", str),
     "SIAMESE_MAX_IMAGE_MB": ("max_image_bytes", lambda v: int(float(v) * MB)),
     "SIAMESE_HOST": ("host", str),
     "SIAMESE_PORT": ("port", int),
@@ -48,6 +56,54 @@ ENVIRONMENT = {
     "SIAMESE_THREADS": ("threads", int),
     "SIAMESE_BODY_TIMEOUT": ("body_timeout", int),
 }
+
+
+GALLERY_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}\Z")
+
+
+def gallery_name(text: str) -> str:
+    """A gallery's name in URLs (`/api/galleries/NAME/...`): lower-case letters, digits, - and _."""
+    if not GALLERY_NAME.match(text):
+        raise ConfigError(f"gallery name {text!r}: use 1-63 lower-case letters, digits, - and _, "
+                          "starting with a letter or digit")
+    return text
+
+
+def _no_blank(key: Optional[str]) -> Optional[str]:
+    return None if key is None or not key.strip() else key  # SIAMESE_API_KEY= means no key
+
+
+@dataclass(frozen=True)
+class GalleryEntry:
+    """One gallery a server serves: its name in URLs, its folder, and what is its own."""
+
+    name: str
+    path: Path
+    model: Optional[Path] = None  # None: the model the gallery remembers, else the bundled one
+    db_url: Optional[str] = None  # None: the folder's own gallery.db
+    api_key: Optional[str] = None  # needed for changes (and for reads, when read_key is set)
+    read_key: Optional[str] = None  # needed for searches and reads, when set
+
+    def __post_init__(self) -> None:
+        gallery_name(self.name)
+        object.__setattr__(self, "path", Path(self.path))
+        if self.model is not None:
+            object.__setattr__(self, "model", Path(self.model))
+        object.__setattr__(self, "api_key", _no_blank(self.api_key))
+        object.__setattr__(self, "read_key", _no_blank(self.read_key))
+
+    @classmethod
+    def named_after(cls, path: Path, **fields: Any) -> "GalleryEntry":
+        """The entry of a gallery given by its path alone: named after its folder, made fit for
+        a URL (`Shop Photos` -> `shop-photos`)."""
+        name = re.sub(r"[^a-z0-9_-]+", "-", Path(path).resolve().name.lower()).strip("-_")[:63]
+        return cls(name=name or "gallery", path=Path(path), **fields)
+
+    def model_dir(self) -> Path:
+        """The model to serve this gallery with (see `model`)."""
+        from indexer.folder import model_dir
+
+        return model_dir(self.path, self.model, BUNDLED_MODEL)
 
 
 @dataclass(frozen=True)
@@ -58,11 +114,15 @@ class Settings:
     model: Optional[Path] = None
     db_url: Optional[str] = None  # SQLAlchemy URL of the gallery's metadata, if not in its folder
     api_key: Optional[str] = None  # required in X-API-Key for gallery changes, when set
+    read_key: Optional[str] = None  # required in X-API-Key for searches and reads, when set
+    galleries: tuple[GalleryEntry, ...] = ()  # several galleries (then gallery, model, db_url unused)
     # per uploaded image; larger: 413
     max_image_bytes: int = param(MAX_IMAGE_BYTES, check=Range(1, MAX_IMAGE_BYTES, integer=True))
     # matches per search when the request does not say (at most max_k)
     default_k: int = param(8, check=Range(1, 10_000, integer=True))
     max_k: int = param(100, check=Range(1, 10_000, integer=True))  # the most one search may ask for
+    # images (or pairs) in one batch request
+    max_batch: int = param(100, check=Range(1, 1000, integer=True))
     # gallery browser: items per page (also the API's default limit)
     page_size: int = param(48, check=Range(1, 1000, integer=True))
     # TensorFlow threads per worker: one image per request needs no more
@@ -82,16 +142,22 @@ class Settings:
             value = getattr(self, name)
             if value is not None and not isinstance(value, Path):
                 object.__setattr__(self, name, Path(value))
-        if self.api_key is not None and not self.api_key.strip():
-            object.__setattr__(self, "api_key", None)  # SIAMESE_API_KEY= means no key
+        object.__setattr__(self, "api_key", _no_blank(self.api_key))
+        object.__setattr__(self, "read_key", _no_blank(self.read_key))
+        object.__setattr__(self, "galleries", tuple(self.galleries))
+        names = [g.name for g in self.galleries]
+        if len(set(names)) < len(names):
+            raise ConfigError("two galleries have the same name: "
+                              + ", ".join(sorted({n for n in names if names.count(n) > 1})))
         check_fields(self)
         if self.default_k > self.max_k:
             raise ConfigError(f"default_k must be at most max_k ({self.max_k}), not {self.default_k}")
 
     @property
     def max_request_bytes(self) -> int:
-        """The largest request body: two images (verify) and room for the form around them."""
-        return 2 * self.max_image_bytes + 1_048_576
+        """The largest request body: two images (verify) as base64 (4/3 of their bytes), and
+        room for the fields around them. A batch must fit in it too."""
+        return 2 * self.max_image_bytes * 4 // 3 + 1_048_576
 
     @property
     def url(self) -> str:
@@ -118,13 +184,12 @@ class Settings:
         """A copy with the given fields changed; None leaves a field as it is (a flag not given)."""
         return dataclasses.replace(self, **{k: v for k, v in values.items() if v is not None})
 
-    def model_dir(self) -> Path:
-        """The model to serve the gallery with (see `model`)."""
-        from indexer.folder import model_dir
-
-        return model_dir(self.require_gallery(), self.model, BUNDLED_MODEL)
-
-    def require_gallery(self) -> Path:
+    @property
+    def gallery_entries(self) -> tuple[GalleryEntry, ...]:
+        """Every gallery served, the default first (at least one, or ConfigError)."""
+        if self.galleries:
+            return self.galleries
         if self.gallery is None:
             raise ConfigError("no gallery: give --gallery PATH or set SIAMESE_GALLERY")
-        return self.gallery
+        return (GalleryEntry.named_after(self.gallery, model=self.model, db_url=self.db_url,
+                                         api_key=self.api_key, read_key=self.read_key),)

@@ -1,5 +1,9 @@
-"""Reading a request's form: uploaded images (kept in memory, decoded by `encoder.images`) and
+"""Reading a request's fields: uploaded images (kept in memory, decoded by `encoder.images`) and
 the small parameters beside them, each checked with a message that names the field.
+
+A request is a multipart form (files, text fields) or a JSON object (images as base64 text,
+optionally a `data:` URL; parameters as JSON values); the query string may add parameters to
+either. Every reader below takes both.
 
 Uploads never touch the disk: werkzeug would spool files over 500 kB to a temporary file, so
 `UploadRequest` keeps every part in memory instead (the request size is capped by
@@ -11,6 +15,8 @@ than a FAISS search of 10,000 items; python-multipart takes ~40 us for a small u
 """
 from __future__ import annotations
 
+import base64
+import binascii
 import io
 import json
 import socket
@@ -18,7 +24,7 @@ import threading
 import time
 from typing import Any, Optional
 
-from flask import Request, current_app, request
+from flask import Request, current_app, g, request
 from PIL import Image
 from python_multipart.multipart import MultipartParser, MultipartState
 from werkzeug.datastructures import FileStorage, Headers
@@ -33,7 +39,7 @@ from encoder.params import Range, parse_int
 from indexer.records import MAX_LABEL_LENGTH, check_text
 
 from .errors import MissingFieldError
-from .service import get_service
+from .service import get_embedder
 
 
 class MultipartFormParser(FormDataParser):
@@ -174,28 +180,119 @@ class UploadRequest(Request):
     form_data_parser_class = MultipartFormParser
 
 
-def require_multipart() -> None:
-    if request.mimetype != "multipart/form-data":
-        raise UnsupportedMediaType(
-            f"send the image as a multipart/form-data upload (curl -F image=@photo.png), not "
-            f"{request.mimetype or 'a body without a Content-Type'}")
+FORM, JSON = "multipart/form-data", "application/json"
+
+
+def body_kind() -> str:
+    """FORM or JSON: what the request's body is (else 415, saying what to send)."""
+    if request.mimetype in (FORM, JSON):
+        return request.mimetype
+    raise UnsupportedMediaType(
+        "send the image as a multipart/form-data upload (curl -F image=@photo.png) or as base64 "
+        "in a JSON object (Content-Type: application/json), not "
+        f"{request.mimetype or 'a body without a Content-Type'}")
+
+
+def json_body() -> dict[str, Any]:
+    """The request's JSON object, read once (with the same deadline as an upload) and checked."""
+    if "json_body" not in g:
+        try:
+            data = read_body(request.stream)
+        except RequestEntityTooLarge:
+            data = None
+        limit = current_app.config["MAX_CONTENT_LENGTH"]
+        if data is None or (request.content_length is None and len(data) >= limit):
+            raise RequestEntityTooLarge(f"the request is over the {megabytes(limit)} limit")
+        try:
+            value = json.loads(data, parse_constant=_no_constant) if data.strip() else None
+        except ValueError as exc:
+            raise ConfigError(f"the body is not valid JSON: {exc}") from None
+        except RecursionError:
+            raise ConfigError("the body's JSON is nested too deeply") from None
+        if not isinstance(value, dict):
+            raise ConfigError("the body must be a JSON object ({\"image\": \"<base64>\", ...}), not "
+                              + ("nothing" if value is None else type(value).__name__))
+        g.json_body = value
+    return g.json_body
+
+
+def value(name: str) -> Any:
+    """A parameter: from the JSON body (any JSON value) or the form (text), else the query
+    string; None when absent."""
+    if request.mimetype == JSON and request.method in ("POST", "PUT", "PATCH"):
+        found = json_body().get(name)
+        if found is not None:
+            return found
+    return request.values.get(name)
+
+
+def text_value(name: str) -> str:
+    """A scalar parameter as text ("" when absent): JSON numbers as they were written."""
+    found = value(name)
+    if found is None:
+        return ""
+    if isinstance(found, (dict, list)) or isinstance(found, bool):
+        raise ConfigError(f"{name} must be a {'number or ' if name != 'label' else ''}text, "
+                          f"not {json.dumps(found)[:40]}")
+    return str(found).strip()
 
 
 def image_bytes(field: str) -> tuple[bytes, str]:
-    """The bytes of the file uploaded in `field` and a safe name for it (the client's file name,
+    """The bytes of the image in `field` and a safe name for it (the client's file name,
     cleaned, used only as a label: nothing is ever read or written at that path)."""
-    require_multipart()
-    upload = request.files.get(field)
-    if upload is None:
-        if field in request.form:
-            raise ConfigError(f"{field} must be a file upload (curl -F {field}=@photo.png), "
-                              "not a text field")
-        raise MissingFieldError(f"missing the image file field '{field}'")
+    return image_list(field, one=True)[0]
+
+
+def image_list(field: str, one: bool = False, most: int = 1) -> list[tuple[bytes, str]]:
+    """The images in `field` (`one`: exactly one; else 1 to `most`), as (bytes, safe name): the
+    file parts of that name, or base64 text (one string, or a list of them) in a JSON body."""
     limit = current_app.config["SIAMESE_MAX_IMAGE_BYTES"]
-    data = upload.stream.read(limit + 1)
+    if body_kind() == JSON:
+        given = json_body().get(field)
+        if given is None:
+            raise MissingFieldError(f"missing the image field '{field}' (base64 text)")
+        if one and not isinstance(given, str):
+            raise ConfigError(f"{field} must be an image as base64 text")
+        if not one and not (isinstance(given, list) and all(isinstance(t, str) for t in given)):
+            raise ConfigError(f"{field} must be a list of images, each as base64 text")
+        names = [field] if one else [f"{field}[{i}]" for i in range(len(given))]
+        found = [(_base64_image(text, where, limit), where)
+                 for text, where in zip([given] if one else given, names)]
+    else:
+        uploads = request.files.getlist(field)
+        if not uploads:
+            if field in request.form:
+                raise ConfigError(f"{field} must be a file upload (curl -F {field}=@photo.png), "
+                                  "not a text field")
+            raise MissingFieldError(f"missing the image file field '{field}'")
+        found = []
+        for i, upload in enumerate(uploads[:1] if one else uploads):
+            data = upload.stream.read(limit + 1)
+            where = field if one or len(uploads) == 1 else f"{field} #{i + 1}"
+            if len(data) > limit:
+                raise RequestEntityTooLarge(f"{where}: the image is over the {megabytes(limit)} limit")
+            found.append((data, secure_filename(upload.filename or "") or field))
+    if not one and not 1 <= len(found) <= most:
+        raise ConfigError(f"{field}: send 1 to {most} images in one request, not {len(found)}")
+    return found
+
+
+def _base64_image(text: str, where: str, limit: int) -> bytes:
+    """An image given as base64 text, or as a `data:...;base64,` URL."""
+    if text.startswith("data:"):
+        head, _, text = text.partition(",")
+        if not head.endswith(";base64"):
+            raise ConfigError(f"{where}: a data: URL must be base64 (data:image/png;base64,...)")
+    if len(text) // 4 * 3 > limit + 3:
+        raise RequestEntityTooLarge(f"{where}: the image is over the {megabytes(limit)} limit")
+    try:
+        data = base64.b64decode("".join(text.split()), validate=True)
+    except (binascii.Error, ValueError):
+        raise ConfigError(f"{where}: not base64 text (A-Z, a-z, 0-9, + and /, padded with =)"
+                          ) from None
     if len(data) > limit:
-        raise RequestEntityTooLarge(f"{field}: the image is over the {megabytes(limit)} limit")
-    return data, secure_filename(upload.filename or "") or field
+        raise RequestEntityTooLarge(f"{where}: the image is over the {megabytes(limit)} limit")
+    return data
 
 
 def image(field: str) -> Image.Image:
@@ -212,31 +309,35 @@ DECODE_SLOTS = threading.BoundedSemaphore(2)
 def image_and_bytes(field: str) -> tuple[Image.Image, bytes]:
     """`image`, shrunk to what the model needs, and the bytes it was decoded from."""
     data, name = image_bytes(field)
-    pre = get_service().embedder.card.preprocessing
+    return decoded(data, name if name == field else f"{field} ({name})"), data
+
+
+def decoded(data: bytes, where: str) -> Image.Image:
+    """An uploaded image decoded, checked, and shrunk to what the request's model needs."""
+    pre = get_embedder().card.preprocessing
     with DECODE_SLOTS:
-        return shrink(decode(data, name if name == field else f"{field} ({name})"), pre), data
+        return shrink(decode(data, where), pre)
 
 
 def int_param(name: str, default: int, low: int, high: int) -> int:
-    text = request.values.get(name, "").strip()
+    text = text_value(name)
     return parse_int(name, text, Range(low, high, integer=True)) if text else default
 
 
 def rule_params() -> dict[str, Optional[str]]:
     """The optional `operating_point` and `threshold` of a request, as given: the verdict
     (`encoder.verdict`) checks them, in one place for every caller."""
-    return {name: request.values.get(name, "").strip() or None
-            for name in ("operating_point", "threshold")}
+    return {name: text_value(name) or None for name in ("operating_point", "threshold")}
 
 
 def fpir_param() -> Optional[str]:
     """The optional `fpir` (target false-positive identification rate), checked by the verdict."""
-    return request.values.get("fpir", "").strip() or None
+    return text_value("fpir") or None
 
 
 def text_param(name: str, required: bool = False, max_length: int = MAX_LABEL_LENGTH
                ) -> Optional[str]:
-    text = request.values.get(name, "").strip()
+    text = text_value(name)
     if not text:
         if required:
             raise MissingFieldError(f"missing the text field '{name}'")
@@ -246,18 +347,22 @@ def text_param(name: str, required: bool = False, max_length: int = MAX_LABEL_LE
 
 
 def json_object_param(name: str) -> dict[str, Any]:
-    text = request.values.get(name, "").strip()
+    """An object parameter: a JSON object in a JSON body, or its JSON text in a form field."""
+    given = value(name)
+    if isinstance(given, dict):
+        return given
+    text = given.strip() if isinstance(given, str) else json.dumps(given) if given is not None else ""
     if not text:
         return {}
     try:
-        value = json.loads(text, parse_constant=_no_constant)
+        parsed = json.loads(text, parse_constant=_no_constant)
     except ValueError as exc:
         raise ConfigError(f"{name} must be a JSON object: {exc}") from None
     except RecursionError:  # the parser recurses: ~1,000 levels exhaust Python's stack
         raise ConfigError(f"{name} is nested too deeply") from None
-    if not isinstance(value, dict):
-        raise ConfigError(f"{name} must be a JSON object ({{...}}), not {type(value).__name__}")
-    return value  # as metadata, the gallery checks it (`records.check_metadata`)
+    if not isinstance(parsed, dict):
+        raise ConfigError(f"{name} must be a JSON object ({{...}}), not {type(parsed).__name__}")
+    return parsed  # as metadata, the gallery checks it (`records.check_metadata`)
 
 
 def _no_constant(name: str):

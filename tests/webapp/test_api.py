@@ -25,8 +25,8 @@ def test_search_returns_ranked_matches_with_verdicts(client, upload, sample_pngs
     assert body["threshold"] == pytest.approx(model_embedder.threshold)
     matches = body["matches"]
     assert len(matches) == 5
-    assert set(matches[0]) == {"id", "label", "distance", "probability", "verified", "image_url",
-                               "metadata"}
+    assert set(matches[0]) == {"id", "label", "distance", "probability", "verified", "same_image",
+                               "image_url", "metadata"}
     assert matches[0]["label"] == "Coat" and matches[0]["distance"] < 1e-3  # the very image
     assert [m["distance"] for m in matches] == sorted(m["distance"] for m in matches)
     assert all(m["verified"] == (m["distance"] <= body["threshold"]) for m in matches)
@@ -142,7 +142,7 @@ def test_stats_and_health(client, model_embedder):
     assert gallery["items"] == 50 and len(gallery["labels"]) == 10
     assert gallery["index"] == "flat" and gallery["recall_at_10"] == 1.0
     assert client.get("/healthz").get_json() == {"status": "ok", "model": model_embedder.model_id,
-                                                  "items": 50}
+                                                  "items": 50, "galleries": 1}
 
 
 def test_api_key_guards_changes_only(make_app, upload, sample_pngs):
@@ -218,10 +218,10 @@ def test_the_service_serves_a_gallery_with_the_model_it_remembers(gallery_path, 
 
     from webapp.settings import BUNDLED_MODEL
 
-    assert Settings(gallery=gallery_path).model_dir() == model_dir.resolve()
-    assert Settings(gallery=gallery_path, model=tmp_path).model_dir() == tmp_path
+    assert Settings(gallery=gallery_path).gallery_entries[0].model_dir() == model_dir.resolve()
+    assert Settings(gallery=gallery_path, model=tmp_path).gallery_entries[0].model_dir() == tmp_path
     marker = gallery_path / "gallery.json"
     info = json_module.loads(marker.read_text())
     info.pop("model")  # a gallery made before galleries remembered their model
     marker.write_text(json_module.dumps(info))
-    assert Settings(gallery=gallery_path).model_dir() == BUNDLED_MODEL
+    assert Settings(gallery=gallery_path).gallery_entries[0].model_dir() == BUNDLED_MODEL

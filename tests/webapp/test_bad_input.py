@@ -7,6 +7,7 @@ that takes an image.
 """
 from __future__ import annotations
 
+import base64
 import io
 import struct
 import zlib
@@ -240,16 +241,43 @@ def test_bad_requests_are_json_errors(client, sample_pngs, method, path, form, s
 
 
 @pytest.mark.parametrize("content_type, body", [
-    ("application/json", b'{"image": "/etc/passwd"}'),
     ("text/plain", b"image=/etc/passwd"),
     ("application/x-www-form-urlencoded", b"image=%2Fetc%2Fpasswd"),
     ("image/png", b"\x89PNG\r\n\x1a\n"),
     (None, b""),
 ])
-def test_anything_but_multipart_is_415(client, content_type, body):
-    for path in ("/api/search", "/api/identify", "/api/verify", "/api/gallery"):
+def test_anything_but_multipart_or_json_is_415(client, content_type, body):
+    for path in ("/api/search", "/api/identify", "/api/verify", "/api/gallery",
+                 "/api/search/batch", "/api/verify/batch"):
         response = client.post(path, data=body, content_type=content_type)
-        assert_error(response, 415, "unsupported_media_type")
+        message = assert_error(response, 415, "unsupported_media_type")["message"]
+        assert "multipart/form-data" in message and "application/json" in message
+
+
+@pytest.mark.parametrize("body, status, words", [
+    (b'{"image": "/etc/passwd"}', 400, "image: not base64"),  # a path is never read
+    (b'{"image": "iVBORw0KGgo="}', 415, "image: not an image"),  # a PNG signature, no more
+    (b'{"image": "data:image/png,abc"}', 400, "must be base64"),
+    (b'{"image": 42}', 400, "image must be an image as base64 text"),
+    (b'{"image": ["aGk="]}', 400, "image must be an image as base64 text"),
+    (b'{"picture": "aGk="}', 400, "missing the image field 'image'"),
+    (b'["image"]', 400, "must be a JSON object"),
+    (b'', 400, "must be a JSON object"),
+    (b'{"image": ', 400, "not valid JSON"),
+    (b'{"image": NaN}', 400, "not valid JSON"),
+    (b'\xff\xfe{}', 400, "not valid JSON"),
+    (b'[' * 100_000, 400, "nested too deeply"),
+    (b'{"image": "PNG", "k": "many"}', 400, "k must be"),
+    (b'{"image": "PNG", "k": true}', 400, "k must be"),
+    (b'{"image": "PNG", "k": 0}', 400, "k must be"),
+    (b'{"image": "PNG", "threshold": "low"}', 400, "threshold"),
+    (b'{"image": "PNG", "operating_point": ["far"]}', 400, "operating_point must be"),
+])
+def test_bad_json_bodies_are_400_with_the_field_named(client, sample_pngs, body, status, words):
+    png = base64.b64encode(sample_pngs["Bag"][0].read_bytes())
+    response = client.post("/api/search", data=body.replace(b'"PNG"', b'"' + png + b'"'),
+                           content_type="application/json")
+    assert words in assert_error(response, status)["message"]
 
 
 def test_malformed_multipart_is_a_json_error(client):

@@ -58,7 +58,8 @@ def test_werkzeug_quirks_fall_back_to_werkzeug():
 
 
 def test_too_many_parts_is_413(client, multipart):
-    body, content_type = multipart({f"f{i}": "x" for i in range(101)})
+    # the limit: two batches of images (image_a and image_b, 100 each) and 20 fields beside
+    body, content_type = multipart({f"f{i}": "x" for i in range(221)})
     assert_error(post(client, body, content_type), 413, "too_large")
 
 
