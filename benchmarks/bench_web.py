@@ -59,6 +59,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=4, help="threads per worker, both servers "
                                                           "(default: %(default)s)")
     p.add_argument("--skip-baseline", action="store_true", help="measure our server only")
+    p.add_argument("--batch", type=int, default=100, metavar="N",
+                   help="also time N single searches, one after another, against one batch "
+                        "search of the same N images (POST /api/search/batch); 0: skip "
+                        "(default: %(default)s)")
+    p.add_argument("--batch-rounds", type=int, default=5,
+                   help="rounds of that comparison; the median is shown (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
 
 
@@ -373,6 +379,9 @@ def run(args: argparse.Namespace) -> int:
                     row = measure(server, images, clients, seconds, args.warmup)
                     results["rows"].append(row)
                     say(format_row(row))
+            if args.batch:
+                results["batch"] = measure_batch(servers[0], images, args.batch, args.batch_rounds)
+                say(format_batch(results["batch"]))
         finally:
             for server in servers:
                 server.stop()
@@ -387,6 +396,66 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(results, indent=2))
     return 0
+
+
+def measure_batch(server: Server, images: list[bytes], n: int, rounds: int) -> dict:
+    """N single searches in a row on one keep-alive connection (the baseline), against one batch
+    search of the same N images; each answer checked. Median of `rounds` of each."""
+    from encoder.errors import ConfigError
+
+    if not 1 <= n <= 100:
+        raise ConfigError(f"--batch must be in 1..100 (the server's batch limit), not {n}")
+    queries = [images[i % len(images)] for i in range(n)]
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=120)
+
+    def post(path: str, files: list[tuple[str, bytes]]) -> dict:
+        body, content_type = multipart_many({"k": str(K)}, files)
+        conn.request("POST", path, body=body, headers={"Content-Type": content_type})
+        response = conn.getresponse()
+        answer = json.loads(response.read())
+        if response.status != 200:
+            raise RuntimeError(f"{path}: {response.status} {answer}")
+        return answer
+
+    singles, batches = [], []
+    try:
+        post("/api/search/batch", [("image", q) for q in queries])  # warm up
+        for _ in range(rounds):
+            start = time.perf_counter()
+            single = [post("/api/search", [("image", q)])["matches"] for q in queries]
+            singles.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            batch = post("/api/search/batch", [("image", q) for q in queries])["results"]
+            batches.append(time.perf_counter() - start)
+            if [[m["id"] for m in r["matches"]] for r in batch] != \
+                    [[m["id"] for m in ms] for ms in single]:
+                raise RuntimeError("the batch search answered other matches than single searches")
+    finally:
+        conn.close()
+    single_s, batch_s = float(np.median(singles)), float(np.median(batches))
+    return {"images": n, "rounds": rounds, "singles_ms": round(1e3 * single_s, 1),
+            "batch_ms": round(1e3 * batch_s, 1), "speedup": round(single_s / batch_s, 2)}
+
+
+def format_batch(r: dict) -> str:
+    return (f"\nbatch search, {r['images']} images (median of {r['rounds']} rounds):\n"
+            f"  {r['images']} single requests, one after another  {r['singles_ms']:>9,.1f} ms  "
+            f"baseline\n"
+            f"  one POST /api/search/batch                {r['batch_ms']:>9,.1f} ms  "
+            f"{r['speedup']:.2f}x faster (same matches)")
+
+
+def multipart_many(fields: dict[str, str], files: list[tuple[str, bytes]]) -> tuple[bytes, str]:
+    """`multipart` with repeated file fields (a batch's `image` parts)."""
+    body, content_type = multipart(fields, {})
+    boundary = content_type.split("boundary=")[1]
+    out = io.BytesIO(body[:-len(f"--{boundary}--\r\n")])
+    for i, (name, data) in enumerate(files):
+        out.write(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; '
+                  f'filename="q{i}.png"\r\nContent-Type: image/png\r\n\r\n'.encode())
+        out.write(data + b"\r\n")
+    out.write(f"--{boundary}--\r\n".encode())
+    return out.getvalue(), content_type
 
 
 HEADER = (f"{'server':<6} {'clients':>7} {'seconds':>7} {'requests':>9} {'req/s':>8} {'p50 ms':>8} "

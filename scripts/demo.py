@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     from webapp.server import serve
 
     settings = settings_from(args, gallery=DEFAULT_GALLERY, model=BUNDLED_MODEL)
-    build(Path(args.samples), settings.require_gallery(), settings.model)
+    build(Path(args.samples), settings.gallery_entries[0].path, settings.model)
     check(settings)
     if args.build_only:
         return 0

@@ -13,16 +13,23 @@ def add_gallery_arguments(p: argparse.ArgumentParser, served: bool = False) -> N
     """--gallery, --model and --db-url; `served`: for the server, where the SIAMESE_* variables
     may give them instead (so none is required, and no default is laid over the variables)."""
     env = (lambda name: f" ({name})") if served else (lambda name: "")
-    p.add_argument("--gallery", required=not served, metavar="PATH",
-                   help="gallery folder (gallery.json, gallery.db, index.faiss, ...)"
-                        + env("SIAMESE_GALLERY"))
+    if served:
+        p.add_argument("--gallery", action="append", metavar="[NAME=]PATH",
+                       help="gallery folder (SIAMESE_GALLERY); repeat it to serve several, each "
+                            "at /api/galleries/NAME/... (NAME: the folder's name if not given); "
+                            "the first is also served at /api/...")
+    else:
+        p.add_argument("--gallery", required=True, metavar="PATH",
+                       help="gallery folder (gallery.json, gallery.db, index.faiss, ...)")
+    first = " (of the first gallery, when several are served)" if served else ""
     p.add_argument("--model", metavar="DIR",
                    help="model directory; must be the one the gallery was embedded with"
                         + env("SIAMESE_MODEL") + " (default: that one, which the gallery "
-                        f"remembers; for a new gallery {BUNDLED_MODEL})")
+                        f"remembers; for a new gallery {BUNDLED_MODEL})" + first)
     p.add_argument("--db-url", metavar="URL",
                    help="SQLAlchemy URL of the gallery's metadata, if not PATH/gallery.db "
-                        "(e.g. postgresql://user@host/db)" + env("SIAMESE_DB_URL"))
+                        "(e.g. postgresql://user@host/db)" + env("SIAMESE_DB_URL") + first
+                        + ("; another gallery's in SIAMESE_DB_URL_<NAME>" if served else ""))
 
 
 def quiet_faiss() -> None:

@@ -119,12 +119,16 @@ class LiveServer:
         self.url = f"http://127.0.0.1:{port}"
 
     def request(self, method: str, path: str, fields: dict | None = None,
-                headers: dict | None = None) -> tuple[int, dict, bytes]:
-        """(status, headers, body). `fields`: {name: str or (filename, bytes)}, sent multipart."""
+                headers: dict | None = None, json_body=None) -> tuple[int, dict, bytes]:
+        """(status, headers, body). `fields`: {name: str or (filename, bytes)}, sent multipart;
+        or `json_body`, sent as JSON."""
         body, all_headers = None, dict(headers or {})
         if fields is not None:
             body, content_type = multipart(fields)
             all_headers["Content-Type"] = content_type
+        elif json_body is not None:
+            body = json.dumps(json_body).encode()
+            all_headers["Content-Type"] = "application/json"
         req = urllib.request.Request(self.url + path, data=body, method=method, headers=all_headers)
         try:
             with urllib.request.urlopen(req, timeout=30) as response:

@@ -106,13 +106,13 @@ def search_batch():
     """Several queries in one request: one embedding pass, one index search."""
     settings = get_service().settings
     found = uploads.image_list("image", most=settings.max_batch)
-    images = [uploads.decoded(data, where) for data, where in found]
+    images = [uploads.decoded(data, where) for data, _, where in found]
     k = uploads.int_param("k", settings.default_k, 1, settings.max_k)
     gallery = get_gallery()
     results = gallery.search_results(images, k=k, **uploads.rule_params())
     return jsonify(model=gallery.model_id, **(results[0].rule.to_dict()), results=[
         {**r.domain.to_dict(), "matches": [match_json(m, sha256_of(data)) for m in r.matches]}
-        for r, (data, _) in zip(results, found)])
+        for r, (data, _, _) in zip(results, found)])
 
 
 @route.post("/verify")
@@ -132,7 +132,8 @@ def verify_batch():
         raise ConfigError(f"image_a and image_b pair up by position: send as many of each "
                           f"(here {len(found_a)} and {len(found_b)})")
     rule = get_gallery().rule(**uploads.rule_params())
-    pairs = [(uploads.decoded(*a), uploads.decoded(*b)) for a, b in zip(found_a, found_b)]
+    pairs = [(uploads.decoded(a[0], a[2]), uploads.decoded(b[0], b[2]))
+             for a, b in zip(found_a, found_b)]
     embedder = get_embedder()
     verdicts = embedder.verify_pairs(pairs, rule)
     return jsonify(model=embedder.model_id, **rule.to_dict(), results=[

@@ -68,8 +68,10 @@ class Server(BaseApplication):
     def _worker_ready(self, worker) -> None:
         """In a worker, its app loaded: log it; the first worker tells the user where to go."""
         service = worker.wsgi.extensions[EXTENSION]
-        worker.log.info("worker %s ready: gallery of %d items, model %s", worker.pid,
-                        len(service.gallery), service.embedder.model_id)
+        default, more = service.default, len(service.galleries) - 1
+        worker.log.info("worker %s ready: gallery of %d items, model %s%s", worker.pid,
+                        len(default.gallery), default.embedder.model_id,
+                        f" (and {more} more {'gallery' if more == 1 else 'galleries'})" if more else "")
         with self._announced.get_lock():
             first = not self._announced.value
             self._announced.value = 1

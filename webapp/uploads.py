@@ -240,12 +240,14 @@ def text_value(name: str) -> str:
 def image_bytes(field: str) -> tuple[bytes, str]:
     """The bytes of the image in `field` and a safe name for it (the client's file name,
     cleaned, used only as a label: nothing is ever read or written at that path)."""
-    return image_list(field, one=True)[0]
+    data, name, _ = image_list(field, one=True)[0]
+    return data, name
 
 
-def image_list(field: str, one: bool = False, most: int = 1) -> list[tuple[bytes, str]]:
-    """The images in `field` (`one`: exactly one; else 1 to `most`), as (bytes, safe name): the
-    file parts of that name, or base64 text (one string, or a list of them) in a JSON body."""
+def image_list(field: str, one: bool = False, most: int = 1) -> list[tuple[bytes, str, str]]:
+    """The images in `field` (`one`: exactly one; else 1 to `most`), as (bytes, safe name, where
+    for messages): the file parts of that name, or base64 text (one string, or a list of them)
+    in a JSON body."""
     limit = current_app.config["SIAMESE_MAX_IMAGE_BYTES"]
     if body_kind() == JSON:
         given = json_body().get(field)
@@ -256,7 +258,7 @@ def image_list(field: str, one: bool = False, most: int = 1) -> list[tuple[bytes
         if not one and not (isinstance(given, list) and all(isinstance(t, str) for t in given)):
             raise ConfigError(f"{field} must be a list of images, each as base64 text")
         names = [field] if one else [f"{field}[{i}]" for i in range(len(given))]
-        found = [(_base64_image(text, where, limit), where)
+        found = [(_base64_image(text, where, limit), where, where)
                  for text, where in zip([given] if one else given, names)]
     else:
         uploads = request.files.getlist(field)
@@ -271,7 +273,8 @@ def image_list(field: str, one: bool = False, most: int = 1) -> list[tuple[bytes
             where = field if one or len(uploads) == 1 else f"{field} #{i + 1}"
             if len(data) > limit:
                 raise RequestEntityTooLarge(f"{where}: the image is over the {megabytes(limit)} limit")
-            found.append((data, secure_filename(upload.filename or "") or field))
+            name = secure_filename(upload.filename or "") or field
+            found.append((data, name, where if name == field else f"{where} ({name})"))
     if not one and not 1 <= len(found) <= most:
         raise ConfigError(f"{field}: send 1 to {most} images in one request, not {len(found)}")
     return found
@@ -308,8 +311,8 @@ DECODE_SLOTS = threading.BoundedSemaphore(2)
 
 def image_and_bytes(field: str) -> tuple[Image.Image, bytes]:
     """`image`, shrunk to what the model needs, and the bytes it was decoded from."""
-    data, name = image_bytes(field)
-    return decoded(data, name if name == field else f"{field} ({name})"), data
+    data, _, where = image_list(field, one=True)[0]
+    return decoded(data, where), data
 
 
 def decoded(data: bytes, where: str) -> Image.Image:
