@@ -33,6 +33,7 @@ from .replica import Replica
 from .store import SCHEMA_VERSION, GalleryRecord, Store
 from .vectors import INDEX_FILE, IndexSpec, VectorIndex
 
+UNCHANGED: Any = object()  # `Gallery.edit`: a field not given
 log = logging.getLogger(__name__)
 
 ITEM_CACHE = 50_000  # items kept in memory for search results (a few hundred bytes each)
@@ -403,6 +404,18 @@ class Gallery:
         distance = float(euclidean(vectors[0], stored[0]))
         return _match(item, self.embedder.verdicts.judge(distance, rule, checks[0])[0])
 
+    def neighbours(self, item_id: int, k: int = 5, threshold: Optional[float] = None,
+                   operating_point: Optional[str] = None) -> "SearchResult":
+        """The `k` items nearest to a gallery item (itself left out), judged under the rule: its
+        look-alikes, and its likely duplicates under other labels."""
+        rule = self.rule(operating_point, threshold)
+        with self._store.read() as conn:
+            item = self._get(conn, item_id)
+            _, stored = self._store.embeddings(conn, self._record.embedding_dim, [item.id])
+        check = DomainCheck(None, None, "a gallery item: its image was not checked again")
+        matches = self._search(stored, min(k + 1, 10_000), rule, [check])[0]
+        return SearchResult([m for m in matches if m.id != item.id][:k], rule, check)
+
     def get(self, item_id: int) -> Item:
         with self._store.read() as conn:
             return self._get(conn, item_id)
@@ -457,7 +470,10 @@ class Gallery:
             self._replica.sync()
             if self._replica.snapshot_due():
                 self._replica.flush()
-            return self._replica.generation != before
+            moved = self._replica.generation != before
+            if moved:  # another process may have edited a cached item's label or metadata
+                self._item_cache.clear()
+            return moved
 
     # --- writing ---------------------------------------------------------------------------------
 
@@ -547,6 +563,31 @@ class Gallery:
             created = set(new)
             return Added([known[o.sha256] for o in originals],
                          [i in created for i in range(len(originals))])
+
+    def edit(self, item_id: int, label: Any = UNCHANGED, metadata: Any = UNCHANGED) -> Item:
+        """Change an item's label (None: no label) and/or metadata; what is not given stays.
+        Returns the item as it is now. Unknown id: `NotFoundError`."""
+        item_id = _check_id(item_id)
+        values = {}
+        if label is not UNCHANGED:
+            if label is not None:
+                check_text("label", label, MAX_LABEL_LENGTH)
+            values["label"] = label
+        if metadata is not UNCHANGED:
+            check_metadata(metadata)
+            values["metadata"] = metadata
+        if not values:
+            return self.get(item_id)
+        with self.writing():
+            with self._store.write() as conn:
+                self._get(conn, item_id)
+                generation, _ = self._store.next_generation(conn)
+                self._store.edit(conn, item_id, **values)
+                self._store.log(conn, generation, "edit", [item_id])
+            with self._mutex:
+                self._item_cache.pop(item_id, None)
+                self._replica.changed(generation, lambda index: None)
+        return self.get(item_id)
 
     def remove(self, ids: Union[int, Sequence[int]]) -> None:
         """Remove items (rows, images and vectors). Unknown ids: `NotFoundError`, nothing removed."""

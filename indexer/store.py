@@ -98,7 +98,8 @@ class ChangeRow(Base):
     __tablename__ = "changes"
     generation: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"),
                                             primary_key=True, autoincrement=False)
-    op: Mapped[str] = mapped_column(String(8))  # "add", "remove", or "record" (the gallery row)
+    # "add", "remove", "edit" (labels or metadata: no vector changes) or "record" (the gallery row)
+    op: Mapped[str] = mapped_column(String(8))
     ids: Mapped[bytes] = mapped_column(LargeBinary)  # int64 little-endian item ids
 
 
@@ -111,7 +112,7 @@ _ITEM_COLUMNS = [ITEMS.c.id, ITEMS.c.label, ITEMS.c.source, ITEMS.c.sha256, ITEM
 @dataclass(frozen=True)
 class Change:
     generation: int
-    op: str  # "add", "remove" or "record"
+    op: str  # "add", "remove", "edit" or "record"
     ids: np.ndarray  # int64
 
 
@@ -373,6 +374,12 @@ class Store:
         for chunk in _chunks(ids):
             present.update(conn.execute(select(ITEMS.c.id).where(ITEMS.c.id.in_(chunk))).scalars())
         return [i for i in ids if i not in present]
+
+    def edit(self, conn: Connection, item_id: int, **values: Any) -> None:
+        """Change an item's `label` and/or `metadata`."""
+        columns = {"label": ITEMS.c.label, "metadata": ITEMS.c.metadata}
+        conn.execute(update(ITEMS).where(ITEMS.c.id == int(item_id)).values(
+            {columns[name]: value for name, value in values.items()}))
 
     def delete(self, conn: Connection, ids: Sequence[int]) -> list[str]:
         """Delete items and their images; the hashes of the images, for `discard` after the

@@ -19,7 +19,7 @@ from encoder.verdict import rounded, rounded_probability
 from indexer import Item, Match
 from indexer.records import Original, sha256_of
 
-from . import access, uploads
+from . import access, openapi, uploads
 from .service import gallery_routes, get_embedder, get_gallery, get_service
 
 bp = Blueprint("api", __name__, url_prefix="/api")
@@ -27,10 +27,18 @@ health = Blueprint("health", __name__)
 route = gallery_routes(bp)
 
 
+OPEN = {"api.list_galleries", "api.openapi_document"}  # about the server, not a gallery's contents
+
+
 @bp.before_request
 def check_read_access() -> None:
-    if request.endpoint != "api.list_galleries":
+    if request.endpoint not in OPEN:
         access.require_read()
+
+
+@bp.get("/openapi.json")
+def openapi_document():
+    return jsonify(openapi.document(get_service().settings))
 
 
 def match_json(m: Match, query_sha256: Optional[str] = None) -> dict[str, Any]:
@@ -190,6 +198,31 @@ def list_items():
 @route.get("/gallery/<int:item_id>")
 def get_item(item_id: int):
     return jsonify(item=item_json(get_gallery().get(item_id)))
+
+
+@route.route("/gallery/<int:item_id>", methods=["PATCH"])
+@requires_key
+def edit_item(item_id: int):
+    """Change an item's label and/or metadata (JSON, or form fields); what is not sent stays."""
+    uploads.body_kind()
+    changes = {}
+    if uploads.value("label") is not None:
+        changes["label"] = uploads.text_param("label", required=True)
+    if uploads.value("metadata") is not None:
+        changes["metadata"] = uploads.json_object_param("metadata")
+    if not changes:
+        raise ConfigError("send label and/or metadata to change")
+    return jsonify(item=item_json(get_gallery().edit(item_id, **changes)))
+
+
+@route.get("/gallery/<int:item_id>/neighbours")
+def item_neighbours(item_id: int):
+    settings = get_service().settings
+    k = uploads.int_param("k", settings.default_k, 1, settings.max_k)
+    gallery = get_gallery()
+    result = gallery.neighbours(item_id, k, **uploads.rule_params())
+    return jsonify(model=gallery.model_id, **verdict_context(result.rule, result.domain),
+                   matches=[match_json(m) for m in result.matches])
 
 
 @route.get("/gallery/<int:item_id>/image")

@@ -80,6 +80,15 @@ def browse():
                            page=page, pages=pages)
 
 
+@bp.get("/api/docs")
+def api_docs():
+    """The OpenAPI document, readable: every operation, its fields and its answers."""
+    from .openapi import document
+
+    spec = document(get_service().settings)
+    return render_template("api_docs.html", spec=spec, schemas=spec["components"]["schemas"])
+
+
 def _search_options() -> dict:
     settings = get_service().settings
     k = uploads.int_param("k", settings.default_k, 1, settings.max_k)
