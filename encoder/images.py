@@ -94,7 +94,7 @@ def read_bytes(path: Union[str, os.PathLike], max_bytes: int = MAX_IMAGE_BYTES) 
         if not p.is_file():
             raise BadImageError(f"{p}: not a file")
         if size == 0:
-            raise BadImageError(f"{p}: empty file")
+            raise BadImageError(f"{p}: the file is empty")
         if size > max_bytes:
             raise BadImageError(f"{p}: {megabytes(size)} is over the {megabytes(max_bytes)} limit")
         return p.read_bytes()
@@ -108,10 +108,13 @@ def read_bytes(path: Union[str, os.PathLike], max_bytes: int = MAX_IMAGE_BYTES) 
         raise BadImageError(f"{p}: cannot read ({exc.strerror or exc})") from None
 
 
+NOT_AN_IMAGE = "not an image file that can be read (PNG, JPEG, GIF, WebP, BMP or TIFF)"
+
+
 def decode(data: bytes, name: str = "image", max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
     """Decode image bytes fully, with a precise error for every way they can be bad."""
     if len(data) == 0:
-        raise BadImageError(f"{name}: empty file")
+        raise BadImageError(f"{name}: the file is empty")
     if len(data) > MAX_IMAGE_BYTES:
         raise BadImageError(f"{name}: {megabytes(len(data))} is over the "
                             f"{megabytes(MAX_IMAGE_BYTES)} limit")
@@ -127,11 +130,11 @@ def decode(data: bytes, name: str = "image", max_pixels: int = MAX_IMAGE_PIXELS)
     except BadImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise BadImageError(f"{name}: declared size is too large (decompression bomb)") from None
+        raise BadImageError(f"{name}: the image says it is too large to open (a decompression bomb?)") from None
     except Image.UnidentifiedImageError:
-        raise UnsupportedImageError(f"{name}: not an image Pillow can decode") from None
+        raise UnsupportedImageError(f"{name}: {NOT_AN_IMAGE}") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise BadImageError(f"{name}: truncated or corrupt image ({exc})") from None
+        raise BadImageError(f"{name}: the image is cut short or damaged ({exc})") from None
     if img.width == 0 or img.height == 0:
         raise BadImageError(f"{name}: image has no pixels")
     return img

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Optional
 
-from flask import Flask, Response, request
+from flask import Flask, Response, request, session, url_for
 
 from encoder.errors import NotFoundError
 from encoder.images import megabytes
@@ -58,6 +58,16 @@ def create_app(settings: Optional[Settings] = None, embedder: Optional["Embedder
     return app
 
 
+def _switch_url(name: str) -> str:
+    """This page in gallery `name` (an item's page: that gallery's browser)."""
+    endpoint = request.endpoint or ""
+    if endpoint in ("pages.search_form", "pages.search", "pages.verify", "pages.browse",
+                    "pages.add"):
+        return url_for(endpoint if endpoint != "pages.search" else "pages.search_form",
+                       gallery=name)
+    return url_for("pages.browse", gallery=name)
+
+
 def _security_headers(response: Response) -> Response:
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
     if response.mimetype == "text/html":
@@ -74,5 +84,8 @@ def _page_context() -> dict:
         served = service.default
     return {"model_id": served.embedder.model_id, "gallery_size": len(served.gallery),
             "gallery_name": served.name, "gallery_names": list(service.galleries),
-            "max_image_size": megabytes(service.settings.max_image_bytes), "endpoint": request.endpoint,
+            "switch_url": _switch_url, "signed_in": bool(session.get(access.SESSION_KEY)),
+            "write_key_required": served.entry.api_key is not None,
+            "max_image_size": megabytes(service.settings.max_image_bytes),
+            "max_image_bytes": service.settings.max_image_bytes, "endpoint": request.endpoint,
             "csrf_field": csrf.FIELD, "csrf_token": csrf.token}

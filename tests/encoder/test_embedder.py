@@ -53,7 +53,7 @@ def test_batches_match_single_images(tiny_embedder, fashion_test):
 
 
 def test_bad_images_get_clear_errors(tiny_embedder):
-    with pytest.raises(BadImageError, match="empty file"):
+    with pytest.raises(BadImageError, match="the file is empty"):
         tiny_embedder.embed([b""])
     with pytest.raises(BadImageError, match="not an image"):
         tiny_embedder.embed([b"GIF89a but not really"])

@@ -130,8 +130,8 @@ def test_bad_files_are_reported_and_the_rest_added(tmp_path, fashion_test, empty
     failed = dict(report.failed)
     empty = str(tmp_path / "photos" / "Coat" / "empty.jpg")
     assert set(failed) == {empty, str(broken)} and len(report.failed) == 2
-    assert failed[empty] == "empty file"
-    assert failed[str(broken)].startswith("truncated or corrupt image")
+    assert failed[empty] == "the file is empty"
+    assert failed[str(broken)].startswith("the image is cut short or damaged")
 
 
 def test_strict_stops_at_the_first_bad_file_keeping_the_batches_before(tmp_path, fashion_test,
@@ -144,7 +144,7 @@ def test_strict_stops_at_the_first_bad_file_keeping_the_batches_before(tmp_path,
     assert sources[-1].path == str(broken)
     with pytest.raises(BadImageError) as error:
         ingest(empty_gallery, sources, batch_size=4, strict=True)
-    assert str(error.value) == (f"{broken}: not an image Pillow can decode (stopped by --strict; "
+    assert str(error.value) == (f"{broken}: not an image file that can be read (stopped by --strict; "
                                 "8 image(s) added before it)")
     assert len(empty_gallery) == 8  # the two whole batches before the bad file's
 

@@ -35,7 +35,7 @@ def test_bad_files_are_reported_at_the_end_and_do_not_stop(tmp_path, png_folder,
                        capsys)
     assert code == 1
     assert f"failed: {png_folder / 'Coat' / 'broken.png'}: " in out
-    assert f"failed: {png_folder / 'Coat' / 'empty.jpg'}: empty file" in out
+    assert f"failed: {png_folder / 'Coat' / 'empty.jpg'}: the file is empty" in out
     assert "ignored 1 file(s) without an image suffix" in out
     assert "added 48, skipped 0 already in the gallery, 1 duplicate(s), failed 2" in out
 
@@ -143,7 +143,7 @@ def test_search_command(tmp_path, png_folder, model_dir, capsys):
     not_image = tmp_path / "q.png"
     not_image.write_text("x")
     code, _, err = cli(search_cmd, [not_image, "--gallery", gallery, "--model", model_dir], capsys)
-    assert code == 2 and error_line(err) == f"error: {not_image}: not an image Pillow can decode"
+    assert code == 2 and error_line(err) == f"error: {not_image}: not an image file that can be read"
     code, _, err = cli(search_cmd, [query, "--gallery", tmp_path, "--model", model_dir], capsys)
     assert code == 2 and f"{tmp_path}: not a gallery" in error_line(err)
     Image.new("L", (5, 5)).save(tmp_path / "tiny.png")  # any size is resized as the card says
@@ -163,7 +163,7 @@ def test_search_answers_the_good_images_and_names_each_bad_one(tmp_path, png_fol
     code, out, err = cli(search_cmd, argv, capsys)
     assert code == 1, err
     lines = out.splitlines()
-    assert f"failed: {notes}: not an image Pillow can decode" in lines[0]
+    assert f"failed: {notes}: not an image file that can be read" in lines[0]
     assert lines[1] == f"failed: {missing}: no such file"
     answered = [line for line in lines if line.startswith(str(good[0]) + ":")
                 or line.startswith(str(good[1]) + ":")]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import io
+import re
 import struct
 import zlib
 
@@ -134,8 +135,8 @@ def assert_error(response, status: int | set[int], code: str | None = None) -> d
     assert "Traceback" not in body and 'File "' not in body
     if response.status_code < 400:
         return {}
-    if response.mimetype == "text/html":
-        assert f"{response.status_code} " in body
+    if response.mimetype == "text/html":  # the form again with the message at its field, or
+        assert 'class="field-error"' in body or f'data-status="{response.status_code}"' in body
         return {}
     error = response.get_json()["error"]
     assert set(error) == {"code", "message"} and error["message"]
@@ -317,9 +318,14 @@ def test_uploads_stay_in_memory(app, sample_pngs):
 def test_page_errors_are_html_pages(client):
     response = client.post("/", data=page_form({"image": (io.BytesIO(b"nope"), "nope.txt")}))
     assert response.status_code == 415 and response.mimetype == "text/html"
-    assert "not an image Pillow can decode" in response.get_data(as_text=True)
+    html = response.get_data(as_text=True)
+    # The form again, the message next to the image field, in words: no codes, no field names.
+    assert re.search(r'class="field-error" role="alert" data-field="image">nope.txt: not an image '
+                     r'file that can be read', html), html
+    assert "unsupported_media_type" not in html and "415" not in html
     missing = client.get("/no-such-page")
-    assert missing.status_code == 404 and "404 not_found" in missing.get_data(as_text=True)
+    text = missing.get_data(as_text=True)
+    assert missing.status_code == 404 and "Not found" in text and "not_found" not in text
     assert client.get("/gallery?page=zero").status_code == 400
 
 
