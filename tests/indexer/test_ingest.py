@@ -144,7 +144,8 @@ def test_strict_stops_at_the_first_bad_file_keeping_the_batches_before(tmp_path,
     assert sources[-1].path == str(broken)
     with pytest.raises(BadImageError) as error:
         ingest(empty_gallery, sources, batch_size=4, strict=True)
-    assert str(error.value) == (f"{broken}: not an image file that can be read (stopped by --strict; "
+    assert str(error.value) == (f"{broken}: not an image file that can be read (PNG, JPEG, GIF, WebP, BMP or TIFF) "
+                                "(stopped by --strict; "
                                 "8 image(s) added before it)")
     assert len(empty_gallery) == 8  # the two whole batches before the bad file's
 

@@ -143,7 +143,8 @@ def test_search_command(tmp_path, png_folder, model_dir, capsys):
     not_image = tmp_path / "q.png"
     not_image.write_text("x")
     code, _, err = cli(search_cmd, [not_image, "--gallery", gallery, "--model", model_dir], capsys)
-    assert code == 2 and error_line(err) == f"error: {not_image}: not an image file that can be read"
+    assert code == 2 and error_line(err) == (f"error: {not_image}: not an image file that can be "
+                                             "read (PNG, JPEG, GIF, WebP, BMP or TIFF)")
     code, _, err = cli(search_cmd, [query, "--gallery", tmp_path, "--model", model_dir], capsys)
     assert code == 2 and f"{tmp_path}: not a gallery" in error_line(err)
     Image.new("L", (5, 5)).save(tmp_path / "tiny.png")  # any size is resized as the card says

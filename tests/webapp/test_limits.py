@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow  # a real gunicorn (chunked bodies need one)
 
 @pytest.fixture(scope="module")
 def small_limit_server(tmp_path_factory, template_gallery, model_dir):
-    """siamese-serve taking images up to 0.05 MB (requests up to about 1.15 MB), received within
+    """siamese-serve taking images up to 0.05 MB (requests up to about 1.18 MB), received within
     2 s."""
     folder = tmp_path_factory.mktemp("limits")
     shutil.copytree(template_gallery, folder / "gallery")
@@ -46,7 +46,7 @@ def test_a_chunked_body_over_the_limit_is_413(small_limit_server, sample_pngs):
     status, body = send_chunked(small_limit_server.port,
                                 *multipart({"image": ("a.png", png + b"\0" * 3_000_000)}))
     assert status == 413 and b'"too_large"' in body, body[:300]
-    assert b"the request is over the 1.15 MB limit" in body
+    assert b"the request is over the 1.18 MB limit" in body
 
 
 def trickle(port: int, body: bytes, content_type: str) -> bytes:

@@ -110,6 +110,8 @@ def test_bad_input_through_gunicorn(server):
         got, body = server.json("POST", "/api/search", fields=fields)
         assert (got, body["error"]["code"]) == (status, code), body
     got, _, body = server.request("POST", "/api/search", headers={"Content-Type": "application/json"})
+    assert got == 400 and b"the body must be a JSON object" in body
+    got, _, body = server.request("POST", "/api/search", headers={"Content-Type": "text/plain"})
     assert got == 415 and b'"unsupported_media_type"' in body
     assert server.json("GET", "/api/gallery/123456")[0] == 404
 
