@@ -25,6 +25,7 @@ from benchmarks.bench_web import free_port, stop
 REPO = Path(__file__).resolve().parents[1]
 DATASETS = REPO.parent / "shared" / "datasets"
 SAMPLES = REPO / "samples" / "fashion-mnist"
+PER_LABEL = 5  # sample PNGs per label in the web tests' gallery: 50 in all
 
 
 def child_env(**extra: str) -> dict[str, str]:

@@ -59,13 +59,15 @@ def create_app(settings: Optional[Settings] = None, embedder: Optional["Embedder
 
 
 def _switch_url(name: str) -> str:
-    """This page in gallery `name` (an item's page: that gallery's browser)."""
+    """This page in gallery `name` (an item's page: that gallery's browser); the default
+    gallery's at its short URL."""
+    gallery = None if name == next(iter(get_service().galleries)) else name
     endpoint = request.endpoint or ""
     if endpoint in ("pages.search_form", "pages.search", "pages.verify", "pages.browse",
                     "pages.add"):
         return url_for(endpoint if endpoint != "pages.search" else "pages.search_form",
-                       gallery=name)
-    return url_for("pages.browse", gallery=name)
+                       gallery=gallery)
+    return url_for("pages.browse", gallery=gallery)
 
 
 def _security_headers(response: Response) -> Response:

@@ -71,7 +71,7 @@ def _add_batch(gallery: Gallery, batch: list[tuple[Outcome, bytes, Optional[str]
     originals, outcomes, labels = [], [], []
     for outcome, data, folder in batch:
         try:
-            original = Original.from_bytes(data, PurePosixPath(outcome.name).name or "upload")
+            original = Original.from_bytes(data, outcome.name or "upload")  # its source
         except BadImageError as exc:
             outcome.status, outcome.reason = "failed", _plain(str(exc), outcome.name)
             continue

@@ -36,7 +36,7 @@ PREVIEW_LIMIT = 4_000_000  # uploaded queries up to this size are shown back, an
 BROWSER_FORMATS = {"PNG", "JPEG", "GIF", "WEBP", "BMP"}  # what every browser can show
 KEPT = {"image": "kept_image", "image_a": "kept_image_a", "image_b": "kept_image_b"}
 FIELD_WORDS = {"image": "the image", "image_a": "the first image", "image_b": "the second image",
-               "images": "the images"}
+               "images": "the images", "metadata": "the metadata", "label": "the label"}
 OPEN_PAGES = {"pages.sign_in", "pages.sign_out", "pages.api_docs"}
 
 
@@ -172,7 +172,7 @@ def edit(item_id: int):
     except SiameseSearchError as exc:
         status, _, message = status_of(exc)
         field = _field_of(message, ("label", "metadata"))
-        return _item_page(item_id, form=form, errors={field: message}), status
+        return _item_page(item_id, form=form, errors={field: plain(message, field)}), status
     return redirect(url_for("pages.item", item_id=item_id, saved=1), 303)
 
 
@@ -304,13 +304,14 @@ def plain(message: str, field: str) -> str:
         return message[:1].upper() + message[1:]
     if message.startswith(f"missing the image file field '{field}'"):
         return f"Choose {words}."
-    for prefix in (f"{field}: ", f"{field} "):
-        if message.startswith(prefix):
-            rest = message[len(prefix):]
-            if rest.startswith("("):  # "image (photo.png): ..." -> the file's name
-                name, _, rest = rest[1:].partition("): ")
-                return f"{name}: {rest}"
-            return f"{words[:1].upper()}{words[1:]}: {rest}"
+    words = words[:1].upper() + words[1:]
+    if message.startswith(f"{field}: "):
+        return f"{words}: {message[len(field) + 2:]}"
+    if message.startswith(f"{field} ("):  # "image (photo.png): ..." -> the file's name
+        name, _, rest = message[len(field) + 2:].partition("): ")
+        return f"{name}: {rest}"
+    if message.startswith(f"{field} "):  # "metadata must be ..." -> "The metadata must be ..."
+        return f"{words}{message[len(field):]}"
     return message
 
 

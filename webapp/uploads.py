@@ -359,7 +359,11 @@ def json_object_param(name: str) -> dict[str, Any]:
         return {}
     try:
         parsed = json.loads(text, parse_constant=_no_constant)
-    except ValueError as exc:
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{name} must be a JSON object, like {{\"sku\": \"A-1\"}}: "
+                          f"{exc.msg[:1].lower()}{exc.msg[1:]} at line {exc.lineno}, column "
+                          f"{exc.colno}") from None
+    except ValueError as exc:  # NaN or Infinity
         raise ConfigError(f"{name} must be a JSON object: {exc}") from None
     except RecursionError:  # the parser recurses: ~1,000 levels exhaust Python's stack
         raise ConfigError(f"{name} is nested too deeply") from None

@@ -10,10 +10,10 @@ from typing import Optional
 
 import pytest
 
-from tests.support import BACKENDS, CSRF_TOKEN, SAMPLES, copy_gallery, multipart, start_serve
+from tests.support import (BACKENDS, CSRF_TOKEN, PER_LABEL, SAMPLES, copy_gallery, multipart,
+                           start_serve)
 from webapp import Settings, create_app
 
-PER_LABEL = 5  # sample PNGs per label in the test gallery: 50 in all
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 
