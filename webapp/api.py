@@ -125,10 +125,10 @@ def search_batch():
 
 @route.post("/verify")
 def verify():
-    a, b = uploads.image("image_a"), uploads.image("image_b")
+    (a, data_a), (b, data_b) = uploads.image_and_bytes("image_a"), uploads.image_and_bytes("image_b")
     embedder = get_embedder()
     verdict = embedder.verify(a, b, rule=get_gallery().rule(**uploads.rule_params()))
-    return jsonify(model=embedder.model_id, **verdict.to_dict())
+    return jsonify(model=embedder.model_id, **verdict.to_dict(), same_image=data_a == data_b)
 
 
 @route.post("/verify/batch")
@@ -145,8 +145,8 @@ def verify_batch():
     embedder = get_embedder()
     verdicts = embedder.verify_pairs(pairs, rule)
     return jsonify(model=embedder.model_id, **rule.to_dict(), results=[
-        {k: v for k, v in verdict.to_dict().items() if k not in rule.to_dict()}
-        for verdict in verdicts])
+        {**{k: v for k, v in verdict.to_dict().items() if k not in rule.to_dict()},
+         "same_image": a[0] == b[0]} for verdict, a, b in zip(verdicts, found_a, found_b)])
 
 
 @route.post("/identify")

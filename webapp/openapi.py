@@ -265,7 +265,9 @@ ITEM = _object({"id": {"type": "integer"}, "label": {"type": ["string", "null"]}
                 "media_type": {"type": "string"}, "added": {"type": "string", "format": "date-time"},
                 "metadata": {"type": "object"}, "image_url": {"type": "string"}})
 VERDICT = _object({"verified": {"type": "boolean"}, "distance": {"type": "number"},
-                   "probability": NUMBER_OR_NULL, **DOMAIN})
+                   "probability": NUMBER_OR_NULL, **DOMAIN,
+                   "same_image": {"type": "boolean",
+                                  "description": "the two files are byte for byte the same"}})
 SCHEMAS = {
     "Error": _object({"error": _object({"code": {"type": "string"},
                                         "message": {"type": "string"}})}),

@@ -105,7 +105,7 @@ def verify():
     except (SiameseSearchError, HTTPException) as exc:
         return _form_error("verify.html", exc, _verdict_options_or_defaults())
     result = {"verdict": verdict, "a": _data_url(data_a, a), "b": _data_url(data_b, b),
-              "kept_a": _kept(data_a), "kept_b": _kept(data_b),
+              "kept_a": _kept(data_a), "kept_b": _kept(data_b), "same_image": data_a == data_b,
               "name_a": _file_name("image_a", "first image"),
               "name_b": _file_name("image_b", "second image")}
     return render_template("verify.html", result=result, **options)
@@ -150,7 +150,9 @@ def add():
     except (SiameseSearchError, HTTPException) as exc:
         return _form_error("add.html", exc, {"form": form},
                            fields=("images", "label", "metadata"))
-    return render_template("add.html", form=form, report=report)
+    # The next upload is another product or person: only the zip setting stays.
+    return render_template("add.html", form={"folder_labels": form["folder_labels"]},
+                           report=report)
 
 
 @route.get("/gallery/<int:item_id>")

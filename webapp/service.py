@@ -171,5 +171,6 @@ def keep_gallery_name(endpoint: str, values: dict) -> None:
     """`app.url_defaults`: links built while serving a named gallery name it too (pass
     `gallery=None` for the default gallery's own URL)."""
     name = g.get("gallery_name")
-    if name is not None and "gallery" not in values and endpoint.split(".")[0] in ("api", "pages"):
+    if (name is not None and "gallery" not in values and name in get_service().galleries
+            and current_app.url_map.is_endpoint_expecting(endpoint, "gallery")):
         values["gallery"] = name

@@ -42,6 +42,11 @@ def test_a_gallery_image_is_marked_as_the_same_image_not_only_as_near(client, sa
     assert copy[0]["id"] == top[0]["id"] and copy[0]["distance"] < 1e-3
     assert not copy[0]["same_image"]  # the same pixels, but not the same file
     assert all(len(str(m["distance"]).split(".")[-1]) <= 4 for m in top)  # rounded to 1e-4
+    same = client.post("/api/verify", json={"image_a": b64(data), "image_b": b64(data)}).get_json()
+    assert same["same_image"] and same["verified"]
+    alike = client.post("/api/verify", json={"image_a": b64(data),
+                                             "image_b": b64(reencoded(data))}).get_json()
+    assert not alike["same_image"] and alike["verified"]
 
 
 def test_batch_search_answers_as_single_searches_do(client, sample_pngs, upload):
@@ -64,8 +69,9 @@ def test_batch_search_answers_as_single_searches_do(client, sample_pngs, upload)
 
 
 def test_batch_verify_answers_as_single_verifies_do(client, sample_pngs):
-    a = [sample_pngs["Bag"][0], sample_pngs["Bag"][0], sample_pngs["Trouser"][1]]
-    b = [sample_pngs["Bag"][1], sample_pngs["Trouser"][0], sample_pngs["Trouser"][2]]
+    a = [sample_pngs["Bag"][0], sample_pngs["Bag"][0], sample_pngs["Trouser"][1], sample_pngs["Bag"][3]]
+    b = [sample_pngs["Bag"][1], sample_pngs["Trouser"][0], sample_pngs["Trouser"][2],
+         sample_pngs["Bag"][3]]
     singles = [client.post("/api/verify", json={"image_a": b64(x.read_bytes()),
                                                 "image_b": b64(y.read_bytes())}).get_json()
                for x, y in zip(a, b)]
@@ -78,7 +84,9 @@ def test_batch_verify_answers_as_single_verifies_do(client, sample_pngs):
     for result, single in zip(body["results"], singles):
         assert result["verified"] == single["verified"]
         assert result["distance"] == pytest.approx(single["distance"], abs=1e-4)
+        assert result["same_image"] == single["same_image"]
     assert [r["verified"] for r in body["results"]][1] is False  # a bag is not a trouser
+    assert [r["same_image"] for r in body["results"]] == [False, False, False, True]
 
 
 def test_bad_batches_name_what_is_wrong(make_app, sample_pngs, upload):

@@ -146,7 +146,8 @@ def test_an_unknown_gallery_is_a_404_naming_those_there_are(two, sample_pngs):
         error = response.get_json()["error"]
         assert error["code"] == "not_found" and "shop, staff" in error["message"], error
     page = two.get("/galleries/nope/")
-    assert page.status_code == 404 and b"no gallery named" in page.data
+    assert page.status_code == 404 and b"No gallery named" in page.data
+    assert b"gallery=nope" not in page.data  # its links lead to pages that are there
 
 
 def test_gallery_names_and_settings_are_checked():

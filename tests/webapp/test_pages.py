@@ -74,6 +74,7 @@ def shoot(browser, screenshots, name: str, only: str = "") -> None:
             "return [...document.images].filter(i => i.getAttribute('src') && i.complete"
             " && i.naturalWidth === 0).map(i => i.src.slice(0, 80))")
         assert not broken, broken
+        browser.execute_script("window.scrollTo(0, 0)")  # else the sticky header shows mid-page
         content = browser.execute_cdp_cmd("Page.getLayoutMetrics", {})["cssContentSize"]
         shot = browser.execute_cdp_cmd("Page.captureScreenshot", {
             "format": "png", "captureBeyondViewport": True,
@@ -153,7 +154,8 @@ def test_verify_two_images(page, screenshots, sample_pngs):
     browser.find_element(By.CSS_SELECTOR, "input[name=image_b]").send_keys(str(trouser))
     browser.find_element(By.CSS_SELECTOR, "form.verify-form button[type=submit]").click()
     verdict = wait_for(browser, ".verdict[data-verdict=verified]")[0]
-    assert "Verified: the same" in verdict.text and "distance 0.000" in verdict.text
+    assert "Verified: the same (both are the very same file)" in verdict.text
+    assert "distance 0.000" in verdict.text
     shoot(browser, screenshots, "verify-same")
 
 
@@ -216,7 +218,7 @@ def test_a_page_that_is_not_there(page, screenshots):
     page.expected.append(404)
     browser = page("/gallery/999999")
     assert browser.find_element(By.CSS_SELECTOR, "h1").text == "Not found"
-    assert "no item 999999" in browser.find_element(By.CSS_SELECTOR, ".error-panel").text
+    assert "No item 999999 in the gallery" in browser.find_element(By.CSS_SELECTOR, ".error-panel").text
     shoot(browser, screenshots, "not-found")
 
 
@@ -312,6 +314,7 @@ def test_sign_in_add_one_image_and_find_it_with_its_metadata(manage, screenshots
     go(browser, "form.add-form button[type=submit]")
     report = wait_for(browser, "#report", 60)[0]
     assert report.find_element(By.CSS_SELECTOR, "h2").text == "1 added"
+    assert browser.find_element(By.CSS_SELECTOR, "input[name=label]").get_attribute("value") == ""
     row = report.find_element(By.CSS_SELECTOR, "tr[data-status=added]")
     assert row.find_element(By.CSS_SELECTOR, ".file").text == sneaker.name
     item_id = row.find_element(By.CSS_SELECTOR, "a").text.split()[-1]
@@ -379,10 +382,14 @@ def test_add_a_zip_of_100_with_progress_and_a_report_per_file(manage, screenshot
         "return JSON.parse(sessionStorage.getItem('progress'))") if not hidden]
     assert "Uploading… 100%" in progress and progress[-1] == "Adding to the gallery…", progress
     assert report.find_element(By.CSS_SELECTOR, "h2").text == "100 added, 4 skipped"
-    rows = {r.find_element(By.CSS_SELECTOR, ".file").text: r
+    rows = {r.find_element(By.CSS_SELECTOR, ".file").get_attribute("textContent"): r
             for r in report.find_elements(By.CSS_SELECTOR, "tbody tr")}
     assert sum(r.get_attribute("data-status") == "added" for r in rows.values()) == 100
     skipped = {name: r.text for name, r in rows.items() if r.get_attribute("data-status") == "skipped"}
+    # What went wrong comes first; the 100 added are one click away.
+    assert report.find_element(By.CSS_SELECTOR, "details.added summary").text == "100 images added"
+    assert report.find_element(By.CSS_SELECTOR, "details.added").get_attribute("open") is None
+    assert browser.execute_script("return window.scrollY") == 0
     assert set(skipped) == {f"{archive.name}: {name}" for name in (
         "new/readme.txt", "../../escaped.png", "__MACOSX/new/._x.png", "new/inner.zip")}
     assert "points outside the zip" in skipped[f"{archive.name}: ../../escaped.png"]

@@ -119,6 +119,7 @@ document.querySelectorAll("form[data-upload]").forEach(function (form) {
       document.open();
       document.write(xhr.responseText);
       document.close();
+      window.scrollTo(0, 0);  // the report starts at the top, wherever the form was
     });
     xhr.addEventListener("error", function () {
       status.textContent = "The upload failed: the connection was lost. Try again.";
