@@ -1,8 +1,11 @@
-"""Write the bundled sample gallery: Fashion-MNIST test images as PNG files in labelled folders.
+"""Write the bundled sample gallery: Fashion-MNIST test images as PNG files in labelled folders;
+and the query images the docs' examples use (samples/queries), none of them in the gallery.
 
 The files are named by their index in the official test split (`t10k-01234.png`), so every
 sample can be traced back to the dataset. Only test images are used: the bundled model never
-saw them in training.
+saw them in training. The queries are the next test images of a few classes, and one portrait
+that is nothing like the training data (scikit-image's astronaut, a NASA photograph in the
+public domain) to show the domain check.
 """
 from __future__ import annotations
 
@@ -20,7 +23,14 @@ def parser() -> argparse.ArgumentParser:
                    help="folder of the Fashion-MNIST idx files")
     p.add_argument("--out", default="samples/fashion-mnist", help="output folder")
     p.add_argument("--per-class", type=int, default=300, help="images per class (default 300)")
+    p.add_argument("--queries", default="samples/queries",
+                   help="output folder of the docs' query images")
     return p
+
+
+# The docs' queries: (file name, class, which test image of that class after the gallery's).
+QUERIES = [("sneaker.png", "Sneaker", 0), ("bag.png", "Bag", 0), ("coat.png", "Coat", 0),
+           ("coat-2.png", "Coat", 1), ("trouser.png", "Trouser", 0)]
 
 
 def folder_name(class_name: str) -> str:
@@ -44,6 +54,18 @@ def main(argv: list[str] | None = None) -> int:
                 folder / f"t10k-{index:05d}.png", optimize=True)
             written += 1
     print(f"wrote {written} PNG files in {len(test.class_names)} folders under {out}")
+    queries = Path(args.queries)
+    queries.mkdir(parents=True, exist_ok=True)
+    for file_name, class_name, n in QUERIES:
+        label = test.class_names.index(next(c for c in test.class_names
+                                            if folder_name(c) == class_name))
+        index = np.nonzero(test.labels == label)[0][args.per_class + n]
+        Image.fromarray(test.images[index].squeeze(-1)).save(queries / file_name, optimize=True)
+    from skimage import data
+
+    Image.fromarray(data.astronaut()).resize((128, 128), Image.LANCZOS).save(
+        queries / "portrait.png", optimize=True)
+    print(f"wrote {len(QUERIES) + 1} query images under {queries}")
     return 0
 
 
