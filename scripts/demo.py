@@ -19,7 +19,7 @@ from pathlib import Path
 from scripts.common import run
 from webapp.settings import BUNDLED_MODEL
 from scripts.gallery_cli import quiet_faiss
-from scripts.serve import add_server_arguments, announce, check, settings_from
+from scripts.serve import add_server_arguments, announce, check, check_gallery, settings_from
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_GALLERY = REPO / "galleries" / "demo"
@@ -47,9 +47,10 @@ def main(argv: list[str] | None = None) -> int:
 
     settings = settings_from(args, gallery=DEFAULT_GALLERY, model=BUNDLED_MODEL)
     build(Path(args.samples), settings.gallery_entries[0].path, settings.model)
-    check(settings)
-    if args.build_only:
+    if args.build_only:  # the address is not needed: another server may hold it
+        check_gallery(settings.gallery_entries[0], several=False)
         return 0
+    check(settings)
     return serve(settings, announce=announce_demo, access_log=args.access_log)
 
 

@@ -2,13 +2,12 @@
 gunicorn.
 
 Each worker process loads each model and opens each gallery once; all workers serve the same
-galleries, and changes made by another process (siamese-index, another worker) show up at the
-next request without a restart. Flags override the SIAMESE_* environment variables, which
-override the defaults. Gallery changes (POST and DELETE /api/gallery) need the write key in the
-X-API-Key header when one is set (--api-key or SIAMESE_API_KEY), and searches and reads need a
-key when a read key is set (--read-key or SIAMESE_READ_KEY); a gallery's own keys go in
-SIAMESE_API_KEY_<NAME> and SIAMESE_READ_KEY_<NAME> (NAME upper-case, - as _). Prefer the
-variables: flags show in `ps`.
+galleries, and changes made by another process (siamese-index, another worker) show up at the next
+request without a restart. Flags override the SIAMESE_* environment variables, which override the
+defaults. Gallery changes (POST, PATCH and DELETE /api/gallery) need the write key in the X-API-Key
+header when one is set (--api-key or SIAMESE_API_KEY), and searches and reads need a key when a
+read key is set (--read-key or SIAMESE_READ_KEY); a gallery's own keys go in SIAMESE_API_KEY_<NAME>
+and SIAMESE_READ_KEY_<NAME> (NAME upper-case, - as _). Prefer the variables: flags show in `ps`.
 """
 from __future__ import annotations
 
@@ -159,7 +158,7 @@ def announce(settings, command: str = "siamese-serve") -> None:
             + ("" if e.api_key else "; changes open") + ("; reads need a key" if e.read_key else "")
             for e in entries]
     if all(e.api_key is None for e in entries):
-        lines += ["  gallery changes (POST and DELETE /api/gallery) are open to anyone who can reach "
+        lines += ["  gallery changes (POST, PATCH and DELETE /api/gallery) are open to anyone who can reach "
                   "this address; to require a key in the X-API-Key header, start it with",
                   f"    SIAMESE_API_KEY=$(python3 -c 'import secrets; print(secrets.token_hex(16))') "
                   f"{command}"]
