@@ -43,7 +43,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--folder", metavar="DIR",
                    help="ingest this folder of images instead of writing Fashion-MNIST PNGs")
     p.add_argument("--images", type=int, default=10_000,
-                   help="PNGs to write and ingest (default: %(default)s; at most 70,000)")
+                   help="PNGs to write and ingest (default: %(default)s; at most 280,000: past "
+                        "Fashion-MNIST's 70,000, the same images turned by 90, 180, 270 degrees)")
     p.add_argument("--sizes", default="10000,100000",
                    help="gallery sizes for search, comma-separated (default: %(default)s; "
                         "e.g. 10000,100000,1000000)")
@@ -83,6 +84,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--sizes must be comma-separated integers, not {args.sizes!r}") from None
     if not sizes or min(sizes) < 100:
         raise ConfigError(f"--sizes must be at least 100 each, not {args.sizes!r}")
+    if args.folder is None and not 1 <= args.images <= 280_000:
+        raise ConfigError(f"--images must be in 1..280,000, not {args.images:,}")
     specs = [IndexSpec.parse(s) for s in (args.index or DEFAULT_INDEXES)]
     embedder = load_embedder(args.model)
     results: dict = {"cpus": os.cpu_count(), "model_id": embedder.model_id}
@@ -184,13 +187,17 @@ def write_pngs(folder: Path, args) -> Path:
     from encoder.datasets import load_fashion_mnist
 
     written = 0
-    for split in ("test", "train"):  # the test split's 10,000 first, then the training split's
-        ds = load_fashion_mnist(args.dataset, split)
-        for i in range(min(args.images - written, len(ds))):
-            path = folder / ds.class_names[ds.labels[i]].replace("/", "-") / f"{split}-{i:05d}.png"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(ds.images[i, :, :, 0], "L").save(path)
-        written += min(args.images - written, len(ds))
+    # The test split's 10,000 first, then the training split's; past all 70,000, the same images
+    # turned by 90, 180 and 270 degrees (distinct files, so a large folder has no duplicates).
+    for turns in range(4):
+        for split in ("test", "train"):
+            ds = load_fashion_mnist(args.dataset, split)
+            for i in range(min(args.images - written, len(ds))):
+                name = f"{split}-{i:05d}" + (f"-r{90 * turns}" if turns else "") + ".png"
+                path = folder / ds.class_names[ds.labels[i]].replace("/", "-") / name
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(np.rot90(ds.images[i, :, :, 0], turns), "L").save(path)
+            written += min(args.images - written, len(ds))
     return folder
 
 

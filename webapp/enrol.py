@@ -129,7 +129,19 @@ def _members(name: str, data: bytes, limit: int, budget: list[int]
         try:
             with archive.open(info) as member:
                 content = member.read(limit + 1)  # bounded, whatever the header says
-        except (zipfile.BadZipFile, OSError, ValueError, RuntimeError, EOFError) as exc:
+        except zipfile.BadZipFile:  # a CRC or a size that does not match: damaged, or a bomb
+            yield Outcome(where, "failed", "cannot be unpacked: the zip is damaged (what it "
+                                           "holds does not match its header)"), None, None
+            continue
+        except NotImplementedError:  # (a RuntimeError too) a method zipfile lacks, as PPMd
+            yield Outcome(where, "failed", "cannot be unpacked: it is compressed with a method "
+                                           "this server does not read (use deflate, the "
+                                           "usual one)"), None, None
+            continue
+        except RuntimeError:  # zipfile's word for a member that needs a password
+            yield Outcome(where, "failed", "cannot be unpacked: it is encrypted"), None, None
+            continue
+        except (OSError, ValueError, EOFError) as exc:
             yield Outcome(where, "failed", f"cannot be unpacked ({exc})"), None, None
             continue
         if len(content) > limit:
