@@ -201,6 +201,15 @@ class Store:
         if self._probe is not None:
             self._probe.close()
             self._probe = None
+        # SQLite folds the write-ahead log back only when the last connection closes, and two
+        # processes closing at once may each see the other's: fold it back here, whoever is last.
+        if self.engine.dialect.name == "sqlite" and not self.read_only:
+            try:
+                with self.engine.connect() as conn:
+                    conn.exec_driver_sql("PRAGMA busy_timeout=1000")  # not a writer's 30 s
+                    conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+            except DBAPIError:  # a database that is gone or busy: closing goes on
+                pass
         self.engine.dispose()
 
     @contextmanager

@@ -23,8 +23,9 @@ def parser() -> argparse.ArgumentParser:
                    help="folder of the Fashion-MNIST idx files")
     p.add_argument("--out", default="samples/fashion-mnist", help="output folder")
     p.add_argument("--per-class", type=int, default=300, help="images per class (default 300)")
-    p.add_argument("--queries", default="samples/queries",
-                   help="output folder of the docs' query images")
+    p.add_argument("--queries",
+                   help="output folder of the docs' query images (default: queries/ beside "
+                        "--out, so samples/queries)")
     return p
 
 
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
                 folder / f"t10k-{index:05d}.png", optimize=True)
             written += 1
     print(f"wrote {written} PNG files in {len(test.class_names)} folders under {out}")
-    queries = Path(args.queries)
+    queries = Path(args.queries) if args.queries else out.parent / "queries"
     queries.mkdir(parents=True, exist_ok=True)
     for file_name, class_name, n in QUERIES:
         label = test.class_names.index(next(c for c in test.class_names

@@ -84,6 +84,13 @@ def test_make_samples_writes_labelled_pngs(fashion_dir, tmp_path, capsys):
     assert code == 0 and "wrote 20 PNG files in 10 folders" in out
     assert sorted(p.name for p in (tmp_path / "s" / "Ankle-boot").iterdir()) == [
         "t10k-00000.png", "t10k-00023.png"]  # the first two ankle boots of the test split
+    # The docs' queries beside the gallery (not in the repository's samples/queries), none of
+    # them one of its images.
+    queries = {p.name: p.read_bytes() for p in (tmp_path / "queries").iterdir()}
+    assert set(queries) == {"sneaker.png", "bag.png", "coat.png", "coat-2.png", "trouser.png",
+                            "portrait.png"}
+    gallery = {p.read_bytes() for p in (tmp_path / "s").rglob("*.png")}
+    assert not gallery & set(queries.values())
 
 
 @pytest.fixture(scope="module")

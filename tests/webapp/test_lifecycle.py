@@ -23,5 +23,7 @@ def test_each_worker_closes_its_gallery_when_stopped(tmp_path, template_gallery,
     assert log.count("closed its gallery") == 2, log[-2000:]
     # Each worker imports TensorFlow after the fork, and its C++ banner is filtered there too.
     assert "absl::InitializeLog" not in log and "oneDNN" not in log, log[-2000:]
-    # The database's write-ahead log was folded back: nothing left beside gallery.db.
-    assert not (gallery / "gallery.db-wal").exists()
+    # The database's write-ahead log was folded back: nothing left beside gallery.db (an empty
+    # log file stays when the two workers closed at the same moment).
+    wal = gallery / "gallery.db-wal"
+    assert not wal.exists() or wal.stat().st_size == 0
