@@ -151,6 +151,9 @@ def test_verify_two_images(page, screenshots, sample_pngs):
     assert "Not verified: different" in verdict.text
     names = [e.text for e in browser.find_elements(By.CSS_SELECTOR, ".pair .dz-text strong")]
     assert names == [trouser.name, bag.name]
+    # The threshold box suggests the chosen operating point's threshold, not the default's.
+    assert browser.find_element(By.CSS_SELECTOR, "input[name=threshold]").get_attribute(
+        "placeholder") == "0.060"
     browser.find_element(By.CSS_SELECTOR, "input[name=image_b]").send_keys(str(trouser))
     browser.find_element(By.CSS_SELECTOR, "form.verify-form button[type=submit]").click()
     verdict = wait_for(browser, ".verdict[data-verdict=verified]")[0]
