@@ -189,9 +189,9 @@ def write_pngs(folder: Path, args) -> Path:
     written = 0
     # The test split's 10,000 first, then the training split's; past all 70,000, the same images
     # turned by 90, 180 and 270 degrees (distinct files, so a large folder has no duplicates).
+    splits = {split: load_fashion_mnist(args.dataset, split) for split in ("test", "train")}
     for turns in range(4):
-        for split in ("test", "train"):
-            ds = load_fashion_mnist(args.dataset, split)
+        for split, ds in splits.items():
             for i in range(min(args.images - written, len(ds))):
                 name = f"{split}-{i:05d}" + (f"-r{90 * turns}" if turns else "") + ".png"
                 path = folder / ds.class_names[ds.labels[i]].replace("/", "-") / name

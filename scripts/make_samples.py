@@ -58,8 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     queries = Path(args.queries) if args.queries else out.parent / "queries"
     queries.mkdir(parents=True, exist_ok=True)
     for file_name, class_name, n in QUERIES:
-        label = test.class_names.index(next(c for c in test.class_names
-                                            if folder_name(c) == class_name))
+        label = [folder_name(c) for c in test.class_names].index(class_name)
         index = np.nonzero(test.labels == label)[0][args.per_class + n]
         Image.fromarray(test.images[index].squeeze(-1)).save(queries / file_name, optimize=True)
     from skimage import data

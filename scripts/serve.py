@@ -158,8 +158,8 @@ def announce(settings, command: str = "siamese-serve") -> None:
             + ("" if e.api_key else "; changes open") + ("; reads need a key" if e.read_key else "")
             for e in entries]
     if all(e.api_key is None for e in entries):
-        lines += ["  gallery changes (POST, PATCH and DELETE /api/gallery) are open to anyone who can reach "
-                  "this address; to require a key in the X-API-Key header, start it with",
+        lines += ["  gallery changes (POST, PATCH and DELETE /api/gallery) are open to anyone who "
+                  "can reach this address; to require a key in the X-API-Key header, start it with",
                   f"    SIAMESE_API_KEY=$(python3 -c 'import secrets; print(secrets.token_hex(16))') "
                   f"{command}"]
         if settings.host not in ("127.0.0.1", "localhost", "::1"):

@@ -146,7 +146,7 @@ def printed_words(text: str) -> list[str]:
     """The words a Python block's comments say its print() calls print."""
     words, lines = [], text.splitlines()
     for i, line in enumerate(lines):
-        if not line.lstrip().startswith("print(") and "print(" not in line.split("#")[0]:
+        if "print(" not in line.split("#")[0]:
             continue
         shown = [line.split("  # ", 1)[1]] if "  # " in line else []
         for below in lines[i + 1:]:

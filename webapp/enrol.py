@@ -126,23 +126,9 @@ def _members(name: str, data: bytes, limit: int, budget: list[int]
             yield Outcome(where, "failed", f"over the {megabytes(limit)} limit once unpacked"), \
                 None, None
             continue
-        try:
-            with archive.open(info) as member:
-                content = member.read(limit + 1)  # bounded, whatever the header says
-        except zipfile.BadZipFile:  # a CRC or a size that does not match: damaged, or a bomb
-            yield Outcome(where, "failed", "cannot be unpacked: the zip is damaged (what it "
-                                           "holds does not match its header)"), None, None
-            continue
-        except NotImplementedError:  # (a RuntimeError too) a method zipfile lacks, as PPMd
-            yield Outcome(where, "failed", "cannot be unpacked: it is compressed with a method "
-                                           "this server does not read (use deflate, the "
-                                           "usual one)"), None, None
-            continue
-        except RuntimeError:  # zipfile's word for a member that needs a password
-            yield Outcome(where, "failed", "cannot be unpacked: it is encrypted"), None, None
-            continue
-        except (OSError, ValueError, EOFError) as exc:
-            yield Outcome(where, "failed", f"cannot be unpacked ({exc})"), None, None
+        content, failure = _unpack(archive, info, limit)
+        if failure is not None:
+            yield Outcome(where, "failed", failure), None, None
             continue
         if len(content) > limit:
             yield Outcome(where, "failed", f"over the {megabytes(limit)} limit once unpacked"), \
@@ -155,6 +141,24 @@ def _members(name: str, data: bytes, limit: int, budget: list[int]
             return
         folder = path.parent.name or None
         yield Outcome(where, "pending"), content, folder
+
+
+def _unpack(archive: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int
+            ) -> tuple[Optional[bytes], Optional[str]]:
+    """(at most `limit` + 1 bytes of the member, whatever its header says), or (None, why not)."""
+    try:
+        with archive.open(info) as member:
+            return member.read(limit + 1), None
+    except zipfile.BadZipFile:  # a CRC or a size that does not match: damaged, or a bomb
+        return None, ("cannot be unpacked: the zip is damaged (what it holds does not match its "
+                      "header)")
+    except NotImplementedError:  # (a RuntimeError too) a method zipfile lacks, as PPMd
+        return None, ("cannot be unpacked: it is compressed with a method this server does not "
+                      "read (use deflate, the usual one)")
+    except RuntimeError:  # zipfile's word for a member that needs a password
+        return None, "cannot be unpacked: it is encrypted"
+    except (OSError, ValueError, EOFError) as exc:
+        return None, f"cannot be unpacked ({exc})"
 
 
 def _plain(message: str, name: str) -> str:
