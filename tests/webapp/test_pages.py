@@ -12,7 +12,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from selenium.common.exceptions import StaleElementReferenceException
+from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.expected_conditions import staleness_of
 from selenium.webdriver.support.ui import Select, WebDriverWait
@@ -56,8 +56,17 @@ def page(browser, server, screenshots):
 def wait_for(browser, selector: str, timeout: float = 30, text: str = ""):
     """The elements matching `selector` (holding `text`), once there are any: a page being
     replaced meanwhile is waited out."""
-    return WebDriverWait(browser, timeout, ignored_exceptions=(StaleElementReferenceException,)).until(
-        lambda d: [e for e in d.find_elements(By.CSS_SELECTOR, selector) if text in e.text])
+    def found(d):
+        try:
+            return [e for e in d.find_elements(By.CSS_SELECTOR, selector) if text in e.text]
+        except WebDriverException as error:
+            # An element found in the old page and read once the new one is there: Chromium says
+            # "stale element" or, a little later in the swap, "does not belong to the document".
+            if isinstance(error, StaleElementReferenceException) or "belong to the document" in str(
+                    error):
+                return []
+            raise
+    return WebDriverWait(browser, timeout).until(found)
 
 
 def shoot(browser, screenshots, name: str, only: str = "") -> None:
