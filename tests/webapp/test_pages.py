@@ -178,23 +178,23 @@ def test_gallery_browser_labels_paging_and_search_by_item(page, screenshots):
     assert len(browser.find_elements(By.CSS_SELECTOR, ".gallery .card")) == 48
     assert browser.find_element(By.CSS_SELECTOR, ".pager .where").text == "Page 1 of 2"
     shoot(browser, screenshots, "gallery")
-    browser.find_element(By.CSS_SELECTOR, ".pager a[rel=next]").click()
+    go(browser, ".pager a[rel=next]")
     assert browser.find_element(By.CSS_SELECTOR, ".pager .where").text == "Page 2 of 2"
     assert len(browser.find_elements(By.CSS_SELECTOR, ".gallery .card")) == 2
     chips = browser.find_elements(By.CSS_SELECTOR, ".chips a")
-    next(c for c in chips if c.text.startswith("Sandal")).click()
+    go(browser, next(c for c in chips if c.text.startswith("Sandal")))
     cards = browser.find_elements(By.CSS_SELECTOR, ".gallery .card")
     assert len(cards) == 5
     assert {c.find_element(By.CSS_SELECTOR, ".label").text for c in cards} == {"Sandal"}
     assert "label=Sandal" in browser.current_url
     item_id = cards[0].get_attribute("data-item")
-    cards[0].find_element(By.CSS_SELECTOR, "a").click()
+    go(browser, cards[0].find_element(By.CSS_SELECTOR, "a"))
     assert browser.find_element(By.CSS_SELECTOR, "h1").text == f"Sandal #{item_id}"
     neighbours = browser.find_elements(By.CSS_SELECTOR, ".matches .card")
     assert neighbours and item_id not in {n.get_attribute("data-item") for n in neighbours}
     assert neighbours[0].find_element(By.CSS_SELECTOR, ".label").text == "Sandal"
     shoot(browser, screenshots, "item")
-    browser.find_element(By.LINK_TEXT, "Search with this image").click()
+    go(browser, browser.find_element(By.LINK_TEXT, "Search with this image"))
     matches = wait_for(browser, ".matches .card")
     assert matches[0].get_attribute("data-item") == item_id
     caption = browser.find_element(By.CSS_SELECTOR, ".query-image figcaption").text
@@ -283,16 +283,18 @@ def fill(browser, selector: str, text: str) -> None:
     field.send_keys(text)
 
 
-def click(browser, selector: str) -> None:
-    element = browser.find_element(By.CSS_SELECTOR, selector)
+def click(browser, target) -> None:
+    """Click an element, or the one a CSS selector finds."""
+    element = browser.find_element(By.CSS_SELECTOR, target) if isinstance(target, str) else target
     browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", element)
     element.click()
 
 
-def go(browser, selector: str, timeout: float = 120) -> None:
-    """Click something that leads to another page, and wait for that page."""
+def go(browser, target, timeout: float = 120) -> None:
+    """Click something (an element or a CSS selector) that leads to another page, and wait for
+    that page."""
     old = browser.find_element(By.TAG_NAME, "html")
-    click(browser, selector)
+    click(browser, target)
     WebDriverWait(browser, timeout).until(staleness_of(old))
     wait_for(browser, "footer", timeout)
 
