@@ -430,10 +430,12 @@ def test_edit_and_delete_an_item(manage, screenshots, shop, sample_pngs):
     item_id = added[1]["item"]["id"]
     browser = manage(f"/gallery/{item_id}")
     assert browser.find_element(By.CSS_SELECTOR, "h1").text == f"Shirt #{item_id}"
-    fill(browser, "input[name=label]", "Shirt (blue)")
-    fill(browser, "textarea[name=metadata]", '{"sku": "SH-1", ')
-    go(browser, "form.edit-form button[type=submit]")
-    wait_url(browser, "/signin?next=")  # editing needs the write key
+    # Editing needs the write key, asked for before anything is typed that could be lost.
+    assert not browser.find_elements(By.CSS_SELECTOR, "form.edit-form")
+    shoot(browser, screenshots, "item-signed-out", manage.size)
+    go(browser, ".sign-in-to-edit a")
+    wait_url(browser, "/signin?next=")
+    assert "write key" in browser.find_element(By.CSS_SELECTOR, ".lead").text
     sign_in(browser, "s3cret")
     wait_url(browser, f"/gallery/{item_id}")
     wait_for(browser, "form.edit-form")
