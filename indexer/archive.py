@@ -37,16 +37,14 @@ BATCH = 500  # items read or written at a time
 def export(gallery: Gallery, file: Path, progress=None) -> int:
     """Write `gallery` to the zip `file` (replaced atomically); returns the number of items.
     `progress`: an object with `update(n)` (e.g. tqdm)."""
-    record = gallery._record
+    record = gallery.record
     items, vectors = [], []
 
     def write(tmp: Path) -> None:
         with zipfile.ZipFile(tmp, "w") as zf:
             offset = 0
             while batch := gallery.items(offset, BATCH):
-                with gallery._store.read() as conn:
-                    _, rows = gallery._store.embeddings(conn, record.embedding_dim,
-                                                        [i.id for i in batch])
+                _, rows = gallery.embeddings([i.id for i in batch])
                 for item, vector in zip(batch, rows):
                     data, _ = gallery.image(item.id)
                     # One item per image (adds are deduplicated by sha256); stored as it is.

@@ -209,7 +209,8 @@ class Gallery:
         return gallery
 
     @property
-    def _record(self) -> GalleryRecord:
+    def record(self) -> GalleryRecord:
+        """The gallery's settings as stored: its id, model, index, verdict and generation."""
         return self._replica.record
 
     @property
@@ -236,7 +237,7 @@ class Gallery:
 
     @property
     def model_id(self) -> str:
-        return self._record.model_id
+        return self.record.model_id
 
     @property
     def threshold(self) -> float:
@@ -246,13 +247,13 @@ class Gallery:
     @property
     def fpir(self) -> float:
         """The default target false-positive identification rate of `identify`."""
-        return DEFAULT_FPIR if self._record.fpir is None else self._record.fpir
+        return DEFAULT_FPIR if self.record.fpir is None else self.record.fpir
 
     def rule(self, operating_point: Optional[str] = None, threshold: Optional[float] = None
              ) -> Rule:
         """The 1:1 rule for a request: its operating point or threshold, else the gallery's
         default (set at creation or with `set_verdict`), else "balanced"."""
-        s = self._record
+        s = self.record
         default = s.threshold if s.threshold is not None else s.operating_point
         return self.embedder.verdicts.rule(operating_point, threshold, default)
 
@@ -279,7 +280,7 @@ class Gallery:
                 ids = np.sort(np.random.default_rng(size).choice(ids, IMPOSTOR_SAMPLE,
                                                                  replace=False))
             with self._store.read() as conn:
-                ids, vectors = self._store.embeddings(conn, self._record.embedding_dim, ids)
+                ids, vectors = self._store.embeddings(conn, self.record.embedding_dim, ids)
                 labels = self._store.labels(conn, ids)
             if size <= IMPOSTOR_SAMPLE:
                 impostors = nearest_impostors(vectors, [labels[int(i)] for i in ids])
@@ -304,7 +305,7 @@ class Gallery:
 
     @property
     def index_spec(self) -> IndexSpec:
-        return IndexSpec.parse(self._record.index)
+        return IndexSpec.parse(self.record.index)
 
     def search(self, images: Images, k: int = 5, threshold: Optional[float] = None,
                operating_point: Optional[str] = None
@@ -341,8 +342,8 @@ class Gallery:
                 ) -> list[list[Match]]:
         if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= 10_000:
             raise ConfigError(f"k must be an integer in 1..10000, not {k!r}")
-        if vectors.ndim != 2 or vectors.shape[1] != self._record.embedding_dim:
-            raise ConfigError(f"expected embeddings of shape (N, {self._record.embedding_dim}), "
+        if vectors.ndim != 2 or vectors.shape[1] != self.record.embedding_dim:
+            raise ConfigError(f"expected embeddings of shape (N, {self.record.embedding_dim}), "
                               f"not {vectors.shape}")
         with self._mutex:
             distances, ids = self._index.search(vectors, k)
@@ -400,7 +401,7 @@ class Gallery:
         vectors, checks = self.embedder.embed_checked([image])
         with self._store.read() as conn:
             item = self._get(conn, item_id)
-            _, stored = self._store.embeddings(conn, self._record.embedding_dim, [item.id])
+            _, stored = self._store.embeddings(conn, self.record.embedding_dim, [item.id])
         distance = float(euclidean(vectors[0], stored[0]))
         return _match(item, self.embedder.verdicts.judge(distance, rule, checks[0])[0])
 
@@ -411,7 +412,7 @@ class Gallery:
         rule = self.rule(operating_point, threshold)
         with self._store.read() as conn:
             item = self._get(conn, item_id)
-            _, stored = self._store.embeddings(conn, self._record.embedding_dim, [item.id])
+            _, stored = self._store.embeddings(conn, self.record.embedding_dim, [item.id])
         check = DomainCheck(None, None, "a gallery item: its image was not checked again")
         matches = self._search(stored, min(k + 1, 10_000), rule, [check])[0]
         return SearchResult([m for m in matches if m.id != item.id][:k], rule, check)
@@ -439,6 +440,12 @@ class Gallery:
         with self._store.read() as conn:
             return self._store.list_items(conn, offset, limit, label)
 
+    def embeddings(self, ids: Optional[Sequence[int]] = None) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, float32 (N, dim)): the stored embeddings of the given items (those that exist),
+        or of every item, in id order."""
+        with self._store.read() as conn:
+            return self._store.embeddings(conn, self.record.embedding_dim, ids)
+
     def known(self, hashes: Sequence[str]) -> dict[str, int]:
         """{sha256: id} of the images (by the sha256 of their bytes) already in the gallery."""
         with self._store.read() as conn:
@@ -447,7 +454,7 @@ class Gallery:
     def stats(self) -> GalleryStats:
         with self._mutex, self._store.read() as conn:
             labels = self._store.label_counts(conn)
-            s, index, rule = self._record, self._index, self.rule()
+            s, index, rule = self.record, self._index, self.rule()
             file = self.path / INDEX_FILE
             return GalleryStats(
                 path=str(self.path), database=self._store.engine.url.render_as_string(True),
@@ -616,7 +623,7 @@ class Gallery:
         """Switch to another index kind or parameters (rebuilt from the stored embeddings)."""
         spec = index if isinstance(index, IndexSpec) else IndexSpec.parse(index)
         with self.writing():
-            if str(spec) == self._record.index:
+            if str(spec) == self.record.index:
                 return
             with self._store.write() as conn:
                 generation, _ = self._store.next_generation(conn)
@@ -639,7 +646,7 @@ class Gallery:
                                           threshold=threshold, fpir=fpir)
                 self._store.log(conn, generation, "record")
             with self._mutex:
-                self._replica.record = replace(self._record, operating_point=operating_point,
+                self._replica.record = replace(self.record, operating_point=operating_point,
                                                threshold=threshold, fpir=fpir)
                 self._replica.changed(generation, lambda index: None)
 

@@ -129,8 +129,7 @@ def test_a_removed_vector_leaves_the_index_file_within_its_bound(gallery, monkey
     monkeypatch.setattr(replica, "REMOVAL_SECONDS", 0.0)
     gallery.flush()
     victim = gallery.items(limit=1)[0].id
-    with gallery._store.read() as conn:
-        vector = gallery._store.embeddings(conn, 64, [victim])[1][0]
+    vector = gallery.embeddings([victim])[1][0]
     assert vector.tobytes() in (gallery.path / INDEX_FILE).read_bytes()
     gallery.remove(victim)
     assert vector.tobytes() not in (gallery.path / INDEX_FILE).read_bytes()

@@ -28,7 +28,7 @@ def test_originals_in_a_folder(tmp_path, model_embedder, png_folder, db_url):
     with Gallery.create(tmp_path / "g", model_embedder, url=db_url,
                         originals=str(tmp_path / "originals")) as gallery:
         ids = gallery.add(files, labels="x")
-        gallery_id = gallery._record.gallery_id
+        gallery_id = gallery.record.gallery_id
         sha = hashlib.sha256(files[1].read_bytes()).hexdigest()
         on_disk = tmp_path / "originals" / gallery_id / sha[:2] / sha
         assert on_disk.read_bytes() == files[1].read_bytes()
@@ -62,7 +62,7 @@ def test_an_unreachable_originals_store_refuses_the_add_and_changes_nothing(
     with Gallery.create(tmp_path / "g", model_embedder, url=db_url, originals=str(store)) as gallery:
         gallery.add(files[:1])
         generation = gallery.stats().generation
-        blocked = store / gallery._record.gallery_id
+        blocked = store / gallery.record.gallery_id
         for path in sorted(blocked.rglob("*"), reverse=True):
             path.unlink() if path.is_file() else path.rmdir()
         blocked.rmdir()
@@ -117,7 +117,7 @@ def test_originals_in_an_s3_bucket(tmp_path, model_embedder, png_folder, db_url,
                         originals="s3://originals/shop") as gallery:
         ids = gallery.add(files[:2])
         keys = fs.find("originals/shop")
-        assert len(keys) == 2 and all(gallery._record.gallery_id in k for k in keys)
+        assert len(keys) == 2 and all(gallery.record.gallery_id in k for k in keys)
         assert stored_bytes(gallery) == [None, None]
         assert gallery.image(ids[1])[0] == files[1].read_bytes()
         gallery.remove(ids[0])

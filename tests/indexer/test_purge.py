@@ -21,8 +21,7 @@ def test_a_deleted_item_leaves_no_bytes_in_the_database_files(tmp_path, model_em
                           metadata=[{"owner": f"TOPSECRET-{i:04d}"} for i in range(len(files))])
         other = Gallery.open(tmp_path / "g", model_embedder)  # a second reader, as a server has
         assert len(other) == len(files)
-        with gallery._store.read() as conn:
-            _, vectors = gallery._store.embeddings(conn, gallery.embedder.embedding_dim, [ids[2]])
+        _, vectors = gallery.embeddings([ids[2]])
         traces = [files[2].read_bytes()[16:96], b"TOPSECRET-0002",
                   np.asarray(vectors[0], np.float32).tobytes()[:128]]
         before = database_bytes(gallery.path)

@@ -39,8 +39,7 @@ def test_export_then_import_round_trips_every_item(tmp_path, png_folder, model_d
     with Gallery.open(gallery, _embedder(model_dir)) as g:
         g.add(sorted(png_folder.rglob("*.png"))[0], labels="again")  # already there: same id
         items = g.items(limit=1000)
-        with g._store.read() as conn:
-            ids, vectors = g._store.embeddings(conn, g.embedder.embedding_dim)
+        ids, vectors = g.embeddings()
         images = {i.id: g.image(i.id) for i in items}
     code, out, err = cli(gallery_cmd, ["export", gallery, tmp_path / "backup.zip"], capsys)
     assert code == 0, err
@@ -51,8 +50,7 @@ def test_export_then_import_round_trips_every_item(tmp_path, png_folder, model_d
     with Gallery.open(tmp_path / "copy", _embedder(model_dir)) as copy:
         assert copy.items(limit=1000) == items  # ids, labels, metadata, sources, sizes, dates
         assert {i.id: copy.image(i.id) for i in items} == images
-        with copy._store.read() as conn:
-            copy_ids, copy_vectors = copy._store.embeddings(conn, copy.embedder.embedding_dim)
+        copy_ids, copy_vectors = copy.embeddings()
         assert np.array_equal(copy_ids, ids) and np.array_equal(copy_vectors, vectors)
         stats = copy.stats()
         assert (stats.operating_point, stats.index) == ("far-1e-2", "hnsw:m=8,ef_construction=80,"
