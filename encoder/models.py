@@ -115,3 +115,26 @@ def siamese_model(encoder: keras.Model) -> keras.Model:
     distance = layers.Lambda(lambda t: euclidean_distance(t[0], t[1]), name="distance")(
         [encoder(a), encoder(b)])
     return keras.Model([a, b], distance, name="siamese")
+
+
+def featureless_embeddings(model: keras.Model) -> np.ndarray:
+    """The embeddings (P, D) the encoder gives every image for which one of its feature vectors
+    after the convolutions is all zeros (each ReLU unit silent): the pooled features, or a ReLU
+    layer of the head. What follows is then the layers' biases alone, the same point for every
+    such image, so two unrelated images land at distance 0. Empty for an encoder that does not
+    end in global pooling and a chain of dense layers."""
+    chain = model.layers
+    pools = [i for i, layer in enumerate(chain) if isinstance(layer, layers.GlobalAveragePooling2D)]
+    dim = model.output.shape[-1]
+    if not pools:
+        return np.empty((0, dim), np.float32)
+    tail = chain[pools[-1]:]
+    points = []
+    for i, layer in enumerate(tail):
+        if i and not (isinstance(layer, layers.Dense) and layer.activation is keras.activations.relu):
+            continue
+        x = np.zeros((1, layer.output.shape[-1]), np.float32)
+        for later in tail[i + 1:]:
+            x = later(x, training=False)
+        points.append(np.asarray(x, np.float32)[0])
+    return np.stack(points)

@@ -77,6 +77,10 @@ class Rule:
         return d
 
 
+FEATURELESS = ("the model finds no features in this image: it gives every such image the same "
+               "embedding, so a match would mean nothing")
+
+
 @dataclass(frozen=True)
 class DomainCheck:
     """Whether an image looks like the model's training data. `in_domain` is None for a model
@@ -85,13 +89,15 @@ class DomainCheck:
     in_domain: Optional[bool]
     score: Optional[float]
     reason: str
+    featureless: bool = False  # out of domain because the encoder found no features in it
 
     @staticmethod
     def both(first: "DomainCheck", second: "DomainCheck") -> "DomainCheck":
         """The check of a pair: out of domain if either image is, naming which."""
         for which, check in (("first", first), ("second", second)):
             if check.in_domain is False:
-                return DomainCheck(False, check.score, f"the {which} image: {check.reason}")
+                return DomainCheck(False, check.score, f"the {which} image: {check.reason}",
+                                   check.featureless)
         if first.in_domain is None:
             return first
         return DomainCheck(True, min(first.score, second.score), first.reason)
@@ -208,20 +214,28 @@ class Verdicts:
                 for d, p in zip(distances, probabilities if probabilities is not None
                                 else [None] * len(distances))]
 
-    def domain_checks(self, scores: Optional[np.ndarray], count: int) -> list[DomainCheck]:
+    def domain_checks(self, scores: Optional[np.ndarray], count: int,
+                      featureless: Optional[np.ndarray] = None) -> list[DomainCheck]:
         """The domain verdict on each of `count` images from their domain scores (None: the
-        model has no domain model)."""
+        model has no domain model) and whether the encoder found no features in it (then it is
+        out of domain whatever its score: it would match every other such image at distance 0)."""
         domain = self.card.domain
+        featureless = np.zeros(count, bool) if featureless is None else np.asarray(featureless)
         if scores is None or domain is None:
             reason = (f"model {self.card.model_id} has no domain model: inputs are not checked "
                       "against its training data")
-            return [DomainCheck(None, None, reason)] * count
+            scores = [None] * count
         out = []
-        for s in np.asarray(scores, np.float64):
-            if s >= domain.threshold:
-                out.append(DomainCheck(True, float(s), f"looks like {domain.training_data}"))
+        for s, blank in zip(scores, featureless):
+            s = None if s is None else float(s)
+            if blank:
+                out.append(DomainCheck(False, s, FEATURELESS, featureless=True))
+            elif s is None:
+                out.append(DomainCheck(None, None, reason))
+            elif s >= domain.threshold:
+                out.append(DomainCheck(True, s, f"looks like {domain.training_data}"))
             else:
-                out.append(DomainCheck(False, float(s), "the image does not look like what this "
+                out.append(DomainCheck(False, s, "the image does not look like what this "
                                        f"model was trained on ({domain.training_data})"))
         return out
 

@@ -21,7 +21,7 @@ import numpy as np
 from encoder.distance import euclidean
 from encoder.errors import ConfigError, NotFoundError
 from encoder.images import ImageSource
-from encoder.verdict import DEFAULT_FPIR, DomainCheck, Rule, check_fpir, nearest_impostors
+from encoder.verdict import DEFAULT_FPIR, FEATURELESS, DomainCheck, Rule, check_fpir, nearest_impostors
 
 from . import folder
 from .errors import GalleryError
@@ -331,12 +331,15 @@ class Gallery:
     def search_vectors(self, vectors: np.ndarray, k: int = 5, threshold: Optional[float] = None,
                        operating_point: Optional[str] = None) -> list[list[Match]]:
         """`search` for embeddings already computed with this gallery's model. Their images'
-        domain was not checked here, and the verdicts say so (`in_domain` None)."""
+        domain was not checked here, and the verdicts say so (`in_domain` None), unless the
+        embedding is one the model gives every image it finds no features in."""
         vectors = np.asarray(vectors, np.float32)
         unchecked = DomainCheck(None, None, "embeddings given directly: their images' domain "
                                 "was not checked")
-        return self._search(vectors, k, self.rule(operating_point, threshold),
-                            [unchecked] * len(vectors))
+        featureless = DomainCheck(False, None, FEATURELESS, featureless=True)
+        checks = [featureless if blank else unchecked
+                  for blank in self.embedder.is_featureless(vectors)]
+        return self._search(vectors, k, self.rule(operating_point, threshold), checks)
 
     def _search(self, vectors: np.ndarray, k: int, rule: Rule, checks: Sequence[DomainCheck]
                 ) -> list[list[Match]]:

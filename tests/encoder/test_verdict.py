@@ -243,3 +243,32 @@ def test_a_large_enough_gallery_sets_its_own_identification_threshold(tiny_model
     assert (rule.basis, rule.threshold) == ("gallery", t)
     few = impostors[: int(MIN_FALSE_IDENTIFICATIONS / 0.05) - 1]  # too few to show 5
     assert verdicts.identification_rule(100, fpir=0.05, impostors=few).basis == "card"
+
+
+def test_images_the_model_finds_no_features_in_are_never_verified(model_embedder, fashion_test):
+    """Some real images silence every unit of the encoder's head: their embedding is the last
+    layer's bias alone, the same for all of them, so a coat and a dress meet at distance 0. Found
+    here from the head's own activations, not from the check under test."""
+    import keras
+
+    head = keras.Model(model_embedder.model.inputs, model_embedder.model.get_layer("head").output)
+    batch = model_embedder.prepare(fashion_test.images)
+    silent = np.flatnonzero(~np.asarray(head.predict(batch, batch_size=1000, verbose=0)).any(axis=1))
+    assert len(set(fashion_test.labels[silent])) >= 2, "pick inputs this model has no features for"
+    vectors, checks = model_embedder.embed_checked_prepared(batch)
+    assert np.array_equal(np.flatnonzero(model_embedder.is_featureless(vectors)), silent)
+    assert [checks[i].in_domain for i in silent] == [False] * len(silent)
+    assert all("finds no features" in checks[i].reason for i in silent)
+    # Before the check, two of them of different labels were "verified", at any operating point.
+    a, b = (next(i for i in silent if fashion_test.labels[i] == label)
+            for label in sorted(set(fashion_test.labels[silent]))[:2])
+    images = [fashion_test.images[a], fashion_test.images[b]]
+    for point in ("balanced", "far-1e-3"):
+        verdict = model_embedder.verify(*images, operating_point=point)
+        assert verdict.distance < 1e-4 and not verdict.verified and verdict.probability is None
+        assert verdict.domain.in_domain is False and "the first image" in verdict.domain.reason
+    # The check takes nothing else: every other image keeps the domain model's verdict.
+    plain = model_embedder.verdicts.domain_checks(model_embedder.domain_score_prepared(batch),
+                                                  len(batch))
+    others = np.setdiff1d(np.arange(len(checks)), silent)
+    assert [checks[i] for i in others] == [plain[i] for i in others]

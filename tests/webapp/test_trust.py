@@ -170,3 +170,26 @@ def test_the_verify_page_names_the_operating_point_and_probability(client, uploa
     ).get_data(as_text=True)
     assert 'data-verdict="verified"' in html and "operating point far-1e-3" in html
     assert "% same" in html
+
+
+def test_two_images_the_model_finds_no_features_in_are_not_the_same(client, model_embedder,
+                                                                    fashion_test):
+    """A coat and a dress that both silence the encoder meet at distance 0: the API says so,
+    and that the model found nothing to compare, not "verified"."""
+    batch = model_embedder.prepare(fashion_test.images)
+    blank = np.flatnonzero(model_embedder.is_featureless(model_embedder.embed_prepared(batch)))
+    labels = fashion_test.labels[blank]
+    a = blank[0]
+    b = blank[labels != labels[0]][0]
+    pair = {"image_a": field(png(Image.fromarray(fashion_test.images[a].squeeze())), "coat.png"),
+            "image_b": field(png(Image.fromarray(fashion_test.images[b].squeeze())), "dress.png")}
+    body = client.post("/api/verify", data={**pair, "operating_point": "far-1e-3"}).get_json()
+    assert body["distance"] == 0 and body["verified"] is False and body["in_domain"] is False
+    assert body["domain_reason"].startswith("the first image: the model finds no features")
+    html = client.post("/verify", data=page_form({
+        "image_a": field(png(Image.fromarray(fashion_test.images[a].squeeze())), "coat.png"),
+        "image_b": field(png(Image.fromarray(fashion_test.images[b].squeeze())), "dress.png")})
+    ).get_data(as_text=True)
+    assert 'data-verdict="verified"' not in html
+    assert "The model finds nothing to compare in this image" in html
+    assert "does not look like" not in html  # it is Fashion-MNIST: the domain model says so

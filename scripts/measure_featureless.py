@@ -1,0 +1,94 @@
+"""Measure what the featureless check does (the numbers in docs/trust.md): how many real images
+the encoder finds no features in (its head all silent, the embedding its biases alone), how many
+of them the domain model takes for in-domain, and the false accepts among image pairs of
+different labels with and without the check, at each operating point.
+
+    python -m scripts.measure_featureless --model models/fashion-mnist \\
+        --dataset fashion-mnist ../shared/datasets/fashion-mnist --split test --images 10000
+
+Each set is measured as it is and under the training's affine distortion (one draw per image,
+seeded): a new photo of a known item is rarely framed like the training images.
+"""
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+from scripts.common import add_dataset_argument, run
+
+NEAR = 0.1  # "near a featureless point": within this distance of one
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m scripts.measure_featureless", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True)
+    add_dataset_argument(p)
+    p.add_argument("--split", default="test", help="the dataset's split (default: %(default)s)")
+    p.add_argument("--images", type=int, default=10_000, help="images measured (default: "
+                                                               "%(default)s)")
+    p.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def false_accepts(vectors: np.ndarray, labels: np.ndarray, accepted: np.ndarray,
+                  thresholds: dict[str, float], chunk: int = 1000) -> dict[str, int]:
+    """Pairs of different labels within each threshold, both images `accepted`."""
+    counts = dict.fromkeys(thresholds, 0)
+    for start in range(0, len(vectors), chunk):
+        block = vectors[start:start + chunk]
+        d = np.sqrt(np.maximum((block ** 2).sum(1)[:, None] + (vectors ** 2).sum(1)[None]
+                               - 2 * block @ vectors.T, 0))
+        rows = np.arange(start, start + len(block))
+        pair = (labels[rows][:, None] != labels[None]) & (rows[:, None] < np.arange(len(vectors)))
+        pair &= accepted[rows][:, None] & accepted[None]
+        for name, t in thresholds.items():
+            counts[name] += int((pair & (d <= t)).sum())
+    return counts
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    from encoder import Embedder
+    from encoder.augment import Augmenter
+    from encoder.datasets import load_dataset
+    from encoder.errors import ConfigError
+
+    if args.images < 2:
+        raise ConfigError(f"--images must be at least 2 (pairs are measured), not {args.images}")
+
+    embedder = Embedder.load(args.model)
+    ds = load_dataset(args.dataset[0], args.dataset[1:], split=args.split,
+                      pre=embedder.card.preprocessing)
+    rng = np.random.default_rng(args.seed)
+    pick = np.sort(rng.permutation(len(ds.images))[:args.images])
+    images, labels = embedder.prepare(ds.images[pick]), np.asarray(ds.labels)[pick]
+    thresholds = dict(embedder.verdicts.operating_points)
+    n_pairs = int((labels[:, None] != labels[None]).sum() // 2)
+    print(f"model {embedder.model_id}, {len(images):,} {args.split} images of "
+          f"{len(set(labels.tolist()))} labels, {n_pairs:,} pairs of different labels")
+    header = (f"| set | featureless | of them in domain | near one (<{NEAR}) | operating point | "
+              "false accepts without the check | with it | of them with an image near one |")
+    print(header + "\n|" + "---|" * (header.count("|") - 1))
+    for name, batch in (("as they are", images),
+                        ("affine-distorted", Augmenter("affine", args.seed)(images).numpy())):
+        vectors = embedder.embed_prepared(batch)
+        scores = embedder.domain_score_prepared(batch)
+        blank = embedder.is_featureless(vectors)
+        near = np.linalg.norm(vectors[:, None] - embedder.featureless[None], axis=2).min(1) < NEAR
+        before = np.array([c.in_domain is not False for c in
+                           embedder.verdicts.domain_checks(scores, len(batch))])
+        after = before & ~blank
+        without, with_, far_from = (false_accepts(vectors, labels, a, thresholds)
+                                    for a in (before, after, after & ~near))
+        for point in thresholds:
+            print(f"| {name} | {blank.sum():,} ({blank.mean():.2%}) | {(blank & before).sum():,} "
+                  f"| {near.sum():,} | {point} | {without[point]:,} "
+                  f"({without[point] / n_pairs:.2e}) | {with_[point]:,} "
+                  f"({with_[point] / n_pairs:.2e}) | {with_[point] - far_from[point]:,} |")
+    return 0
+
+
+if __name__ == "__main__":
+    run(main)

@@ -1,0 +1,35 @@
+"""scripts/measure_featureless on the bundled model: the table of docs/trust.md, and its errors."""
+from __future__ import annotations
+
+import re
+
+from scripts import measure_featureless
+from tests.conftest import FASHION
+from tests.support import cli, error_line
+
+
+def test_it_counts_featureless_images_and_the_false_accepts_the_check_removes(model_dir, capsys):
+    code, out, err = cli(measure_featureless, ["--model", model_dir, "--dataset", "fashion-mnist",
+                                               FASHION, "--images", "3000"], capsys)
+    assert code == 0, err
+    rows = [line.split(" | ") for line in out.splitlines() if re.match(r"\| (as|affine)", line)]
+    assert [(r[0], r[4]) for r in rows] == [
+        (f"| {kind}", point) for kind in ("as they are", "affine-distorted")
+        for point in ("balanced", "far-1e-2", "far-1e-3")]
+    for row in rows:
+        featureless, in_domain = int(row[1].split()[0]), int(row[2])
+        without, with_ = (int(cell.split()[0].replace(",", "")) for cell in row[5:7])
+        assert in_domain <= featureless and with_ <= without
+    # Strict points accept fewer pairs of different labels.
+    accepts = [int(r[6].split()[0].replace(",", "")) for r in rows[:3]]
+    assert accepts == sorted(accepts, reverse=True) and accepts[0] > 0
+
+
+def test_bad_arguments_are_one_error_line(tmp_path, model_dir, capsys):
+    code, _, err = cli(measure_featureless, ["--model", tmp_path / "none", "--dataset",
+                                             "fashion-mnist", FASHION], capsys)
+    assert code == 2 and str(tmp_path / "none") in error_line(err)
+    code, _, err = cli(measure_featureless, ["--model", model_dir, "--dataset", "fashion-mnist",
+                                             FASHION, "--images", "1"], capsys)
+    assert code == 2 and error_line(err) == ("error: --images must be at least 2 (pairs are "
+                                             "measured), not 1")
