@@ -21,7 +21,8 @@ import numpy as np
 from encoder.distance import euclidean
 from encoder.errors import ConfigError, NotFoundError
 from encoder.images import ImageSource
-from encoder.verdict import DEFAULT_FPIR, FEATURELESS, DomainCheck, Rule, check_fpir, nearest_impostors
+from encoder.verdict import (DEFAULT_FPIR, FEATURELESS, DomainCheck, Rule, check_fpir,
+                             nearest_impostors)
 
 from . import folder
 from .errors import GalleryError
@@ -406,7 +407,8 @@ class Gallery:
             item = self._get(conn, item_id)
             _, stored = self._store.embeddings(conn, self.record.embedding_dim, [item.id])
         distance = float(euclidean(vectors[0], stored[0]))
-        return _match(item, self.embedder.verdicts.judge(distance, rule, checks[0])[0])
+        check = checks[0] if checks[0].in_domain is False else self._item_check(stored) or checks[0]
+        return _match(item, self.embedder.verdicts.judge(distance, rule, check)[0])
 
     def neighbours(self, item_id: int, k: int = 5, threshold: Optional[float] = None,
                    operating_point: Optional[str] = None) -> "SearchResult":
@@ -416,9 +418,16 @@ class Gallery:
         with self._store.read() as conn:
             item = self._get(conn, item_id)
             _, stored = self._store.embeddings(conn, self.record.embedding_dim, [item.id])
-        check = DomainCheck(None, None, "a gallery item: its image was not checked again")
+        check = self._item_check(stored) or DomainCheck(
+            None, None, "a gallery item: its image was not checked again")
         matches = self._search(stored, min(k + 1, 10_000), rule, [check])[0]
         return SearchResult([m for m in matches if m.id != item.id][:k], rule, check)
+
+    def _item_check(self, stored: np.ndarray) -> Optional[DomainCheck]:
+        """A gallery item's own check, where it fails: the model found no features in its image."""
+        if self.embedder.is_featureless(stored)[0]:
+            return DomainCheck(False, None, f"the gallery item: {FEATURELESS}", featureless=True)
+        return None
 
     def get(self, item_id: int) -> Item:
         with self._store.read() as conn:

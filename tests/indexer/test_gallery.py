@@ -314,3 +314,29 @@ def test_stored_image_is_the_original_bytes(gallery):
     assert Image.open(io.BytesIO(data)).size == (item.width, item.height)
     import hashlib
     assert hashlib.sha256(data).hexdigest() == item.sha256
+
+
+def test_an_item_the_model_finds_no_features_in_verifies_nothing(gallery, model_embedder,
+                                                                 fashion_test):
+    """Images the encoder finds no features in share one embedding: as a query, as the item a
+    query is verified against, or as the item whose neighbours are asked for, nothing is
+    verified, and the reason says which side it was."""
+    vectors = model_embedder.embed(fashion_test.images)
+    blank = np.flatnonzero(model_embedder.is_featureless(vectors))
+    a, b = blank[0], blank[fashion_test.labels[blank] != fashion_test.labels[blank[0]]][0]
+    [item] = gallery.add(fashion_test.images[a], labels="featureless")
+    other = fashion_test.images[b]
+    verdict = gallery.verify(other, item, operating_point="far-1e-3")
+    assert verdict.distance < 1e-4 and not verdict.verified
+    assert verdict.domain.in_domain is False and verdict.domain.reason.startswith("the model finds")
+    plain = fashion_test.images[0]  # an ankle boot the model describes
+    verdict = gallery.verify(plain, item, threshold=5.0)  # any distance would pass
+    assert not verdict.verified and verdict.domain.featureless
+    assert verdict.domain.reason.startswith("the gallery item: the model finds no features")
+    near = gallery.neighbours(item, k=3, threshold=5.0)
+    assert near.domain.featureless and not any(m.verified for m in near.matches)
+    [found] = gallery.search_vectors(vectors[b:b + 1], k=1)
+    assert found[0].id == item and found[0].distance < 1e-4 and not found[0].verified
+    assert found[0].domain.featureless
+    [unchecked] = gallery.search_vectors(vectors[:1], k=1, threshold=5.0)
+    assert unchecked[0].verified and unchecked[0].domain.in_domain is None
