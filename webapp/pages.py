@@ -202,8 +202,7 @@ def _item_page(item_id: int, form: Optional[dict] = None, errors: Optional[dict]
                     "metadata": json.dumps(found.metadata, ensure_ascii=False, indent=1)
                     if found.metadata else ""}
     return render_template("item.html", item=found, neighbours=neighbours, form=form,
-                           errors=errors or {}, saved=request.args.get("saved") == "1",
-                           can_write=access.WRITE in access.granted(current().entry))
+                           errors=errors or {}, saved=request.args.get("saved") == "1")
 
 
 # --- signing in -------------------------------------------------------------------------------------

@@ -466,6 +466,7 @@ def test_edit_and_delete_an_item(manage, screenshots, shop, sample_pngs):
     wait_for(browser, "h1", text="Delete item")
     go(browser, "form button.danger")
     assert wait_for(browser, ".notice.ok")[0].text == f"Item {item_id} was deleted."
+    assert browser.find_element(By.CSS_SELECTOR, ".title-row a.button").text == "+ Add images"
     shoot(browser, screenshots, "deleted", manage.size)
     assert shop.json("GET", f"/api/gallery/{item_id}")[0] == 404
     manage(f"/gallery/{item_id}")
@@ -488,6 +489,9 @@ def test_switch_gallery_with_its_own_read_key(manage, screenshots, shop, sample_
     assert browser.current_url.endswith("/galleries/staff/gallery")
     assert browser.find_element(By.CSS_SELECTOR, ".switcher summary strong").text == "staff"
     assert browser.find_element(By.CSS_SELECTOR, ".lead").text.startswith("50 images.")
+    # Read, not write: adding is offered as a sign-in with the write key.
+    assert browser.find_element(By.CSS_SELECTOR, ".title-row a.button").text == (
+        "Sign in to add images")
     shoot(browser, screenshots, "staff-gallery", manage.size)
     # Staff's search finds staff's items; nothing added to shop shows here.
     go(browser, "nav a[href$='/galleries/staff/']")
