@@ -43,12 +43,20 @@ IMPOSTOR_SAMPLE = 5_000  # items whose nearest other-label item sets the 1:N thr
 Images = Union[ImageSource, Sequence[ImageSource]]
 
 
+# Said where such an image is added (API, pages): it is kept, but is no use for verifying.
+FEATURELESS_WARNING = ("the model finds no features in this image, so no other image will be "
+                       "verified against this item")
+
+
 @dataclass(frozen=True)
 class Added:
-    """What `add_originals` did: each image's id, in order, and whether it was added now (False:
-    the same bytes were already in the gallery, or earlier in the same batch)."""
+    """What `add_originals` did: each image's id, in order, whether it was added now (False:
+    the same bytes were already in the gallery, or earlier in the same batch), and whether the
+    model finds no features in it (`Embedder.is_featureless`: nothing else will be verified
+    against that item)."""
     ids: list[int]
     created: list[bool]
+    featureless: list[bool]
 
 
 @dataclass(frozen=True)
@@ -579,9 +587,18 @@ class Gallery:
                             generation, lambda index: index.add(np.asarray(ids), vectors),
                             added=len(ids))
                 known.update({originals[i].sha256: item_id for i, item_id in zip(new, ids)})
+                featureless = dict(zip(ids, self.embedder.is_featureless(vectors).tolist()))
+            else:
+                featureless = {}
+            all_ids = [known[o.sha256] for o in originals]
+            before = sorted(set(all_ids) - set(featureless))  # already there: their stored vectors
+            if before:
+                stored_ids, stored = self.embeddings(before)
+                featureless.update(zip(stored_ids.tolist(),
+                                       self.embedder.is_featureless(stored).tolist()))
             created = set(new)
-            return Added([known[o.sha256] for o in originals],
-                         [i in created for i in range(len(originals))])
+            return Added(all_ids, [i in created for i in range(len(originals))],
+                         [featureless.get(i, False) for i in all_ids])
 
     def edit(self, item_id: int, label: Any = UNCHANGED, metadata: Any = UNCHANGED) -> Item:
         """Change an item's label (None: no label) and/or metadata; what is not given stays.

@@ -47,6 +47,8 @@ class IngestReport:
     duplicates: int = 0  # the same image as another file of this run
     failed: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
     ignored: list[str] = field(default_factory=list)  # files without an image suffix
+    # files added that the model finds no features in (nothing else will be verified against them)
+    featureless: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
     @property
@@ -149,6 +151,8 @@ def ingest(gallery: Gallery, sources: Sequence[Source], batch_size: int = BATCH_
                 # Another process may have added some of them since the batch was read.
                 report.added += sum(added.created)
                 report.skipped += len(originals) - sum(added.created)
+                report.featureless += [batch.sources[i].name for i, new, blank in zip(
+                    keep, added.created, added.featureless) if new and blank]
             if progress is not None:
                 progress.update(len(chunk))
     report.seconds = time.perf_counter() - start

@@ -181,3 +181,5 @@ def _add(gallery: Gallery, sources: Sequence[Source], batch: dict[str, Any],
     seen.update(o.sha256 for _, o, _ in new)
     report.added += sum(added.created)
     report.skipped += len(new) - sum(added.created)
+    report.featureless += [s.name for (s, _, _), created, blank in zip(
+        new, added.created, added.featureless) if created and blank]

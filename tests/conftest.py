@@ -106,6 +106,16 @@ def fashion_test():
     return load_fashion_mnist(FASHION, "test")
 
 
+@pytest.fixture(scope="session")
+def featureless(model_embedder, fashion_test) -> np.ndarray:
+    """Indices of the Fashion-MNIST test images the real model finds no features in (its head
+    all silent), of at least two labels; tests/encoder/test_verdict.py checks how they are found."""
+    vectors = model_embedder.embed(fashion_test.images)
+    found = np.flatnonzero(model_embedder.is_featureless(vectors))
+    assert len(set(fashion_test.labels[found])) >= 2, "this model has no featureless test images"
+    return found
+
+
 @pytest.fixture
 def png_folder(tmp_path, fashion_test) -> Path:
     """48 real Fashion-MNIST test PNGs in class sub-folders (all ten classes)."""

@@ -17,6 +17,7 @@ from flask import Blueprint, Response, g, jsonify, request, url_for
 from encoder.errors import ConfigError
 from encoder.verdict import rounded, rounded_probability
 from indexer import Item, Match
+from indexer.gallery import FEATURELESS_WARNING
 from indexer.records import Original, sha256_of
 
 from . import access, openapi, uploads
@@ -170,7 +171,9 @@ def add_item():
     added = gallery.add_originals([original], [label], [metadata])
     item_id, created = added.ids[0], added.created[0]
     item = gallery.get(item_id)
-    body = {"item": item_json(item), "created": created}
+    body = {"item": item_json(item), "created": created, "featureless": added.featureless[0]}
+    if added.featureless[0]:
+        body["warning"] = FEATURELESS_WARNING
     if not created and item.label != label:
         body.update(label_changed=False, message=(
             f"this image is already in the gallery as item {item_id}, labelled {item.label!r}; "

@@ -18,6 +18,7 @@ from typing import Any, Iterator, Optional
 from encoder.errors import BadImageError
 from encoder.images import is_image_name, megabytes
 from indexer import Gallery
+from indexer.gallery import FEATURELESS_WARNING
 from indexer.records import Original
 
 MAX_MEMBERS = 2_000  # entries looked at in one zip
@@ -33,6 +34,7 @@ class Outcome:
     status: str  # "added", "present" (already in the gallery), "repeated", "failed", "skipped"
     reason: str = ""
     item_id: Optional[int] = None
+    warning: str = ""  # added (or there), but of no use for verifying
 
 
 @dataclass
@@ -41,6 +43,13 @@ class Report:
 
     def count(self, status: str) -> int:
         return sum(o.status == status for o in self.outcomes)
+
+    def plainly_added(self) -> list[Outcome]:
+        return [o for o in self.outcomes if o.status == "added" and not o.warning]
+
+    def to_look_at(self) -> list[Outcome]:
+        """What the report shows first: files not added, or added with a warning."""
+        return [o for o in self.outcomes if o.status != "added" or o.warning]
 
 
 def add_uploads(gallery: Gallery, files: list[tuple[str, bytes]], label: Optional[str],
@@ -86,9 +95,11 @@ def _add_batch(gallery: Gallery, batch: list[tuple[Outcome, bytes, Optional[str]
     if not originals:
         return
     added = gallery.add_originals(originals, labels, [metadata] * len(originals))
-    for outcome, item_id, created in zip(outcomes, added.ids, added.created):
+    for outcome, item_id, created, blank in zip(outcomes, added.ids, added.created,
+                                                added.featureless):
         outcome.item_id = item_id
         outcome.status = "added" if created else "present"
+        outcome.warning = FEATURELESS_WARNING if blank else ""
 
 
 def _members(name: str, data: bytes, limit: int, budget: list[int]

@@ -290,8 +290,12 @@ SCHEMAS = {
                                "nearest": {"oneOf": [ref("Match"), {"type": "null"}]}},
                               ["model", "operating_point", "threshold", "match", "nearest"]),
     "Added": _object({"item": ref("Item"), "created": {"type": "boolean"},
+                      "featureless": {"type": "boolean", "description": (
+                          "the model finds no features in the image: no other image will be "
+                          "verified against this item (then `warning` says so)")},
+                      "warning": {"type": "string"},
                       "label_changed": {"type": "boolean"}, "message": {"type": "string"}},
-                     ["item", "created"]),
+                     ["item", "created", "featureless"]),
     "ItemList": _object({"items": {"type": "array", "items": ref("Item")},
                          "total": {"type": "integer"}, "offset": {"type": "integer"},
                          "limit": {"type": "integer"}, "next": {"type": ["string", "null"]}}),

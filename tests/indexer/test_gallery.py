@@ -317,14 +317,21 @@ def test_stored_image_is_the_original_bytes(gallery):
 
 
 def test_an_item_the_model_finds_no_features_in_verifies_nothing(gallery, model_embedder,
-                                                                 fashion_test):
-    """Images the encoder finds no features in share one embedding: as a query, as the item a
-    query is verified against, or as the item whose neighbours are asked for, nothing is
-    verified, and the reason says which side it was."""
-    vectors = model_embedder.embed(fashion_test.images)
-    blank = np.flatnonzero(model_embedder.is_featureless(vectors))
-    a, b = blank[0], blank[fashion_test.labels[blank] != fashion_test.labels[blank[0]]][0]
-    [item] = gallery.add(fashion_test.images[a], labels="featureless")
+                                                                 fashion_test, featureless):
+    """Images the encoder finds no features in share one embedding: adding one says so; as a
+    query, as the item a query is verified against, or as the item whose neighbours are asked
+    for, nothing is verified, and the reason says which side it was."""
+    from indexer.records import Original
+
+    labels = fashion_test.labels
+    a, b = featureless[0], featureless[labels[featureless] != labels[featureless[0]]][0]
+    originals = [Original.from_source(fashion_test.images[i]) for i in (a, 9000)]
+    added = gallery.add_originals(originals, ["featureless", "Ankle boot"], [{}, {}])
+    assert added.created == [True, True] and added.featureless == [True, False]
+    again = gallery.add_originals(originals[:1], [None], [{}])  # already there: its stored vector
+    assert again.created == [False] and again.featureless == [True]
+    item = added.ids[0]
+    vectors = model_embedder.embed(fashion_test.images[[0, b]])
     other = fashion_test.images[b]
     verdict = gallery.verify(other, item, operating_point="far-1e-3")
     assert verdict.distance < 1e-4 and not verdict.verified
@@ -335,7 +342,7 @@ def test_an_item_the_model_finds_no_features_in_verifies_nothing(gallery, model_
     assert verdict.domain.reason.startswith("the gallery item: the model finds no features")
     near = gallery.neighbours(item, k=3, threshold=5.0)
     assert near.domain.featureless and not any(m.verified for m in near.matches)
-    [found] = gallery.search_vectors(vectors[b:b + 1], k=1)
+    [found] = gallery.search_vectors(vectors[1:], k=1)
     assert found[0].id == item and found[0].distance < 1e-4 and not found[0].verified
     assert found[0].domain.featureless
     [unchecked] = gallery.search_vectors(vectors[:1], k=1, threshold=5.0)

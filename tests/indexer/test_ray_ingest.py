@@ -23,21 +23,24 @@ def items_by_hash(gallery: Gallery) -> dict[str, tuple]:
 
 
 def test_ray_builds_the_same_gallery_as_one_process(tmp_path, fashion_test, model_dir,
-                                                   model_embedder, capsys, db_url):
+                                                   model_embedder, capsys, db_url, featureless):
     photos = tmp_path / "photos"
     files = write_fashion_pngs(photos, fashion_test, range(300))
+    blank = sorted(map(str, write_fashion_pngs(photos, fashion_test, featureless[:2])))
     (photos / files[0].parent.name / "copy.png").write_bytes(files[0].read_bytes())
     (photos / "Coat" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     database = ["--db-url", db_url] if db_url else []
     code, out, err = cli(index_cmd, [photos, "--gallery", tmp_path / "ray", "--model", model_dir,
                                      "--ray", "--batch-size", "64", "--json", *database], capsys)
     report = json.loads(out)["report"]
-    assert code == 1 and report["added"] == 300 and report["duplicates"] == 1
+    assert code == 1 and report["added"] == 302 and report["duplicates"] == 1
+    assert sorted(report["featureless"]) == blank  # named as one process names them
     assert [f["file"] for f in report["failed"]] == [str(photos / "Coat" / "broken.png")]
     assert "ray" not in err.lower()  # Ray's own chatter stays out of the command's output
     code, out, _ = cli(index_cmd, [photos, "--gallery", tmp_path / "one", "--model", model_dir,
                                    "--json"], capsys)
-    assert code == 1 and json.loads(out)["report"]["added"] == 300
+    report = json.loads(out)["report"]
+    assert code == 1 and report["added"] == 302 and sorted(report["featureless"]) == blank
     with Gallery.open(tmp_path / "ray", model_embedder, url=db_url) as on_ray, \
             Gallery.open(tmp_path / "one", model_embedder) as in_one:
         assert items_by_hash(on_ray) == items_by_hash(in_one)

@@ -9,7 +9,7 @@ from PIL import Image
 from indexer import Gallery
 from scripts import index as index_cmd
 from scripts import search as search_cmd
-from tests.support import cli, error_line
+from tests.support import cli, error_line, write_fashion_pngs
 
 
 def test_index_a_folder_then_again_adds_nothing(tmp_path, png_folder, model_dir, capsys):
@@ -218,3 +218,20 @@ def test_database_urls_that_cannot_serve_are_one_line(tmp_path, png_folder, mode
                                         "--db-url", url], capsys)
         assert code == 2 and error_line(err).startswith(expected), err
         assert "s3cret" not in err and "Traceback" not in err
+
+
+def test_index_names_the_images_the_model_finds_no_features_in(tmp_path, png_folder, model_dir,
+                                                               capsys, fashion_test, featureless):
+    write_fashion_pngs(png_folder, fashion_test, featureless[:2])
+    gallery = tmp_path / "g"
+    code, out, _ = cli(index_cmd, [png_folder, "--gallery", gallery, "--model", model_dir], capsys)
+    names = sorted(str(p) for p in png_folder.rglob("*.png")
+                   if int(p.stem) in set(featureless[:2].tolist()))
+    assert code == 0 and "added 50," in out
+    warning = next(line for line in out.splitlines() if line.startswith("warning:"))
+    assert warning.startswith("warning: the model finds no features in 2 added image(s), so no "
+                              "other image will be verified against them: ")
+    assert sorted(warning.split(": ")[-1].split(", ")) == names
+    code, out, _ = cli(index_cmd, [png_folder, "--gallery", tmp_path / "g2", "--model", model_dir,
+                                   "--json"], capsys)
+    assert sorted(json.loads(out)["report"]["featureless"]) == names

@@ -114,3 +114,27 @@ def test_a_file_that_only_starts_like_a_zip_is_reported(client):
     assert status == 200
     assert report["broken.zip"][0] == "failed", report
     assert title.startswith("0 added")
+
+
+def test_an_added_image_the_model_finds_no_features_in_is_shown_first_with_a_note(
+        client, fashion_test, featureless):
+    from PIL import Image
+
+    def png(i: int) -> bytes:
+        out = io.BytesIO()
+        Image.fromarray(fashion_test.images[i].squeeze()).save(out, "PNG")
+        return out.getvalue()
+
+    files = [(png(9000 + n), f"plain-{n}.png") for n in range(11)] + [
+        (png(featureless[0]), "blank.png")]
+    status, rows, title = add_page(client, files)
+    assert status == 200 and title == "12 added"
+    state, text = rows["blank.png"]
+    assert state == "added" and text.endswith(
+        'Note: the model finds no features in this image, so no other image will be verified '
+        'against this item.</span>')
+    page = client.post("/gallery/add", data=page_form({"images": [
+        (io.BytesIO(png(featureless[1])), "blank-2.png")] + [
+        (io.BytesIO(png(9100 + n)), f"more-{n}.png") for n in range(11)]})).get_data(as_text=True)
+    # More than ten plain adds are folded away; the one with a note is in the table above them.
+    assert page.index("blank-2.png") < page.index("<details class=\"added\">")

@@ -172,15 +172,13 @@ def test_the_verify_page_names_the_operating_point_and_probability(client, uploa
     assert "% same" in html
 
 
-def test_two_images_the_model_finds_no_features_in_are_not_the_same(client, model_embedder,
-                                                                    fashion_test):
+def test_two_images_the_model_finds_no_features_in_are_not_the_same(client, fashion_test,
+                                                                    featureless):
     """A coat and a dress that both silence the encoder meet at distance 0: the API says so,
     and that the model found nothing to compare, not "verified"."""
-    batch = model_embedder.prepare(fashion_test.images)
-    blank = np.flatnonzero(model_embedder.is_featureless(model_embedder.embed_prepared(batch)))
-    labels = fashion_test.labels[blank]
-    a = blank[0]
-    b = blank[labels != labels[0]][0]
+    labels = fashion_test.labels[featureless]
+    a = featureless[0]
+    b = featureless[labels != labels[0]][0]
     pair = {"image_a": field(png(Image.fromarray(fashion_test.images[a].squeeze())), "coat.png"),
             "image_b": field(png(Image.fromarray(fashion_test.images[b].squeeze())), "dress.png")}
     body = client.post("/api/verify", data={**pair, "operating_point": "far-1e-3"}).get_json()
@@ -193,3 +191,21 @@ def test_two_images_the_model_finds_no_features_in_are_not_the_same(client, mode
     assert 'data-verdict="verified"' not in html
     assert "The model finds nothing to compare in this image" in html
     assert "does not look like" not in html  # it is Fashion-MNIST: the domain model says so
+
+
+def test_adding_an_image_the_model_finds_no_features_in_warns(client, fashion_test, featureless):
+    """It is added (it is the user's image, and found again as the same file), with a warning
+    that nothing else will be verified against it; a plain image gets none."""
+    blank = png(Image.fromarray(fashion_test.images[featureless[0]].squeeze()))
+    response = client.post("/api/gallery", data={"image": field(blank, "blank.png"),
+                                                 "label": "Coat"})
+    body = response.get_json()
+    assert response.status_code == 201 and body["created"] and body["featureless"] is True
+    assert body["warning"] == ("the model finds no features in this image, so no other image "
+                               "will be verified against this item")
+    again = client.post("/api/gallery", data={"image": field(blank, "blank.png"), "label": "Coat"})
+    assert again.status_code == 200 and again.get_json()["featureless"] is True
+    plain = png(Image.fromarray(fashion_test.images[9000].squeeze()))
+    body = client.post("/api/gallery", data={"image": field(plain, "plain.png"),
+                                             "label": "x"}).get_json()
+    assert body["featureless"] is False and "warning" not in body
