@@ -95,7 +95,8 @@ def test_gallery_add_get_image_list_delete(client, upload, fashion_test):
     assert (item["width"], item["height"], item["media_type"]) == (28, 28, "image/png")
 
     again = client.post("/api/gallery", data={"image": upload(data), "label": "Mine"})
-    assert again.status_code == 200 and again.get_json() == {"item": item, "created": False}
+    assert again.status_code == 200 and again.get_json() == {"item": item, "created": False,
+                                                             "featureless": False}
 
     assert client.get(f"/api/gallery/{item['id']}").get_json() == {"item": item}
     image = client.get(item["image_url"])
