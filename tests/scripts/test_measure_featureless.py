@@ -23,6 +23,8 @@ def test_it_counts_featureless_images_and_the_false_accepts_the_check_removes(mo
     # Strict points accept fewer pairs of different labels.
     accepts = [int(r[6].split()[0].replace(",", "")) for r in rows[:3]]
     assert accepts == sorted(accepts, reverse=True) and accepts[0] > 0
+    assert re.fullmatch(r"the check took [\d.]+ ms for 3,000 embeddings, [\d.]+% of the time to "
+                        r"embed them", out.splitlines()[-1])
 
 
 def test_bad_arguments_are_one_error_line(tmp_path, model_dir, capsys):
