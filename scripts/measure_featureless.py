@@ -34,9 +34,10 @@ def parser() -> argparse.ArgumentParser:
 
 
 def false_accepts(vectors: np.ndarray, labels: np.ndarray, accepted: np.ndarray,
-                  thresholds: dict[str, float], chunk: int = 1000) -> dict[str, int]:
-    """Pairs of different labels within each threshold, both images `accepted`."""
-    counts = dict.fromkeys(thresholds, 0)
+                  thresholds: dict[str, float], chunk: int = 1000) -> tuple[dict[str, int], int]:
+    """Pairs of different labels within each threshold, both images `accepted`; and the pairs of
+    different labels that are judged at all (both accepted)."""
+    counts, judged = dict.fromkeys(thresholds, 0), 0
     for start in range(0, len(vectors), chunk):
         block = vectors[start:start + chunk]
         d = np.sqrt(np.maximum((block ** 2).sum(1)[:, None] + (vectors ** 2).sum(1)[None]
@@ -44,9 +45,10 @@ def false_accepts(vectors: np.ndarray, labels: np.ndarray, accepted: np.ndarray,
         rows = np.arange(start, start + len(block))
         pair = (labels[rows][:, None] != labels[None]) & (rows[:, None] < np.arange(len(vectors)))
         pair &= accepted[rows][:, None] & accepted[None]
+        judged += int(pair.sum())
         for name, t in thresholds.items():
             counts[name] += int((pair & (d <= t)).sum())
-    return counts
+    return counts, judged
 
 
 def main(argv=None) -> int:
@@ -69,6 +71,9 @@ def main(argv=None) -> int:
     n_pairs = int((labels[:, None] != labels[None]).sum() // 2)
     print(f"model {embedder.model_id}, {len(images):,} {args.split} images of "
           f"{len(set(labels.tolist()))} labels, {n_pairs:,} pairs of different labels")
+    print("False accepts: pairs of different labels within the operating point's threshold, both "
+          "images in domain; the rate is among the pairs of different labels judged (both in "
+          "domain).")
     header = (f"| set | featureless | of them in domain | near one (<{NEAR}) | operating point | "
               "false accepts without the check | with it | of them with an image near one |")
     print(header + "\n|" + "---|" * (header.count("|") - 1))
@@ -86,13 +91,14 @@ def main(argv=None) -> int:
         before = np.array([c.in_domain is not False for c in
                            embedder.verdicts.domain_checks(scores, len(batch))])
         after = before & ~blank
-        without, with_, far_from = (false_accepts(vectors, labels, a, thresholds)
-                                    for a in (before, after, after & ~near))
+        (without, judged_without), (with_, judged_with), (far_from, _) = (
+            false_accepts(vectors, labels, a, thresholds) for a in (before, after, after & ~near))
         for point in thresholds:
             print(f"| {name} | {blank.sum():,} ({blank.mean():.2%}) | {(blank & before).sum():,} "
                   f"| {near.sum():,} | {point} | {without[point]:,} "
-                  f"({without[point] / n_pairs:.2e}) | {with_[point]:,} "
-                  f"({with_[point] / n_pairs:.2e}) | {with_[point] - far_from[point]:,} |")
+                  f"({without[point] / max(judged_without, 1):.2e}) | {with_[point]:,} "
+                  f"({with_[point] / max(judged_with, 1):.2e}) | "
+                  f"{with_[point] - far_from[point]:,} |")
     check, embedding = min(costs)
     print(f"the check took {1000 * check:.1f} ms for {len(images):,} embeddings, "
           f"{check / embedding:.2%} of the time to embed them")
