@@ -209,3 +209,15 @@ def test_adding_an_image_the_model_finds_no_features_in_warns(client, fashion_te
     body = client.post("/api/gallery", data={"image": field(plain, "plain.png"),
                                              "label": "x"}).get_json()
     assert body["featureless"] is False and "warning" not in body
+
+
+def test_the_item_page_of_an_image_the_model_finds_no_features_in_says_so(client, fashion_test,
+                                                                          featureless):
+    blank = png(Image.fromarray(fashion_test.images[featureless[1]].squeeze()))
+    item = client.post("/api/gallery", data={"image": field(blank, "blank.png"),
+                                             "label": "Tee"}).get_json()["item"]
+    html = client.get(f"/gallery/{item['id']}").get_data(as_text=True)
+    assert 'data-domain="featureless"' in html and "✓ same?" not in html
+    plain = client.get("/gallery/1")
+    assert plain.status_code == 200 and 'data-domain="featureless"' not in plain.get_data(
+        as_text=True)
