@@ -123,11 +123,16 @@ class Embedder:
     def is_featureless(self, vectors: np.ndarray) -> np.ndarray:
         """True for each embedding that is one of the model's featureless points: the model found
         nothing in that image, and gives every such image the same embedding."""
+        return self.featureless_distance(vectors) < FEATURELESS_GAP
+
+    def featureless_distance(self, vectors: np.ndarray) -> np.ndarray:
+        """Each embedding's distance to the nearest featureless point (inf without any, and for
+        embeddings of the wrong shape, which the caller refuses later)."""
         vectors = np.asarray(vectors, np.float32)
         if not len(self.featureless) or vectors.ndim != 2 or vectors.shape[1] != self.embedding_dim:
-            return np.zeros(len(vectors), bool)  # nothing to compare (a wrong shape is said later)
-        gaps = np.linalg.norm(vectors[:, None, :] - self.featureless[None], axis=2)
-        return (gaps < FEATURELESS_GAP).any(axis=1)
+            return np.full(len(vectors), np.inf)
+        # Differences, not pairwise's expansion: its float32 rounding is ~3e-4, over the gap.
+        return _distance.euclidean(vectors[:, None, :], self.featureless[None]).min(axis=1)
 
     def verify(self, a: ImageSource, b: ImageSource, operating_point: Optional[str] = None,
                threshold: Optional[float] = None, rule: Optional[Rule] = None) -> Verdict:

@@ -92,6 +92,12 @@ class DomainCheck:
     featureless: bool = False  # out of domain because the encoder found no features in it
 
     @staticmethod
+    def no_features(score: Optional[float] = None, whose: str = "") -> "DomainCheck":
+        """The check of an image the encoder finds no features in (`whose`: e.g. "the gallery
+        item: ")."""
+        return DomainCheck(False, score, whose + FEATURELESS, featureless=True)
+
+    @staticmethod
     def both(first: "DomainCheck", second: "DomainCheck") -> "DomainCheck":
         """The check of a pair: out of domain if either image is, naming which."""
         for which, check in (("first", first), ("second", second)):
@@ -229,7 +235,7 @@ class Verdicts:
         for s, blank in zip(scores, featureless):
             s = None if s is None else float(s)
             if blank:
-                out.append(DomainCheck(False, s, FEATURELESS, featureless=True))
+                out.append(DomainCheck.no_features(s))
             elif s is None:
                 out.append(DomainCheck(None, None, reason))
             elif s >= domain.threshold:

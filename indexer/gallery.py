@@ -21,8 +21,7 @@ import numpy as np
 from encoder.distance import euclidean
 from encoder.errors import ConfigError, NotFoundError
 from encoder.images import ImageSource
-from encoder.verdict import (DEFAULT_FPIR, FEATURELESS, DomainCheck, Rule, check_fpir,
-                             nearest_impostors)
+from encoder.verdict import DEFAULT_FPIR, DomainCheck, Rule, check_fpir, nearest_impostors
 
 from . import folder
 from .errors import GalleryError
@@ -345,8 +344,7 @@ class Gallery:
         vectors = np.asarray(vectors, np.float32)
         unchecked = DomainCheck(None, None, "embeddings given directly: their images' domain "
                                 "was not checked")
-        featureless = DomainCheck(False, None, FEATURELESS, featureless=True)
-        checks = [featureless if blank else unchecked
+        checks = [DomainCheck.no_features() if blank else unchecked
                   for blank in self.embedder.is_featureless(vectors)]
         return self._search(vectors, k, self.rule(operating_point, threshold), checks)
 
@@ -434,7 +432,7 @@ class Gallery:
     def _item_check(self, stored: np.ndarray) -> Optional[DomainCheck]:
         """A gallery item's own check, where it fails: the model found no features in its image."""
         if self.embedder.is_featureless(stored)[0]:
-            return DomainCheck(False, None, f"the gallery item: {FEATURELESS}", featureless=True)
+            return DomainCheck.no_features(whose="the gallery item: ")
         return None
 
     def get(self, item_id: int) -> Item:

@@ -37,11 +37,12 @@ def false_accepts(vectors: np.ndarray, labels: np.ndarray, accepted: np.ndarray,
                   thresholds: dict[str, float], chunk: int = 1000) -> tuple[dict[str, int], int]:
     """Pairs of different labels within each threshold, both images `accepted`; and the pairs of
     different labels that are judged at all (both accepted)."""
+    from encoder.distance import pairwise
+
     counts, judged = dict.fromkeys(thresholds, 0), 0
     for start in range(0, len(vectors), chunk):
         block = vectors[start:start + chunk]
-        d = np.sqrt(np.maximum((block ** 2).sum(1)[:, None] + (vectors ** 2).sum(1)[None]
-                               - 2 * block @ vectors.T, 0))
+        d = pairwise(block, vectors)
         rows = np.arange(start, start + len(block))
         pair = (labels[rows][:, None] != labels[None]) & (rows[:, None] < np.arange(len(vectors)))
         pair &= accepted[rows][:, None] & accepted[None]
@@ -87,7 +88,7 @@ def main(argv=None) -> int:
         start = time.perf_counter()
         blank = embedder.is_featureless(vectors)
         costs.append((time.perf_counter() - start, embedding))
-        near = np.linalg.norm(vectors[:, None] - embedder.featureless[None], axis=2).min(1) < NEAR
+        near = embedder.featureless_distance(vectors) < NEAR
         before = np.array([c.in_domain is not False for c in
                            embedder.verdicts.domain_checks(scores, len(batch))])
         after = before & ~blank

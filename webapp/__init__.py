@@ -87,7 +87,6 @@ def _page_context() -> dict:
     return {"model_id": served.embedder.model_id, "gallery_size": len(served.gallery),
             "gallery_name": served.name, "gallery_names": list(service.galleries),
             "switch_url": _switch_url, "signed_in": bool(session.get(access.SESSION_KEY)),
-            "write_key_required": served.entry.api_key is not None,
             "can_write": access.WRITE in access.granted(served.entry),
             "max_image_size": megabytes(service.settings.max_image_bytes),
             "max_image_bytes": service.settings.max_image_bytes, "endpoint": request.endpoint,
