@@ -46,6 +46,9 @@ Images = Union[ImageSource, Sequence[ImageSource]]
 FEATURELESS_WARNING = ("the model finds no features in this image, so no other image will be "
                        "verified against this item")
 
+# The check that decides a match with a gallery item whose image the model finds no features in.
+FEATURELESS_ITEM = DomainCheck.no_features(whose="the gallery item: ")
+
 
 @dataclass(frozen=True)
 class Added:
@@ -358,13 +361,33 @@ class Gallery:
         with self._mutex:
             distances, ids = self._index.search(vectors, k)
             items = self._cached_items({int(i) for i in ids.ravel() if i >= 0})
+        blank = self._featureless_items(vectors, distances, ids)
         out = []
         for row_d, row_i, check in zip(distances, ids, checks):
             # An id missing from `items` is an item another process removed since our refresh.
             found = [(items[int(i)], float(d)) for d, i in zip(row_d, row_i) if int(i) in items]
             verdicts = self.embedder.verdicts.judge([d for _, d in found], rule, check)
-            out.append([_match(item, v) for (item, _), v in zip(found, verdicts)])
+            out.append([self._judged_item(item, v, rule, item.id in blank)
+                        for (item, _), v in zip(found, verdicts)])
         return out
+
+    def _featureless_items(self, vectors: np.ndarray, distances: np.ndarray, ids: np.ndarray
+                           ) -> set[int]:
+        """The matched items the model finds no features in. Only those at a featureless point's
+        distance from their query (`Embedder.may_be_featureless`: about 1 search in 1,000) have
+        their stored embedding read and checked."""
+        maybe = self.embedder.may_be_featureless(vectors, distances) & (ids >= 0)
+        if not maybe.any():
+            return set()
+        found, stored = self.embeddings(np.unique(ids[maybe]).tolist())
+        return set(found[self.embedder.is_featureless(stored)].tolist())
+
+    def _judged_item(self, item: Item, verdict, rule: Rule, featureless: bool) -> Match:
+        """The match of `item` under the query's verdict, unless the model finds no features in
+        the item's image: then, as in `verify`, the item's own check decides (not verified)."""
+        if featureless and verdict.domain.in_domain is not False:
+            verdict = self.embedder.verdicts.judge(verdict.distance, rule, FEATURELESS_ITEM)[0]
+        return _match(item, verdict, featureless)
 
     def _cached_items(self, ids: set[int]) -> dict[int, Item]:
         """The items of `ids` (mutex held): from the cache, the rest from the database (one
@@ -413,8 +436,8 @@ class Gallery:
             item = self._get(conn, item_id)
             _, stored = self._store.embeddings(conn, self.record.embedding_dim, [item.id])
         distance = float(euclidean(vectors[0], stored[0]))
-        check = checks[0] if checks[0].in_domain is False else self._item_check(stored) or checks[0]
-        return _match(item, self.embedder.verdicts.judge(distance, rule, check)[0])
+        verdict = self.embedder.verdicts.judge(distance, rule, checks[0])[0]
+        return self._judged_item(item, verdict, rule, bool(self.embedder.is_featureless(stored)[0]))
 
     def neighbours(self, item_id: int, k: int = 5, threshold: Optional[float] = None,
                    operating_point: Optional[str] = None) -> "SearchResult":
@@ -424,16 +447,10 @@ class Gallery:
         with self._store.read() as conn:
             item = self._get(conn, item_id)
             _, stored = self._store.embeddings(conn, self.record.embedding_dim, [item.id])
-        check = self._item_check(stored) or DomainCheck(
-            None, None, "a gallery item: its image was not checked again")
+        check = (FEATURELESS_ITEM if self.embedder.is_featureless(stored)[0] else
+                 DomainCheck(None, None, "a gallery item: its image was not checked again"))
         matches = self._search(stored, min(k + 1, 10_000), rule, [check])[0]
         return SearchResult([m for m in matches if m.id != item.id][:k], rule, check)
-
-    def _item_check(self, stored: np.ndarray) -> Optional[DomainCheck]:
-        """A gallery item's own check, where it fails: the model found no features in its image."""
-        if self.embedder.is_featureless(stored)[0]:
-            return DomainCheck.no_features(whose="the gallery item: ")
-        return None
 
     def get(self, item_id: int) -> Item:
         with self._store.read() as conn:
@@ -716,9 +733,9 @@ def _per_image(values, n: int, what: str, kind: type, optional: bool = False) ->
     return [({} if kind is dict else None) if v is None else v for v in values]
 
 
-def _match(item: Item, verdict) -> Match:
-    return Match(id=item.id, label=item.label, verdict=verdict,
-                 metadata=item.metadata, source=item.source, sha256=item.sha256)
+def _match(item: Item, verdict, featureless: bool = False) -> Match:
+    return Match(id=item.id, label=item.label, verdict=verdict, metadata=item.metadata,
+                 source=item.source, sha256=item.sha256, featureless=featureless)
 
 
 MAX_ID = 2**63 - 1  # ids are BIGINT in every database

@@ -48,6 +48,9 @@ class Match:
     source: str
     verdict: Verdict
     sha256: str = ""  # of the item's original bytes: a query with the same hash is the same file
+    # The model finds no features in the item's image (`Embedder.is_featureless`): it sits where
+    # every such image does, so it is never verified (its verdict's domain check says why).
+    featureless: bool = False
 
     @property
     def distance(self) -> float:

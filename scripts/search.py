@@ -99,10 +99,12 @@ def _search(gallery, args, images: list, failed: list) -> None:
     _failures(failed, False)
     for (image, _), r in zip(images, results):
         matches = r.matches
+        # The nearest match that can be judged: an item the model finds no features in never is.
+        top = next((m for m in matches if not m.featureless), None)
         if r.domain.in_domain is False:
             verdict = f"not judged: {r.domain.reason}"
-        elif matches and matches[0].verified:
-            verdict = f"verified match: item {matches[0].id} ({matches[0].label or 'no label'})"
+        elif top and top.verified:
+            verdict = f"verified match: item {top.id} ({top.label or 'no label'})"
         else:
             verdict = "no verified match"
         print(f"{image}: {verdict} ({r.rule.describe()})")
@@ -111,8 +113,12 @@ def _search(gallery, args, images: list, failed: list) -> None:
         if not matches:
             print("  the gallery is empty")
         for rank, m in enumerate(matches, 1):
+            mark = "verified" if m.verified else "no feat." if m.featureless else ""
             print(f"  {rank:>3}  id {m.id:<8} distance {m.distance:.4f}{_probability(m)}  "
-                  f"{'verified' if m.verified else '        '}  {m.label or '-':<16} {m.source}")
+                  f"{mark:<8}  {m.label or '-':<16} {m.source}")
+        if any(m.featureless for m in matches) and r.domain.in_domain is not False:
+            print("  note: the model finds no features in the images of the items marked \"no feat.\": "
+                  "it gives every such image the same embedding, so they are never verified")
 
 
 def _identify(gallery, args, images: list, failed: list) -> None:
@@ -136,6 +142,9 @@ def _identify(gallery, args, images: list, failed: list) -> None:
         else:
             answer = (f"nobody: the nearest, item {r.nearest.id} ({r.nearest.label or 'no label'}), "
                       f"is at distance {r.nearest.distance:.4f}{_probability(r.nearest)}")
+            if r.nearest.featureless:
+                answer += (", an image the model finds no features in (every such image gets the "
+                           "same embedding, so it is never verified)")
         print(f"{image}: {answer} ({r.rule.describe()})")
         if r.domain.in_domain is None:
             print(f"  note: {r.domain.reason}")
@@ -144,7 +153,8 @@ def _identify(gallery, args, images: list, failed: list) -> None:
 def _match_dict(m) -> dict:
     return {"id": m.id, "label": m.label, "distance": round(m.distance, 6),
             "probability": None if m.probability is None else round(m.probability, 4),
-            "verified": m.verified, "metadata": m.metadata, "source": m.source}
+            "verified": m.verified, "featureless": m.featureless, "metadata": m.metadata,
+            "source": m.source}
 
 
 def _probability(m) -> str:

@@ -107,12 +107,31 @@ def fashion_test():
 
 
 @pytest.fixture(scope="session")
-def featureless(model_embedder, fashion_test) -> np.ndarray:
+def fashion_test_checked(model_embedder, fashion_test):
+    """The real model's embeddings of the Fashion-MNIST test images, and their domain checks."""
+    return model_embedder.embed_checked(fashion_test.images)
+
+
+@pytest.fixture(scope="session")
+def featureless(model_embedder, fashion_test, fashion_test_checked) -> np.ndarray:
     """Indices of the Fashion-MNIST test images the real model finds no features in (its head
     all silent), of at least two labels; tests/encoder/test_verdict.py checks how they are found."""
-    vectors = model_embedder.embed(fashion_test.images)
-    found = np.flatnonzero(model_embedder.is_featureless(vectors))
+    found = np.flatnonzero(model_embedder.is_featureless(fashion_test_checked[0]))
     assert len(set(fashion_test.labels[found])) >= 2, "this model has no featureless test images"
+    return found
+
+
+@pytest.fixture(scope="session")
+def near_featureless(model_embedder, fashion_test, fashion_test_checked, featureless) -> int:
+    """The Fashion-MNIST test image nearest to a featureless point that the model does describe
+    and takes for in domain, of another label than `featureless[0]`: near enough to be verified
+    at far-1e-3 against any item the model finds no features in, were those judged by distance."""
+    vectors, checks = fashion_test_checked
+    labels = fashion_test.labels
+    usable = np.array([c.in_domain is True for c in checks]) & (labels != labels[featureless[0]])
+    found = int(np.argmin(np.where(usable, model_embedder.featureless_distance(vectors), np.inf)))
+    strict = model_embedder.verdicts.rule("far-1e-3").threshold
+    assert model_embedder.featureless_distance(vectors[found:found + 1])[0] < strict
     return found
 
 

@@ -44,10 +44,12 @@ def openapi_document():
 
 def match_json(m: Match, query_sha256: Optional[str] = None) -> dict[str, Any]:
     """A match in an answer whose rule and domain check are said once, at the top. `same_image`:
-    the item's original is byte for byte the query (its distance is 0 for that reason)."""
+    the item's original is byte for byte the query (its distance is 0 for that reason);
+    `featureless`: the model finds no features in the item's image (never verified)."""
     return {"id": m.id, "label": m.label, "distance": rounded(m.distance),
             "probability": rounded_probability(m.probability), "verified": m.verified,
             "same_image": query_sha256 is not None and m.sha256 == query_sha256,
+            "featureless": m.featureless,
             "image_url": image_url(m.id), "metadata": m.metadata}
 
 

@@ -258,6 +258,9 @@ MATCH = _object({"id": {"type": "integer"}, "label": {"type": ["string", "null"]
                  "probability": {**NUMBER_OR_NULL, "description": "calibrated P(same)"},
                  "verified": {"type": "boolean"},
                  "same_image": {"type": "boolean", "description": "the item's file is the query's"},
+                 "featureless": {"type": "boolean", "description":
+                                 "the model finds no features in the item's image: it gives "
+                                 "every such image the same embedding, so it is never verified"},
                  "image_url": {"type": "string"}, "metadata": {"type": "object"}})
 ITEM = _object({"id": {"type": "integer"}, "label": {"type": ["string", "null"]},
                 "source": {"type": "string"}, "sha256": {"type": "string"},

@@ -347,3 +347,28 @@ def test_an_item_the_model_finds_no_features_in_verifies_nothing(gallery, model_
     assert found[0].domain.featureless
     [unchecked] = gallery.search_vectors(vectors[:1], k=1, threshold=5.0)
     assert unchecked[0].verified and unchecked[0].domain.in_domain is None
+
+
+def test_a_search_never_verifies_an_item_the_model_finds_no_features_in(
+        gallery, fashion_test, featureless, near_featureless):
+    """An item the model finds no features in sits where every such image does. A query the model
+    does describe can lie right beside that point (a shirt at ~0.006, within far-1e-3 of it): the
+    search, 1:N identification and batch searches must not call the item a match."""
+    from indexer.records import Original
+
+    blank = gallery.add_originals([Original.from_source(fashion_test.images[featureless[0]])],
+                                  ["blank"], [{}]).ids[0]
+    query = fashion_test.images[near_featureless]
+    first, second, third = gallery.search(query, k=3, operating_point="far-1e-3")
+    assert first.id == blank and first.featureless and not first.verified
+    assert first.in_domain is False
+    assert first.domain.reason.startswith("the gallery item: the model finds no features")
+    assert not second.featureless and not third.featureless
+    loose = gallery.search(query, k=3, threshold=5.0)  # any distance would pass
+    assert [m.verified for m in loose] == [False, True, True]
+    assert [m.in_domain for m in loose[1:]] == [True, True]  # the query's own check
+    found = gallery.identification(query, threshold=5.0)
+    assert found.match is None and found.nearest.id == blank and found.nearest.featureless
+    [batched] = gallery.search([query], k=1, threshold=5.0)
+    assert batched[0].id == blank and not batched[0].verified
+    assert gallery.verify(query, blank, threshold=5.0).featureless

@@ -235,3 +235,24 @@ def test_index_names_the_images_the_model_finds_no_features_in(tmp_path, png_fol
     code, out, _ = cli(index_cmd, [png_folder, "--gallery", tmp_path / "g2", "--model", model_dir,
                                    "--json"], capsys)
     assert sorted(json.loads(out)["report"]["featureless"]) == names
+
+
+def test_search_marks_the_items_the_model_finds_no_features_in(
+        tmp_path, png_folder, model_dir, capsys, fashion_test, featureless, near_featureless):
+    write_fashion_pngs(png_folder, fashion_test, featureless[:1])
+    write_fashion_pngs(tmp_path / "query", fashion_test, [near_featureless])
+    [query] = (tmp_path / "query").rglob("*.png")
+    gallery = tmp_path / "g"
+    assert cli(index_cmd, [png_folder, "--gallery", gallery, "--model", model_dir], capsys)[0] == 0
+    args = [query, "--gallery", gallery, "--model", model_dir]
+    code, out, _ = cli(search_cmd, args + ["-k", "2", "--operating-point", "far-1e-3"], capsys)
+    lines = out.splitlines()
+    assert code == 0 and lines[0].endswith(": no verified match (far-1e-3 (threshold 0.0597))")
+    assert "no feat." in lines[1] and "no feat." not in lines[2]
+    assert lines[3].startswith("  note: the model finds no features in the images of the items "
+                               'marked "no feat."')
+    code, out, _ = cli(search_cmd, args + ["--identify", "--threshold", "5"], capsys)
+    assert code == 0 and ("an image the model finds no features in (every such image gets the "
+                          "same embedding, so it is never verified)") in out, out
+    code, out, _ = cli(search_cmd, args + ["-k", "1", "--json"], capsys)
+    assert json.loads(out)["results"][0]["matches"][0]["featureless"] is True

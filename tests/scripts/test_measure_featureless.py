@@ -20,9 +20,12 @@ def test_it_counts_featureless_images_and_the_false_accepts_the_check_removes(mo
         featureless, in_domain = int(row[1].split()[0]), int(row[2])
         without, with_ = (int(cell.split()[0].replace(",", "")) for cell in row[5:7])
         assert in_domain <= featureless and with_ <= without
-    # Strict points accept fewer pairs of different labels.
+    # Strict points accept fewer pairs of different labels, and fewer images beside a
+    # featureless one.
     accepts = [int(r[6].split()[0].replace(",", "")) for r in rows[:3]]
     assert accepts == sorted(accepts, reverse=True) and accepts[0] > 0
+    beside = [int(r[8].split()[0].replace(",", "")) for r in rows[:3]]
+    assert beside == sorted(beside, reverse=True)
     assert re.fullmatch(r"the check took [\d.]+ ms for 3,000 embeddings, [\d.]+% of the time to "
                         r"embed them", out.splitlines()[-1])
 

@@ -26,7 +26,7 @@ def test_search_returns_ranked_matches_with_verdicts(client, upload, sample_pngs
     matches = body["matches"]
     assert len(matches) == 5
     assert set(matches[0]) == {"id", "label", "distance", "probability", "verified", "same_image",
-                               "image_url", "metadata"}
+                               "featureless", "image_url", "metadata"}
     assert matches[0]["label"] == "Coat" and matches[0]["distance"] < 1e-3  # the very image
     assert [m["distance"] for m in matches] == sorted(m["distance"] for m in matches)
     assert all(m["verified"] == (m["distance"] <= body["threshold"]) for m in matches)

@@ -71,7 +71,7 @@ def wait_for(browser, selector: str, timeout: float = 30, text: str = ""):
 
 def shoot(browser, screenshots, name: str, only: str = "") -> None:
     """Full-page screenshots at laptop and phone widths (or `only` one); checks that neither
-    scrolls sideways and that every image has loaded."""
+    scrolls sideways, that every image has loaded and that no card cuts its badge."""
     for label, size in (("laptop", LAPTOP), ("phone", PHONE)):
         if only and label != only:
             continue
@@ -83,6 +83,11 @@ def shoot(browser, screenshots, name: str, only: str = "") -> None:
             "return [...document.images].filter(i => i.getAttribute('src') && i.complete"
             " && i.naturalWidth === 0).map(i => i.src.slice(0, 80))")
         assert not broken, broken
+        cut = browser.execute_script(
+            "return [...document.querySelectorAll('.card .badge')].filter(b => {"
+            " const r = b.getBoundingClientRect(), c = b.closest('.card').getBoundingClientRect();"
+            " return r.right > c.right + 0.5 || r.left < c.left - 0.5; }).map(b => b.textContent)")
+        assert not cut, f"{name}: badges cut by their card at {label} width: {cut}"
         browser.execute_script("window.scrollTo(0, 0)")  # else the sticky header shows mid-page
         content = browser.execute_cdp_cmd("Page.getLayoutMetrics", {})["cssContentSize"]
         shot = browser.execute_cdp_cmd("Page.captureScreenshot", {
@@ -139,6 +144,7 @@ def test_search_by_drag_and_drop_and_threshold(page, screenshots, sample_pngs):
     assert badges == ["same file"] + ["✗ not verified"] * 3  # only the very image is that close
     kept = browser.find_element(By.CSS_SELECTOR, "input[name=threshold]").get_attribute("value")
     assert float(kept) == 1e-6  # the form keeps the settings for the next query
+    shoot(browser, screenshots, "search-none-verified")  # the longest badges, in narrow cards
 
 
 def test_verify_two_images(page, screenshots, sample_pngs):

@@ -221,3 +221,30 @@ def test_the_item_page_of_an_image_the_model_finds_no_features_in_says_so(client
     plain = client.get("/gallery/1")
     assert plain.status_code == 200 and 'data-domain="featureless"' not in plain.get_data(
         as_text=True)
+
+
+def test_a_search_beside_an_item_the_model_finds_no_features_in_does_not_verify_it(
+        client, fashion_test, featureless, near_featureless):
+    """A shirt the model describes lies within far-1e-3 of the point where every featureless
+    image lands: the API marks that item `featureless` and not verified, identification names
+    nobody, and the page says why instead of "Verified match"."""
+    blank = png(Image.fromarray(fashion_test.images[featureless[0]].squeeze()))
+    item = client.post("/api/gallery", data={"image": field(blank, "blank.png"),
+                                             "label": "Coat"}).get_json()["item"]
+    shirt = png(Image.fromarray(fashion_test.images[near_featureless].squeeze()))
+    body = client.post("/api/search", data={"image": field(shirt, "shirt.png"), "k": "3",
+                                            "operating_point": "far-1e-3"}).get_json()
+    assert body["in_domain"] is True  # the query is fine; the item is not
+    first = body["matches"][0]
+    assert first["id"] == item["id"] and first["featureless"] is True
+    assert first["verified"] is False and first["distance"] < body["threshold"]
+    assert [m["featureless"] for m in body["matches"][1:]] == [False, False]
+    found = client.post("/api/identify", data={"image": field(shirt, "shirt.png"),
+                                               "threshold": "5"}).get_json()
+    assert found["match"] is None and found["nearest"]["featureless"] is True
+    html = client.post("/", data=page_form({"image": field(shirt, "shirt.png"), "k": "3",
+                                            "threshold": "5"})).get_data(as_text=True)
+    # The verdict is on the nearest item that can be judged, and the skipped one is named.
+    assert 'data-verdict="verified"' in html and f"item {item['id']} at distance" not in html
+    assert f"Item {item['id']}, the nearest, is an image the model finds no features in" in html
+    assert html.count("✗ no features") == 1
