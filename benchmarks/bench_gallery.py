@@ -346,7 +346,7 @@ def bench_search(x: np.ndarray, q: np.ndarray, specs, args) -> Iterator[dict]:
                    **_latency(lambda v: index.search(v[None], K, **params), q, args)}
             row["vs_numpy"] = round(baseline / row["p50_ms"], 1)
             yield row
-        del index, found
+        index = found = None  # frees this build before the next is measured
 
 
 def _recall(found: np.ndarray, truth: np.ndarray) -> float:
