@@ -79,6 +79,11 @@ def shoot(browser, screenshots, name: str, only: str = "") -> None:
         overflow = browser.execute_script(
             "return document.documentElement.scrollWidth - document.documentElement.clientWidth")
         assert overflow <= 0, f"{name} scrolls sideways by {overflow}px at {label} width"
+        # Thumbnails load lazily, when scrolled to; the full-page shot shows them all.
+        browser.execute_script(
+            "document.querySelectorAll('img[loading=lazy]').forEach(i => { i.loading = 'eager'; })")
+        WebDriverWait(browser, 30).until(
+            lambda d: d.execute_script("return [...document.images].every(i => i.complete)"))
         broken = browser.execute_script(
             "return [...document.images].filter(i => i.getAttribute('src') && i.complete"
             " && i.naturalWidth === 0).map(i => i.src.slice(0, 80))")
