@@ -18,9 +18,9 @@ Images = Union[np.ndarray, Sequence[ImageSource], Iterable[ImageSource]]
 # called one by one agree to ~1e-7, and an image the model describes at all lies ~1e-3 or more
 # away (Fashion-MNIST test images under affine distortion: the nearest 2.4e-3).
 FEATURELESS_GAP = 1e-4
-# A point within the gap of a featureless point is as far from any query as that point is, give
-# or take the gap and the float32 rounding of FAISS's distances (~3e-4 near 0 on unit vectors).
-FEATURELESS_SLACK = 2e-3
+# FAISS's float32 squared distances are exact up to rounding, at most this share of the squared
+# norms: 50 times what was measured (flat and HNSW, 64 and 128 dimensions, unit vectors: 2e-7).
+FAISS_ROUNDING = 1e-5
 
 
 class Embedder:
@@ -138,17 +138,21 @@ class Embedder:
         return _distance.euclidean(vectors[:, None, :], self.featureless[None]).min(axis=1)
 
     def may_be_featureless(self, queries: np.ndarray, distances: np.ndarray) -> np.ndarray:
-        """For distances (N, K) from each of `queries` (N, D) to K points (a search's matches):
-        False where the point cannot be a featureless point, because it is not as far from the
-        query as any featureless point is (the triangle inequality). Only the rest (about 1
-        match in 2,000 on Fashion-MNIST) need `is_featureless` on the point itself."""
-        distances = np.asarray(distances, np.float64)
-        if not len(self.featureless) or not distances.size:
-            return np.zeros(distances.shape, bool)
-        to_points = _distance.euclidean(np.asarray(queries, np.float32)[:, None, :],
-                                        self.featureless[None])  # (N, P)
-        return (np.abs(distances[:, :, None] - to_points[:, None, :]) <= FEATURELESS_SLACK
-                ).any(axis=2)
+        """For FAISS's distances (N, K) from each of `queries` (N, D) to K points (a search's
+        matches): False where the point cannot be a featureless point. A point within the gap
+        of featureless point f is as far from the query as f is, give or take the gap (the
+        triangle inequality), so |d² - e²| <= (2e + gap) gap, with e the query's distance to f,
+        plus FAISS's rounding. Only the rest need `is_featureless` on the point itself
+        (`python -m scripts.measure_featureless` counts them)."""
+        d2 = np.square(np.asarray(distances, np.float64))
+        if not len(self.featureless) or not d2.size:
+            return np.zeros(d2.shape, bool)
+        q = np.asarray(queries, np.float64)
+        f = self.featureless.astype(np.float64)
+        e = _distance.euclidean(q[:, None, :], f[None]).astype(np.float64)  # (N, P)
+        slack = ((2 * e + FEATURELESS_GAP) * FEATURELESS_GAP
+                 + FAISS_ROUNDING * (np.sum(q * q, 1)[:, None] + np.sum(f * f, 1)[None]))
+        return (np.abs(d2[:, :, None] - np.square(e)[:, None, :]) <= slack[:, None, :]).any(axis=2)
 
     def verify(self, a: ImageSource, b: ImageSource, operating_point: Optional[str] = None,
                threshold: Optional[float] = None, rule: Optional[Rule] = None) -> Verdict:

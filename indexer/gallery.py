@@ -69,11 +69,18 @@ class SearchResult:
     rule: Rule
     domain: DomainCheck
 
+    @property
+    def top(self) -> Optional[Match]:
+        """The nearest match that can be judged, which the answer is about: an item the model
+        finds no features in never can be."""
+        return _judgeable(self.matches)
+
 
 @dataclass(frozen=True)
 class Identification:
     """The outcome of 1:N identification: the identified item (or None), the nearest item with
-    its verdict, the rule used and the query's domain check."""
+    its verdict (the nearest that can be judged: `SearchResult.top`), the rule used and the
+    query's domain check."""
 
     match: Optional[Match]
     nearest: Optional[Match]
@@ -374,13 +381,14 @@ class Gallery:
     def _featureless_items(self, vectors: np.ndarray, distances: np.ndarray, ids: np.ndarray
                            ) -> set[int]:
         """The matched items the model finds no features in. Only those at a featureless point's
-        distance from their query (`Embedder.may_be_featureless`: about 1 search in 1,000) have
-        their stored embedding read and checked."""
+        distance from their query (`Embedder.may_be_featureless`) have their stored embedding
+        read and checked; one removed meanwhile (no embedding to read) counts as featureless."""
         maybe = self.embedder.may_be_featureless(vectors, distances) & (ids >= 0)
         if not maybe.any():
             return set()
-        found, stored = self.embeddings(np.unique(ids[maybe]).tolist())
-        return set(found[self.embedder.is_featureless(stored)].tolist())
+        candidates = np.unique(ids[maybe])
+        found, stored = self.embeddings(candidates.tolist())
+        return set(candidates.tolist()) - set(found[~self.embedder.is_featureless(stored)].tolist())
 
     def _judged_item(self, item: Item, verdict, rule: Rule, featureless: bool) -> Match:
         """The match of `item` under the query's verdict, unless the model finds no features in
@@ -415,8 +423,16 @@ class Gallery:
             raise ConfigError("the gallery is empty: there is nobody to identify against")
         rule = self.identification_rule(fpir, threshold)
         vectors, checks = self.embedder.embed_checked([image])
-        nearest = self._search(vectors, 1, rule, checks)[0]
-        best = nearest[0] if nearest else None
+        # The nearest item that can be judged: items the model finds no features in all sit at
+        # one point, so past them the search looks further (rarely: they are ~0.04% of images).
+        k = 1
+        while True:
+            nearest = self._search(vectors, k, rule, checks)[0]
+            best = _judgeable(nearest)
+            if best is not None or len(nearest) < k or k == 10_000:
+                break
+            k = min(8 * k, 10_000)
+        best = best or (nearest[0] if nearest else None)
         return Identification(best if best is not None and best.verified else None, best, rule,
                               checks[0])
 
@@ -731,6 +747,11 @@ def _per_image(values, n: int, what: str, kind: type, optional: bool = False) ->
     if bad:
         raise ConfigError(f"each of the {what} must be a {kind.__name__}, not {bad[0]!r}")
     return [({} if kind is dict else None) if v is None else v for v in values]
+
+
+def _judgeable(matches: Sequence[Match]) -> Optional[Match]:
+    """The first of `matches` whose item the model finds features in."""
+    return next((m for m in matches if not m.featureless), None)
 
 
 def _match(item: Item, verdict, featureless: bool = False) -> Match:

@@ -52,6 +52,36 @@ def false_accepts(vectors: np.ndarray, labels: np.ndarray, accepted: np.ndarray,
     return counts, judged
 
 
+def search_reads(embedder, vectors: np.ndarray, k: int = 8) -> str:
+    """How many matches a gallery search reads back to check for featurelessness
+    (`Embedder.may_be_featureless`), searching each image's `k` nearest among the others with
+    FAISS, and what the filter costs per single-image search."""
+    import faiss
+
+    from encoder.distance import from_squared
+
+    index = faiss.IndexFlatL2(vectors.shape[1])
+    index.add(vectors)
+    squared, ids = index.search(vectors, k + 1)
+    others = ids != np.arange(len(vectors))[:, None]  # each image itself left out
+    others &= np.cumsum(others, axis=1) <= k  # (behind its duplicates, it may not come first)
+    distances = np.where(others, from_squared(squared), np.inf)
+    maybe = embedder.may_be_featureless(vectors, distances) & others
+    blank = embedder.is_featureless(vectors)[np.where(ids >= 0, ids, 0)] & others
+    runs = 2000
+    start = time.perf_counter()
+    for i in range(runs):
+        row = i % len(vectors)
+        embedder.may_be_featureless(vectors[row][None], distances[row][None])
+    each = (time.perf_counter() - start) / runs
+    return (f"searching each image's {k} nearest among the others: {maybe.sum():,} of "
+            f"{others.sum():,} matches ({maybe.sum() / others.sum():.2%}) in "
+            f"{maybe.any(axis=1).sum():,} of {len(vectors):,} searches "
+            f"({maybe.any(axis=1).mean():.2%}) read back, {(maybe & blank).sum():,} of them "
+            f"featureless ({(blank & ~maybe).sum()} missed); the filter takes "
+            f"{1e6 * each:.0f} us per search (1 image, k={k})")
+
+
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
     from encoder import Embedder
@@ -77,9 +107,11 @@ def main(argv=None) -> int:
           "images in domain; the rate is among the pairs of different labels judged (both in "
           "domain).")
     header = (f"| set | featureless | of them in domain | near one (<{NEAR}) | operating point | "
-              "false accepts without the check | with it | of them with an image near one | pairs of a featureless image and one judged, within it |")
+              "false accepts without the check | with it | of them with an image near one | "
+              "pairs of a featureless image and one judged, within it |")
     print(header + "\n|" + "---|" * (header.count("|") - 1))
     costs = []  # (the check, embedding), in seconds, per set
+    reads = []  # what searches read back, per set
     for name, batch in (("as they are", images),
                         ("affine-distorted", Augmenter("affine", args.seed)(images).numpy())):
         start = time.perf_counter()
@@ -97,6 +129,7 @@ def main(argv=None) -> int:
             false_accepts(vectors, labels, a, thresholds) for a in (before, after, after & ~near))
         # What a search verified when only the query was checked, not the gallery item.
         beside = pairwise(vectors[blank], vectors[after])
+        reads.append(f"{name}: {search_reads(embedder, vectors)}")
         for point in thresholds:
             print(f"| {name} | {blank.sum():,} ({blank.mean():.2%}) | {(blank & before).sum():,} "
                   f"| {near.sum():,} | {point} | {without[point]:,} "
@@ -104,6 +137,7 @@ def main(argv=None) -> int:
                   f"({with_[point] / max(judged_with, 1):.2e}) | "
                   f"{with_[point] - far_from[point]:,} | "
                   f"{int((beside <= thresholds[point]).sum()):,} |")
+    print("\n".join(reads))
     check, embedding = min(costs)
     print(f"the check took {1000 * check:.1f} ms for {len(images):,} embeddings, "
           f"{check / embedding:.2%} of the time to embed them")

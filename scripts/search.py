@@ -99,8 +99,7 @@ def _search(gallery, args, images: list, failed: list) -> None:
     _failures(failed, False)
     for (image, _), r in zip(images, results):
         matches = r.matches
-        # The nearest match that can be judged: an item the model finds no features in never is.
-        top = next((m for m in matches if not m.featureless), None)
+        top = r.top
         if r.domain.in_domain is False:
             verdict = f"not judged: {r.domain.reason}"
         elif top and top.verified:
@@ -117,8 +116,9 @@ def _search(gallery, args, images: list, failed: list) -> None:
             print(f"  {rank:>3}  id {m.id:<8} distance {m.distance:.4f}{_probability(m)}  "
                   f"{mark:<8}  {m.label or '-':<16} {m.source}")
         if any(m.featureless for m in matches) and r.domain.in_domain is not False:
-            print("  note: the model finds no features in the images of the items marked \"no feat.\": "
-                  "it gives every such image the same embedding, so they are never verified")
+            print("  note: the model finds no features in the images of the items marked "
+                  "\"no feat.\": it gives every such image the same embedding, so they are never "
+                  "verified")
 
 
 def _identify(gallery, args, images: list, failed: list) -> None:

@@ -255,7 +255,9 @@ DOMAIN = {"in_domain": {"type": ["boolean", "null"], "description": "whether the
           "domain_score": NUMBER_OR_NULL, "domain_reason": {"type": ["string", "null"]}}
 MATCH = _object({"id": {"type": "integer"}, "label": {"type": ["string", "null"]},
                  "distance": {"type": "number", "minimum": 0},
-                 "probability": {**NUMBER_OR_NULL, "description": "calibrated P(same)"},
+                 "probability": {**NUMBER_OR_NULL, "description":
+                                 "calibrated P(same); null for a query out of domain or a "
+                                 "featureless item"},
                  "verified": {"type": "boolean"},
                  "same_image": {"type": "boolean", "description": "the item's file is the query's"},
                  "featureless": {"type": "boolean", "description":
@@ -290,7 +292,10 @@ SCHEMAS = {
                                  ["model", "operating_point", "threshold", "results"]),
     "Identification": _object({"model": {"type": "string"}, **RULE, **DOMAIN,
                                "match": {"oneOf": [ref("Match"), {"type": "null"}]},
-                               "nearest": {"oneOf": [ref("Match"), {"type": "null"}]}},
+                               "nearest": {"oneOf": [ref("Match"), {"type": "null"}],
+                                           "description": "the nearest item that can be judged "
+                                           "(not a featureless one, unless only those are in "
+                                           "reach)"}},
                               ["model", "operating_point", "threshold", "match", "nearest"]),
     "Added": _object({"item": ref("Item"), "created": {"type": "boolean"},
                       "featureless": {"type": "boolean", "description": (

@@ -272,3 +272,37 @@ def test_images_the_model_finds_no_features_in_are_never_verified(model_embedder
                                                   len(batch))
     others = np.setdiff1d(np.arange(len(checks)), silent)
     assert [checks[i] for i in others] == [plain[i] for i in others]
+
+
+def test_a_search_finds_every_match_that_may_be_featureless(model_embedder):
+    """`may_be_featureless` flags every FAISS match lying within the gap of a featureless point,
+    whatever its query, on FAISS's own float32 distances (a batch of 50 takes FAISS's BLAS path),
+    and little else; each query's row is its own."""
+    import faiss
+
+    from encoder.distance import from_squared
+    from encoder.embedder import FEATURELESS_GAP
+
+    rng = np.random.default_rng(0)
+    points = model_embedder.featureless
+    dim = points.shape[1]
+
+    def unit(x):
+        return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+
+    jitter = rng.normal(size=(40, dim))
+    blank = np.repeat(points, 20, 0) + 0.9 * FEATURELESS_GAP * unit(jitter)  # within the gap
+    others = unit(rng.normal(size=(2000, dim)))
+    index = faiss.IndexFlatL2(dim)
+    index.add(np.concatenate([blank, others]).astype(np.float32))
+    # Queries near a featureless point (as close as a describable image comes), and anywhere.
+    queries = unit(np.concatenate([points[[0, 1] * 10] + unit(rng.normal(size=(20, dim))) *
+                                   rng.uniform(0.002, 0.5, (20, 1)), rng.normal(size=(30, dim))]))
+    squared, ids = index.search(queries, 60)
+    maybe = model_embedder.may_be_featureless(queries, from_squared(squared))
+    is_blank = ids < len(blank)
+    assert is_blank[:20].any() and (maybe | ~is_blank).all()  # none missed
+    assert (maybe & ~is_blank).sum() <= 0.01 * (~is_blank).sum()  # few needless reads
+    # A batch's rows do not mix: the same query alone gives its own row.
+    alone = model_embedder.may_be_featureless(queries[:1], from_squared(squared[:1]))
+    assert (alone[0] == maybe[0]).all()

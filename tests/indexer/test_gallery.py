@@ -367,8 +367,16 @@ def test_a_search_never_verifies_an_item_the_model_finds_no_features_in(
     loose = gallery.search(query, k=3, threshold=5.0)  # any distance would pass
     assert [m.verified for m in loose] == [False, True, True]
     assert [m.in_domain for m in loose[1:]] == [True, True]  # the query's own check
+    # 1:N names the nearest item that can be judged, past the featureless one(s).
     found = gallery.identification(query, threshold=5.0)
-    assert found.match is None and found.nearest.id == blank and found.nearest.featureless
-    [batched] = gallery.search([query], k=1, threshold=5.0)
-    assert batched[0].id == blank and not batched[0].verified
+    assert found.match is not None and found.match.id == second.id == found.nearest.id
+    strict = gallery.identification(query, threshold=1e-3)
+    assert strict.match is None and strict.nearest.id == second.id
+    [[batched], [other]] = gallery.search([query, fashion_test.images[9000]], k=1, threshold=5.0)
+    assert batched.id == blank and not batched.verified and batched.featureless
+    assert other.verified and not other.featureless  # the rows do not mix
     assert gallery.verify(query, blank, threshold=5.0).featureless
+    # Only featureless items in reach: nothing to identify by, and the nearest says why.
+    gallery.remove([item.id for item in gallery.items(limit=100) if item.id != blank])
+    alone = gallery.identification(query, threshold=5.0)
+    assert alone.match is None and alone.nearest.id == blank and alone.nearest.featureless

@@ -26,6 +26,14 @@ def test_it_counts_featureless_images_and_the_false_accepts_the_check_removes(mo
     assert accepts == sorted(accepts, reverse=True) and accepts[0] > 0
     beside = [int(r[8].split()[0].replace(",", "")) for r in rows[:3]]
     assert beside == sorted(beside, reverse=True)
+    # A search reads back every match that is featureless, and hardly any other.
+    reads = [re.fullmatch(r"(as they are|affine-distorted): searching each image's 8 nearest among "
+                          r"the others: ([\d,]+) of 24,000 matches .* read back, ([\d,]+) of them "
+                          r"featureless \(0 missed\); the filter takes \d+ us per search "
+                          r"\(1 image, k=8\)", line) for line in out.splitlines()[-3:-1]]
+    assert all(reads), out
+    for read in reads:
+        assert int(read[2].replace(",", "")) <= 2 * int(read[3].replace(",", "")) + 10
     assert re.fullmatch(r"the check took [\d.]+ ms for 3,000 embeddings, [\d.]+% of the time to "
                         r"embed them", out.splitlines()[-1])
 

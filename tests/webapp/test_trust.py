@@ -239,12 +239,18 @@ def test_a_search_beside_an_item_the_model_finds_no_features_in_does_not_verify_
     assert first["id"] == item["id"] and first["featureless"] is True
     assert first["verified"] is False and first["distance"] < body["threshold"]
     assert [m["featureless"] for m in body["matches"][1:]] == [False, False]
+    # The answer is about the nearest item that can be judged, in 1:N as on the page.
+    second = body["matches"][1]["id"]
     found = client.post("/api/identify", data={"image": field(shirt, "shirt.png"),
                                                "threshold": "5"}).get_json()
-    assert found["match"] is None and found["nearest"]["featureless"] is True
+    assert found["match"]["id"] == second and found["nearest"]["featureless"] is False
     html = client.post("/", data=page_form({"image": field(shirt, "shirt.png"), "k": "3",
                                             "threshold": "5"})).get_data(as_text=True)
-    # The verdict is on the nearest item that can be judged, and the skipped one is named.
-    assert 'data-verdict="verified"' in html and f"item {item['id']} at distance" not in html
-    assert f"Item {item['id']}, the nearest, is an image the model finds no features in" in html
+    assert 'data-verdict="verified"' in html and f"item {second} at distance" in html
+    assert f"Item {item['id']} is an image the model finds no features in" in html
     assert html.count("✗ no features") == 1
+    strict = client.post("/", data=page_form({
+        "image": field(shirt, "shirt.png"), "k": "3", "operating_point": "far-1e-3"})
+    ).get_data(as_text=True)
+    assert 'data-verdict="none"' in strict
+    assert f"the nearest item that can be judged, item {second}, is at distance" in strict
