@@ -113,7 +113,7 @@ def _search(gallery, args, images: list, failed: list) -> None:
             print("  the gallery is empty")
         for rank, m in enumerate(matches, 1):
             mark = "verified" if m.verified else "no feat." if m.featureless else ""
-            print(f"  {rank:>3}  id {m.id:<8} distance {m.distance:.4f}{_probability(m)}  "
+            print(f"  {rank:>3}  id {m.id:<8} distance {m.distance:.4f}{_probability(m):<14}  "
                   f"{mark:<8}  {m.label or '-':<16} {m.source}")
         if any(m.featureless for m in matches) and r.domain.in_domain is not False:
             print("  note: the model finds no features in the images of the items marked "
