@@ -24,6 +24,8 @@ from . import folder
 from .errors import GalleryError
 from .files import replace_atomically
 from .gallery import Gallery
+from .originals import discard
+from .originals import normalise as normalise_originals
 from .records import Original, check_metadata
 from .store import SCHEMA_VERSION, GalleryRecord
 from .vectors import IndexSpec, VectorIndex
@@ -69,11 +71,14 @@ def export(gallery: Gallery, file: Path, progress=None) -> int:
     return len(items)
 
 
-def restore(file: Path, path: Path, embedder, reembed: bool = False, progress=None) -> Gallery:
-    """A new gallery at `path` (SQLite, in its folder) holding the export in `file`, with the
-    same ids, labels, metadata, sources and images. The embeddings are the export's when it was
-    made with `embedder`'s model; another model is refused unless `reembed`, which embeds the
-    images anew. Built beside `path` and renamed into place: a failure leaves nothing at `path`."""
+def restore(file: Path, path: Path, embedder, reembed: bool = False, progress=None,
+            url: Optional[str] = None, originals: Optional[str] = None) -> Gallery:
+    """A new gallery at `path` holding the export in `file`, with the same ids, labels,
+    metadata, sources and images. The embeddings are the export's when it was made with
+    `embedder`'s model; another model is refused unless `reembed`, which embeds the images anew.
+    `url` and `originals` as for `Gallery.create`: the database (else SQLite in the folder) and
+    where the original images go (else the database). Built beside `path` and renamed into
+    place: a failure leaves nothing at `path`, no tables at `url` and no images in `originals`."""
     path = Path(path)
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
         raise GalleryError(f"{path}: already exists; restore into a new folder")
@@ -90,12 +95,13 @@ def restore(file: Path, path: Path, embedder, reembed: bool = False, progress=No
         building = path.with_name(f".{path.name}.restoring")
         shutil.rmtree(building, ignore_errors=True)
         try:
-            _fill(zf, manifest, building, embedder, reembed, progress)
+            _fill(zf, manifest, building, embedder, reembed, progress, url,
+                  normalise_originals(originals))
             building.rename(path)
         except BaseException:
             shutil.rmtree(building, ignore_errors=True)
             raise
-    return Gallery.open(path, embedder)
+    return Gallery.open(path, embedder, url=url)
 
 
 def _manifest(zf: zipfile.ZipFile, file: Path) -> dict[str, Any]:
@@ -109,8 +115,9 @@ def _manifest(zf: zipfile.ZipFile, file: Path) -> dict[str, Any]:
 
 
 def _fill(zf: zipfile.ZipFile, manifest: dict, path: Path, embedder, reembed: bool,
-          progress) -> None:
-    """Make the gallery folder at `path` and store the export's items in one transaction."""
+          progress, url: Optional[str], originals: Optional[str]) -> None:
+    """Make the gallery folder at `path` and store the export's items in one transaction; on a
+    failure, drop what it made in an external database and originals store."""
     items = manifest["items"]
     vectors = None if reembed else np.load(io.BytesIO(zf.read(EMBEDDINGS)))
     if vectors is not None and vectors.shape != (len(items), embedder.embedding_dim):
@@ -122,18 +129,21 @@ def _fill(zf: zipfile.ZipFile, manifest: dict, path: Path, embedder, reembed: bo
         gallery_id=folder.new_gallery_id(), schema=SCHEMA_VERSION, model_id=embedder.model_id,
         embedding_dim=embedder.embedding_dim, index=str(spec), threshold=manifest.get("threshold"),
         generation=1, next_id=max(ids, default=0) + 1, created=dt.datetime.now(dt.timezone.utc),
-        operating_point=manifest.get("operating_point"), fpir=manifest.get("fpir"))
-    store = folder.make(path, None, record, embedder.directory)
+        operating_point=manifest.get("operating_point"), fpir=manifest.get("fpir"),
+        originals=originals)
+    store = folder.make(path, url, record, embedder.directory)
+    written: list[str] = []  # images put in the originals store
     try:
         with store.write() as conn:
             for start in range(0, len(items), BATCH):
                 batch = items[start:start + BATCH]
-                originals = [_original(zf, item) for item in batch]
+                images = [_original(zf, item) for item in batch]
                 for item in batch:
                     check_metadata(item.get("metadata") or {})
-                rows = (embedder.embed([o.image for o in originals]) if vectors is None
+                rows = (embedder.embed([o.image for o in images]) if vectors is None
                         else vectors[start:start + len(batch)])
-                store.insert(conn, [int(i["id"]) for i in batch], originals,
+                written += [o.sha256 for o in images]
+                store.insert(conn, [int(i["id"]) for i in batch], images,
                              [i.get("label") for i in batch],
                              [i.get("metadata") or {} for i in batch], rows,
                              [dt.datetime.fromisoformat(i["added"]) for i in batch])
@@ -144,6 +154,11 @@ def _fill(zf: zipfile.ZipFile, manifest: dict, path: Path, embedder, reembed: bo
         VectorIndex.build(spec, embedder.embedding_dim, all_ids, all_vectors).save(
             path, {"gallery_id": record.gallery_id, "model_id": record.model_id,
                    "generation": record.generation})
+    except BaseException:
+        if url is not None:
+            store.drop()  # the tables this restore made (a database that held a gallery refused)
+        discard(store.originals_store, written)
+        raise
     finally:
         store.close()
 

@@ -200,7 +200,7 @@ def connect(path: Path, url: Optional[str]) -> tuple[Store, GalleryRecord]:
         raise GalleryError(f"{marker}: unreadable or incomplete ({exc})") from None
     if database == EXTERNAL and url is None:
         raise ConfigError(f"{path}: this gallery keeps its metadata in an external database; "
-                          "give its SQLAlchemy URL")
+                          "give its SQLAlchemy URL (--db-url)")
     store = Store(url or sqlite_url(path))
     where = store.engine.url.render_as_string(hide_password=True)
     if not store.has_gallery():

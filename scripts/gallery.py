@@ -2,8 +2,11 @@
 and a backup in one file (export, import).
 
 An export holds every item's id, label, metadata, source, original image and embedding, and the
-gallery's settings; `import` makes a new gallery from it with the same ids. It refuses an export
-made with another model unless --reembed, which embeds the images with the model given.
+gallery's settings; `import` makes a new gallery from it with the same ids, in its folder's
+SQLite or in an empty database at --db-url (e.g. PostgreSQL), with its images there or in
+--originals. It refuses an export made with another model unless --reembed, which embeds the
+images with the model given. A gallery whose metadata is in another database takes --db-url in
+every action.
 
 Exit status: 0 done (check: the gallery is whole), 1 check found damage, 2 error.
 """
@@ -14,7 +17,7 @@ import json
 from pathlib import Path
 
 from scripts.common import add_progress_argument, progress_bar, run
-from scripts.gallery_cli import load_embedder, quiet_faiss
+from scripts.gallery_cli import add_db_url_argument, load_embedder, quiet_faiss
 
 
 def parser() -> argparse.ArgumentParser:
@@ -36,8 +39,13 @@ def parser() -> argparse.ArgumentParser:
     restore.add_argument("--reembed", action="store_true",
                          help="embed the images with --model when the export was made with "
                               "another model")
+    restore.add_argument("--originals", metavar="FOLDER_OR_URL",
+                         help="keep the original images here, content-addressed, instead of in "
+                              "the database: a folder, or an fsspec URL such as "
+                              "s3://bucket/prefix (with s3fs installed)")
     for action in (stats, check, export, restore):
         action.add_argument("--model", metavar="DIR", help=model_help)
+        add_db_url_argument(action, "; an empty database" if action is restore else "")
         add_progress_argument(action)
     return p
 
@@ -51,14 +59,15 @@ def main(argv: list[str] | None = None) -> int:
         embedder = load_embedder(args.model)
         with progress_bar(args.progress, desc="importing", unit="item") as bar:
             gallery = archive.restore(Path(args.file), Path(args.gallery), embedder,
-                                      reembed=args.reembed, progress=bar)
+                                      reembed=args.reembed, progress=bar, url=args.db_url,
+                                      originals=args.originals)
         with gallery:
             print(f"imported {len(gallery):,} items from {args.file} into {args.gallery}")
         return 0
     if args.action == "check":
         return _check(args, archive)
     embedder = load_embedder(args.model, args.gallery)
-    with Gallery.open(args.gallery, embedder) as gallery:
+    with Gallery.open(args.gallery, embedder, url=args.db_url) as gallery:
         if args.action == "stats":
             stats = gallery.stats()
             print(json.dumps(stats.to_dict(), indent=2) if args.json else _stats_text(stats))
@@ -75,13 +84,14 @@ def _check(args, archive) -> int:
     """The database first, without the model (a damaged one may not open); then the index."""
     from indexer import Gallery
 
-    problems = archive.check(Path(args.gallery))
+    problems = archive.check(Path(args.gallery), args.db_url)
     for problem in problems:
         print(f"damaged: {problem}")
     if problems:
         return 1
-    stale = archive.index_state(Path(args.gallery))
-    with Gallery.open(args.gallery, load_embedder(args.model, args.gallery)) as gallery:
+    stale = archive.index_state(Path(args.gallery), args.db_url)
+    with Gallery.open(args.gallery, load_embedder(args.model, args.gallery),
+                      url=args.db_url) as gallery:
         items = len(gallery)
     if stale:
         print(f"note: the index file was not current ({stale}); opening caught it up")

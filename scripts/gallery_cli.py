@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -26,10 +27,22 @@ def add_gallery_arguments(p: argparse.ArgumentParser, served: bool = False) -> N
                    help="model directory; must be the one the gallery was embedded with"
                         + env("SIAMESE_MODEL") + " (default: that one, which the gallery "
                         f"remembers; for a new gallery {BUNDLED_MODEL})" + first)
-    p.add_argument("--db-url", metavar="URL",
-                   help="SQLAlchemy URL of the gallery's metadata, if not PATH/gallery.db "
-                        "(e.g. postgresql://user@host/db)" + env("SIAMESE_DB_URL") + first
-                        + ("; another gallery's in SIAMESE_DB_URL_<NAME>" if served else ""))
+    if served:
+        p.add_argument("--db-url", metavar="URL",
+                       help="SQLAlchemy URL of the gallery's metadata, if not PATH/gallery.db "
+                            "(e.g. postgresql+psycopg://user@host/db)" + env("SIAMESE_DB_URL")
+                            + first + "; another gallery's in SIAMESE_DB_URL_<NAME>")
+    else:
+        add_db_url_argument(p)
+
+
+def add_db_url_argument(p: argparse.ArgumentParser, more: str = "") -> None:
+    """--db-url for the commands, SIAMESE_DB_URL by default, as for siamese-serve (a password
+    is better kept out of the command line, which other users of the machine can see)."""
+    p.add_argument("--db-url", metavar="URL", default=os.environ.get("SIAMESE_DB_URL") or None,
+                   help="SQLAlchemy URL of the gallery's metadata, if not in the gallery's "
+                        "folder (e.g. postgresql+psycopg://user@host/db; default: "
+                        "SIAMESE_DB_URL)" + more)
 
 
 def quiet_faiss() -> None:

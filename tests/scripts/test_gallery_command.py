@@ -114,3 +114,86 @@ def test_stats_and_check(tmp_path, png_folder, model_dir, capsys):
     code, out, err = cli(gallery_cmd, ["check", gallery], capsys)
     assert code == 1 and "Traceback" not in err, (out, err)
     assert out.startswith("damaged: database: "), out
+
+
+def _tables(url: str) -> list[str]:
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(url)
+    try:
+        return sqlalchemy.inspect(engine).get_table_names()
+    finally:
+        engine.dispose()
+
+
+def test_a_backup_moves_into_postgresql_with_its_images_in_a_folder(
+        tmp_path, png_folder, model_dir, capsys, postgres, monkeypatch):
+    """The deployer's move from one box to a shared database: export the SQLite gallery, import
+    it into PostgreSQL (--db-url) with its images in a folder (--originals); every action then
+    takes --db-url (or SIAMESE_DB_URL, as siamese-serve does), and says so when it is missing."""
+    gallery, _ = built(tmp_path, png_folder, model_dir, capsys)
+    backup, again = tmp_path / "backup.zip", tmp_path / "again.zip"
+    assert cli(gallery_cmd, ["export", gallery, backup], capsys)[0] == 0
+    url, moved, images = postgres.create_database("moved"), tmp_path / "moved", tmp_path / "images"
+    code, out, err = cli(gallery_cmd, ["import", backup, moved, "--db-url", url,
+                                       "--originals", images], capsys)
+    with zipfile.ZipFile(backup) as zf:
+        items = json.loads(zf.read("export.json"))["items"]
+    assert code == 0 and out.strip() == f"imported {len(items)} items from {backup} into {moved}"
+    assert not (moved / "gallery.db").exists() and "items" in _tables(url)
+    assert len([p for p in images.rglob("*") if p.is_file()]) == len(items)
+    code, out, _ = cli(gallery_cmd, ["stats", moved, "--db-url", url, "--json"], capsys)
+    assert code == 0 and json.loads(out)["items"] == len(items)
+    code, out, _ = cli(gallery_cmd, ["check", moved, "--db-url", url], capsys)
+    assert code == 0 and out.startswith(f"ok: {moved}: {len(items)} items")
+    assert cli(gallery_cmd, ["export", moved, again, "--db-url", url], capsys)[0] == 0
+    with zipfile.ZipFile(again) as zf:
+        assert json.loads(zf.read("export.json"))["items"] == items
+        assert all(zf.read(f"images/{i['sha256']}") for i in items)
+    code, _, err = cli(gallery_cmd, ["stats", moved], capsys)
+    assert code == 2 and error_line(err) == (
+        f"error: {moved}: this gallery keeps its metadata in an external database; give its "
+        "SQLAlchemy URL (--db-url)")
+    monkeypatch.setenv("SIAMESE_DB_URL", url)
+    code, out, _ = cli(gallery_cmd, ["stats", moved, "--json"], capsys)
+    assert code == 0 and json.loads(out)["items"] == len(items)
+    # An import never lands on a database that holds a gallery.
+    code, _, err = cli(gallery_cmd, ["import", backup, tmp_path / "third"], capsys)
+    assert code == 2 and "already holds a gallery" in error_line(err)
+    assert cli(gallery_cmd, ["check", moved], capsys)[0] == 0
+    # siamese-index and siamese-search take the variable too (docs/deployment.md relies on it).
+    shared = postgres.create_database("from_env")
+    monkeypatch.setenv("SIAMESE_DB_URL", shared)
+    code, _, err = cli(index_cmd, [png_folder, "--gallery", tmp_path / "env", "--model",
+                                   model_dir], capsys)
+    assert code == 0, err
+    assert "items" in _tables(shared) and not (tmp_path / "env" / "gallery.db").exists()
+
+
+def test_a_failed_import_into_postgresql_leaves_no_tables_and_no_images(
+        tmp_path, model_dir, capsys, postgres, fashion_test):
+    """An export whose 511th image is damaged fails in its second batch of 500, after the first
+    batch's images went to the originals folder: the database is left empty, the folder too,
+    and the same database then takes a good export."""
+    with Gallery.create(tmp_path / "big", _embedder(model_dir)) as g:
+        g.add(fashion_test.images[:520], labels=[str(n) for n in fashion_test.labels[:520]])
+    good, bad = tmp_path / "good.zip", tmp_path / "bad.zip"
+    assert cli(gallery_cmd, ["export", tmp_path / "big", good], capsys)[0] == 0
+    with zipfile.ZipFile(good) as zf, zipfile.ZipFile(bad, "w") as out:
+        damaged = json.loads(zf.read("export.json"))["items"][510]
+        for info in zf.infolist():
+            data = zf.read(info)
+            if info.filename == f"images/{damaged['sha256']}":
+                data = zf.read(f"images/{json.loads(zf.read('export.json'))['items'][0]['sha256']}")
+            out.writestr(info, data)
+    url, images = postgres.create_database("failed_import"), tmp_path / "images"
+    code, _, err = cli(gallery_cmd, ["import", bad, tmp_path / "copy", "--db-url", url,
+                                     "--originals", images], capsys)
+    assert code == 2 and error_line(err) == (
+        f"error: the image of item {damaged['id']} is damaged in the export")
+    assert _tables(url) == [] and not (tmp_path / "copy").exists()
+    assert [p for p in images.rglob("*") if p.is_file()] == []
+    code, _, err = cli(gallery_cmd, ["import", good, tmp_path / "copy", "--db-url", url,
+                                     "--originals", images], capsys)
+    assert code == 0, err
+    assert len([p for p in images.rglob("*") if p.is_file()]) == 520
