@@ -300,6 +300,11 @@ class Gallery:
             with self._store.read() as conn:
                 ids, vectors = self._store.embeddings(conn, self.record.embedding_dim, ids)
                 labels = self._store.labels(conn, ids)
+            # An item the model finds no features in is never matched, so it is nobody's
+            # impostor: counted, a few of them (at distance 0 from each other) would pull a
+            # strict FPIR's threshold to nothing.
+            described = ~self.embedder.is_featureless(vectors)
+            ids, vectors = ids[described], vectors[described]
             if size <= IMPOSTOR_SAMPLE:
                 impostors = nearest_impostors(vectors, [labels[int(i)] for i in ids])
             else:
@@ -309,14 +314,16 @@ class Gallery:
 
     def _sampled_impostors(self, ids: np.ndarray, vectors: np.ndarray, labels: dict) -> np.ndarray:
         """`nearest_impostors` of sampled items against the whole index: the first of their 64
-        nearest with another label, else the 64th distance (a lower bound: conservative)."""
+        nearest with another label (and features), else the 64th distance (a lower bound:
+        conservative)."""
         distances, neighbours = self._index.search(vectors, 64)
+        blank = self._featureless_items(vectors, distances, neighbours)
         with self._store.read() as conn:
             others = self._store.labels(conn, np.unique(neighbours[neighbours >= 0]))
         out = np.empty(len(ids))
         for row, (item, d, n) in enumerate(zip(ids, distances, neighbours)):
             own = labels[int(item)]
-            differs = [k for k, j in enumerate(n) if j >= 0 and j != item
+            differs = [k for k, j in enumerate(n) if j >= 0 and j != item and int(j) not in blank
                        and (own is None or others.get(int(j)) != own)]
             out[row] = d[differs[0]] if differs else d[-1]
         return out

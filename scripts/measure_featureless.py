@@ -52,6 +52,23 @@ def false_accepts(vectors: np.ndarray, labels: np.ndarray, accepted: np.ndarray,
     return counts, judged
 
 
+def identification_thresholds(embedder, vectors: np.ndarray, blank: np.ndarray) -> str:
+    """The 1:N thresholds read from these images' nearest impostors (each image its own
+    identity, every image used; `Gallery.nearest_impostors` samples up to 5,000), with the
+    featureless images counted, and left out as galleries do since 2026-12-03."""
+    from encoder.verdict import nearest_impostors
+
+    parts = []
+    for name, keep in (("counted", np.ones(len(vectors), bool)), ("left out", ~blank)):
+        impostors = nearest_impostors(vectors[keep], list(range(int(keep.sum()))))
+        rules = [embedder.verdicts.identification_rule(int(keep.sum()), fpir,
+                                                       impostors=impostors)
+                 for fpir in (0.01, 0.001)]
+        parts.append(f"{name}: " + " / ".join(f"{r.threshold:.4f} ({r.basis})" for r in rules))
+    return ("1:N thresholds at FPIR 0.01 / 0.001, each image its own identity, featureless "
+            "images " + "; ".join(parts))
+
+
 def search_reads(embedder, vectors: np.ndarray, k: int = 8) -> str:
     """How many matches a gallery search reads back to check for featurelessness
     (`Embedder.may_be_featureless`), searching each image's `k` nearest among the others with
@@ -130,6 +147,7 @@ def main(argv=None) -> int:
         # What a search verified when only the query was checked, not the gallery item.
         beside = pairwise(vectors[blank], vectors[after])
         reads.append(f"{name}: {search_reads(embedder, vectors)}")
+        reads.append(f"{name}: {identification_thresholds(embedder, vectors, blank)}")
         for point in thresholds:
             print(f"| {name} | {blank.sum():,} ({blank.mean():.2%}) | {(blank & before).sum():,} "
                   f"| {near.sum():,} | {point} | {without[point]:,} "

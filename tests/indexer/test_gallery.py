@@ -380,3 +380,26 @@ def test_a_search_never_verifies_an_item_the_model_finds_no_features_in(
     gallery.remove([item.id for item in gallery.items(limit=100) if item.id != blank])
     alone = gallery.identification(query, threshold=5.0)
     assert alone.match is None and alone.nearest.id == blank and alone.nearest.featureless
+
+
+@pytest.mark.parametrize("size", [48, 5_100], ids=["all-items", "sampled"])
+def test_items_the_model_finds_no_features_in_are_nobodys_impostor(
+        tmp_path, model_embedder, fashion_test, featureless, size):
+    """The 1:N threshold is read from each item's distance to its nearest item of another label.
+    Featureless items of different labels lie at distance 0 from each other, and are never
+    matched: counted, a few of them would pull the threshold for a strict FPIR to nothing. So
+    they count neither as items nor as anyone's nearest impostor, on every item (up to 5,000)
+    and on a sample of a larger gallery."""
+    labels = fashion_test.labels
+    plain = [i for i in range(len(labels)) if i not in set(featureless.tolist())][:size]
+    g = Gallery.create(tmp_path / "g", model_embedder)
+    g.add(fashion_test.images[plain], labels=[str(labels[i]) for i in plain])
+    before = np.sort(g.nearest_impostors())
+    g.add(fashion_test.images[featureless], labels=[f"blank {i}" for i in featureless])
+    g._impostors = None  # the same size within 1% for the large gallery: measure again
+    after = np.sort(g.nearest_impostors())
+    if size < 5_000:
+        assert np.array_equal(after, before)
+    else:  # another sample of the larger gallery: none of the near-zero distances blanks give
+        assert after.min() > 1e-3 and before.min() > 1e-3
+    g.close()

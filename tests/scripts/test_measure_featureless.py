@@ -30,8 +30,14 @@ def test_it_counts_featureless_images_and_the_false_accepts_the_check_removes(mo
     reads = [re.fullmatch(r"(as they are|affine-distorted): searching each image's 8 nearest among "
                           r"the others: ([\d,]+) of 24,000 matches .* read back, ([\d,]+) of them "
                           r"featureless \(0 missed\); the filter takes \d+ us per search "
-                          r"\(1 image, k=8\)", line) for line in out.splitlines()[-3:-1]]
-    assert all(reads), out
+                          r"\(1 image, k=8\)", line) for line in out.splitlines()
+             if "searching" in line]
+    assert len(reads) == 2 and all(reads), out
+    thresholds = [line for line in out.splitlines() if "1:N thresholds" in line]
+    assert len(thresholds) == 2 and all(re.search(
+        r"featureless images counted: [\d.]+ \((gallery|card)\) / [\d.]+ \((gallery|card)\); "
+        r"left out: [\d.]+ \((gallery|card)\) / [\d.]+ \((gallery|card)\)$", line)
+        for line in thresholds), thresholds
     for read in reads:
         assert int(read[2].replace(",", "")) <= 2 * int(read[3].replace(",", "")) + 10
     assert re.fullmatch(r"the check took [\d.]+ ms for 3,000 embeddings, [\d.]+% of the time to "
