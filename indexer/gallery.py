@@ -504,6 +504,17 @@ class Gallery:
         with self._store.read() as conn:
             return self._store.embeddings(conn, self.record.embedding_dim, ids)
 
+    def featureless_ids(self, batch: int = 50_000) -> list[int]:
+        """The items the model finds no features in, which nothing is ever verified against
+        (`Embedder.is_featureless`), from every stored embedding, `batch` at a time."""
+        with self._mutex:
+            ids = self._index.ids()
+        found: list[int] = []
+        for start in range(0, len(ids), batch):
+            got, vectors = self.embeddings(ids[start:start + batch].tolist())
+            found += got[self.embedder.is_featureless(vectors)].tolist()
+        return found
+
     def known(self, hashes: Sequence[str]) -> dict[str, int]:
         """{sha256: id} of the images (by the sha256 of their bytes) already in the gallery."""
         with self._store.read() as conn:

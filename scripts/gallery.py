@@ -93,8 +93,13 @@ def _check(args, archive) -> int:
     with Gallery.open(args.gallery, load_embedder(args.model, args.gallery),
                       url=args.db_url) as gallery:
         items = len(gallery)
+        blank = gallery.featureless_ids()
     if stale:
         print(f"note: the index file was not current ({stale}); opening caught it up")
+    if blank:
+        shown = ", ".join(map(str, blank[:20])) + (" ..." if len(blank) > 20 else "")
+        print(f"note: the model finds no features in {len(blank):,} item(s), so nothing will "
+              f"be verified against them; enrol another image of each: {shown}")
     print(f"ok: {args.gallery}: {items:,} items, database and embeddings whole")
     return 0
 

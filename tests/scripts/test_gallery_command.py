@@ -9,7 +9,7 @@ import numpy as np
 from indexer import Gallery
 from scripts import gallery as gallery_cmd
 from scripts import index as index_cmd
-from tests.support import cli, error_line
+from tests.support import cli, error_line, write_fashion_pngs
 
 
 def built(tmp_path, png_folder, model_dir, capsys):
@@ -114,6 +114,21 @@ def test_stats_and_check(tmp_path, png_folder, model_dir, capsys):
     code, out, err = cli(gallery_cmd, ["check", gallery], capsys)
     assert code == 1 and "Traceback" not in err, (out, err)
     assert out.startswith("damaged: database: "), out
+
+
+def test_check_names_the_items_the_model_finds_no_features_in(
+        tmp_path, png_folder, model_dir, capsys, fashion_test, featureless):
+    """An operator's way to find the enrolments that can never be matched, and redo them."""
+    write_fashion_pngs(png_folder, fashion_test, featureless[:2])
+    gallery = tmp_path / "g"
+    assert cli(index_cmd, [png_folder, "--gallery", gallery, "--model", model_dir], capsys)[0] == 0
+    with Gallery.open(gallery, _embedder(model_dir)) as g:
+        blank = sorted(i.id for i in g.items(limit=100)
+                       if int(i.source.rsplit("/", 1)[-1][:-4]) in set(featureless[:2].tolist()))
+    code, out, _ = cli(gallery_cmd, ["check", gallery], capsys)
+    assert code == 0 and len(blank) == 2
+    assert (f"note: the model finds no features in 2 item(s), so nothing will be verified "
+            f"against them; enrol another image of each: {blank[0]}, {blank[1]}") in out, out
 
 
 def _tables(url: str) -> list[str]:
