@@ -30,10 +30,9 @@ from typing import Iterator
 import numpy as np
 
 from benchmarks import add_benchmark_arguments
+from scripts.common import OMNIGLOT_BACKGROUND
 from scripts.gallery_cli import load_embedder, quiet_faiss
 
-OMNIGLOT_BACKGROUND = ["../shared/datasets/omniglot/images_background_small1.zip",
-                       "../shared/datasets/omniglot/images_background_small2.zip"]
 DEFAULT_INDEXES = ["flat", "hnsw:ef_search=32", "hnsw", "ivf:nprobe=8", "ivf"]
 K = 10
 

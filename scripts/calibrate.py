@@ -15,8 +15,8 @@ def parser() -> argparse.ArgumentParser:
         prog="siamese-calibrate", description=__doc__ + " The dataset must be the one the model "
         "was trained on (its fingerprint is checked), so the held-out split can be reproduced.",
         epilog="example: siamese-calibrate --model models/fashion-mnist --dataset fashion-mnist "
-               "../shared/datasets/fashion-mnist --foreign-dataset omniglot "
-               "../shared/datasets/omniglot/images_background_small1.zip")
+               "datasets/fashion-mnist --foreign-dataset omniglot "
+               "datasets/omniglot/images_background_small1.zip")
     p.add_argument("--model", required=True, help="model directory to recalibrate (rewritten)")
     add_dataset_argument(p)
     add_foreign_argument(p)

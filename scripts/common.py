@@ -12,6 +12,7 @@ import sys
 import tempfile
 import typing
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ banner is noise for users
@@ -201,4 +202,20 @@ def choose_classes(ds, args):
     return ds.select_classes(keep=args.classes, exclude=args.exclude_classes)
 
 
-FASHION_MNIST_DIR = "../shared/datasets/fashion-mnist"  # the project's offline copy, beside the repo
+REPOSITORY = Path(__file__).resolve().parents[1]
+
+
+def repository_dataset(*parts: str) -> str:
+    """A path into the repository's `datasets/` folder (the data the tests, the benchmarks and the
+    bundled models' reproduction use): relative when run from the repository root, as the docs
+    do, else absolute."""
+    path = REPOSITORY.joinpath("datasets", *parts)
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+FASHION_MNIST_DIR = repository_dataset("fashion-mnist")
+OMNIGLOT_BACKGROUND = [repository_dataset("omniglot", f"images_background_small{k}.zip")
+                       for k in (1, 2)]

@@ -23,7 +23,7 @@ def parser() -> argparse.ArgumentParser:
         "against all the others. With groups in the data (Omniglot alphabets) only the groups the "
         "model never trained on are used unless --groups says otherwise.",
         epilog="example: siamese-evaluate --model models/fashion-mnist "
-               "--dataset fashion-mnist ../shared/datasets/fashion-mnist --plots runs/plots")
+               "--dataset fashion-mnist datasets/fashion-mnist --plots runs/plots")
     p.add_argument("--model", required=True, help="model directory (model.keras + card.json)")
     add_dataset_argument(p)
     add_class_arguments(p, "to evaluate on; with either flag every group is used unless --groups "

@@ -14,17 +14,15 @@ from pathlib import Path
 
 import numpy as np
 
-from scripts.common import run
+from scripts.common import OMNIGLOT_BACKGROUND, run
 
-OMNIGLOT_DIR = "../shared/datasets/omniglot"  # the project's offline copy, beside the repo
 SIDES = (40, 64, 80, 105, 150)
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m scripts.make_folder", description=__doc__)
     p.add_argument("--omniglot", nargs="+", metavar="ZIP_OR_FOLDER",
-                   default=[f"{OMNIGLOT_DIR}/images_background_small1.zip",
-                            f"{OMNIGLOT_DIR}/images_background_small2.zip"],
+                   default=OMNIGLOT_BACKGROUND,
                    help="Omniglot sources (default: the two small background sets)")
     p.add_argument("--out", required=True, help="folder to write (<class>/<image>)")
     p.add_argument("--classes", type=int, default=40, help="characters (default: %(default)s)")

@@ -1,8 +1,8 @@
 """Measure how well a model's domain check generalises (the numbers in docs/trust.md).
 
     python -m scripts.measure_domain --model models/fashion-mnist \\
-        --dataset fashion-mnist ../shared/datasets/fashion-mnist --test-split test \\
-        --foreign-dataset omniglot ../shared/datasets/omniglot/images_background_small*.zip
+        --dataset fashion-mnist datasets/fashion-mnist --test-split test \\
+        --foreign-dataset omniglot datasets/omniglot/images_background_small*.zip
 
 For the model's own held-out split (as training made it), a domain model is trained as
 `siamese-train` does, and measured on what it never saw:

@@ -4,7 +4,7 @@ of them the domain model takes for in-domain, and the false accepts among image 
 different labels with and without the check, at each operating point.
 
     python -m scripts.measure_featureless --model models/fashion-mnist \\
-        --dataset fashion-mnist ../shared/datasets/fashion-mnist --split test --images 10000
+        --dataset fashion-mnist datasets/fashion-mnist --split test --images 10000
 
 Each set is measured as it is and under the training's affine distortion (one draw per image,
 seeded): a new photo of a known item is rarely framed like the training images.

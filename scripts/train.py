@@ -13,7 +13,7 @@ from scripts.common import (add_class_arguments, add_dataset_argument, add_field
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="siamese-train", description=__doc__,
-        epilog="example: siamese-train --dataset fashion-mnist ../shared/datasets/fashion-mnist "
+        epilog="example: siamese-train --dataset fashion-mnist datasets/fashion-mnist "
                "--out models/fashion-mnist --epochs 12")
     add_dataset_argument(p)
     add_class_arguments(p, "to train and validate on; the card records the classes left out")

@@ -1,4 +1,4 @@
-"""Shared fixtures: real data from ../shared/datasets, real PNG files, a tiny really-trained model,
+"""Shared fixtures: real data from datasets/ (in the repository), real PNG files, a tiny really-trained model,
 and the real model (bundled, or named by SIAMESE_TEST_MODEL) for the gallery and web tests."""
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from tests.support import BACKENDS, new_database, write_fashion_pngs
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 ROOT = Path(__file__).resolve().parents[1]
-DATASETS = ROOT.parent / "shared" / "datasets"
+DATASETS = ROOT / "datasets"
 FASHION = DATASETS / "fashion-mnist"
 OMNIGLOT = DATASETS / "omniglot"
 BUNDLED_MODEL = ROOT / "models" / "fashion-mnist"

@@ -23,7 +23,7 @@ from PIL import Image
 from benchmarks.bench_web import free_port, stop
 
 REPO = Path(__file__).resolve().parents[1]
-DATASETS = REPO.parent / "shared" / "datasets"
+DATASETS = REPO / "datasets"
 SAMPLES = REPO / "samples" / "fashion-mnist"
 PER_LABEL = 5  # sample PNGs per label in the web tests' gallery: 50 in all
 
