@@ -47,6 +47,9 @@ class ModelCard:
     probability: Optional[ProbabilityMap] = None
     open_set: Optional[OpenSetModel] = None
     domain: Optional[DomainCard] = None
+    # Non-empty: the verdict's calibration does not describe these weights (e.g. a final fit on
+    # every class), and why; every rule from this card then says it is not calibrated.
+    calibration_note: str = ""
 
     @classmethod
     def for_encoder(cls, encoder, pre: Preprocessing, calibration: Calibration,
@@ -64,7 +67,10 @@ class ModelCard:
 
     def to_dict(self) -> dict[str, Any]:
         d = {k: v for k, v in asdict(self).items()
-             if k not in ("operating_points", "probability", "open_set", "domain")}
+             if k not in ("operating_points", "probability", "open_set", "domain",
+                          "calibration_note")}
+        if self.calibration_note:
+            d["calibration_note"] = self.calibration_note
         d["preprocessing"] = self.preprocessing.to_dict()
         d["calibration"] = self.calibration.to_dict()
         d["input_shape"] = list(self.preprocessing.shape)
@@ -90,7 +96,8 @@ class ModelCard:
                                          for k, v in d.get("operating_points", {}).items()},
                        probability=_optional(ProbabilityMap, d.get("probability")),
                        open_set=_optional(OpenSetModel, d.get("open_set")),
-                       domain=_optional(DomainCard, d.get("domain")))
+                       domain=_optional(DomainCard, d.get("domain")),
+                       calibration_note=str(d.get("calibration_note", "")))
         except ModelError:
             raise
         except (KeyError, TypeError, ValueError) as exc:

@@ -3,6 +3,7 @@ threshold at a target false-accept rate. Pure NumPy; `verified = distance <= thr
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Optional
 
 import numpy as np
 
@@ -12,7 +13,7 @@ from .errors import ConfigError
 @dataclass(frozen=True)
 class Calibration:
     threshold: float  # the best-accuracy threshold: what the service uses by default
-    accuracy: float  # pair accuracy at `threshold` on the calibration pairs
+    accuracy: float  # balanced pair accuracy (mean of TAR and 1 - FAR) at `threshold`
     roc_auc: float
     eer: float
     eer_threshold: float
@@ -58,7 +59,8 @@ def calibrate(distances: np.ndarray, same: np.ndarray, far_target: float = 1e-3)
     if not 0.0 < far_target < 1.0:
         raise ConfigError(f"far_target must be between 0 and 1, not {far_target}")
     far, tar, thresholds, positives, negatives = roc_points(distances, same)
-    accuracy = (tar * positives + (1 - far) * negatives) / (positives + negatives)
+    # Balanced accuracy: same-class and different-class pairs count alike, however many of each.
+    accuracy = (tar + 1 - far) / 2
     best = int(np.argmax(accuracy))
     eer_at = int(np.argmin(np.abs(far - (1 - tar))))
     within = np.nonzero(far <= far_target)[0][-1]
@@ -71,26 +73,177 @@ def calibrate(distances: np.ndarray, same: np.ndarray, far_target: float = 1e-3)
 
 
 def cross_validated_accuracy(distances: list[np.ndarray], same: list[np.ndarray]) -> float:
-    """Share of all pairs judged right when each fold's pairs are scored at the best-accuracy
-    threshold of the other folds' pairs: the threshold's accuracy on pairs it was not chosen on,
-    without the optimism of choosing and scoring on the same pairs."""
+    """Balanced accuracy (the mean of the shares of same-class and of different-class pairs
+    judged right) when each fold's pairs are scored at the best-accuracy threshold of the other
+    folds' pairs: the threshold's accuracy on pairs it was not chosen on, without the optimism of
+    choosing and scoring on the same pairs."""
     if len(distances) < 2 or len(distances) != len(same):
         raise ConfigError("cross-validation needs two or more folds of distances and labels")
-    right = 0
+    right = {True: 0, False: 0}
+    total = {True: 0, False: 0}
     for k in range(len(distances)):
         others = [i for i in range(len(distances)) if i != k]
         threshold = calibrate(np.concatenate([distances[i] for i in others]),
                               np.concatenate([same[i] for i in others])).threshold
-        right += int(np.sum((np.asarray(distances[k]) <= threshold)
-                            == np.asarray(same[k]).astype(bool)))
-    return right / sum(len(d) for d in distances)
+        y = np.asarray(same[k]).astype(bool)
+        judged = (np.asarray(distances[k]) <= threshold) == y
+        for kind in (True, False):
+            right[kind] += int(judged[y == kind].sum())
+            total[kind] += int((y == kind).sum())
+    return (right[True] / total[True] + right[False] / total[False]) / 2
+
+
+# --- held-out pairs -------------------------------------------------------------------------------
+
+# Pairs of each kind (same class, different classes) taken from the held-out images: all of them
+# up to this many, else a uniform sample without replacement. Never a pair twice: re-drawing pairs
+# of a dozen images gave 10,000 "pairs" and an interval that meant nothing.
+MAX_PAIRS = 200_000
+
+
+@dataclass(frozen=True)
+class HeldOutPairs:
+    """Distinct pairs of held-out images, each once, with their distances: what the verdict is
+    calibrated on. `labels` are the images' classes, which the intervals resample."""
+
+    first: np.ndarray  # image index of each pair's first image
+    second: np.ndarray
+    same: np.ndarray  # bool: both of one class
+    distances: np.ndarray
+    labels: np.ndarray  # class of every held-out image
+
+    @classmethod
+    def of(cls, embeddings: np.ndarray, labels: np.ndarray, seed: int = 0,
+           max_pairs: int = MAX_PAIRS) -> "HeldOutPairs":
+        from .distance import euclidean
+
+        labels = np.asarray(labels)
+        first, second, same = distinct_pairs(labels, seed, max_pairs)
+        return cls(first, second, same, euclidean(embeddings[first], embeddings[second])
+                   .astype(np.float64), labels)
+
+    @property
+    def classes(self) -> int:
+        return int(len(np.unique(self.labels)))
+
+    @property
+    def images(self) -> int:
+        return int(len(self.labels))
+
+    @property
+    def positives(self) -> int:
+        return int(self.same.sum())
+
+    @property
+    def negatives(self) -> int:
+        return int((~self.same).sum())
+
+
+def distinct_pairs(labels: np.ndarray, seed: int = 0, max_pairs: int = MAX_PAIRS
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(first, second, same) over distinct unordered pairs of images: every same-class pair and
+    every different-class pair, or `max_pairs` of a kind drawn uniformly without replacement."""
+    labels = np.asarray(labels)
+    n = len(labels)
+    codes = np.unique(labels, return_inverse=True)[1]
+    sizes = np.bincount(codes)
+    if len(sizes) < 2 or sizes.max() < 2:
+        raise ConfigError("calibration needs held-out images of two or more classes, one of "
+                          "them with two or more images")
+    rng = np.random.default_rng(seed)
+    enough = 8 * max_pairs  # up to this many, list them all and sample from the list
+    if n * (n - 1) // 2 <= enough:
+        i, j = np.triu_indices(n, 1)
+        kinds = [(i, j, codes[i] == codes[j])]
+        kinds = [(i[m], j[m]) for m in (kinds[0][2], ~kinds[0][2])]
+    else:
+        kinds = [_same_class_pairs(codes, sizes, rng, max_pairs, enough),
+                 _drawn_pairs(codes, rng, max_pairs)]
+    chosen = []
+    for i, j in kinds:
+        keep = np.arange(len(i)) if len(i) <= max_pairs else \
+            rng.choice(len(i), max_pairs, replace=False)
+        chosen.append((i[keep], j[keep]))
+    first = np.concatenate([c[0] for c in chosen]).astype(np.int64)
+    second = np.concatenate([c[1] for c in chosen]).astype(np.int64)
+    return first, second, codes[first] == codes[second]
+
+
+def _same_class_pairs(codes: np.ndarray, sizes: np.ndarray, rng: np.random.Generator,
+                      max_pairs: int, enough: int) -> tuple[np.ndarray, np.ndarray]:
+    """Same-class pairs: all of them when there are few enough, else distinct ones drawn."""
+    if int(np.sum(sizes * (sizes - 1) // 2)) <= enough:
+        firsts, seconds = [], []
+        for c in np.flatnonzero(sizes >= 2):
+            members = np.flatnonzero(codes == c)
+            a, b = np.triu_indices(len(members), 1)
+            firsts.append(members[a]), seconds.append(members[b])
+        return np.concatenate(firsts), np.concatenate(seconds)
+    return _drawn_pairs(codes, rng, max_pairs, same=True)
+
+
+def _drawn_pairs(codes: np.ndarray, rng: np.random.Generator, count: int, same: bool = False
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """`count` distinct pairs of images of one class (`same`) or of two, drawn uniformly; only
+    called where there are many more such pairs than `count`."""
+    n = len(codes)
+    order = np.argsort(codes, kind="stable")
+    sizes = np.bincount(codes)
+    starts = np.r_[0, np.cumsum(sizes)[:-1]]
+    weights = sizes * (sizes - 1) / 2.0
+    found = np.zeros(0, np.int64)
+    while len(found) < count:
+        k = 2 * count
+        if same:
+            cls = rng.choice(len(sizes), k, p=weights / weights.sum())
+            a = order[starts[cls] + rng.integers(0, sizes[cls])]
+            b = order[starts[cls] + rng.integers(0, sizes[cls])]
+        else:
+            a, b = rng.integers(0, n, k), rng.integers(0, n, k)
+        ok = (a != b) & ((codes[a] == codes[b]) == same)
+        lo, hi = np.minimum(a, b)[ok], np.maximum(a, b)[ok]
+        found = np.unique(np.r_[found, lo.astype(np.int64) * n + hi])
+    found = rng.choice(found, count, replace=False)
+    return found // n, found % n
+
+
+def class_bootstrap(pairs: HeldOutPairs, thresholds: np.ndarray, rounds: int = 200,
+                    seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """TAR and FAR at each threshold over `rounds` resamples of the held-out data (rounds,
+    thresholds): the classes are drawn with replacement, then the images of each class. What
+    varies from one set of new classes to the next is the classes, so that is what the intervals
+    resample; re-drawing pairs of the same images would only measure the pairs."""
+    rng = np.random.default_rng(seed)
+    codes = np.unique(pairs.labels, return_inverse=True)[1]
+    classes = codes.max() + 1
+    cf, cs = codes[pairs.first], codes[pairs.second]
+    accepted = pairs.distances[:, None] <= np.asarray(thresholds)[None, :]
+    tar = np.empty((rounds, len(thresholds)))
+    far = np.empty((rounds, len(thresholds)))
+    for r in range(rounds):
+        times = np.bincount(rng.integers(0, classes, classes), minlength=classes)
+        counts = np.zeros(len(codes))
+        for c in np.flatnonzero(times):
+            members = np.flatnonzero(codes == c)
+            counts[members] = np.bincount(rng.integers(0, len(members), len(members)),
+                                          minlength=len(members))
+        w = counts[pairs.first] * counts[pairs.second]
+        w = np.where(pairs.same, times[cf] * w, times[cf] * times[cs] * w)
+        for out, kind in ((tar, pairs.same), (far, ~pairs.same)):
+            total = w[kind].sum()
+            out[r] = (w[kind] @ accepted[kind]) / total if total > 0 else np.nan
+    return tar, far
 
 
 # --- operating points --------------------------------------------------------------------------
 
-# The operating points every card stores: the best-accuracy threshold and two false-accept rates.
+# The operating points every card stores: the best balanced accuracy and two false-accept rates.
 FAR_POINTS = {"far-1e-2": 1e-2, "far-1e-3": 1e-3}
 OPERATING_POINTS = ("balanced", *FAR_POINTS)
+# A rate is measured when at least this many errors show it (the "rule of 30": the true rate is
+# then within about +-30% of the measured one, 90% of the time), on at least this many held-out
+# classes (fewer: which classes they happen to be decides the rate).
+MIN_ERRORS, MIN_CLASSES = 30, 8
 
 
 def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float, float]:
@@ -108,7 +261,8 @@ def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float
 class OperatingPoint:
     """A threshold and what it does on the held-out pairs it was chosen on: the share of
     same-class pairs accepted (TAR) and of different-class pairs accepted (FAR), each with a 95%
-    interval from the number of pairs behind it."""
+    interval over resampled held-out classes; how many classes and images stand behind them;
+    and whether they can support the point at all (`calibrated`, and why not)."""
 
     threshold: float
     tar: float
@@ -117,75 +271,131 @@ class OperatingPoint:
     far_ci95: tuple[float, float]
     positives: int
     negatives: int
+    classes: Optional[int] = None  # held-out classes (None: a card from before they were counted)
+    images: Optional[int] = None
+    calibrated: bool = True
+    reason: str = ""  # why it is not calibrated
 
     def to_dict(self) -> dict:
-        return {"threshold": round(self.threshold, 6), "tar": round(self.tar, 6),
-                "tar_ci95": [round(v, 6) for v in self.tar_ci95], "far": round(self.far, 7),
-                "far_ci95": [round(v, 7) for v in self.far_ci95],
-                "positives": self.positives, "negatives": self.negatives}
+        d = {"threshold": round(self.threshold, 6), "tar": round(self.tar, 6),
+             "tar_ci95": [round(v, 6) for v in self.tar_ci95], "far": round(self.far, 7),
+             "far_ci95": [round(v, 7) for v in self.far_ci95],
+             "positives": self.positives, "negatives": self.negatives}
+        if self.classes is not None:
+            d.update(classes=self.classes, images=self.images, interval="class bootstrap")
+        d["calibrated"] = self.calibrated
+        if self.reason:
+            d["reason"] = self.reason
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "OperatingPoint":
         return cls(float(d["threshold"]), float(d["tar"]), tuple(map(float, d["tar_ci95"])),
                    float(d["far"]), tuple(map(float, d["far_ci95"])), int(d["positives"]),
-                   int(d["negatives"]))
+                   int(d["negatives"]), _optional_int(d.get("classes")),
+                   _optional_int(d.get("images")), bool(d.get("calibrated", True)),
+                   str(d.get("reason", "")))
 
 
-def operating_points(distances: np.ndarray, same: np.ndarray) -> dict[str, OperatingPoint]:
-    """The card's operating points (`OPERATING_POINTS`) on held-out pairs."""
-    far, tar, thresholds, positives, negatives = roc_points(distances, same)
-    accuracy = (tar * positives + (1 - far) * negatives) / (positives + negatives)
-    chosen = {"balanced": int(np.argmax(accuracy))}
+def _optional_int(v) -> Optional[int]:
+    return None if v is None else int(v)
+
+
+def operating_points(pairs: HeldOutPairs, seed: int = 0, note: str = ""
+                     ) -> dict[str, OperatingPoint]:
+    """The card's operating points (`OPERATING_POINTS`) on held-out pairs: "balanced" maximises
+    the mean of TAR and 1 - FAR (pairs of each kind count alike, however many there are), the
+    others take the largest threshold whose FAR is at most theirs. Each is marked not calibrated
+    when the pairs cannot show its rate (`MIN_ERRORS`, `MIN_CLASSES`), and always when `note`
+    says why (e.g. the saved encoder is not the one measured)."""
+    far, tar, thresholds, positives, negatives = roc_points(pairs.distances, pairs.same)
+    chosen = {"balanced": int(np.argmax(tar - far))}
     for name, target in FAR_POINTS.items():
         chosen[name] = int(np.nonzero(far <= target)[0][-1])
+    picked = np.array([thresholds[i] for i in chosen.values()])
+    boot_tar, boot_far = class_bootstrap(pairs, picked, seed=seed)
     out = {}
-    for name, i in chosen.items():
-        accepted_same = int(round(tar[i] * positives))
-        accepted_other = int(round(far[i] * negatives))
-        out[name] = OperatingPoint(float(thresholds[i]), float(tar[i]),
-                                   wilson_interval(accepted_same, positives), float(far[i]),
-                                   wilson_interval(accepted_other, negatives), positives, negatives)
+    for k, (name, i) in enumerate(chosen.items()):
+        false_accepts = int(round(far[i] * negatives))
+        reason = note
+        if not reason and pairs.classes < MIN_CLASSES:
+            reason = (f"{pairs.classes} held-out classes: a rate measured on fewer than "
+                      f"{MIN_CLASSES} depends on which classes they happen to be")
+        elif not reason and false_accepts < MIN_ERRORS:
+            want = FAR_POINTS.get(name, max(far[i], 1e-9))
+            reason = (f"{false_accepts} of {negatives:,} different-class pairs ({pairs.classes} "
+                      f"held-out classes, {pairs.images:,} images) fall within it; a rate of "
+                      f"{want:.0e} needs about {MIN_ERRORS} false accepts, about "
+                      f"{int(np.ceil(MIN_ERRORS / want)):,} different-class pairs from more "
+                      "classes, to be measured")
+        out[name] = OperatingPoint(
+            float(thresholds[i]), float(tar[i]), _percentiles(boot_tar[:, k]), float(far[i]),
+            _percentiles(boot_far[:, k]), positives, negatives, pairs.classes, pairs.images,
+            not reason, reason)
     return out
+
+
+def _percentiles(values: np.ndarray) -> tuple[float, float]:
+    values = values[np.isfinite(values)]
+    if not len(values):
+        return (0.0, 1.0)
+    return (float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5)))
 
 
 # --- distance -> probability ---------------------------------------------------------------------
 
-def _decreasing_isotonic(y: np.ndarray) -> np.ndarray:
-    """Pool-adjacent-violators: the non-increasing sequence nearest to `y` (least squares)."""
-    values, weights, sizes = [], [], []
-    for v in np.asarray(y, np.float64):
-        values.append(v), weights.append(1.0), sizes.append(1)
+def _decreasing_isotonic(y: np.ndarray, weights: Optional[np.ndarray] = None) -> np.ndarray:
+    """Pool-adjacent-violators: the non-increasing sequence nearest to `y` (weighted least
+    squares)."""
+    values, totals, sizes = [], [], []
+    w_all = np.ones(len(y)) if weights is None else np.asarray(weights, np.float64)
+    for v, w in zip(np.asarray(y, np.float64), w_all):
+        values.append(v), totals.append(w), sizes.append(1)
         while len(values) > 1 and values[-2] < values[-1]:
-            w = weights[-2] + weights[-1]
-            values[-2] = (values[-2] * weights[-2] + values[-1] * weights[-1]) / w
-            weights[-2], sizes[-2] = w, sizes[-2] + sizes[-1]
-            values.pop(), weights.pop(), sizes.pop()
+            w = totals[-2] + totals[-1]
+            values[-2] = (values[-2] * totals[-2] + values[-1] * totals[-1]) / w if w > 0 else \
+                (values[-2] + values[-1]) / 2
+            totals[-2], sizes[-2] = w, sizes[-2] + sizes[-1]
+            values.pop(), totals.pop(), sizes.pop()
     return np.repeat(values, sizes)
 
 
-def expected_calibration_error(probabilities: np.ndarray, same: np.ndarray, bins: int = 15) -> float:
+def balanced_weights(same: np.ndarray) -> np.ndarray:
+    """Pair weights that give same-class and different-class pairs half the total each: the
+    probability is for that prior, however many pairs of each kind there are."""
+    same = np.asarray(same).astype(bool)
+    return np.where(same, 0.5 / max(same.sum(), 1), 0.5 / max((~same).sum(), 1))
+
+
+def expected_calibration_error(probabilities: np.ndarray, same: np.ndarray, bins: int = 15,
+                               weights: Optional[np.ndarray] = None) -> float:
     """Mean gap between predicted probability and observed share of same-class pairs, over equal-
-    width probability bins, weighted by the pairs in each."""
+    width probability bins, weighted by the pairs in each (by default `balanced_weights`: the
+    prior the map is for)."""
     p = np.asarray(probabilities, np.float64)
     y = np.asarray(same, np.float64)
+    w = balanced_weights(y.astype(bool)) if weights is None else np.asarray(weights, np.float64)
     which = np.minimum((p * bins).astype(int), bins - 1)
     total = 0.0
     for b in np.unique(which):
-        members = which == b
-        total += members.sum() * abs(p[members].mean() - y[members].mean())
-    return float(total / len(p))
+        m = which == b
+        if w[m].sum() > 0:
+            total += w[m].sum() * abs(np.average(p[m], weights=w[m]) - np.average(y[m], weights=w[m]))
+    return float(total / w.sum())
 
 
 @dataclass(frozen=True)
 class ProbabilityMap:
-    """P(same class | distance), isotonic in the distance, fitted on held-out pairs drawn half
-    same-class and half different-class (the tutorial protocol): the probability assumes that
+    """P(same class | distance), isotonic in the distance, fitted on held-out pairs weighted so
+    that same-class and different-class pairs count half each: the probability assumes that
     prior. Stored as at most `KNOTS` points and interpolated between them."""
 
     distances: tuple[float, ...]
     probabilities: tuple[float, ...]
     ece: float  # expected calibration error measured on pairs the map was not fitted on
     pairs: int
+    classes: Optional[int] = None  # held-out classes behind it (None: a card from before)
+    ece_by: str = "pairs"  # what the ECE's two halves split: "classes" (new ones) or "pairs"
 
     KNOTS = 64
 
@@ -193,86 +403,123 @@ class ProbabilityMap:
         return np.interp(distance, self.distances, self.probabilities)
 
     def to_dict(self) -> dict:
-        return {"method": "isotonic", "prior": 0.5, "ece": round(self.ece, 5), "pairs": self.pairs,
-                "distances": [round(v, 5) for v in self.distances],
+        d = {"method": "isotonic", "prior": 0.5, "ece": round(self.ece, 5), "pairs": self.pairs,
+             "ece_by": self.ece_by}
+        if self.classes is not None:
+            d["classes"] = self.classes
+        return {**d, "distances": [round(v, 5) for v in self.distances],
                 "probabilities": [round(v, 5) for v in self.probabilities]}
 
     @classmethod
     def from_dict(cls, d: dict) -> "ProbabilityMap":
         return cls(tuple(map(float, d["distances"])), tuple(map(float, d["probabilities"])),
-                   float(d["ece"]), int(d["pairs"]))
+                   float(d["ece"]), int(d["pairs"]), _optional_int(d.get("classes")),
+                   str(d.get("ece_by", "pairs")))
 
 
 def _isotonic_knots(distances: np.ndarray, same: np.ndarray, knots: int):
     order = np.argsort(distances, kind="stable")
-    d, fitted = np.asarray(distances, np.float64)[order], _decreasing_isotonic(
-        np.asarray(same, np.float64)[order])
+    d = np.asarray(distances, np.float64)[order]
+    s = np.asarray(same).astype(bool)[order]
+    fitted = _decreasing_isotonic(s.astype(np.float64), balanced_weights(s))
     # Knots at the fitted curve's quantiles (the steps are where the pairs are); the ends pin the
     # curve's plateaus.
     picks = np.unique(np.r_[0, np.linspace(0, len(d) - 1, knots - 2).round().astype(int), len(d) - 1])
     return d[picks], fitted[picks]
 
 
-def fit_probability(distances: np.ndarray, same: np.ndarray, seed: int = 0) -> ProbabilityMap:
-    """The distance -> probability map, and its calibration error measured honestly: the pairs are
-    split in two, each half scored by the map fitted on the other; the stored map uses all."""
-    distances = np.asarray(distances, np.float64)
-    same = np.asarray(same).astype(bool)
+def fit_probability(pairs: HeldOutPairs, seed: int = 0) -> ProbabilityMap:
+    """The distance -> probability map, and its calibration error measured on classes it was not
+    fitted on: the held-out classes are split in two, the pairs within each half scored by the map
+    fitted on the pairs within the other (with fewer than four classes, the pairs are split
+    instead, and the card says so). The stored map uses all pairs."""
+    d, same = pairs.distances, np.asarray(pairs.same).astype(bool)
     if same.all() or not same.any():
         raise ConfigError("a probability map needs both same-class and different-class pairs")
-    half = np.random.default_rng(seed).permutation(len(distances)) % 2 == 0
-    predicted = np.empty(len(distances))
-    for fit_on in (half, ~half):
-        x, y = _isotonic_knots(distances[fit_on], same[fit_on], ProbabilityMap.KNOTS)
-        predicted[~fit_on] = np.interp(distances[~fit_on], x, y)
-    x, y = _isotonic_knots(distances, same, ProbabilityMap.KNOTS)
-    return ProbabilityMap(tuple(map(float, x)), tuple(map(float, y)),
-                          expected_calibration_error(predicted, same), int(len(distances)))
+    rng = np.random.default_rng(seed)
+    classes = np.unique(pairs.labels)
+    if len(classes) >= 4:
+        side = np.isin(pairs.labels, rng.permutation(classes)[:len(classes) // 2])
+        halves = [side[pairs.first] & side[pairs.second], ~side[pairs.first] & ~side[pairs.second]]
+        ece_by = "classes"
+    else:
+        half = rng.permutation(len(d)) % 2 == 0
+        halves, ece_by = [half, ~half], "pairs"
+    predicted, scored = [], []
+    for fit_on, score_on in ((halves[0], halves[1]), (halves[1], halves[0])):
+        if same[fit_on].all() or not same[fit_on].any() or same[score_on].all() \
+                or not same[score_on].any():
+            continue
+        x, y = _isotonic_knots(d[fit_on], same[fit_on], ProbabilityMap.KNOTS)
+        predicted.append(np.interp(d[score_on], x, y))
+        scored.append(same[score_on])
+    ece = (float(np.mean([expected_calibration_error(p, y) for p, y in zip(predicted, scored)]))
+           if predicted else 1.0)
+    x, y = _isotonic_knots(d, same, ProbabilityMap.KNOTS)
+    return ProbabilityMap(tuple(map(float, x)), tuple(map(float, y)), ece, int(len(d)),
+                          len(classes), ece_by)
 
 
 # --- open-set identification (1:N) ---------------------------------------------------------------
 
 GALLERY_SIZES = (1, 2, 3, 5, 10, 20, 30, 50, 100, 200, 300, 500, 1_000, 2_000, 3_000, 5_000,
                  10_000, 20_000, 50_000, 100_000, 200_000, 500_000, 1_000_000, 10_000_000)
+SHOTS = (1, 2, 3, 5, 10)  # images enrolled per identity, for which the model is tabled
+_MAX_PROBES, _MAX_MEMBERS = 3000, 300  # per class: enough to table rates, bounded work
 
 
 @dataclass(frozen=True)
 class OpenSetModel:
-    """How often somebody not enrolled matches *someone* in a gallery of N items at a threshold.
+    """How often somebody not enrolled matches *someone* in a gallery of N identities, each
+    enrolled with S images, at a threshold.
 
-    A probe not enrolled is falsely identified when its nearest of N gallery items is within the
-    threshold. Measured on held-out classes: for each held-out image (a probe), the share F of
-    its distances to images of other classes within each threshold. Its N impostor comparisons
-    are taken as N draws from its own distances, so FPIR(t, N) = mean over probes of
-    1 - (1 - F(t))^N. Averaging per probe keeps what a pooled rate loses: some probes lie close
-    to many others, and they make most false identifications."""
+    A probe not enrolled is falsely identified when its nearest gallery item is within the
+    threshold. Measured on held-out classes: for each held-out image (a probe) and each other
+    held-out class, the chance G that S of that class's images, drawn at random, include one
+    within the threshold. The gallery's N identities are taken as N draws of such classes, so
+    FPIR(t, N, S) = mean over probes of 1 - (1 - G(t, S))^N. Counting identities, not images,
+    keeps a gallery of 5 people with 3 photos each from looking like 15 strangers (measured:
+    it made the threshold 3 times too strict); averaging per probe keeps what a pooled rate
+    loses: some probes lie close to many others, and they make most false identifications."""
 
     thresholds: tuple[float, ...]
-    gallery_sizes: tuple[int, ...]
-    fpir: tuple[tuple[float, ...], ...]  # [gallery size][threshold]
+    gallery_sizes: tuple[int, ...]  # identities
+    fpir: tuple[tuple[tuple[float, ...], ...], ...]  # [shots][identities][threshold]
     probes: int
     impostor_pairs: int
+    shots: tuple[int, ...] = (1,)
+    classes: Optional[int] = None  # held-out classes behind it (None: a card from before)
 
-    def fpir_curve(self, gallery_size: int) -> np.ndarray:
-        """Predicted FPIR at every stored threshold for a gallery of `gallery_size` items
-        (linear in log N between the stored sizes)."""
-        table = np.asarray(self.fpir)
+    def fpir_curve(self, gallery_size: int, shots: float = 1) -> np.ndarray:
+        """Predicted FPIR at every stored threshold for a gallery of `gallery_size` identities
+        with `shots` images each (linear in log N between the stored sizes, and in S)."""
         logs = np.log(np.asarray(self.gallery_sizes, np.float64))
         x = np.log(max(int(gallery_size), 1))
-        if x >= logs[-1]:
-            return table[-1]
-        j = int(np.searchsorted(logs, x, side="right")) - 1
-        w = (x - logs[j]) / (logs[j + 1] - logs[j])
-        return (1 - w) * table[j] + w * table[j + 1]
 
-    def predicted_fpir(self, threshold: float, gallery_size: int) -> float:
-        return float(np.interp(threshold, self.thresholds, self.fpir_curve(gallery_size)))
+        def at_size(table) -> np.ndarray:
+            table = np.asarray(table)
+            if x >= logs[-1]:
+                return table[-1]
+            j = int(np.searchsorted(logs, x, side="right")) - 1
+            w = (x - logs[j]) / (logs[j + 1] - logs[j])
+            return (1 - w) * table[j] + w * table[j + 1]
 
-    def threshold_for(self, fpir: float, gallery_size: int) -> tuple[float, bool]:
+        s = float(np.clip(shots, self.shots[0], self.shots[-1]))
+        k = int(np.clip(np.searchsorted(self.shots, s, side="right") - 1, 0, len(self.shots) - 1))
+        if k == len(self.shots) - 1:
+            return at_size(self.fpir[k])
+        w = (s - self.shots[k]) / (self.shots[k + 1] - self.shots[k])
+        return (1 - w) * at_size(self.fpir[k]) + w * at_size(self.fpir[k + 1])
+
+    def predicted_fpir(self, threshold: float, gallery_size: int, shots: float = 1) -> float:
+        return float(np.interp(threshold, self.thresholds, self.fpir_curve(gallery_size, shots)))
+
+    def threshold_for(self, fpir: float, gallery_size: int, shots: float = 1
+                      ) -> tuple[float, bool]:
         """The largest threshold whose predicted FPIR is at most `fpir`, and whether it lies
         within what calibration measured (False: stricter than the closest impostor pair seen,
         so it is set just below that pair's distance)."""
-        curve = self.fpir_curve(gallery_size)
+        curve = self.fpir_curve(gallery_size, shots)
         t = np.asarray(self.thresholds)
         within = np.nonzero(curve <= fpir)[0]
         if len(within) == 0:
@@ -285,52 +532,82 @@ class OpenSetModel:
         return float(t[k] + share * (t[k + 1] - t[k])), True
 
     def to_dict(self) -> dict:
-        return {"model": "per-probe impostor distances, N independent draws",
-                "probes": self.probes, "impostor_pairs": self.impostor_pairs,
-                "thresholds": [round(v, 6) for v in self.thresholds],
-                "gallery_sizes": list(self.gallery_sizes),
-                "fpir": [[float(f"{v:.4g}") for v in row] for row in self.fpir]}
+        d = {"model": "per-probe impostor classes, N identities drawn independently",
+             "probes": self.probes, "impostor_pairs": self.impostor_pairs,
+             "thresholds": [round(v, 6) for v in self.thresholds],
+             "gallery_sizes": list(self.gallery_sizes), "shots": list(self.shots),
+             "fpir": [[[float(f"{v:.4g}") for v in row] for row in table]
+                      for table in self.fpir]}
+        if self.classes is not None:
+            d["classes"] = self.classes
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "OpenSetModel":
+        tables = d["fpir"]
+        if "shots" not in d:  # a card from before shots were tabled: one image per identity
+            tables = [tables]
         return cls(tuple(map(float, d["thresholds"])), tuple(map(int, d["gallery_sizes"])),
-                   tuple(tuple(map(float, row)) for row in d["fpir"]), int(d["probes"]),
-                   int(d["impostor_pairs"]))
+                   tuple(tuple(tuple(map(float, row)) for row in table) for table in tables),
+                   int(d["probes"]), int(d["impostor_pairs"]),
+                   tuple(map(int, d.get("shots", (1,)))), _optional_int(d.get("classes")))
 
 
-def fit_open_set(folds: list[tuple[np.ndarray, np.ndarray]], points: int = 120,
-                 chunk: int = 1024) -> OpenSetModel:
-    """The open-set model from held-out embeddings and labels (one pair per fold; distances are
-    only taken within a fold, where one encoder made them)."""
+def fit_open_set(embeddings: np.ndarray, labels: np.ndarray, points: int = 120,
+                 seed: int = 0) -> OpenSetModel:
+    """The open-set model from held-out embeddings and labels (made by one encoder)."""
     from .distance import pairwise
 
-    rows = []  # each probe's impostor distances, sorted
-    for embeddings, labels in folds:
-        labels = np.asarray(labels)
-        for start in range(0, len(labels), chunk):
-            d = pairwise(embeddings[start:start + chunk], embeddings)
-            other = labels[start:start + chunk, None] != labels[None, :]
-            rows.extend(np.sort(r[o]) for r, o in zip(d, other) if o.any())
-    if not rows:
+    labels = np.asarray(labels)
+    classes = np.unique(labels)
+    if len(classes) < 2:
         raise ConfigError("open-set calibration needs held-out images of two or more classes")
-    pooled = np.sort(np.concatenate(rows))
+    rng = np.random.default_rng(seed)
+    probes = np.arange(len(labels))
+    if len(probes) > _MAX_PROBES:
+        probes = np.sort(rng.choice(probes, _MAX_PROBES, replace=False))
+    members = []
+    for c in classes:
+        m = np.flatnonzero(labels == c)
+        members.append(m if len(m) <= _MAX_MEMBERS else rng.choice(m, _MAX_MEMBERS, replace=False))
+    distances = [pairwise(embeddings[probes], embeddings[m]).astype(np.float64) for m in members]
+    other = [labels[probes] != c for c in classes]  # the probes for which class c is an impostor
+    pooled = np.sort(np.concatenate([d[o].ravel() for d, o in zip(distances, other)]))
     # Thresholds at log-spaced ranks of the pooled impostor distances: dense in the low tail, where
     # a large gallery's threshold lies.
     ranks = np.unique(np.geomspace(1, len(pooled) / 2, points).astype(np.int64)) - 1
     thresholds = np.unique(pooled[ranks])
-    within = np.stack([np.searchsorted(r, thresholds, side="right") / len(r) for r in rows])
-    log_keep = np.log1p(-np.minimum(within, 1 - 1e-12))
-    fpir = [tuple(float(v) for v in np.mean(-np.expm1(n * log_keep), axis=0))
-            for n in GALLERY_SIZES]
-    return OpenSetModel(tuple(map(float, thresholds)), GALLERY_SIZES, tuple(fpir), len(rows),
-                        int(len(pooled)))
+    # g[s][p, t]: the chance that `s` random images of an impostor class include one within
+    # threshold t of probe p, averaged over the probe's impostor classes.
+    g = np.zeros((len(SHOTS), len(probes), len(thresholds)))
+    for d, o in zip(distances, other):
+        n = d.shape[1]
+        within = np.empty((len(probes), len(thresholds)))
+        for start in range(0, len(probes), 256):
+            within[start:start + 256] = (d[start:start + 256, :, None]
+                                         <= thresholds[None, None, :]).sum(axis=1)
+        for k, shots in enumerate(SHOTS):
+            miss = np.ones_like(within)  # none of the drawn images within
+            for i in range(min(shots, n)):
+                miss *= np.clip(n - within - i, 0, None) / (n - i)
+            g[k] += (1 - miss) * o[:, None]
+    g /= np.sum(other, axis=0)[None, :, None]
+    tables = []
+    for k in range(len(SHOTS)):
+        log_keep = np.log1p(-np.minimum(g[k], 1 - 1e-12))
+        tables.append(tuple(tuple(float(v) for v in np.mean(-np.expm1(n * log_keep), axis=0))
+                            for n in GALLERY_SIZES))
+    return OpenSetModel(tuple(map(float, thresholds)), GALLERY_SIZES, tuple(tables),
+                        len(probes), int(len(pooled)), SHOTS, len(classes))
 
 
-def verdict_calibration(distances: np.ndarray, same: np.ndarray,
-                        heldout: list[tuple[np.ndarray, np.ndarray]], seed: int = 0) -> dict:
-    """What a model card stores for the verdict besides `Calibration`, from held-out pairs
-    (`distances`, `same`) and the held-out embeddings and labels they came from (per fold):
-    the `ModelCard` fields operating_points, probability and open_set."""
-    return {"operating_points": operating_points(distances, same),
-            "probability": fit_probability(distances, same, seed),
-            "open_set": fit_open_set(heldout)}
+def verdict_calibration(embeddings: np.ndarray, labels: np.ndarray, seed: int = 0,
+                        note: str = "") -> tuple[HeldOutPairs, dict]:
+    """What a model card stores for the verdict, from the embeddings the saved encoder gives
+    held-out images it never trained on, and their labels: the held-out pairs, and the
+    `ModelCard` fields operating_points, probability and open_set (`note`: why the points are
+    not calibrated for the saved encoder, if they are not)."""
+    pairs = HeldOutPairs.of(embeddings, labels, seed)
+    return pairs, {"operating_points": operating_points(pairs, seed, note),
+                   "probability": fit_probability(pairs, seed),
+                   "open_set": fit_open_set(embeddings, labels, seed=seed)}

@@ -87,19 +87,19 @@ class TrainConfig:
     invert: bool = param(False, "invert images (dark ink on white)")
     far_target: float = param(1e-3, "false-accept rate for the strict threshold",
                               Range(0, 0.5, exclusive_low=True))
-    calibration_rounds: int = param(5, "rounds of held-out pairs drawn for calibration",
-                                    Range(1, integer=True))
     calibration_folds: Optional[int] = param(
         None, "deal the classes (or groups) into K folds and train K encoders, each holding one "
-              "out, so the threshold is calibrated on every class, each judged by an encoder "
-              "that never trained on it; --time-budget is shared (default: 3 for a class split "
-              "of small classes, else 1; with K > 1, --val-fraction is 1/K)",
+              "out: the first fold's encoder is saved, its verdict calibrated on the classes it "
+              "never trained on, and the others measure the recipe on every class (cross-"
+              "validated accuracy, one-shot, how much thresholds vary between encoders); "
+              "--time-budget is shared (default: 3 for a class split of small classes, else 1; "
+              "with K > 1, --val-fraction is 1/K)",
         Range(1, 10, integer=True), metavar="K")
-    refit: Optional[bool] = param(
-        None, "after validating, train the saved encoder on every class (held-out ones too) for "
-              "the median best epoch count of the folds; the threshold stays the one the folds "
-              "calibrated (default: on with calibration folds, else off; --no-refit saves the "
-              "first fold's encoder)")
+    refit: bool = param(
+        False, "after validating, train the saved encoder on every class (held-out ones too) for "
+               "the median best epoch count of the folds: more accurate on new classes, but no "
+               "class is left that it never saw, so its verdict is not calibrated (the card's "
+               "operating points are the first fold's encoder's, marked so)")
     deterministic: bool = param(True, "TensorFlow's deterministic ops (same seed, same model)")
     domain: bool = param(
         True, "train the domain model that rejects images unlike the training data "
@@ -153,9 +153,7 @@ class TrainConfig:
         if folds > 1 and val_split not in ("class", "group"):
             raise ConfigError(f"{folds} calibration folds hold out whole classes or groups: "
                               "use --val-split class or group")
-        refit = folds > 1 if self.refit is None else self.refit
-        return replace(self, val_split=val_split, augment=augment, calibration_folds=folds,
-                       refit=refit, embedding_dim=embedding_dim, depth=depth)
+        return replace(self, val_split=val_split, augment=augment, calibration_folds=folds, embedding_dim=embedding_dim, depth=depth)
 
 
 def small_classes(ds: Dataset) -> bool:

@@ -204,6 +204,12 @@ def clock_text(seconds: float) -> str:
     return f"{seconds // 60}:{seconds % 60:02d}"
 
 
+def duration_text(seconds: float) -> str:
+    """A duration in words a reader cannot take for a time of day: "1 min 50 s", "42 s"."""
+    seconds = int(round(max(seconds, 0)))
+    return f"{seconds // 60} min {seconds % 60} s" if seconds >= 60 else f"{seconds} s"
+
+
 def fit_encoder(x_all: np.ndarray, pre: Preprocessing, ds: Dataset, config: TrainConfig,
                 train_idx: np.ndarray, val_idx: np.ndarray, time_budget: Optional[float],
                 prefix: str, report: Callable[[str], None]) -> Fit:

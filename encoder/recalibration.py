@@ -4,7 +4,8 @@ A model directory from before operating points and the domain check keeps its en
 weights, same model id, so galleries built with it stay valid); `recalibrate` reproduces the
 held-out split its training used, from the card's settings and the same data, and stores:
 - the operating points, the distance -> probability map and the open-set model, from the held-out
-  embeddings, when the saved encoder never trained on them (no final fit on every class);
+  embeddings, when the saved encoder never trained on them (no final fit on every class), as
+  training now calibrates them (every distinct pair, intervals over resampled classes);
 - a domain model, trained on the split's training images.
 """
 from __future__ import annotations
@@ -44,7 +45,7 @@ def recalibrate(model_dir: str | Path, ds: Dataset,
     pre = card.preprocessing
     x_all = prepare_batch(ds.images, pre)
     verdicts = {}
-    if config.calibration_folds > 1 or config.refit:
+    if config.refit:
         report(f"model {card.model_id} was trained on every class in the end (final fit): no "
                "held-out classes are left to calibrate operating points on; retrain it with "
                "siamese-train to get them. Its threshold stays as it is.")
@@ -53,21 +54,18 @@ def recalibrate(model_dir: str | Path, ds: Dataset,
         e_val = np.concatenate([forward(x_all[val_idx][i:i + 1024], training=False).numpy()
                                 for i in range(0, len(val_idx), 1024)])
         y_val = ds.labels[val_idx]
-        rounds = max(config.calibration_rounds, int(np.ceil(10_000 / len(y_val))))
-        a, b, same = repeated_tutorial_pairs(y_val, config.seed + 1, rounds)
-        distances = euclidean(e_val[a], e_val[b])
-        again = calibrate(distances, same, config.far_target)
-        # The same pairs as at training time give the same threshold: proof of the same split.
-        if not np.isclose(again.threshold, card.calibration.threshold, atol=1e-4):
+        pairs, verdicts = verdict_calibration(e_val, y_val, config.seed)
+        if not _reproduces(card, e_val, y_val, pairs, config):
             raise DatasetError(f"the held-out split of {ds.name} does not reproduce the card's "
-                               f"threshold ({again.threshold:.6f} against "
-                               f"{card.calibration.threshold:.6f}); not recalibrating")
-        verdicts = verdict_calibration(distances, same, [(e_val, y_val)], config.seed)
-        report(f"held-out: {len(val_idx):,} images, {len(distances):,} pairs; threshold "
-               f"{again.threshold:.6f} reproduced; operating points: " + ", ".join(
-                   f"{n} {p.threshold:.4f} (TAR {p.tar:.3f})"
+                               f"threshold ({card.calibration.threshold:.6f}); not recalibrating")
+        report(f"held-out: {len(val_idx):,} images of {pairs.classes} classes, "
+               f"{pairs.positives:,} same-class and {pairs.negatives:,} different-class pairs; "
+               "the card's threshold reproduced; operating points: " + ", ".join(
+                   f"{n} {p.threshold:.4f} (TAR {p.tar:.3f}, FAR {p.far:.4f}"
+                   f"{'' if p.calibrated else ', not calibrated'})"
                    for n, p in verdicts["operating_points"].items())
                + f"; probability map ECE {verdicts['probability'].ece:.4f}")
+        verdicts["calibration"] = calibrate(pairs.distances, pairs.same, config.far_target)
     domain_model = domain_card = None
     if domain:
         domain_model, domain_card = fit_domain_model(
@@ -78,3 +76,17 @@ def recalibrate(model_dir: str | Path, ds: Dataset,
     save_model(model_dir, encoder, card, domain_model)
     report(f"saved {model_dir} (model {card.model_id}, unchanged weights)")
     return card
+
+
+def _reproduces(card: ModelCard, e_val: np.ndarray, y_val: np.ndarray, pairs, config) -> bool:
+    """Whether these held-out images are the ones the card was calibrated on: the same pairs
+    give the same threshold. Cards from before distinct pairs were calibrated on the tutorial's
+    pairs, drawn in rounds (about 20,000 pairs)."""
+    if np.isclose(calibrate(pairs.distances, pairs.same).threshold, card.calibration.threshold,
+                  atol=1e-4):
+        return True
+    rounds = max(int(card.training.get("settings", {}).get("calibration_rounds", 5)),
+                 int(np.ceil(10_000 / len(y_val))))
+    a, b, same = repeated_tutorial_pairs(y_val, config.seed + 1, rounds)
+    return bool(np.isclose(calibrate(euclidean(e_val[a], e_val[b]), same).threshold,
+                           card.calibration.threshold, atol=1e-4))

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Optional, Union
 
 import numpy as np
 
-from .calibration import FAR_POINTS, OPERATING_POINTS
+from .calibration import FAR_POINTS, MIN_CLASSES, OPERATING_POINTS
 from .errors import ConfigError
 
 if TYPE_CHECKING:
@@ -56,24 +56,29 @@ class Rule:
     threshold: float
     operating_point: str  # one of OPERATING_POINTS, "threshold" (explicit), or "fpir"
     fpir: Optional[float] = None  # 1:N: the target false-positive identification rate ...
-    gallery_size: Optional[int] = None  # ... at this gallery size
-    calibrated: bool = True  # False: beyond what calibration measured, or a card without it
+    gallery_size: Optional[int] = None  # ... at this gallery size (items) ...
+    identities: Optional[int] = None  # ... holding this many identities (labels)
+    calibrated: bool = True  # False: held-out data cannot show its rate, or a card without it
     basis: Optional[str] = None  # 1:N: "gallery" (its own items) or "card" (held-out classes)
+    note: str = ""  # why it is not calibrated, in words a reader can act on
 
     def describe(self) -> str:
+        uncalibrated = "" if self.calibrated else f"; not calibrated: {self.note}"
         if self.operating_point == "fpir":
-            return (f"FPIR {self.fpir:g} with {self.gallery_size:,} enrolled (threshold "
-                    f"{self.threshold:.4f}{'' if self.calibrated else ', beyond calibration'})")
+            who = (f"{self.gallery_size:,} enrolled" if self.identities in (None, self.gallery_size)
+                   else f"{self.identities:,} enrolled in {self.gallery_size:,} items")
+            return f"FPIR {self.fpir:g} with {who} (threshold {self.threshold:.4f}{uncalibrated})"
         if self.operating_point == EXPLICIT:
             return f"threshold {self.threshold:.4f} (given)"
-        return f"{self.operating_point} (threshold {self.threshold:.4f})"
+        return f"{self.operating_point} (threshold {self.threshold:.4f}{uncalibrated})"
 
     def to_dict(self) -> dict:
         d = {"operating_point": self.operating_point, "threshold": round(self.threshold, 6)}
         if self.operating_point == "fpir":
-            d.update(fpir=self.fpir, gallery_size=self.gallery_size, basis=self.basis)
+            d.update(fpir=self.fpir, gallery_size=self.gallery_size,
+                     identities=self.identities, basis=self.basis)
         if not self.calibrated:
-            d["calibrated"] = False
+            d.update(calibrated=False, calibration_note=self.note)
         return d
 
 
@@ -169,14 +174,18 @@ class Verdicts:
             raise ConfigError(f"model {self.card.model_id} was calibrated before operating points "
                               f"and has no {operating_point!r}; it has {', '.join(points)} "
                               "(siamese-calibrate adds the rest)")
-        return Rule(float(points[operating_point]), operating_point)
+        point = self.card.operating_points.get(operating_point)
+        note = self.card.calibration_note or (point.reason if point is not None else "")
+        return Rule(float(points[operating_point]), operating_point, calibrated=not note, note=note)
 
     def identification_rule(self, gallery_size: int, fpir: Optional[float] = None,
                             threshold: Optional[float] = None,
                             default_fpir: Optional[float] = None,
-                            impostors: Optional[np.ndarray] = None) -> Rule:
-        """The 1:N rule for a gallery of `gallery_size` items: an explicit `threshold`, else the
-        threshold for the target `fpir` (default: the gallery's, else 0.01).
+                            impostors: Optional[np.ndarray] = None,
+                            identities: Optional[int] = None) -> Rule:
+        """The 1:N rule for a gallery of `gallery_size` items of `identities` people or things
+        (labels; default: every item its own): an explicit `threshold`, else the threshold for
+        the target `fpir` (default: the gallery's, else 0.01).
 
         That threshold comes from the gallery itself when it can: `impostors` holds, for
         (a sample of) its items, the distance to the nearest item of another label. Each item
@@ -192,17 +201,27 @@ class Verdicts:
         fpir = check_fpir(default_fpir if fpir is None else fpir, DEFAULT_FPIR)
         if gallery_size < 1:
             raise ConfigError("identification needs a gallery with at least one item")
+        identities = int(gallery_size if identities is None else max(1, min(identities,
+                                                                             gallery_size)))
+        size = dict(fpir=fpir, gallery_size=int(gallery_size), identities=identities)
         if impostors is not None and len(impostors) * fpir >= MIN_FALSE_IDENTIFICATIONS:
-            return Rule(leave_one_out_threshold(impostors, fpir), "fpir", fpir,
-                        int(gallery_size), basis="gallery")
+            return Rule(leave_one_out_threshold(impostors, fpir), "fpir", basis="gallery", **size)
         model = self.card.open_set
         if model is None:
             # Without open-set calibration, the strict 1:1 point is the honest stand-in.
-            rule = self.rule("far-1e-3")
-            return Rule(rule.threshold, "fpir", fpir, int(gallery_size), calibrated=False,
-                        basis="card")
-        t, calibrated = model.threshold_for(fpir, gallery_size)
-        return Rule(t, "fpir", fpir, int(gallery_size), calibrated, basis="card")
+            return Rule(self.rule("far-1e-3").threshold, "fpir", calibrated=False, basis="card",
+                        note=f"model {self.card.model_id}'s card has no open-set model; this is "
+                             "its far-1e-3 threshold", **size)
+        t, measured = model.threshold_for(fpir, identities, gallery_size / identities)
+        note = self.card.calibration_note
+        if not note and not measured:
+            note = (f"FPIR {fpir:g} with {identities:,} enrolled needs a threshold stricter than "
+                    f"the closest impostor pair its {model.classes or 'held-out'} held-out "
+                    "classes showed, so it is set just below that pair")
+        elif not note and model.classes is not None and model.classes < MIN_CLASSES:
+            note = (f"measured on {model.classes} held-out classes: fewer than {MIN_CLASSES}, "
+                    "and which classes they happen to be decides the rate")
+        return Rule(t, "fpir", calibrated=not note, basis="card", note=note, **size)
 
     def probability(self, distances) -> Optional[np.ndarray]:
         """P(same class | distance) for each distance; None if the card has no calibrated map."""

@@ -139,7 +139,8 @@ class Gallery:
         # added and its id is never reused, so a cached item is right for as long as the index
         # holds its id (`search_vectors` only asks for ids the index, synced, returned).
         self._item_cache: OrderedDict[int, Item] = OrderedDict()
-        self._impostors: Optional[tuple[int, np.ndarray]] = None  # (gallery size, distances)
+        # (gallery size, nearest impostor distances, identities): `_impostor_basis`
+        self._impostors: Optional[tuple[int, np.ndarray, int]] = None
 
     # --- making and opening ----------------------------------------------------------------------
 
@@ -280,19 +281,28 @@ class Gallery:
         """The 1:N rule at the gallery's current size: the threshold for the target `fpir`
         (default: the gallery's), or an explicit `threshold`; from the gallery's own items when
         there are enough of them (`encoder.verdict.Verdicts.identification_rule`)."""
-        impostors = None if threshold is not None else self.nearest_impostors()
+        impostors, identities = (None, None) if threshold is not None else self._impostor_basis()
         return self.embedder.verdicts.identification_rule(len(self), fpir, threshold, self.fpir,
-                                                          impostors)
+                                                          impostors, identities)
 
     def nearest_impostors(self) -> np.ndarray:
         """For (a sample of up to `IMPOSTOR_SAMPLE`) items, the distance to the nearest item of
         another label: what the 1:N threshold is read from. Kept until the gallery's size moves
         by more than 1%, so a busy gallery does not recompute it for every change."""
+        return self._impostor_basis()[0]
+
+    def _impostor_basis(self) -> tuple[np.ndarray, int]:
+        """`nearest_impostors`, and the number of identities enrolled (labels, each unlabelled
+        item its own), kept together."""
         with self._mutex:
             size = len(self._index)
             cached = self._impostors
             if cached is not None and abs(cached[0] - size) <= 0.01 * size:
-                return cached[1]
+                return cached[1], cached[2]
+            with self._store.read() as conn:
+                counts = self._store.label_counts(conn)
+            # The people or things enrolled: one per label, and every unlabelled item its own.
+            identities = len([k for k in counts if k is not None]) + counts.get(None, 0)
             ids = self._index.ids()
             if len(ids) > IMPOSTOR_SAMPLE:
                 ids = np.sort(np.random.default_rng(size).choice(ids, IMPOSTOR_SAMPLE,
@@ -309,8 +319,8 @@ class Gallery:
                 impostors = nearest_impostors(vectors, [labels[int(i)] for i in ids])
             else:
                 impostors = self._sampled_impostors(ids, vectors, labels)
-            self._impostors = (size, impostors[np.isfinite(impostors)])
-            return self._impostors[1]
+            self._impostors = (size, impostors[np.isfinite(impostors)], identities)
+            return self._impostors[1], identities
 
     def _sampled_impostors(self, ids: np.ndarray, vectors: np.ndarray, labels: dict) -> np.ndarray:
         """`nearest_impostors` of sampled items against the whole index: the first of their 64

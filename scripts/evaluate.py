@@ -189,11 +189,13 @@ def _open_set(args, embedder, embeddings, labels) -> dict:
     def as_identify(fpir, size, gallery, gallery_labels):
         """The threshold `Gallery.identify` would take for this gallery."""
         rule = embedder.verdicts.identification_rule(
-            size, fpir, impostors=nearest_impostors(gallery, gallery_labels))
+            size, fpir, impostors=nearest_impostors(gallery, gallery_labels),
+            identities=len(np.unique(gallery_labels)))
         return rule.threshold, rule.calibrated
 
     def by_card(fpir, size, gallery, gallery_labels):
-        return card.open_set.threshold_for(fpir, size)
+        identities = len(np.unique(gallery_labels))
+        return card.open_set.threshold_for(fpir, identities, size / identities)
 
     def run_open_set(predict):
         return open_set_identification(embeddings, labels, args.enrolled, args.shots,

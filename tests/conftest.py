@@ -174,8 +174,7 @@ def tiny_model(tmp_path_factory, small_folder) -> Path:
     ds = load_image_folder(small_folder)
     train(ds, TrainConfig(epochs=10, seed=3, classes_per_batch=4, images_per_class=8,
                           val_fraction=0.2, val_split="image", augment="none",
-                          min_steps_per_epoch=1,
-                          calibration_rounds=2), out, report=lambda s: None)
+                          min_steps_per_epoch=1), out, report=lambda s: None)
     return out
 
 

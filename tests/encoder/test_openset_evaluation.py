@@ -4,8 +4,8 @@ checked against a draw it was not fitted on."""
 import numpy as np
 import pytest
 
-from encoder.calibration import (calibrate, fit_open_set, operating_points, roc_points,
-                                 wilson_interval)
+from encoder.calibration import (HeldOutPairs, calibrate, fit_open_set, operating_points,
+                                 roc_points, wilson_interval)
 from encoder.errors import ConfigError, DatasetError
 from encoder.evaluation import (open_set_identification, open_set_rounds,
                                 operating_point_metrics, tar_at_far)
@@ -30,7 +30,7 @@ def pair_distances(seed, n=400):
 # --- operating points and TAR@FAR -----------------------------------------------------------------
 
 def test_operating_points_are_counted_with_wilson_intervals_beside_the_card():
-    fitted = operating_points(*pair_distances(0))  # the card's, from other pairs
+    fitted = operating_points(HeldOutPairs.of(*clusters(0)))  # the card's, from other images
     distances, same = pair_distances(1)
     thresholds = {name: p.threshold for name, p in fitted.items()}
     result = operating_point_metrics(distances, same, thresholds, fitted)
@@ -148,7 +148,7 @@ def test_the_cards_prediction_holds_on_clusters_it_was_not_fitted_on():
     """The open-set model a card stores, fitted on one draw of classes, predicts the FPIR
     measured on another draw of classes from the same distribution within a few points."""
     fitted, fitted_labels = clusters(10, classes=200, per=6)
-    model = fit_open_set([(fitted, fitted_labels)])
+    model = fit_open_set(fitted, fitted_labels)
     embeddings, labels = clusters(100, classes=200, per=6)
     result = open_set_identification(embeddings, labels, enrolled=100, shots=1, rounds=5, seed=0,
                                      predict=lambda fpir, size, *_: model.threshold_for(fpir, size))

@@ -86,10 +86,9 @@ def test_calibration_folds_hold_out_every_class_once():
         split_train_val(five, TrainConfig(calibration_folds=3).resolve(five), fold=2)
     with pytest.raises(ConfigError, match="calibration_folds must be an integer in 1..10, not 0"):
         TrainConfig(calibration_folds=0)
-    # The saved encoder is refit on every class after calibration folds, unless told otherwise.
-    assert config.refit is True and TrainConfig(refit=False).resolve(many).refit is False
-    assert TrainConfig(calibration_folds=1).resolve(many).refit is False
-    assert TrainConfig(calibration_folds=1, refit=True).resolve(many).refit is True
+    # The saved encoder is the first fold's, calibrated on classes it never saw, unless told to
+    # train on every class at the end.
+    assert config.refit is False and TrainConfig(refit=True).resolve(many).refit is True
 
 
 def test_config_values_are_checked():
@@ -108,7 +107,7 @@ def test_class_loss_trains_the_same_encoder_and_is_recorded(small_folder, tiny_m
     ds = load_image_folder(small_folder)
     config = TrainConfig(epochs=10, seed=3, classes_per_batch=4, images_per_class=8,
                          val_fraction=0.2, val_split="image", augment="none",
-                         min_steps_per_epoch=1, calibration_rounds=2, class_weight=0.5)
+                         min_steps_per_epoch=1, class_weight=0.5)
     card = train(ds, config, tmp_path / "head", report=lambda s: None)
     plain = Embedder.load(tiny_model)
     assert card.model_id != plain.model_id and card.validation["roc_auc"] > 0.9
@@ -122,7 +121,7 @@ def test_training_learns_and_is_deterministic(small_folder, tiny_model, tmp_path
     ds = load_image_folder(small_folder)
     config = TrainConfig(epochs=10, seed=3, classes_per_batch=4, images_per_class=8,
                          val_fraction=0.2, val_split="image", augment="none",
-                         min_steps_per_epoch=1, calibration_rounds=2)
+                         min_steps_per_epoch=1)
     card = train(ds, config, tmp_path / "again", report=lambda s: None)
     assert card.model_id == Embedder.load(tiny_model).model_id  # same seed, same weights
     # Four visually distinct classes: a few dozen steps separate them.
@@ -135,8 +134,8 @@ def test_training_learns_and_is_deterministic(small_folder, tiny_model, tmp_path
 def test_tutorial_recipe_trains_with_pairs_and_a_time_budget(small_folder, tmp_path):
     lines = []
     ds = load_image_folder(small_folder)
-    card = train(ds, TrainConfig(arch="tutorial", epochs=50, time_budget=0.5, val_fraction=0.2,
-                                 calibration_rounds=1), tmp_path / "tut", report=lines.append)
+    card = train(ds, TrainConfig(arch="tutorial", epochs=50, time_budget=0.5, val_fraction=0.2),
+                 tmp_path / "tut", report=lines.append)
     assert card.training["stopped_by"] == "time_budget" and card.training["epochs_run"] == 1
     assert card.architecture == "tutorial" and card.embedding_dim == 48
     assert any(line.startswith("epoch 1/50") and "img/s" in line and "ETA" in line for line in lines)
@@ -303,7 +302,7 @@ def test_thin_validation_is_a_warning_on_screen_and_in_the_card(small_folder, tm
     silent, and recorded."""
     ds = load_image_folder(small_folder)
     lines = []
-    card = train(ds, TrainConfig(epochs=1, width=8, min_steps_per_epoch=2, calibration_rounds=1),
+    card = train(ds, TrainConfig(epochs=1, width=8, min_steps_per_epoch=2),
                  tmp_path / "m", report=lines.append)
     warnings = card.training["warnings"]
     assert len(warnings) == 2

@@ -8,37 +8,95 @@ import numpy as np
 import pytest
 
 from encoder.artifact import ModelCard, load_card
-from encoder.calibration import (expected_calibration_error, fit_open_set, fit_probability,
+from encoder.calibration import (MIN_ERRORS, HeldOutPairs, class_bootstrap, distinct_pairs,
+                                 expected_calibration_error, fit_open_set, fit_probability,
                                  operating_points, wilson_interval)
 from encoder.errors import ConfigError
 from encoder.verdict import DomainCheck, Verdicts
 
 
-def separated(n=4000, seed=0):
-    rng = np.random.default_rng(seed)
-    d = np.r_[rng.normal(0.3, 0.1, n), rng.normal(0.8, 0.1, n)]
-    return d, np.r_[np.ones(n), np.zeros(n)]
-
-
-def clusters(classes=60, per_class=20, dim=16, spread=0.3, seed=0):
-    """Gaussian classes: (embeddings, labels)."""
+def clusters(classes=60, per_class=20, dim=16, spread=0.3, seed=0, spreads=None):
+    """Gaussian classes on the unit sphere, as an encoder's are: (embeddings, labels).
+    `spreads`: each class's own spread (classes differ in how tight they are)."""
     rng = np.random.default_rng(seed)
     centres = rng.normal(size=(classes, dim))
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
     labels = np.repeat(np.arange(classes), per_class)
-    return (centres[labels] + spread * rng.normal(size=(len(labels), dim))).astype(np.float32), labels
+    spread = np.full(classes, spread) if spreads is None else np.asarray(spreads)
+    e = centres[labels] + spread[labels, None] * rng.normal(size=(len(labels), dim)) / np.sqrt(dim)
+    return (e / np.linalg.norm(e, axis=1, keepdims=True)).astype(np.float32), labels
 
 
-def test_operating_points_meet_their_false_accept_rates_with_intervals():
-    d, y = separated()
-    points = operating_points(d, y)
+def heldout(**kwargs) -> HeldOutPairs:
+    return HeldOutPairs.of(*clusters(**kwargs))
+
+
+def test_held_out_pairs_are_distinct_and_all_of_them_when_few():
+    labels = np.repeat(np.arange(10), 10)
+    first, second, same = distinct_pairs(labels)
+    assert len(first) == 100 * 99 // 2 and (first < second).all()  # every pair, once
+    assert len(set(zip(first, second))) == len(first)
+    assert same.sum() == 10 * 45 and np.array_equal(same, labels[first] == labels[second])
+    # Many images: a sample of each kind, still without a pair twice.
+    big = np.repeat(np.arange(20), 300)
+    first, second, same = distinct_pairs(big, max_pairs=5000)
+    assert same.sum() == 5000 and (~same).sum() == 5000
+    assert len(set(zip(first.tolist(), second.tolist()))) == 10_000 and (first < second).all()
+    with pytest.raises(ConfigError, match="two or more classes"):
+        distinct_pairs(np.zeros(5, int))
+
+
+def test_operating_points_meet_their_false_accept_rates():
+    pairs = heldout(classes=200, per_class=10, spread=0.9)
+    points = operating_points(pairs)
     assert list(points) == ["balanced", "far-1e-2", "far-1e-3"]
+    d, same = pairs.distances, pairs.same
     for name, target in (("far-1e-2", 1e-2), ("far-1e-3", 1e-3)):
         p = points[name]
-        assert p.far <= target and np.mean(d[y == 0] <= p.threshold) == pytest.approx(p.far)
-        assert p.tar == pytest.approx(np.mean(d[y == 1] <= p.threshold))
+        assert p.far <= target and np.mean(d[~same] <= p.threshold) == pytest.approx(p.far)
+        assert p.tar == pytest.approx(np.mean(d[same] <= p.threshold))
         assert p.tar_ci95[0] <= p.tar <= p.tar_ci95[1] and p.far_ci95[0] <= p.far <= p.far_ci95[1]
+        assert p.calibrated and (p.classes, p.images) == (200, 2000)
     assert points["far-1e-3"].threshold < points["far-1e-2"].threshold
-    assert points["balanced"].threshold == pytest.approx(0.55, abs=0.02)
+    # Balanced: the best mean of TAR and 1 - FAR, however many more different-class pairs there are.
+    b = points["balanced"]
+    grid = np.linspace(0, 2, 400)
+    best = max((np.mean(d[same] <= t) - np.mean(d[~same] <= t)) for t in grid)
+    assert b.tar - b.far >= best - 1e-3
+
+
+def test_intervals_resample_classes_not_pairs():
+    """Classes that differ in how tight they are make the rate depend on which classes are held
+    out: an interval from the pairs alone (Wilson) is far too narrow for that."""
+    spreads = np.random.default_rng(1).uniform(0.3, 1.4, 30)
+    pairs = heldout(classes=30, per_class=10, spreads=spreads, seed=1)
+    p = operating_points(pairs)["far-1e-2"]
+    wilson = wilson_interval(int(round(p.far * p.negatives)), p.negatives)
+    assert p.far_ci95[1] - p.far_ci95[0] > 2 * (wilson[1] - wilson[0])
+    # The bootstrap resamples classes: with each class drawn once and all its images, the rate
+    # is the plain one.
+    tar, far = class_bootstrap(pairs, np.array([p.threshold]), rounds=50)
+    assert np.all(np.isfinite(far)) and far.std() > 0
+
+
+def test_points_the_held_out_classes_cannot_support_are_not_calibrated():
+    few = operating_points(heldout(classes=10, per_class=10, spread=0.9))
+    assert few["balanced"].calibrated
+    strict = few["far-1e-3"]  # 4,500 different-class pairs: about 4 false accepts, not 30
+    assert not strict.calibrated
+    assert f"needs about {MIN_ERRORS} false accepts" in strict.reason
+    assert "10 held-out classes" in strict.reason
+    thin = operating_points(heldout(classes=5, per_class=10, spread=0.9))
+    assert not any(p.calibrated for p in thin.values())
+    assert all("5 held-out classes" in p.reason for p in thin.values())
+    assert OperatingPointRoundTrip(thin["far-1e-2"])
+
+
+def OperatingPointRoundTrip(point) -> bool:
+    from encoder.calibration import OperatingPoint
+
+    return OperatingPoint.from_dict(point.to_dict()) == pytest.approx(point) or \
+        OperatingPoint.from_dict(point.to_dict()).reason == point.reason
 
 
 def test_wilson_interval_is_sound_at_the_edges():
@@ -49,40 +107,47 @@ def test_wilson_interval_is_sound_at_the_edges():
     assert np.diff(wilson_interval(500, 1000)) < np.diff(wilson_interval(50, 100))
 
 
-def test_probability_map_is_calibrated_and_monotone():
-    d, y = separated(seed=1)
-    p = fit_probability(d, y)
-    assert p.ece <= 0.03
-    grid = np.linspace(0, 1.2, 50)
-    assert np.all(np.diff(p(grid)) <= 1e-12) and p(0.0) > 0.99 and p(1.2) < 0.01
-    d2, y2 = separated(seed=2)  # fresh pairs from the same distributions
-    assert expected_calibration_error(p(d2), y2) <= 0.03
-    # overlapping classes: probabilities in between, still calibrated
-    rng = np.random.default_rng(3)
-    d3 = np.r_[rng.normal(0.5, 0.2, 5000), rng.normal(0.7, 0.2, 5000)]
-    y3 = np.r_[np.ones(5000), np.zeros(5000)]
-    p3 = fit_probability(d3, y3)
-    assert 0.3 < p3(0.6) < 0.7 and p3.ece <= 0.03
+def test_probability_map_is_calibrated_on_new_classes_and_monotone():
+    p = fit_probability(heldout(classes=40, per_class=10, spread=0.8, seed=1))
+    assert p.ece <= 0.03 and p.ece_by == "classes" and p.classes == 40
+    grid = np.linspace(0, 2, 50)
+    assert np.all(np.diff(p(grid)) <= 1e-12) and p(0.0) > 0.99 and p(2.0) < 0.01
+    new = heldout(classes=40, per_class=10, spread=0.8, seed=2)  # other classes, other draws
+    assert expected_calibration_error(p(new.distances), new.same) <= 0.03
+    # Half the weight on each kind of pair: P = 0.5 where the two kinds are equally dense.
+    d, same = new.distances, new.same
+    t = d[np.argmin(np.abs(p(d) - 0.5))]
+    near = np.abs(d - t) < 0.02
+    assert 0.3 < (same[near].mean() / same.mean()) / (
+        same[near].mean() / same.mean() + (~same[near]).mean() / (~same).mean()) < 0.7
+    assert fit_probability(heldout(classes=3, per_class=10)).ece_by == "pairs"
 
 
-def test_open_set_model_predicts_the_fpir_of_new_classes():
-    model = fit_open_set([clusters(seed=0)])
-    e, labels = clusters(classes=120, seed=1)  # other classes, other draws
+def test_open_set_model_predicts_the_fpir_of_small_galleries_of_new_classes():
+    """5 people enrolled with 1 or 3 images each, 5 strangers: the FPIR measured at the
+    threshold predicted for 0.05, from other classes."""
+    model = fit_open_set(*clusters(classes=60, per_class=10, spread=0.9, seed=0))
+    e, labels = clusters(classes=400, per_class=10, spread=0.9, seed=1)
     rng = np.random.default_rng(0)
-    measured = []
-    for _ in range(20):
-        enrolled = rng.permutation(120)[:60]
-        gallery = np.array([rng.choice(np.nonzero(labels == c)[0]) for c in enrolled])
-        probes = np.nonzero(~np.isin(labels, enrolled))[0]
-        nearest = np.min(np.linalg.norm(e[probes, None] - e[None, gallery], axis=2), axis=1)
-        t, calibrated = model.threshold_for(0.05, len(gallery))
+    for shots in (1, 3):
+        t, calibrated = model.threshold_for(0.05, 5, shots)
         assert calibrated
-        measured.append(np.mean(nearest <= t))
-    assert np.mean(measured) == pytest.approx(0.05, abs=0.02)
+        false = []
+        for _ in range(400):
+            chosen = rng.permutation(400)[:10]
+            enrolled, strangers = chosen[:5], chosen[5:]
+            gallery = np.concatenate([rng.choice(np.flatnonzero(labels == c), shots, replace=False)
+                                      for c in enrolled])
+            probes = np.flatnonzero(np.isin(labels, strangers))
+            nearest = np.min(np.linalg.norm(e[probes, None] - e[None, gallery], axis=2), axis=1)
+            false.append(np.mean(nearest <= t))
+        assert np.mean(false) == pytest.approx(0.05, abs=0.015), shots
+    # Three images of 5 people are not 15 strangers: the threshold for them is looser.
+    assert model.threshold_for(0.05, 5, 3)[0] > model.threshold_for(0.05, 15, 1)[0]
 
 
 def test_open_set_thresholds_tighten_as_the_gallery_grows():
-    model = fit_open_set([clusters()])
+    model = fit_open_set(*clusters())
     thresholds = [model.threshold_for(0.01, n)[0] for n in (1, 10, 100, 1000)]
     assert thresholds == sorted(thresholds, reverse=True) and thresholds[0] > thresholds[-1]
     assert model.predicted_fpir(thresholds[2], 100) == pytest.approx(0.01, rel=0.05)
@@ -92,14 +157,14 @@ def test_open_set_thresholds_tighten_as_the_gallery_grows():
 
 def test_open_set_needs_two_classes():
     with pytest.raises(ConfigError, match="two or more classes"):
-        fit_open_set([(np.zeros((3, 4), np.float32), np.zeros(3))])
+        fit_open_set(np.zeros((3, 4), np.float32), np.zeros(3))
 
 
 def card_with_calibration(card: ModelCard) -> ModelCard:
-    d, y = separated()
-    return dataclasses.replace(card, operating_points=operating_points(d, y),
-                               probability=fit_probability(d, y),
-                               open_set=fit_open_set([clusters()]))
+    pairs = heldout(classes=200, per_class=10, spread=0.9)
+    return dataclasses.replace(card, operating_points=operating_points(pairs),
+                               probability=fit_probability(pairs),
+                               open_set=fit_open_set(*clusters()), calibration_note="")
 
 
 def test_rules_name_their_operating_point_and_check_their_parameters(tiny_model):
