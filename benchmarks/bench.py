@@ -23,6 +23,8 @@ BENCHMARKS = {
     "hardening": ("benchmarks.bench_hardening", "searches while clients send worst-case images, "
                   "health probes while clients trickle bodies, vs alone"),
     "web": ("benchmarks.bench_web", "POST /api/search over HTTP, 1-16 clients, vs a naive Flask server"),
+    "trust": ("benchmarks.bench_trust", "models trained on folders of several kinds, measured on "
+              "classes they never saw, vs what their cards state"),
 }
 
 

@@ -11,6 +11,11 @@ distribution (24..256 px a side, aspect ratio 1:2 to 2:1), a random contrast, br
 gamma, an occasional blur, inversion half the time and L or RGB half the time, so that a
 classifier cannot tell a family by its size, polarity or colour mode and must look at content.
 
+Handwriting and thumbnails nearer a model's own data come from real images the package ships:
+2,000 Fashion-MNIST training images and 2,000 Omniglot characters (`foreign_data/`, MIT licensed,
+with their provenance there), and synthetic handwritten digits (fonts bent by an elastic field,
+framed as MNIST and scikit-learn's digits are).
+
 Speed (2-core machine, Python 3.11): `foreign_batch(20000, Preprocessing(28, 28, 1), seed=0)`
 is single-threaded and costs about 15 s of CPU time in a fresh process (loading the sample images
 and fonts, cached for the process, is about 0.5 s of it): 11-17 s wall with the machine to
@@ -31,7 +36,12 @@ from .errors import ConfigError
 from .images import Preprocessing, prepare_batch
 
 FAMILIES: tuple[str, ...] = ("noise", "gradients", "shapes", "text", "scribbles", "photos", "faces",
-                             "documents")
+                             "documents", "digits", "fashion-mnist", "omniglot")
+# Families drawn from real images the package ships (`foreign_data/`, written by
+# `python -m scripts.make_samples --foreign`): a model of one of these kinds does not use its own
+# as foreign (`domain.fit_domain_model` finds it out).
+SHIPPED = {"fashion-mnist": "fashion-mnist.npz", "omniglot": "omniglot.npz"}
+SHIPPED_DIR = os.path.join(os.path.dirname(__file__), "foreign_data")
 
 MIN_SIDE, MAX_SIDE = 24, 256
 _CHUNK = 512  # images prepared at a time by foreign_batch, so 20,000 raw images never coexist
@@ -722,9 +732,72 @@ def _documents(rng: Rng, w: int, h: int) -> Image.Image:
     return _synthetic_document(rng, w, h)
 
 
+_DIGIT_FONTS = ("DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSans-Oblique.ttf",
+                "DejaVuSerif.ttf", "DejaVuSansMono.ttf", "DejaVuSansMono-Bold.ttf",
+                "STIXGeneralItalic.ttf", "cmss10.ttf", "cmr10.ttf", "cmti10.ttf")
+
+
+def _digits(rng: Rng, w: int, h: int) -> Image.Image:
+    """A handwritten-looking digit (now and then two or three), framed as MNIST frames them: a
+    font's glyph with a random pen width, slant and an elastic bend, white on black, its box
+    scaled to 20 of 28 pixels and centred; then blown up to the image's size."""
+    from scipy.ndimage import gaussian_filter, map_coordinates  # scikit-image depends on SciPy
+
+    text = "".join(_pick(rng, _DIGITS) for _ in range(1 if rng.random() < 0.85 else
+                                                       int(rng.integers(2, 4))))
+    font = _font(_pick(rng, _DIGIT_FONTS), 64)
+    canvas = Image.new("L", (64 * (len(text) + 1), 112), 0)
+    ImageDraw.Draw(canvas).text((24, 12), text, font=font, fill=255)
+    pen = int(rng.integers(-1, 4))  # thinner or thicker strokes than the font's
+    if pen > 0:
+        canvas = canvas.filter(ImageFilter.MaxFilter(2 * pen + 1))
+    elif pen < 0:
+        canvas = canvas.filter(ImageFilter.MinFilter(3))
+    canvas = canvas.transform(canvas.size, Image.Transform.AFFINE,
+                              (1, rng.uniform(-0.4, 0.4), 0, 0, 1, 0), Image.Resampling.BILINEAR)
+    canvas = canvas.rotate(rng.uniform(-20, 20), Image.Resampling.BILINEAR)
+    a = np.asarray(canvas, np.float32)
+    alpha, sigma = rng.uniform(4, 12), rng.uniform(4, 7)  # an elastic bend, as hands make
+    dy = gaussian_filter(rng.uniform(-1, 1, a.shape), sigma) * alpha * sigma
+    dx = gaussian_filter(rng.uniform(-1, 1, a.shape), sigma) * alpha * sigma
+    yy, xx = np.meshgrid(np.arange(a.shape[0]), np.arange(a.shape[1]), indexing="ij")
+    a = map_coordinates(a, [yy + dy, xx + dx], order=1, mode="constant")
+    glyph = Image.fromarray(np.clip(a, 0, 255).astype(np.uint8))
+    box = glyph.getbbox() or (0, 0, glyph.width, glyph.height)
+    glyph = glyph.crop(box)
+    scale = 20 / max(glyph.size)
+    glyph = glyph.resize((max(1, round(glyph.width * scale)), max(1, round(glyph.height * scale))),
+                         Image.Resampling.LANCZOS)
+    frame = Image.new("L", (28, 28), 0)
+    frame.paste(glyph, ((28 - glyph.width) // 2, (28 - glyph.height) // 2))
+    return frame.resize((w, h), Image.Resampling.BILINEAR)
+
+
+@functools.lru_cache(maxsize=None)
+def shipped_images(family: str) -> np.ndarray:
+    """The real images a shipped family draws from, uint8 (N, H, W)."""
+    with np.load(os.path.join(SHIPPED_DIR, SHIPPED[family])) as data:
+        if "bits" in data:  # 1-bit images (Omniglot), packed
+            n, side = int(data["count"]), int(data["side"])
+            return np.unpackbits(data["bits"], count=n * side * side).reshape(n, side, side) * 255
+        return data["images"]
+
+
+def _shipped(family: str) -> Callable[[Rng, int, int], Image.Image]:
+    def draw(rng: Rng, w: int, h: int) -> Image.Image:
+        images = shipped_images(family)
+        img = Image.fromarray(images[int(rng.integers(len(images)))], "L")
+        if rng.random() < 0.5:
+            img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        return img.rotate(rng.uniform(-10, 10), Image.Resampling.BILINEAR).resize(
+            (w, h), Image.Resampling.BILINEAR)
+    return draw
+
+
 _GENERATORS: dict[str, Callable[[Rng, int, int], Image.Image]] = {
     "noise": _noise, "gradients": _gradients, "shapes": _shapes, "text": _text,
     "scribbles": _scribbles, "photos": _photos, "faces": _faces, "documents": _documents,
+    "digits": _digits, **{family: _shipped(family) for family in SHIPPED},
 }
 
 

@@ -25,7 +25,7 @@ from .errors import DatasetError
 from .images import prepare_batch
 from .pairs import repeated_tutorial_pairs
 from .config import TrainConfig
-from .splits import split_train_val
+from .splits import new_class_labels, split_train_val
 
 
 def recalibrate(model_dir: str | Path, ds: Dataset,
@@ -71,7 +71,8 @@ def recalibrate(model_dir: str | Path, ds: Dataset,
         domain_model, domain_card = fit_domain_model(
             x_all[train_idx], x_all[val_idx], pre, ds.name, seed=config.seed,
             extra_foreign=extra_foreign, epochs=domain_epochs, augment=config.augment,
-            rejection=REJECTION[config.val_split], report=report)
+            rejection=REJECTION[config.val_split], report=report,
+            heldout_labels=new_class_labels(ds, config, val_idx))
     card = dataclasses.replace(card, domain=domain_card, **verdicts)
     save_model(model_dir, encoder, card, domain_model)
     report(f"saved {model_dir} (model {card.model_id}, unchanged weights)")

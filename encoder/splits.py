@@ -3,6 +3,8 @@ every class, or whole classes or groups (the threshold is then calibrated on cla
 on), dealt into calibration folds; and the warnings when the held-out part is too thin to trust."""
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
 
 from .config import AUTO_FOLDS, MIN_FOLD_CLASSES, MIN_VAL_CLASSES, TrainConfig, small_classes
@@ -82,3 +84,10 @@ def split_train_val(ds: Dataset, config: TrainConfig, fold: int = 0
                                    "(each side needs two); use --val-split class")
             val[members[:n_val]] = True
     return np.nonzero(~val)[0], np.nonzero(val)[0]
+
+
+def new_class_labels(ds: Dataset, config: TrainConfig, val_idx: np.ndarray) -> Optional[np.ndarray]:
+    """The classes of held-out images when they are classes the model never trained on (a class
+    or group split), for measurements that resample them; None for held-out images of the
+    training classes (an image split)."""
+    return ds.labels[val_idx] if config.resolve(ds).val_split in ("class", "group") else None

@@ -21,7 +21,7 @@ from .domain import REJECTION, fit_domain_model
 from .evaluation import HELDOUT_EPISODES, HELDOUT_WAYS, heldout_oneshot, retrieval_metrics
 from .images import Preprocessing, prepare_batch
 from .fitting import Fit, duration_text, fit_encoder
-from .splits import split_train_val, validation_warnings
+from .splits import new_class_labels, split_train_val, validation_warnings
 
 def oneshot_summary(per_fold: list[dict], grouped: bool) -> dict:
     """The folds' held-out one-shot results for the card: each way's mean over the groups (every
@@ -115,7 +115,8 @@ def train(ds: Dataset, config: TrainConfig, out_dir: str | os.PathLike,
         domain_model, domain_card = fit_domain_model(
             x_all[splits[0][0]], x_all[splits[0][1]], pre, ds.name, seed=config.seed,
             extra_foreign=extra_foreign, epochs=config.domain_epochs, augment=config.augment,
-            rejection=REJECTION[config.val_split], report=report)
+            rejection=REJECTION[config.val_split], report=report,
+            heldout_labels=new_class_labels(ds, config, splits[0][1]))
     validation = _validation_summary(ds, config, splits, measured, pairs, cal)
     training = _training_record(ds, config, splits, measured, saved, train_idx, warnings, started)
     card = ModelCard.for_encoder(saved.encoder, pre, cal, validation, training,

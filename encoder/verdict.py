@@ -95,6 +95,7 @@ class DomainCheck:
     score: Optional[float]
     reason: str
     featureless: bool = False  # out of domain because the encoder found no features in it
+    weak: bool = False  # the model's domain check misses its targets (its card says which)
 
     @staticmethod
     def no_features(score: Optional[float] = None, whose: str = "") -> "DomainCheck":
@@ -108,15 +109,16 @@ class DomainCheck:
         for which, check in (("first", first), ("second", second)):
             if check.in_domain is False:
                 return DomainCheck(False, check.score, f"the {which} image: {check.reason}",
-                                   check.featureless)
+                                   check.featureless, check.weak)
         if first.in_domain is None:
             return first
-        return DomainCheck(True, min(first.score, second.score), first.reason)
+        return DomainCheck(True, min(first.score, second.score), first.reason,
+                           weak=first.weak or second.weak)
 
     def to_dict(self) -> dict:
         return {"in_domain": self.in_domain,
                 "domain_score": None if self.score is None else round(self.score, 4),
-                "domain_reason": self.reason}
+                "domain_reason": self.reason, "domain_check_weak": self.weak}
 
 
 @dataclass(frozen=True)
@@ -250,6 +252,11 @@ class Verdicts:
             reason = (f"model {self.card.model_id} has no domain model: inputs are not checked "
                       "against its training data")
             scores = [None] * count
+        weak = bool(domain is not None and domain.weak)
+        caveat = "" if not weak else (
+            f"; but this model's domain check is weak ({domain.weak[0]}"
+            + (f", and {len(domain.weak) - 1} more in its card" if len(domain.weak) > 1 else "")
+            + "), so this says less than it should")
         out = []
         for s, blank in zip(scores, featureless):
             s = None if s is None else float(s)
@@ -258,10 +265,12 @@ class Verdicts:
             elif s is None:
                 out.append(DomainCheck(None, None, reason))
             elif s >= domain.threshold:
-                out.append(DomainCheck(True, s, f"looks like {domain.training_data}"))
+                out.append(DomainCheck(True, s, f"looks like {domain.training_data}{caveat}",
+                                       weak=weak))
             else:
                 out.append(DomainCheck(False, s, "the image does not look like what this "
-                                       f"model was trained on ({domain.training_data})"))
+                                       f"model was trained on ({domain.training_data}){caveat}",
+                                       weak=weak))
         return out
 
 

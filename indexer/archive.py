@@ -140,13 +140,17 @@ def _fill(zf: zipfile.ZipFile, manifest: dict, path: Path, embedder, reembed: bo
                 images = [_original(zf, item) for item in batch]
                 for item in batch:
                     check_metadata(item.get("metadata") or {})
-                rows = (embedder.embed([o.image for o in images]) if vectors is None
+                pixels = embedder.prepare([o.image for o in images])
+                rows = (embedder.embed_prepared(pixels) if vectors is None
                         else vectors[start:start + len(batch)])
+                # The domain check as enrolment makes it, on the images (not the export's word).
+                scores = (embedder.domain_score_prepared(pixels) if embedder.has_domain_model
+                          else None)
                 written += [o.sha256 for o in images]
                 store.insert(conn, [int(i["id"]) for i in batch], images,
                              [i.get("label") for i in batch],
                              [i.get("metadata") or {} for i in batch], rows,
-                             [dt.datetime.fromisoformat(i["added"]) for i in batch])
+                             [dt.datetime.fromisoformat(i["added"]) for i in batch], scores)
                 if progress is not None:
                     progress.update(len(batch))
         with store.read() as conn:

@@ -12,7 +12,7 @@ import logging
 import threading
 from collections import OrderedDict
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence, Union
 
@@ -48,17 +48,28 @@ FEATURELESS_WARNING = ("the model finds no features in this image, so no other i
 
 # The check that decides a match with a gallery item whose image the model finds no features in.
 FEATURELESS_ITEM = DomainCheck.no_features(whose="the gallery item: ")
+# ... and of an item added before enrolment checked images.
+UNCHECKED_ITEM = DomainCheck(None, None, "the gallery item: its image was not checked when it "
+                             "was added (siamese-gallery check --record checks it)")
+OUT_OF_DOMAIN_WARNING = ("the image does not look like what the model was trained on, so no "
+                         "other image will be verified against this item")
 
 
 @dataclass(frozen=True)
 class Added:
     """What `add_originals` did: each image's id, in order, whether it was added now (False:
-    the same bytes were already in the gallery, or earlier in the same batch), and whether the
-    model finds no features in it (`Embedder.is_featureless`: nothing else will be verified
-    against that item)."""
+    the same bytes were already in the gallery, or earlier in the same batch), whether the
+    model finds no features in it (`Embedder.is_featureless`) and the domain check of its image
+    (`checks`): nothing else will be verified against an item that is featureless or out of
+    domain."""
     ids: list[int]
     created: list[bool]
     featureless: list[bool]
+    checks: list[DomainCheck] = field(default_factory=list)
+
+    @property
+    def out_of_domain(self) -> list[bool]:
+        return [c.in_domain is False and not c.featureless for c in self.checks]
 
 
 @dataclass(frozen=True)
@@ -310,17 +321,26 @@ class Gallery:
             with self._store.read() as conn:
                 ids, vectors = self._store.embeddings(conn, self.record.embedding_dim, ids)
                 labels = self._store.labels(conn, ids)
-            # An item the model finds no features in is never matched, so it is nobody's
-            # impostor: counted, a few of them (at distance 0 from each other) would pull a
-            # strict FPIR's threshold to nothing.
-            described = ~self.embedder.is_featureless(vectors)
-            ids, vectors = ids[described], vectors[described]
+                scores = self._store.domain_scores(conn, ids)
+            # An item the model finds no features in, or out of its domain, is never matched, so
+            # it is nobody's impostor: counted, a few featureless ones (at distance 0 from each
+            # other) would pull a strict FPIR's threshold to nothing.
+            judged = ~self.embedder.is_featureless(vectors) & ~self._out_of_domain(ids, scores)
+            ids, vectors = ids[judged], vectors[judged]
             if size <= IMPOSTOR_SAMPLE:
                 impostors = nearest_impostors(vectors, [labels[int(i)] for i in ids])
             else:
                 impostors = self._sampled_impostors(ids, vectors, labels)
             self._impostors = (size, impostors[np.isfinite(impostors)], identities)
             return self._impostors[1], identities
+
+    def _out_of_domain(self, ids: np.ndarray, scores: dict) -> np.ndarray:
+        """For each of `ids`, whether its image was found out of the model's domain when added."""
+        domain = self.embedder.card.domain
+        if domain is None:
+            return np.zeros(len(ids), bool)
+        return np.array([scores.get(int(i)) is not None and scores[int(i)] < domain.threshold
+                         for i in ids], bool)
 
     def _sampled_impostors(self, ids: np.ndarray, vectors: np.ndarray, labels: dict) -> np.ndarray:
         """`nearest_impostors` of sampled items against the whole index: the first of their 64
@@ -329,7 +349,10 @@ class Gallery:
         distances, neighbours = self._index.search(vectors, 64)
         blank = self._featureless_items(vectors, distances, neighbours)
         with self._store.read() as conn:
-            others = self._store.labels(conn, np.unique(neighbours[neighbours >= 0]))
+            found = np.unique(neighbours[neighbours >= 0])
+            others = self._store.labels(conn, found)
+            scores = self._store.domain_scores(conn, found)
+        blank |= set(found[self._out_of_domain(found, scores)].tolist())
         out = np.empty(len(ids))
         for row, (item, d, n) in enumerate(zip(ids, distances, neighbours)):
             own = labels[int(item)]
@@ -408,11 +431,24 @@ class Gallery:
         return set(candidates.tolist()) - set(found[~self.embedder.is_featureless(stored)].tolist())
 
     def _judged_item(self, item: Item, verdict, rule: Rule, featureless: bool) -> Match:
-        """The match of `item` under the query's verdict, unless the model finds no features in
-        the item's image: then, as in `verify`, the item's own check decides (not verified)."""
-        if featureless and verdict.domain.in_domain is not False:
-            verdict = self.embedder.verdicts.judge(verdict.distance, rule, FEATURELESS_ITEM)[0]
-        return _match(item, verdict, featureless)
+        """The match of `item` under the query's verdict, unless the item's own image is out of
+        the model's domain (or one the model finds no features in): then the item's check
+        decides, and it is not verified."""
+        check = self.item_check(item, featureless)
+        if check.in_domain is False and verdict.domain.in_domain is not False:
+            verdict = self.embedder.verdicts.judge(verdict.distance, rule, check)[0]
+        return _match(item, verdict, featureless, check.in_domain)
+
+    def item_check(self, item: Item, featureless: bool = False) -> DomainCheck:
+        """The domain check of a gallery item's image, as recorded when it was added (judged at
+        the model's threshold now), or the one of an image the model finds no features in."""
+        if featureless:
+            return FEATURELESS_ITEM
+        if item.domain_score is None and self.embedder.card.domain is not None:
+            return UNCHECKED_ITEM
+        check = self.embedder.verdicts.domain_checks(
+            None if item.domain_score is None else np.array([item.domain_score]), 1)[0]
+        return replace(check, reason="the gallery item: " + check.reason)
 
     def _cached_items(self, ids: set[int]) -> dict[int, Item]:
         """The items of `ids` (mutex held): from the cache, the rest from the database (one
@@ -480,8 +516,7 @@ class Gallery:
         with self._store.read() as conn:
             item = self._get(conn, item_id)
             _, stored = self._store.embeddings(conn, self.record.embedding_dim, [item.id])
-        check = (FEATURELESS_ITEM if self.embedder.is_featureless(stored)[0] else
-                 DomainCheck(None, None, "a gallery item: its image was not checked again"))
+        check = self.item_check(item, bool(self.embedder.is_featureless(stored)[0]))
         matches = self._search(stored, min(k + 1, 10_000), rule, [check])[0]
         return SearchResult([m for m in matches if m.id != item.id][:k], rule, check)
 
@@ -524,6 +559,43 @@ class Gallery:
             got, vectors = self.embeddings(ids[start:start + batch].tolist())
             found += got[self.embedder.is_featureless(vectors)].tolist()
         return found
+
+    def domain_ids(self) -> tuple[list[int], list[int]]:
+        """(the items whose image was out of the model's domain when added, the items never
+        checked): nothing is ever verified against the first; `record_domain_checks` checks the
+        second."""
+        with self._store.read() as conn:
+            unchecked = self._store.unchecked(conn)
+            ids = self._store.ids(conn)
+            scores = self._store.domain_scores(conn, ids)
+        return (ids[self._out_of_domain(ids, scores)].tolist(),
+                unchecked.tolist() if self.embedder.has_domain_model else [])
+
+    def record_domain_checks(self, batch: int = 256, progress=None) -> int:
+        """Check the images of the items added before enrolment checked them (from their stored
+        originals) and record the result; returns how many were checked."""
+        from .records import Original
+
+        if not self.embedder.has_domain_model:
+            return 0
+        _, unchecked = self.domain_ids()
+        for start in range(0, len(unchecked), batch):
+            ids = unchecked[start:start + batch]
+            images = [Original.from_bytes(self.image(i)[0], str(i)).image for i in ids]
+            scores = self.embedder.domain_score(images)
+            with self.writing():
+                with self._store.write() as conn:
+                    generation, _ = self._store.next_generation(conn)
+                    self._store.set_domain_scores(conn, dict(zip(ids, scores.tolist())))
+                    self._store.log(conn, generation, "edit", ids)
+                with self._mutex:
+                    for i in ids:
+                        self._item_cache.pop(i, None)
+                    self._impostors = None  # out-of-domain items are nobody's impostors
+                    self._replica.changed(generation, lambda index: None)
+            if progress is not None:
+                progress.update(len(ids))
+        return len(unchecked)
 
     def known(self, hashes: Sequence[str]) -> dict[str, int]:
         """{sha256: id} of the images (by the sha256 of their bytes) already in the gallery."""
@@ -604,11 +676,14 @@ class Gallery:
 
     def add_originals(self, originals: Sequence[Original], labels: Sequence[Optional[str]],
                       metadata: Sequence[dict], pixels: Optional[np.ndarray] = None,
-                      vectors: Optional[np.ndarray] = None) -> Added:
+                      vectors: Optional[np.ndarray] = None,
+                      domain_scores: Optional[np.ndarray] = None) -> Added:
         """`add` for images already read and decoded (`records.Original`), as a folder ingest has;
-        `pixels`: their model input (`embedder.prepare`), or `vectors`: their embeddings by this
-        gallery's model, if already made. Which images were new is decided under the writer lock,
-        so concurrent adds of one image create it once."""
+        `pixels`: their model input (`embedder.prepare`), or `vectors` and `domain_scores`: their
+        embeddings and domain scores by this gallery's model, if already made. Every new image's
+        domain is checked and recorded: one out of domain is added (it is the user's image), but
+        nothing is ever verified against it. Which images were new is decided under the writer
+        lock, so concurrent adds of one image create it once."""
         for m in metadata:
             check_metadata(m)
         for label in labels:
@@ -620,12 +695,7 @@ class Gallery:
             new = [i for i, o in enumerate(originals)
                    if o.sha256 not in known and first.setdefault(o.sha256, i) == i]
             if new:
-                if vectors is not None:
-                    vectors = np.asarray(vectors, np.float32)[new]
-                elif pixels is not None:
-                    vectors = self.embedder.embed_prepared(pixels[new])
-                else:
-                    vectors = self.embedder.embed([originals[i].image for i in new])
+                vectors, scores = self._embedded(originals, new, pixels, vectors, domain_scores)
                 ids: list[int] = []
                 with self._store.write() as conn:
                     # Another server on the same database may have added some meanwhile (the
@@ -633,12 +703,14 @@ class Gallery:
                     known.update(self._store.known(conn, [originals[i].sha256 for i in new]))
                     keep = [k for k, i in enumerate(new) if originals[i].sha256 not in known]
                     new, vectors = [new[k] for k in keep], vectors[keep]
+                    scores = None if scores is None else scores[keep]
                     if new:
                         generation, first_id = self._store.next_generation(conn, len(new))
                         ids = self._store.insert(
                             conn, range(first_id, first_id + len(new)),
                             [originals[i] for i in new], [labels[i] for i in new],
-                            [metadata[i] for i in new], vectors, dt.datetime.now(dt.timezone.utc))
+                            [metadata[i] for i in new], vectors, dt.datetime.now(dt.timezone.utc),
+                            scores)
                         self._store.log(conn, generation, "add", ids)
                 if ids:
                     with self._mutex:
@@ -646,18 +718,34 @@ class Gallery:
                             generation, lambda index: index.add(np.asarray(ids), vectors),
                             added=len(ids))
                 known.update({originals[i].sha256: item_id for i, item_id in zip(new, ids)})
-                featureless = dict(zip(ids, self.embedder.is_featureless(vectors).tolist()))
-            else:
-                featureless = {}
             all_ids = [known[o.sha256] for o in originals]
-            before = sorted(set(all_ids) - set(featureless))  # already there: their stored vectors
-            if before:
-                stored_ids, stored = self.embeddings(before)
-                featureless.update(zip(stored_ids.tolist(),
-                                       self.embedder.is_featureless(stored).tolist()))
+            checks = self._item_checks(sorted(set(all_ids)))
             created = set(new)
             return Added(all_ids, [i in created for i in range(len(originals))],
-                         [featureless.get(i, False) for i in all_ids])
+                         [checks[i].featureless for i in all_ids], [checks[i] for i in all_ids])
+
+    def _embedded(self, originals: Sequence[Original], new: list[int],
+                  pixels: Optional[np.ndarray], vectors: Optional[np.ndarray],
+                  scores: Optional[np.ndarray]) -> tuple[np.ndarray, Optional[np.ndarray]]:
+        """The embeddings and domain scores (None: the model has no domain model) of the new
+        images: as given, else from their model input (`pixels`, else prepared here)."""
+        domain = self.embedder.has_domain_model
+        if vectors is not None and (scores is not None or not domain):
+            return (np.asarray(vectors, np.float32)[new],
+                    None if scores is None else np.asarray(scores, np.float64)[new])
+        batch = pixels[new] if pixels is not None else \
+            self.embedder.prepare([originals[i].image for i in new])
+        vectors = (np.asarray(vectors, np.float32)[new] if vectors is not None
+                   else self.embedder.embed_prepared(batch))
+        return vectors, self.embedder.domain_score_prepared(batch) if domain else None
+
+    def _item_checks(self, ids: Sequence[int]) -> dict[int, DomainCheck]:
+        """Each item's check (`item_check`), from its stored embedding and domain score."""
+        with self._store.read() as conn:
+            found, stored = self._store.embeddings(conn, self.record.embedding_dim, ids)
+            items = self._store.items(conn, ids)
+        blank = dict(zip(found.tolist(), self.embedder.is_featureless(stored).tolist()))
+        return {i: self.item_check(items[i], blank.get(i, True)) for i in ids if i in items}
 
     def edit(self, item_id: int, label: Any = UNCHANGED, metadata: Any = UNCHANGED) -> Item:
         """Change an item's label (None: no label) and/or metadata; what is not given stays.
@@ -778,13 +866,15 @@ def _per_image(values, n: int, what: str, kind: type, optional: bool = False) ->
 
 
 def _judgeable(matches: Sequence[Match]) -> Optional[Match]:
-    """The first of `matches` whose item the model finds features in."""
-    return next((m for m in matches if not m.featureless), None)
+    """The first of `matches` whose item can be judged: in the model's domain, with features."""
+    return next((m for m in matches if not m.featureless and m.item_in_domain is not False), None)
 
 
-def _match(item: Item, verdict, featureless: bool = False) -> Match:
+def _match(item: Item, verdict, featureless: bool = False,
+           item_in_domain: Optional[bool] = None) -> Match:
     return Match(id=item.id, label=item.label, verdict=verdict, metadata=item.metadata,
-                 source=item.source, sha256=item.sha256, featureless=featureless)
+                 source=item.source, sha256=item.sha256, featureless=featureless,
+                 item_in_domain=item_in_domain)
 
 
 MAX_ID = 2**63 - 1  # ids are BIGINT in every database

@@ -47,9 +47,21 @@ class IngestReport:
     duplicates: int = 0  # the same image as another file of this run
     failed: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
     ignored: list[str] = field(default_factory=list)  # files without an image suffix
-    # files added that the model finds no features in (nothing else will be verified against them)
+    # files added that the model finds no features in, or that do not look like its training
+    # data (nothing else will be verified against them)
     featureless: list[str] = field(default_factory=list)
+    out_of_domain: list[str] = field(default_factory=list)
     seconds: float = 0.0
+
+    def note(self, added, names: list[str]) -> None:
+        """Name the files `Gallery.add_originals` just created that nothing will be verified
+        against: featureless, or out of the model's domain."""
+        for name, new, blank, foreign in zip(names, added.created, added.featureless,
+                                             added.out_of_domain):
+            if new and blank:
+                self.featureless.append(name)
+            elif new and foreign:
+                self.out_of_domain.append(name)
 
     @property
     def images_per_s(self) -> float:
@@ -151,8 +163,7 @@ def ingest(gallery: Gallery, sources: Sequence[Source], batch_size: int = BATCH_
                 # Another process may have added some of them since the batch was read.
                 report.added += sum(added.created)
                 report.skipped += len(originals) - sum(added.created)
-                report.featureless += [batch.sources[i].name for i, new, blank in zip(
-                    keep, added.created, added.featureless) if new and blank]
+                report.note(added, [batch.sources[i].name for i in keep])
             if progress is not None:
                 progress.update(len(chunk))
     report.seconds = time.perf_counter() - start

@@ -60,11 +60,17 @@ class ReadAndEmbed:
         read = read_batch(sources, known, self.embedder.prepare)
         vectors = (self.embedder.embed_prepared(read.pixels) if read.originals
                    else np.zeros((0, self.embedder.embedding_dim), np.float32))
+        # The enrolment's domain check, here where the model input is (NaN: no domain model).
+        scores = (self.embedder.domain_score_prepared(read.pixels)
+                  if read.originals and self.embedder.has_domain_model
+                  else np.full(len(read.originals), np.nan))
         rows: dict[str, list] = {k: [] for k in ("index", "sha256", "data", "error", "state",
-                                                 "vector")}
+                                                 "vector", "score")}
 
         def row(source: Source, state: str, original: Optional[Original] = None,
-                error: str = "", vector: Optional[np.ndarray] = None) -> None:
+                error: str = "", vector: Optional[np.ndarray] = None,
+                score: float = np.nan) -> None:
+            rows["score"].append(float(score))
             rows["index"].append(index_of[id(source)])
             rows["state"].append(state)
             rows["sha256"].append(original.sha256 if original else "")
@@ -79,8 +85,8 @@ class ReadAndEmbed:
             row(source, "known")
         for source in read.duplicates:
             row(source, "duplicate")
-        for source, original, vector in zip(read.sources, read.originals, vectors):
-            row(source, "new", original, vector=vector)
+        for source, original, vector, score in zip(read.sources, read.originals, vectors, scores):
+            row(source, "new", original, vector=vector, score=score)
         return rows
 
 
@@ -160,9 +166,10 @@ def _add(gallery: Gallery, sources: Sequence[Source], batch: dict[str, Any],
          report: IngestReport, seen: set[str], strict: bool) -> None:
     """Add one batch from the actors, counting what `ingest.ingest` counts."""
     new: list[tuple[Source, Original, np.ndarray]] = []
-    for index, state, sha, data, error, vector in zip(
+    scores: list[float] = []
+    for index, state, sha, data, error, vector, score in zip(
             batch["index"], batch["state"], batch["sha256"], batch["data"], batch["error"],
-            batch["vector"]):
+            batch["vector"], batch["score"]):
         source = sources[int(index)]
         if state == "failed":
             _fail(report, source, BadImageError(str(error)), strict)
@@ -173,13 +180,15 @@ def _add(gallery: Gallery, sources: Sequence[Source], batch: dict[str, Any],
         else:
             new.append((source, Original.decoded_elsewhere(bytes(data), source.path, str(sha)),
                         np.asarray(vector, np.float32)))
+            scores.append(float(score))
     if not new:
         return
+    scored = np.asarray(scores)
     added = gallery.add_originals([o for _, o, _ in new], [s.label for s, _, _ in new],
                                   [s.metadata for s, _, _ in new],
-                                  vectors=np.stack([v for _, _, v in new]))
+                                  vectors=np.stack([v for _, _, v in new]),
+                                  domain_scores=None if np.isnan(scored).all() else scored)
     seen.update(o.sha256 for _, o, _ in new)
     report.added += sum(added.created)
     report.skipped += len(new) - sum(added.created)
-    report.featureless += [s.name for (s, _, _), created, blank in zip(
-        new, added.created, added.featureless) if created and blank]
+    report.note(added, [s.name for s, _, _ in new])

@@ -32,6 +32,7 @@ class Item:
     media_type: str
     added: dt.datetime
     metadata: dict[str, Any] = field(default_factory=dict)
+    domain_score: Optional[float] = None  # of its image when added; None: not checked
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "added": self.added.isoformat()}
@@ -51,6 +52,9 @@ class Match:
     # The model finds no features in the item's image (`Embedder.is_featureless`): it sits where
     # every such image does, so it is never verified (its verdict's domain check says why).
     featureless: bool = False
+    # The item's own image in the model's domain, as checked when it was added (None: not
+    # checked); an item out of domain is never verified either.
+    item_in_domain: Optional[bool] = None
 
     @property
     def distance(self) -> float:

@@ -88,6 +88,10 @@ class ItemRow(Base):
     added: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSON)
     embedding: Mapped[bytes] = mapped_column(LargeBinary)  # float32 little-endian, embedding_dim values
+    # The domain model's score of the image when it was added (`encoder.domain`); None: not
+    # checked (a model without one, or an item added before enrolment checked images). Added
+    # after schema 1 was out: `Store.upgrade` adds it to older databases.
+    domain_score: Mapped[Optional[float]] = mapped_column(nullable=True)
 
 
 class ChangeRow(Base):
@@ -106,7 +110,8 @@ class ChangeRow(Base):
 GALLERY, IMAGES, ITEMS, CHANGES = (GalleryRow.__table__, ImageRow.__table__, ItemRow.__table__,
                                    ChangeRow.__table__)
 _ITEM_COLUMNS = [ITEMS.c.id, ITEMS.c.label, ITEMS.c.source, ITEMS.c.sha256, ITEMS.c.width,
-                 ITEMS.c.height, IMAGES.c.media_type, ITEMS.c.added, ITEMS.c.metadata]
+                 ITEMS.c.height, IMAGES.c.media_type, ITEMS.c.added, ITEMS.c.metadata,
+                 ITEMS.c.domain_score]
 
 
 @dataclass(frozen=True)
@@ -252,19 +257,22 @@ class Store:
 
     def upgrade(self) -> None:
         """Add what came after schema 1 to an older gallery: the nullable columns of the gallery
-        row (the gallery works the same with them empty), and the change log (empty: readers
-        compare ids until it has the changes they need). Not on a read-only database."""
+        row and of the items (the gallery works the same with them empty: items say they were
+        not checked), and the change log (empty: readers compare ids until it has the changes
+        they need). Not on a read-only database."""
         if self.read_only:
             return
         Base.metadata.create_all(self.engine, tables=[CHANGES])  # only if it is not there
-        present = {c["name"] for c in inspect(self.engine).get_columns(GALLERY.name)}
-        added = [c for c in GALLERY.columns if c.name not in present]
+        found = inspect(self.engine)
+        added = [(table, c) for table in (GALLERY, ITEMS)
+                 for present in [{c["name"] for c in found.get_columns(table.name)}]
+                 for c in table.columns if c.name not in present]
         if not added:
             return
         with self.write() as conn:
-            for column in added:
+            for table, column in added:
                 kind = column.type.compile(dialect=self.engine.dialect)
-                conn.exec_driver_sql(f'ALTER TABLE {GALLERY.name} ADD COLUMN "{column.name}" {kind}')
+                conn.exec_driver_sql(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}')
 
     def record(self, conn: Connection) -> GalleryRecord:
         row = conn.execute(select(GALLERY).where(GALLERY.c.id == 1)).mappings().first()
@@ -358,10 +366,13 @@ class Store:
 
     def insert(self, conn: Connection, ids: Sequence[int], originals: Sequence[Original],
                labels: Sequence[Optional[str]], metadata: Sequence[dict[str, Any]],
-               embeddings: np.ndarray, added: Union[dt.datetime, Sequence[dt.datetime]]
-               ) -> list[int]:
-        """Store new items under `ids` (reserved by `next_generation`, or kept from an export)."""
+               embeddings: np.ndarray, added: Union[dt.datetime, Sequence[dt.datetime]],
+               domain_scores: Optional[Sequence[Optional[float]]] = None) -> list[int]:
+        """Store new items under `ids` (reserved by `next_generation`, or kept from an export),
+        with their images' domain scores (None: not checked)."""
         ids = [int(i) for i in ids]
+        scores = [None] * len(ids) if domain_scores is None else \
+            [None if v is None else float(v) for v in domain_scores]
         added = [added] * len(ids) if isinstance(added, dt.datetime) else list(added)
         vectors = np.ascontiguousarray(embeddings, "<f4")
         if self.originals_store is not None:  # before the commit: an unreachable store refuses
@@ -372,9 +383,31 @@ class Store:
              "data": None if self.originals_store is not None else o.data} for o in originals])
         conn.execute(insert(ITEMS), [
             {"id": i, "label": label, "source": o.name, "sha256": o.sha256, "width": o.image.width,
-             "height": o.image.height, "added": when, "metadata": meta, "embedding": v.tobytes()}
-            for i, o, label, meta, v, when in zip(ids, originals, labels, metadata, vectors, added)])
+             "height": o.image.height, "added": when, "metadata": meta, "embedding": v.tobytes(),
+             "domain_score": score}
+            for i, o, label, meta, v, when, score in zip(ids, originals, labels, metadata, vectors,
+                                                        added, scores)])
         return ids
+
+    def set_domain_scores(self, conn: Connection, scores: dict[int, float]) -> None:
+        """Record the domain scores of items checked after they were added."""
+        if scores:
+            conn.execute(update(ITEMS).where(ITEMS.c.id == bindparam("item")).values(
+                domain_score=bindparam("score")),
+                [{"item": int(i), "score": float(v)} for i, v in scores.items()])
+
+    def unchecked(self, conn: Connection) -> np.ndarray:
+        """The ids of items whose image was never domain-checked, ascending."""
+        return np.array(conn.execute(select(ITEMS.c.id).where(ITEMS.c.domain_score.is_(None))
+                                     .order_by(ITEMS.c.id)).scalars().all(), np.int64)
+
+    def domain_scores(self, conn: Connection, ids: Sequence[int]) -> dict[int, Optional[float]]:
+        found: dict[int, Optional[float]] = {}
+        for chunk in _chunks(_ints(ids)):
+            rows = conn.execute(select(ITEMS.c.id, ITEMS.c.domain_score)
+                                .where(ITEMS.c.id.in_(chunk)))
+            found.update({int(i): v for i, v in rows})
+        return found
 
     def missing(self, conn: Connection, ids: Sequence[int]) -> list[int]:
         """Those of `ids` that are not in the gallery."""
@@ -458,7 +491,7 @@ class Store:
     def _item(r) -> Item:
         return Item(id=int(r.id), label=r.label, source=r.source, sha256=r.sha256, width=r.width,
                     height=r.height, media_type=r.media_type, added=_utc(r.added),
-                    metadata=r.metadata or {})
+                    metadata=r.metadata or {}, domain_score=r.domain_score)
 
     def image(self, conn: Connection, item_id: int) -> tuple[bytes, str]:
         row = conn.execute(select(IMAGES.c.sha256, IMAGES.c.data, IMAGES.c.media_type).join(ITEMS)

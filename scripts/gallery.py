@@ -28,8 +28,12 @@ def parser() -> argparse.ArgumentParser:
     stats = sub.add_parser("stats", help="items, labels, model, verdict defaults, index")
     stats.add_argument("gallery", metavar="GALLERY")
     stats.add_argument("--json", action="store_true", help="print them as JSON")
-    check = sub.add_parser("check", help="whether the database and the index are whole")
+    check = sub.add_parser("check", help="whether the database and the index are whole, and "
+                                         "which items nothing will be verified against")
     check.add_argument("gallery", metavar="GALLERY")
+    check.add_argument("--record", action="store_true",
+                       help="check the domain of the items added before enrolment checked "
+                            "images (from their stored originals), and record it")
     export = sub.add_parser("export", help="every item and the settings, into one zip file")
     export.add_argument("gallery", metavar="GALLERY")
     export.add_argument("file", metavar="FILE", help="the zip file to write (replaced if there)")
@@ -94,12 +98,24 @@ def _check(args, archive) -> int:
                       url=args.db_url) as gallery:
         items = len(gallery)
         blank = gallery.featureless_ids()
+        if args.record:
+            with progress_bar(args.progress, desc="domain check", unit="img") as progress:
+                checked = gallery.record_domain_checks(progress=progress)
+            print(f"checked and recorded the domain of {checked:,} item(s) added before "
+                  "enrolment checked images")
+        foreign, unchecked = gallery.domain_ids()
     if stale:
         print(f"note: the index file was not current ({stale}); opening caught it up")
-    if blank:
-        shown = ", ".join(map(str, blank[:20])) + (" ..." if len(blank) > 20 else "")
-        print(f"note: the model finds no features in {len(blank):,} item(s), so nothing will "
-              f"be verified against them; enrol another image of each: {shown}")
+    for ids, what in ((blank, "the model finds no features in"),
+                      (foreign, "the images of")):
+        if ids:
+            shown = ", ".join(map(str, ids[:20])) + (" ..." if len(ids) > 20 else "")
+            tail = "" if ids is blank else " do not look like what the model was trained on"
+            print(f"note: {what} {len(ids):,} item(s){tail}, so nothing will be verified "
+                  f"against them; enrol another image of each: {shown}")
+    if unchecked:
+        print(f"note: {len(unchecked):,} item(s) were added before enrolment checked images; "
+              "siamese-gallery check --record checks them and records the result")
     print(f"ok: {args.gallery}: {items:,} items, database and embeddings whole")
     return 0
 

@@ -137,10 +137,12 @@ def _print_summary(report, stats) -> None:
         print(f"added {report.added:,}, skipped {report.skipped:,} already in the gallery, "
               f"{report.duplicates:,} duplicate(s), failed {len(report.failed):,}: "
               f"{report.files:,} file(s) in {report.seconds:.1f} s ({report.images_per_s:,.0f} images/s)")
-    if report.featureless:
-        shown = ", ".join(report.featureless[:3]) + (", ..." if len(report.featureless) > 3 else "")
-        print(f"warning: the model finds no features in {len(report.featureless):,} added "
-              f"image(s), so no other image will be verified against them: {shown}")
+    for names, what in ((report.featureless, "the model finds no features in"),
+                        (report.out_of_domain, "the model's domain check refused")):
+        if names:
+            shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+            print(f"warning: {what} {len(names):,} added image(s), so no other image will be "
+                  f"verified against them: {shown}")
     print(stats.summary())
 
 

@@ -6,6 +6,10 @@ sample can be traced back to the dataset. Only test images are used: the bundled
 saw them in training. The queries are the next test images of a few classes, and one portrait
 that is nothing like the training data (scikit-image's astronaut, a NASA photograph in the
 public domain) to show the domain check.
+
+With --foreign, instead: the real images the package ships for domain checks to learn from
+(`encoder/foreign_data/`): 2,000 Fashion-MNIST training images and 2,000 Omniglot characters,
+drawn with a fixed seed.
 """
 from __future__ import annotations
 
@@ -14,7 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from scripts.common import FASHION_MNIST_DIR, run
+from scripts.common import FASHION_MNIST_DIR, OMNIGLOT_BACKGROUND, run
+
+FOREIGN_IMAGES = 2000
 
 
 def parser() -> argparse.ArgumentParser:
@@ -26,7 +32,33 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--queries",
                    help="output folder of the docs' query images (default: queries/ beside "
                         "--out, so samples/queries)")
+    p.add_argument("--foreign", metavar="FOLDER",
+                   help="write the foreign sets the package ships into FOLDER (encoder/"
+                        "foreign_data) instead of the sample gallery")
+    p.add_argument("--omniglot", nargs="+", default=OMNIGLOT_BACKGROUND, metavar="ZIP",
+                   help="--foreign: the Omniglot sources (default: the two small background sets)")
     return p
+
+
+def write_foreign(args) -> None:
+    """The shipped foreign sets: Fashion-MNIST thumbnails as they are, Omniglot's 105x105 1-bit
+    characters packed to bits (a fifth of the size)."""
+    from encoder.datasets import load_fashion_mnist, load_omniglot
+    from encoder.images import Preprocessing
+
+    out = Path(args.foreign)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(20261207)
+    train = load_fashion_mnist(args.dataset, "train")
+    pick = np.sort(rng.choice(len(train), FOREIGN_IMAGES, replace=False))
+    np.savez_compressed(out / "fashion-mnist.npz", images=train.images[pick, :, :, 0],
+                        indices=pick)
+    omniglot = load_omniglot(args.omniglot, Preprocessing(105, 105, 1))
+    pick = np.sort(rng.choice(len(omniglot), FOREIGN_IMAGES, replace=False))
+    ink = omniglot.images[pick, :, :, 0] >= 128
+    np.savez_compressed(out / "omniglot.npz", bits=np.packbits(ink), count=len(pick), side=105,
+                        indices=pick)
+    print(f"wrote {FOREIGN_IMAGES} Fashion-MNIST and {FOREIGN_IMAGES} Omniglot images under {out}")
 
 
 # The docs' queries: (file name, class, which test image of that class after the gallery's).
@@ -40,6 +72,9 @@ def folder_name(class_name: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.foreign:
+        write_foreign(args)
+        return 0
     from PIL import Image
 
     from encoder.datasets import load_fashion_mnist

@@ -112,13 +112,17 @@ def _search(gallery, args, images: list, failed: list) -> None:
         if not matches:
             print("  the gallery is empty")
         for rank, m in enumerate(matches, 1):
-            mark = "verified" if m.verified else "no feat." if m.featureless else ""
+            mark = ("verified" if m.verified else "no feat." if m.featureless else
+                    "foreign" if m.item_in_domain is False else "")
             print(f"  {rank:>3}  id {m.id:<8} distance {m.distance:.4f}{_probability(m):<14}  "
                   f"{mark:<8}  {m.label or '-':<16} {m.source}")
         if any(m.featureless for m in matches) and r.domain.in_domain is not False:
             print("  note: the model finds no features in the images of the items marked "
                   "\"no feat.\": it gives every such image the same embedding, so they are never "
                   "verified")
+        if any(m.item_in_domain is False for m in matches) and r.domain.in_domain is not False:
+            print("  note: the images of the items marked \"foreign\" did not look like what the "
+                  "model was trained on when they were added, so they are never verified")
 
 
 def _identify(gallery, args, images: list, failed: list) -> None:
@@ -140,11 +144,16 @@ def _identify(gallery, args, images: list, failed: list) -> None:
             answer = (f"identified: item {r.match.id} ({r.match.label or 'no label'}) at distance "
                       f"{r.match.distance:.4f}{_probability(r.match)}")
         else:
+            # No probability beside "nobody": P(same) is for one pair, and reads as a
+            # contradiction of the 1:N answer.
             answer = (f"nobody: the nearest, item {r.nearest.id} ({r.nearest.label or 'no label'}), "
-                      f"is at distance {r.nearest.distance:.4f}{_probability(r.nearest)}")
+                      f"is at distance {r.nearest.distance:.4f}, beyond the threshold")
             if r.nearest.featureless:
                 answer += (", an image the model finds no features in (every such image gets the "
                            "same embedding, so it is never verified)")
+            elif r.nearest.item_in_domain is False:
+                answer += (", an image that did not look like what the model was trained on when "
+                           "it was added (it is never verified)")
         print(f"{image}: {answer} ({r.rule.describe()})")
         if r.domain.in_domain is None:
             print(f"  note: {r.domain.reason}")
@@ -153,7 +162,8 @@ def _identify(gallery, args, images: list, failed: list) -> None:
 def _match_dict(m) -> dict:
     return {"id": m.id, "label": m.label, "distance": round(m.distance, 6),
             "probability": None if m.probability is None else round(m.probability, 4),
-            "verified": m.verified, "featureless": m.featureless, "metadata": m.metadata,
+            "verified": m.verified, "featureless": m.featureless,
+            "item_in_domain": m.item_in_domain, "metadata": m.metadata,
             "source": m.source}
 
 

@@ -17,7 +17,7 @@ from flask import Blueprint, Response, g, jsonify, request, url_for
 from encoder.errors import ConfigError
 from encoder.verdict import rounded, rounded_probability
 from indexer import Item, Match
-from indexer.gallery import FEATURELESS_WARNING
+from indexer.gallery import FEATURELESS_WARNING, OUT_OF_DOMAIN_WARNING
 from indexer.records import Original, sha256_of
 
 from . import access, openapi, uploads
@@ -45,11 +45,13 @@ def openapi_document():
 def match_json(m: Match, query_sha256: Optional[str] = None) -> dict[str, Any]:
     """A match in an answer whose rule and domain check are said once, at the top. `same_image`:
     the item's original is byte for byte the query (its distance is 0 for that reason);
-    `featureless`: the model finds no features in the item's image (never verified)."""
+    `featureless`: the model finds no features in the item's image, `item_in_domain`: the item's
+    image looked like the model's training data when it was added (False: it did not; null: not
+    checked); neither kind is ever verified."""
     return {"id": m.id, "label": m.label, "distance": rounded(m.distance),
             "probability": rounded_probability(m.probability), "verified": m.verified,
             "same_image": query_sha256 is not None and m.sha256 == query_sha256,
-            "featureless": m.featureless,
+            "featureless": m.featureless, "item_in_domain": m.item_in_domain,
             "image_url": image_url(m.id), "metadata": m.metadata}
 
 
@@ -59,7 +61,10 @@ def verdict_context(rule, domain) -> dict[str, Any]:
 
 
 def item_json(item: Item) -> dict[str, Any]:
-    return {**item.to_dict(), "image_url": image_url(item.id)}
+    """An item, with the domain check of its image as recorded when it was added."""
+    check = get_gallery().item_check(item)
+    return {**item.to_dict(), "in_domain": check.in_domain, "domain_reason": check.reason,
+            "image_url": image_url(item.id)}
 
 
 def image_url(item_id: int) -> str:
@@ -173,9 +178,13 @@ def add_item():
     added = gallery.add_originals([original], [label], [metadata])
     item_id, created = added.ids[0], added.created[0]
     item = gallery.get(item_id)
-    body = {"item": item_json(item), "created": created, "featureless": added.featureless[0]}
+    check = added.checks[0]
+    body = {"item": item_json(item), "created": created, "featureless": added.featureless[0],
+            "in_domain": check.in_domain, "domain_reason": check.reason}
     if added.featureless[0]:
         body["warning"] = FEATURELESS_WARNING
+    elif added.out_of_domain[0]:
+        body["warning"] = OUT_OF_DOMAIN_WARNING
     if not created and item.label != label:
         body.update(label_changed=False, message=(
             f"this image is already in the gallery as item {item_id}, labelled {item.label!r}; "

@@ -18,7 +18,7 @@ from typing import Any, Iterator, Optional
 from encoder.errors import BadImageError
 from encoder.images import is_image_name, megabytes
 from indexer import Gallery
-from indexer.gallery import FEATURELESS_WARNING
+from indexer.gallery import FEATURELESS_WARNING, OUT_OF_DOMAIN_WARNING
 from indexer.records import Original
 
 MAX_MEMBERS = 2_000  # entries looked at in one zip
@@ -95,11 +95,12 @@ def _add_batch(gallery: Gallery, batch: list[tuple[Outcome, bytes, Optional[str]
     if not originals:
         return
     added = gallery.add_originals(originals, labels, [metadata] * len(originals))
-    for outcome, item_id, created, blank in zip(outcomes, added.ids, added.created,
-                                                added.featureless):
+    for outcome, item_id, created, blank, foreign in zip(outcomes, added.ids, added.created,
+                                                         added.featureless, added.out_of_domain):
         outcome.item_id = item_id
         outcome.status = "added" if created else "present"
-        outcome.warning = FEATURELESS_WARNING if blank else ""
+        outcome.warning = (FEATURELESS_WARNING if blank else
+                           OUT_OF_DOMAIN_WARNING if foreign else "")
 
 
 def _members(name: str, data: bytes, limit: int, budget: list[int]

@@ -252,7 +252,10 @@ NUMBER_OR_NULL = {"type": ["number", "null"]}
 RULE = {"operating_point": {"type": "string"}, "threshold": {"type": "number"}}
 DOMAIN = {"in_domain": {"type": ["boolean", "null"], "description": "whether the image looks "
                         "like the model's training data; null: not checked (no domain model)"},
-          "domain_score": NUMBER_OR_NULL, "domain_reason": {"type": ["string", "null"]}}
+          "domain_score": NUMBER_OR_NULL, "domain_reason": {"type": ["string", "null"]},
+          "domain_check_weak": {"type": "boolean", "description": "the model's domain check "
+                                "misses its targets (its card's domain.weak says which): "
+                                "in_domain says less than it should"}}
 MATCH = _object({"id": {"type": "integer"}, "label": {"type": ["string", "null"]},
                  "distance": {"type": "number", "minimum": 0},
                  "probability": {**NUMBER_OR_NULL, "description":

@@ -5,6 +5,7 @@ import io
 import json
 import shutil
 import sqlite3
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -403,3 +404,62 @@ def test_items_the_model_finds_no_features_in_are_nobodys_impostor(
     else:  # another sample of the larger gallery: none of the near-zero distances blanks give
         assert after.min() > 1e-3 and before.min() > 1e-3
     g.close()
+
+
+PORTRAIT = Path(__file__).resolve().parents[2] / "samples" / "queries" / "portrait.png"
+
+
+def test_an_item_out_of_the_models_domain_is_flagged_and_never_verified(gallery, png_folder):
+    """Enrolment runs the domain check: a portrait in a gallery of garments is added (it is the
+    user's image), flagged with its reason, and nothing is ever verified against it, however
+    near; nor is it anybody's impostor in the 1:N threshold."""
+    from indexer.records import Original
+
+    added = gallery.add_originals([Original.from_source(PORTRAIT)], ["me"], [{}])
+    assert added.created == [True] and added.out_of_domain == [True]
+    check = added.checks[0]
+    assert check.in_domain is False and not check.featureless
+    assert check.reason.startswith("the gallery item: the image does not look like")
+    item = gallery.get(added.ids[0])
+    assert item.domain_score is not None and gallery.item_check(item).in_domain is False
+    again = gallery.add_originals([Original.from_source(PORTRAIT)], [None], [{}])
+    assert again.created == [False] and again.out_of_domain == [True]  # its recorded check
+    near = gallery.neighbours(item.id, k=4, threshold=5.0)  # any distance would pass
+    assert near.domain.in_domain is False and not any(m.verified for m in near.matches)
+    assert all(m.probability is None for m in near.matches)
+    garment = sorted(png_folder.rglob("*.png"))[0]
+    matches = gallery.search(garment, k=len(gallery), threshold=5.0)
+    [flagged] = [m for m in matches if m.id == item.id]
+    assert flagged.item_in_domain is False and not flagged.verified
+    assert flagged.probability is None and flagged.domain.reason.startswith("the gallery item:")
+    assert all(m.verified for m in matches if m.id != item.id)
+    assert not gallery.verify(garment, item.id, threshold=5.0).verified
+    # 1:N looks past it: even with the portrait itself as the query... the query is out of
+    # domain; with a garment, identification names a garment.
+    found = gallery.identification(garment, threshold=5.0)
+    assert found.match is not None and found.match.id != item.id
+    assert gallery.domain_ids() == ([item.id], [])
+    assert len(gallery.nearest_impostors()) == len(gallery) - 1
+
+
+def test_items_added_before_enrolment_checked_are_said_so_and_checked_on_request(
+        gallery, db_url):
+    """A gallery from before this change: its items have no recorded check. They say so, and
+    `record_domain_checks` checks their stored originals and records the result."""
+    from indexer.records import Original
+    from indexer.store import ITEMS
+
+    portrait = gallery.add_originals([Original.from_source(PORTRAIT)], ["me"], [{}]).ids[0]
+    with gallery._store.write() as conn:  # as an older version left it
+        conn.execute(ITEMS.update().values(domain_score=None))
+    reopened = Gallery.open(gallery.path, gallery.embedder, url=db_url)
+    try:
+        foreign, unchecked = reopened.domain_ids()
+        assert foreign == [] and len(unchecked) == len(reopened)
+        check = reopened.item_check(reopened.get(portrait))
+        assert check.in_domain is None and "siamese-gallery check --record" in check.reason
+        assert reopened.record_domain_checks(batch=20) == len(reopened)
+        assert reopened.domain_ids() == ([portrait], [])
+        assert reopened.neighbours(portrait, threshold=5.0).domain.in_domain is False
+    finally:
+        reopened.close()

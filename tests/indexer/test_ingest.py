@@ -185,8 +185,10 @@ def test_labels_and_metadata_from_a_manifest_reach_the_gallery(tmp_path, fashion
 
 def test_report_as_json():
     report = IngestReport(files=4, added=2, skipped=1, failed=[("x.png", "empty file")],
-                          featureless=["blank.png"], seconds=2.00049)
+                          featureless=["blank.png"], out_of_domain=["face.png"],
+                          seconds=2.00049)
     assert report.to_dict() == {"files": 4, "added": 2, "skipped": 1, "duplicates": 0,
                                 "failed": [{"file": "x.png", "reason": "empty file"}],
-                                "ignored": [], "featureless": ["blank.png"], "seconds": 2.0,
+                                "ignored": [], "featureless": ["blank.png"],
+                                "out_of_domain": ["face.png"], "seconds": 2.0,
                                 "images_per_s": 2.0}

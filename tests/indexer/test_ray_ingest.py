@@ -29,21 +29,31 @@ def test_ray_builds_the_same_gallery_as_one_process(tmp_path, fashion_test, mode
     blank = sorted(map(str, write_fashion_pngs(photos, fashion_test, featureless[:2])))
     (photos / files[0].parent.name / "copy.png").write_bytes(files[0].read_bytes())
     (photos / "Coat" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    (photos / "People").mkdir()
+    portrait = photos / "People" / "me.png"  # out of the model's domain
+    portrait.write_bytes((REPO / "samples" / "queries" / "portrait.png").read_bytes())
     database = ["--db-url", db_url] if db_url else []
     code, out, err = cli(index_cmd, [photos, "--gallery", tmp_path / "ray", "--model", model_dir,
                                      "--ray", "--batch-size", "64", "--json", *database], capsys)
     report = json.loads(out)["report"]
-    assert code == 1 and report["added"] == 302 and report["duplicates"] == 1
+    assert code == 1 and report["added"] == 303 and report["duplicates"] == 1
     assert sorted(report["featureless"]) == blank  # named as one process names them
+    # The portrait, and the rare test image the bundled check refuses (about 0.5% of them).
+    refused = sorted(report["out_of_domain"])
+    assert str(portrait) in refused and len(refused) <= 4
     assert [f["file"] for f in report["failed"]] == [str(photos / "Coat" / "broken.png")]
     assert "ray" not in err.lower()  # Ray's own chatter stays out of the command's output
     code, out, _ = cli(index_cmd, [photos, "--gallery", tmp_path / "one", "--model", model_dir,
                                    "--json"], capsys)
     report = json.loads(out)["report"]
-    assert code == 1 and report["added"] == 302 and sorted(report["featureless"]) == blank
+    assert code == 1 and report["added"] == 303 and sorted(report["featureless"]) == blank
+    assert sorted(report["out_of_domain"]) == refused
     with Gallery.open(tmp_path / "ray", model_embedder, url=db_url) as on_ray, \
             Gallery.open(tmp_path / "one", model_embedder) as in_one:
         assert items_by_hash(on_ray) == items_by_hash(in_one)
+        flagged = [{g.get(i).sha256 for i in g.domain_ids()[0]} for g in (on_ray, in_one)]
+        assert flagged[0] == flagged[1] and len(flagged[0]) == len(refused)
+        assert on_ray.domain_ids()[1] == []  # every item checked
         query = files[123].read_bytes()
         assert on_ray.search(query, k=1)[0].distance == pytest.approx(
             in_one.search(query, k=1)[0].distance, abs=1e-5)

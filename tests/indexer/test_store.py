@@ -242,3 +242,35 @@ def test_the_change_log_holds_each_change_until_compacted(store):
     with store.read() as conn:
         assert store.changes(conn, 0, 2) is None  # no longer reaches back to generation 1
         assert len(store.changes(conn, 1, 2)) == 1
+
+
+def test_upgrade_adds_the_domain_score_to_the_items_of_an_older_database(tmp_path):
+    """Items written before enrolment checked images: upgrade adds their `domain_score` column,
+    empty (not checked), and they read as before."""
+    path = tmp_path / "old.db"
+    store = Store(f"sqlite:///{path}")
+    store.initialise(record())
+    with store.write() as conn:
+        conn.exec_driver_sql("DROP TABLE items")
+        conn.exec_driver_sql(
+            "CREATE TABLE items (id INTEGER NOT NULL PRIMARY KEY, label VARCHAR(1000), source TEXT "
+            "NOT NULL, sha256 VARCHAR(64) NOT NULL UNIQUE REFERENCES images (sha256), width "
+            "INTEGER NOT NULL, height INTEGER NOT NULL, added DATETIME NOT NULL, metadata JSON "
+            "NOT NULL, embedding BLOB NOT NULL)")
+        conn.exec_driver_sql("INSERT INTO images VALUES ('ab', 'image/png', x'00')")
+        conn.exec_driver_sql("INSERT INTO items VALUES (1, 'a', 'a.png', 'ab', 2, 2, "
+                             "'2024-05-06 07:08:09.000000', '{}', x'0000803f')")
+    try:
+        store.upgrade()
+        columns = [row[1] for row in sqlite3.connect(path).execute("PRAGMA table_info(items)")]
+        assert columns[-1] == "domain_score"
+        with store.read() as conn:
+            item = store.items(conn, [1])[1]
+            assert (item.label, item.domain_score) == ("a", None)
+            assert store.unchecked(conn).tolist() == [1]
+        with store.write() as conn:
+            store.set_domain_scores(conn, {1: 2.5})
+        with store.read() as conn:
+            assert store.domain_scores(conn, [1]) == {1: 2.5} and not len(store.unchecked(conn))
+    finally:
+        store.close()

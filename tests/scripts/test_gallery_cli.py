@@ -136,7 +136,7 @@ def test_search_command(tmp_path, png_folder, model_dir, capsys):
     code, out, _ = cli(search_cmd, [query, "--gallery", gallery, "--model", model_dir,
                                     "--identify", "--fpir", "0.05"], capsys)
     assert code == 0 and out.startswith(f"{query}: identified: item ")
-    assert "FPIR 0.05 with 48 enrolled" in out
+    assert "FPIR 0.05 with 10 enrolled in 48 items" in out
     code, _, err = cli(search_cmd, [query, "--gallery", gallery, "--model", model_dir,
                                     "--identify", "--fpir", "2"], capsys)
     assert code == 2 and "fpir must be between 0 and 1" in error_line(err)

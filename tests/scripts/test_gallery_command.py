@@ -212,3 +212,42 @@ def test_a_failed_import_into_postgresql_leaves_no_tables_and_no_images(
                                      "--originals", images], capsys)
     assert code == 0, err
     assert len([p for p in images.rglob("*") if p.is_file()]) == 520
+
+
+def test_index_flags_a_portrait_and_check_records_what_older_galleries_never_checked(
+        tmp_path, png_folder, model_dir, capsys):
+    """Enrolment's domain check from the command line: siamese-index names the image the check
+    refused (a warning line, and the JSON's out_of_domain); siamese-gallery check names the item;
+    a gallery from before the check says so, and check --record checks and records it."""
+    import shutil
+    import sqlite3
+    from pathlib import Path
+
+    portrait = Path(__file__).resolve().parents[2] / "samples" / "queries" / "portrait.png"
+    (png_folder / "People").mkdir()
+    shutil.copy(portrait, png_folder / "People" / "me.png")
+    gallery = tmp_path / "g"
+    code, out, _ = cli(index_cmd, [png_folder, "--gallery", gallery, "--model", model_dir], capsys)
+    assert code == 0
+    assert (f"warning: the model's domain check refused 1 added image(s), so no other image will "
+            f"be verified against them: {png_folder / 'People' / 'me.png'}") in out, out
+    code, out, _ = cli(index_cmd, [png_folder, "--gallery", tmp_path / "g2", "--model", model_dir,
+                                   "--json"], capsys)
+    assert json.loads(out)["report"]["out_of_domain"] == [str(png_folder / "People" / "me.png")]
+    with Gallery.open(gallery, _embedder(model_dir)) as g:
+        [me] = [i.id for i in g.items(limit=100) if i.label == "People"]
+    code, out, _ = cli(gallery_cmd, ["check", gallery], capsys)
+    assert code == 0 and (f"note: the images of 1 item(s) do not look like what the model was "
+                          f"trained on, so nothing will be verified against them; enrol another "
+                          f"image of each: {me}") in out, out
+    db = sqlite3.connect(gallery / "gallery.db")
+    db.execute("UPDATE items SET domain_score = NULL")  # as a gallery from before the check
+    db.commit()
+    db.close()
+    code, out, _ = cli(gallery_cmd, ["check", gallery], capsys)
+    assert code == 0 and "note: 49 item(s) were added before enrolment checked images; " \
+        "siamese-gallery check --record checks them and records the result" in out, out
+    assert "do not look like" not in out
+    code, out, _ = cli(gallery_cmd, ["check", gallery, "--record", "--progress", "never"], capsys)
+    assert code == 0 and "checked and recorded the domain of 49 item(s)" in out
+    assert f"enrol another image of each: {me}" in out and "were added before" not in out

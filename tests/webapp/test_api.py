@@ -26,7 +26,8 @@ def test_search_returns_ranked_matches_with_verdicts(client, upload, sample_pngs
     matches = body["matches"]
     assert len(matches) == 5
     assert set(matches[0]) == {"id", "label", "distance", "probability", "verified", "same_image",
-                               "featureless", "image_url", "metadata"}
+                               "featureless", "item_in_domain", "image_url", "metadata"}
+    assert all(m["item_in_domain"] is True for m in matches)  # checked when they were added
     assert matches[0]["label"] == "Coat" and matches[0]["distance"] < 1e-3  # the very image
     assert [m["distance"] for m in matches] == sorted(m["distance"] for m in matches)
     assert all(m["verified"] == (m["distance"] <= body["threshold"]) for m in matches)
@@ -95,8 +96,10 @@ def test_gallery_add_get_image_list_delete(client, upload, fashion_test):
     assert (item["width"], item["height"], item["media_type"]) == (28, 28, "image/png")
 
     again = client.post("/api/gallery", data={"image": upload(data), "label": "Mine"})
-    assert again.status_code == 200 and again.get_json() == {"item": item, "created": False,
-                                                             "featureless": False}
+    assert again.status_code == 200 and again.get_json() == {
+        "item": item, "created": False, "featureless": False, "in_domain": True,
+        "domain_reason": "the gallery item: looks like fashion-mnist:train"}
+    assert (item["in_domain"], item["domain_reason"]) == (True, again.get_json()["domain_reason"])
 
     assert client.get(f"/api/gallery/{item['id']}").get_json() == {"item": item}
     image = client.get(item["image_url"])

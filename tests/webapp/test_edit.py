@@ -54,6 +54,7 @@ def test_neighbours_are_the_nearest_other_items(client):
     assert len(matches) == 4 and item["id"] not in [m["id"] for m in matches]
     assert [m["distance"] for m in matches] == sorted(m["distance"] for m in matches)
     assert matches[0]["label"] == item["label"]  # its nearest is one of its kind
-    assert body["in_domain"] is None  # a gallery item's image is not judged again
+    # Judged by the check its image had when it was added
+    assert body["in_domain"] is True and body["domain_reason"].startswith("the gallery item: ")
     assert client.get("/api/gallery/999999/neighbours").status_code == 404
     assert client.get(f"/api/gallery/{item['id']}/neighbours?k=0").status_code == 400

@@ -112,12 +112,13 @@ def test_identify_picks_its_threshold_for_the_target_fpir_at_the_gallery_size(
                                                 "fpir": "0.001"}).get_json()
     assert loose["operating_point"] == strict["operating_point"] == "fpir"
     assert loose["gallery_size"] == 50 and loose["fpir"] == 0.1
+    assert loose["identities"] == 10  # ten labels, five images each
     assert strict["threshold"] < loose["threshold"]
     # 50 items are enough to show 5 false identifications at 0.1: the gallery's own estimate
     assert loose["basis"] == "gallery"
     # ... but not 0.05 of them at 0.001: the card's open-set model
     assert strict["basis"] == "card"
-    expected, _ = model_embedder.card.open_set.threshold_for(0.001, 50)
+    expected, _ = model_embedder.card.open_set.threshold_for(0.001, 10, 5)
     assert strict["threshold"] == pytest.approx(expected, abs=1e-6)
     assert loose["match"]["distance"] < 1e-3  # the very image is enrolled
 
@@ -254,3 +255,37 @@ def test_a_search_beside_an_item_the_model_finds_no_features_in_does_not_verify_
     ).get_data(as_text=True)
     assert 'data-verdict="none"' in strict
     assert f"the nearest item that can be judged, item {second}, is at distance" in strict
+
+
+def test_enrolling_a_portrait_flags_it_and_nothing_is_verified_against_it(
+        client, sample_pngs, needs_domain_model):
+    """The issue's case: a portrait added to the demo gallery answered 201 with no flag, and its
+    item page then showed bags "98% same". Now the answer flags it with a warning, the item says
+    so, its neighbours are not verified and carry no probability, and a search that finds it
+    marks it; the item page and the search page say why."""
+    response = client.post("/api/gallery", data={"image": field(portrait(), "me.jpg"),
+                                                 "label": "me"})
+    body = response.get_json()
+    assert response.status_code == 201 and body["created"] and body["in_domain"] is False
+    assert body["featureless"] is False and "does not look like" in body["domain_reason"]
+    assert body["warning"] == ("the image does not look like what the model was trained on, so "
+                               "no other image will be verified against this item")
+    item = body["item"]
+    assert item["in_domain"] is False and item["domain_score"] is not None
+    assert client.get(f"/api/gallery/{item['id']}").get_json()["item"]["in_domain"] is False
+    near = client.get(f"/api/gallery/{item['id']}/neighbours?k=5&threshold=5").get_json()
+    assert near["in_domain"] is False and near["domain_reason"].startswith("the gallery item:")
+    assert not any(m["verified"] for m in near["matches"])
+    assert all(m["probability"] is None for m in near["matches"])
+    # A garment near it finds it marked and not verified, whatever the threshold.
+    bag = sample_pngs["Bag"][0].read_bytes()
+    everything = client.post("/api/search", data={"image": field(bag), "k": "60",
+                                                  "threshold": "5"}).get_json()
+    [found] = [m for m in everything["matches"] if m["id"] == item["id"]]
+    assert found["item_in_domain"] is False and not found["verified"]
+    assert all(m["verified"] for m in everything["matches"] if m["id"] != item["id"])
+    html = client.get(f"/gallery/{item['id']}").get_data(as_text=True)
+    assert 'data-domain="out-of-domain"' in html and "✓ same?" not in html
+    page = client.post("/", data=page_form({"image": field(bag), "k": "60", "threshold": "5"}))
+    assert 'data-domain="out-of-domain-item"' in page.get_data(as_text=True)
+    assert "✗ out of domain" in page.get_data(as_text=True)

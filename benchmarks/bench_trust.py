@@ -1,0 +1,254 @@
+"""Does a model trained on a user's folder state error rates that hold on classes it never saw?
+
+For each kind of folder, a model is trained with `siamese-train`'s defaults on about 30 classes of
+about 10 images, and measured on classes it never saw, against what its card states (the
+baseline of this benchmark: the card's own figures, as ratios):
+- each operating point's false-accept rate on every distinct pair of the new classes' images,
+  against the card's FAR and its 95% interval (target: at most 1.5x, or inside the interval);
+- the probability map's calibration error there (target: ECE <= 0.03);
+- what the service answers (the domain check applied) beside the distances alone: TAR at
+  "balanced";
+- the domain check: the new classes' images kept (target >= 98%), and real foreign images it
+  never trained on accepted (target <= 5% each);
+- 1:N with 5 classes enrolled with 3 images each and 5 strangers: FPIR at a target of 0.05
+  (target: within +-0.02) and the identification rate there.
+
+Kinds (all from the repository's datasets/): `omniglot` (characters drawn at random from the
+eight alphabets, in the sizes, colours and file formats of `scripts/make_folder.py`), `alphabets`
+(the same, trained on four alphabets and measured on the four others), `clothing` (real photos:
+seven garment classes to train, the three others new) and `fashion` (Fashion-MNIST: seven
+classes, three new).
+"""
+from __future__ import annotations
+
+import io
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from scripts.common import FASHION_MNIST_DIR, OMNIGLOT_BACKGROUND, repository_dataset
+
+KINDS = ("omniglot", "alphabets", "clothing", "fashion")
+FPIR_TARGET, ENROLLED, SHOTS, STRANGERS = 0.05, 5, 3, 5
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--kinds", default=",".join(KINDS),
+                   help="comma-separated kinds of folder (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the folders and of training")
+    p.add_argument("--out", default="runs/bench-trust", help="where folders and models go")
+    p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+
+
+def run(args) -> int:
+    from scripts.table import format_table
+
+    kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+    unknown = sorted(set(kinds) - set(KINDS))
+    if unknown:
+        from encoder.errors import ConfigError
+        raise ConfigError(f"unknown kind(s) {', '.join(unknown)}; choose from {', '.join(KINDS)}")
+    results = []
+    for kind in kinds:
+        started = time.perf_counter()
+        train_dir, unseen_dir = make_folders(kind, Path(args.out) / kind, args.seed)
+        results.append(measure(kind, train_dir, unseen_dir, Path(args.out) / kind / "model",
+                               args.seed))
+        print(f"{kind}: {time.perf_counter() - started:.0f} s", flush=True)
+    rows = []
+    for r in results:
+        for name, p in r["operating_points"].items():
+            rows.append([r["kind"], name, "yes" if p["calibrated"] else "no",
+                         f"{p['card_far']:.4f} [{p['card_ci'][0]:.4f}, {p['card_ci'][1]:.4f}]",
+                         f"{p['far']:.4f}", f"{p['ratio']:.2f}", "ok" if p["holds"] else "MISSED"])
+    print(format_table(["kind", "point", "calibrated", "card FAR [95% CI]", "measured FAR",
+                        "measured / card", "<= 1.5x or in CI"], rows))
+    print()
+    print(format_table(
+        ["kind", "ECE card / new classes", "TAR balanced: distances / service", "new classes kept",
+         "foreign accepted (worst)", f"FPIR at {FPIR_TARGET} ({ENROLLED}x{SHOTS})",
+         "identification", "domain check weak"],
+        [[r["kind"], f"{r['card_ece']:.3f} / {r['ece']:.3f}",
+          f"{r['tar_distances']:.3f} / {r['tar_service']:.3f}", f"{r['kept']:.3f}",
+          "{} {:.3f}".format(*max(r["foreign"].items(), key=lambda kv: kv[1])),
+          f"{r['fpir']:.3f}", f"{r['identification']:.3f}", len(r["weak"])] for r in results]))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    return 0
+
+
+# --- the folders ----------------------------------------------------------------------------------
+
+def make_folders(kind: str, out: Path, seed: int) -> tuple[Path, Path]:
+    """(training folder, folder of new classes) for a kind, written once."""
+    train_dir, unseen_dir = out / "train", out / "unseen"
+    if train_dir.is_dir() and unseen_dir.is_dir():
+        return train_dir, unseen_dir
+    rng = np.random.default_rng(seed)
+    if kind in ("omniglot", "alphabets"):
+        _omniglot_folders(kind, train_dir, unseen_dir, rng)
+    elif kind == "clothing":
+        root = Path(repository_dataset("clothing-small", "train"))
+        classes = rng.permutation(sorted(p.name for p in root.iterdir() if p.is_dir()))
+        for names, folder, per in ((classes[:7], train_dir, 30), (classes[7:], unseen_dir, 30)):
+            for name in names:
+                files = sorted((root / name).glob("*.jpg"))
+                (folder / name).mkdir(parents=True, exist_ok=True)
+                for f in rng.choice(files, min(per, len(files)), replace=False):
+                    (folder / name / f.name).write_bytes(f.read_bytes())
+    else:
+        from PIL import Image
+
+        from encoder.datasets import load_fashion_mnist
+
+        classes = rng.permutation(10)
+        for split, names, folder, per in (("train", classes[:7], train_dir, 10),
+                                          ("test", classes[7:], unseen_dir, 30)):
+            ds = load_fashion_mnist(FASHION_MNIST_DIR, split)
+            for c in names:
+                name = ds.class_names[c].replace("/", "-")
+                (folder / name).mkdir(parents=True, exist_ok=True)
+                for i in rng.choice(np.flatnonzero(ds.labels == c), per, replace=False):
+                    Image.fromarray(ds.images[i, :, :, 0]).save(folder / name / f"{i:05d}.png")
+    return train_dir, unseen_dir
+
+
+def _omniglot_folders(kind: str, train_dir: Path, unseen_dir: Path, rng) -> None:
+    """30 characters x 10 drawings to train on, 30 others x 10 new, styled as users' files are
+    (`scripts.make_folder.styled`); `alphabets`: the new ones from four alphabets never trained on."""
+    from encoder.datasets import load_omniglot
+    from encoder.images import Preprocessing
+    from scripts.make_folder import styled
+
+    ds = load_omniglot(OMNIGLOT_BACKGROUND, Preprocessing(105, 105, 1))
+    classes = rng.permutation(ds.num_classes)
+    if kind == "alphabets":
+        groups = rng.permutation(np.unique(ds.groups))
+        group_of = np.array([ds.groups[np.flatnonzero(ds.labels == c)[0]] for c in classes])
+        train = classes[np.isin(group_of, groups[:4])][:30]
+        unseen = classes[np.isin(group_of, groups[4:])][:30]
+    else:
+        train, unseen = classes[:30], classes[30:60]
+    for names, folder in ((train, train_dir), (unseen, unseen_dir)):
+        for c in names:
+            target = folder / ds.class_names[c].replace("/", "-")
+            target.mkdir(parents=True, exist_ok=True)
+            for i in rng.choice(np.flatnonzero(ds.labels == c), 10, replace=False):
+                image, suffix = styled(ds.images[i, :, :, 0], rng)
+                buf = io.BytesIO()
+                image.save(buf, format={".jpg": "JPEG", ".gif": "GIF"}.get(suffix, "PNG"))
+                (target / f"{i:05d}{suffix}").write_bytes(buf.getvalue())
+
+
+# --- the measurement ------------------------------------------------------------------------------
+
+def measure(kind: str, train_dir: Path, unseen_dir: Path, model_dir: Path, seed: int) -> dict:
+    from encoder import Embedder
+    from encoder.calibration import HeldOutPairs, expected_calibration_error
+    from encoder.datasets import load_image_folder
+    from encoder.training import TrainConfig, train
+
+    if not (model_dir / "card.json").is_file():
+        train(load_image_folder(train_dir), TrainConfig(seed=seed), model_dir)
+    embedder = Embedder.load(model_dir)
+    card, pre = embedder.card, embedder.card.preprocessing
+    unseen = load_image_folder(unseen_dir, pre=pre)
+    vectors, checks = embedder.embed_checked(unseen.images)
+    kept = np.array([c.in_domain is not False for c in checks])
+    pairs = HeldOutPairs.of(vectors, unseen.labels, seed)
+    d, same = pairs.distances, pairs.same
+    points = {}
+    for name, p in card.operating_points.items():
+        far = float(np.mean(d[~same] <= p.threshold))
+        points[name] = {"threshold": p.threshold, "calibrated": p.calibrated, "card_far": p.far,
+                        "card_ci": list(p.far_ci95), "far": far,
+                        "ratio": far / p.far if p.far > 0 else float("inf"),
+                        "holds": far <= 1.5 * p.far or far <= p.far_ci95[1],
+                        "tar": float(np.mean(d[same] <= p.threshold)), "card_tar": p.tar}
+    balanced = card.operating_points["balanced"].threshold
+    both = kept[pairs.first] & kept[pairs.second]
+    fpir, identification = open_set(embedder, vectors, unseen.labels, seed)
+    return {"kind": kind, "model": card.model_id, "classes": pairs.classes,
+            "images": pairs.images, "operating_points": points,
+            "ece": expected_calibration_error(card.probability(d), same),
+            "card_ece": card.probability.ece,
+            "tar_distances": float(np.mean(d[same] <= balanced)),
+            "tar_service": float(np.mean((d <= balanced)[same] & both[same])),
+            "kept": float(kept.mean()), "foreign": foreign_accepted(embedder, kind),
+            "weak": list(card.domain.weak) if card.domain else [],
+            "fpir": fpir, "identification": identification}
+
+
+def open_set(embedder, vectors: np.ndarray, labels: np.ndarray, seed: int, rounds: int = 200
+             ) -> tuple[float, float]:
+    """FPIR and identification rate at the threshold `identify` takes for a target of 0.05, over
+    rounds of ENROLLED classes enrolled with SHOTS images each and STRANGERS classes not."""
+    from encoder.distance import pairwise
+    from encoder.verdict import nearest_impostors
+
+    rng = np.random.default_rng(seed)
+    classes = np.unique(labels)
+    false, strangers, right, mated = 0, 0, 0, 0
+    for _ in range(rounds):
+        chosen = rng.permutation(classes)[:ENROLLED + STRANGERS]
+        enrolled = chosen[:ENROLLED]
+        gallery = np.concatenate([rng.choice(np.flatnonzero(labels == c), SHOTS, replace=False)
+                                  for c in enrolled])
+        rule = embedder.verdicts.identification_rule(
+            len(gallery), FPIR_TARGET, impostors=nearest_impostors(vectors[gallery],
+                                                                   labels[gallery]),
+            identities=ENROLLED)
+        probes = np.setdiff1d(np.flatnonzero(np.isin(labels, chosen)), gallery)
+        distances = pairwise(vectors[probes], vectors[gallery])
+        nearest = gallery[distances.argmin(1)]
+        hit = distances.min(1) <= rule.threshold
+        is_mated = np.isin(labels[probes], enrolled)
+        false += int(np.sum(hit & ~is_mated))
+        strangers += int(np.sum(~is_mated))
+        right += int(np.sum(hit & is_mated & (labels[nearest] == labels[probes])))
+        mated += int(np.sum(is_mated))
+    return false / strangers, right / mated
+
+
+def foreign_accepted(embedder, kind: str, n: int = 500) -> dict[str, float]:
+    """The share of each set of real foreign images the domain check accepts: none of them is
+    what it trained against (scikit-learn's digits in both polarities and its sample photos,
+    Fashion-MNIST test images, clothing photos), except the LFW faces, which its `faces` family
+    draws from."""
+    from PIL import Image
+    from skimage import data
+    from sklearn.datasets import load_digits, load_sample_images
+
+    from encoder.datasets import load_fashion_mnist
+    from encoder.images import prepare_batch
+
+    if embedder.domain is None:
+        return {}
+    pre = embedder.card.preprocessing
+    rng = np.random.default_rng(7)
+    digits = (load_digits().images * (255 / 16)).astype(np.uint8)
+    digits = digits[rng.choice(len(digits), n, replace=False)]
+    sets = {"digits, white on black": [Image.fromarray(x).resize((28, 28), Image.BILINEAR)
+                                       for x in digits],
+            "digits, black on white": [Image.fromarray(255 - x).resize((28, 28), Image.BILINEAR)
+                                       for x in digits],
+            "LFW faces": [Image.fromarray((f * 255).astype(np.uint8))
+                          for f in data.lfw_subset()[:100]]}
+    crops = []
+    for _ in range(n):
+        photo = load_sample_images().images[rng.integers(2)]
+        side = int(rng.integers(32, min(photo.shape[:2])))
+        y, x = rng.integers(0, photo.shape[0] - side), rng.integers(0, photo.shape[1] - side)
+        crops.append(Image.fromarray(photo[y:y + side, x:x + side]))
+    sets["photo crops"] = crops
+    if kind != "fashion":
+        fashion = load_fashion_mnist(FASHION_MNIST_DIR, "test")
+        sets["Fashion-MNIST"] = list(fashion.images[rng.choice(len(fashion), n, replace=False),
+                                                    :, :, 0])
+    if kind != "clothing":
+        files = sorted(Path(repository_dataset("clothing-small", "train")).glob("*/*.jpg"))
+        sets["clothing photos"] = [files[i] for i in rng.choice(len(files), n, replace=False)]
+    return {name: float(np.mean(embedder.in_domain(prepare_batch(images, pre))))
+            for name, images in sets.items()}
