@@ -190,6 +190,8 @@ def open_set(embedder, vectors: np.ndarray, labels: np.ndarray, seed: int, round
 
     rng = np.random.default_rng(seed)
     classes = np.unique(labels)
+    if len(classes) < ENROLLED + STRANGERS:
+        return float("nan"), float("nan")  # too few new classes to deal
     false, strangers, right, mated = 0, 0, 0, 0
     for _ in range(rounds):
         chosen = rng.permutation(classes)[:ENROLLED + STRANGERS]

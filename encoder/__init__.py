@@ -3,6 +3,10 @@
 TensorFlow is imported lazily (by `Embedder`, training and the models), so the light parts of
 this package (images, datasets, calibration) load fast.
 """
+from . import quiet
+
+quiet.install()  # before anything imports TensorFlow: its start-up lines are noise for users
+
 from .artifact import ModelCard, load_card
 from .calibration import Calibration, calibrate
 from .embedder import Embedder

@@ -105,6 +105,10 @@ class TrainConfig:
         True, "train the domain model that rejects images unlike the training data "
               "(--no-domain leaves inputs unchecked)")
     domain_epochs: int = param(4, "epochs of the domain model", Range(1, integer=True))
+    domain_leave_out: bool = param(
+        True, "measure each foreign kind with a domain check trained without it (a minute or "
+              "two more), and leave out of the foreign images a kind that turns out to be the "
+              "training images' own; --no-domain-leave-out skips both")
 
     def __post_init__(self) -> None:
         if self.sampler is None:

@@ -8,7 +8,8 @@ from typing import Optional
 
 import numpy as np
 
-from .calibration import accuracy_at, calibrate, roc_points, wilson_interval
+from .calibration import (HeldOutPairs, accuracy_at, calibrate, class_bootstrap, roc_points,
+                          wilson_interval)
 from .distance import euclidean, pairwise
 from .errors import ConfigError, DatasetError
 from .pairs import repeated_tutorial_pairs
@@ -182,30 +183,49 @@ def heldout_oneshot(embeddings: np.ndarray, labels: np.ndarray, groups: Optional
 TAR_AT_FAR = (1e-2, 1e-3)
 
 
-def operating_point_metrics(distances: np.ndarray, same: np.ndarray,
-                            thresholds: dict[str, float], predicted: Optional[dict] = None) -> dict:
-    """What each operating point (name -> threshold) does on test pairs: the share of
-    same-class pairs accepted (TAR) and of different-class pairs accepted (FAR), each with a 95%
-    Wilson interval, next to what the card predicted (`predicted`: name -> an object with `.tar`
-    and `.far`, the card's `OperatingPoint`s; None where the card has none)."""
-    d = np.asarray(distances, np.float64)
-    y = np.asarray(same).astype(bool)
+def operating_point_metrics(pairs: HeldOutPairs, thresholds: dict[str, float],
+                            predicted: Optional[dict] = None,
+                            in_domain: Optional[np.ndarray] = None, seed: int = 0) -> dict:
+    """What each operating point (name -> threshold) does on test pairs (every distinct pair of
+    the test images, `HeldOutPairs`): the share of same-class pairs accepted (TAR) and of
+    different-class pairs accepted (FAR), each with a 95% interval over resampled classes (and a
+    Wilson interval from the pairs alone); next to what the card predicted (`predicted`: name ->
+    the card's `OperatingPoint`; None where the card has none), with `far_above_card` where the
+    measured FAR lies above the card's interval. With `in_domain` (each test image's domain
+    check), also what the service answers: a pair is verified only with both images in domain."""
+    d, y = pairs.distances, pairs.same
     positives, negatives = int(y.sum()), int((~y).sum())
+    boot_tar, boot_far = class_bootstrap(pairs, np.array(list(thresholds.values())), seed=seed)
+    both = None if in_domain is None else \
+        np.asarray(in_domain, bool)[pairs.first] & np.asarray(in_domain, bool)[pairs.second]
     out = {}
-    for name, threshold in thresholds.items():
+    for k, (name, threshold) in enumerate(thresholds.items()):
         accepted = d <= threshold
         tar_count, far_count = int(np.sum(accepted & y)), int(np.sum(accepted & ~y))
         card = (predicted or {}).get(name)
+        far = far_count / max(negatives, 1)
         out[name] = {
             "threshold": float(threshold),
             "tar": tar_count / max(positives, 1),
-            "tar_ci95": list(wilson_interval(tar_count, positives)),
-            "far": far_count / max(negatives, 1),
-            "far_ci95": list(wilson_interval(far_count, negatives)),
-            "positives": positives, "negatives": negatives,
+            "tar_ci95": _percentile_interval(boot_tar[:, k]),
+            "far": far, "far_ci95": _percentile_interval(boot_far[:, k]),
+            "far_ci95_pairs": list(wilson_interval(far_count, negatives)),
+            "positives": positives, "negatives": negatives, "classes": pairs.classes,
             "card_tar": None if card is None else float(card.tar),
-            "card_far": None if card is None else float(card.far)}
+            "card_far": None if card is None else float(card.far),
+            "card_calibrated": None if card is None else bool(card.calibrated),
+            "far_above_card": None if card is None else bool(far > card.far_ci95[1])}
+        if both is not None:
+            out[name]["service_tar"] = int(np.sum(accepted & y & both)) / max(positives, 1)
+            out[name]["service_far"] = int(np.sum(accepted & ~y & both)) / max(negatives, 1)
     return out
+
+
+def _percentile_interval(values: np.ndarray) -> list[float]:
+    values = values[np.isfinite(values)]
+    if not len(values):
+        return [0.0, 1.0]
+    return [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))]
 
 
 def tar_at_far(distances: np.ndarray, same: np.ndarray, targets=TAR_AT_FAR) -> list[dict]:
@@ -306,7 +326,11 @@ class _OpenSetRound:
 
     @classmethod
     def score(cls, embeddings: np.ndarray, labels: np.ndarray, gallery: np.ndarray,
-              mated: np.ndarray, nonmated: np.ndarray, chunk: int) -> "_OpenSetRound":
+              mated: np.ndarray, nonmated: np.ndarray, chunk: int,
+              usable: Optional[np.ndarray] = None) -> "_OpenSetRound":
+        """`usable`: each image's domain check, as the service applies it (None: distances
+        alone): a probe out of domain is never identified, and a gallery image out of domain
+        never matches (identification looks past it)."""
         enrolled, shots = gallery.shape
         g = embeddings[gallery.ravel()]
         slot = {int(labels[gallery[k, 0]]): k for k in range(enrolled)}
@@ -316,6 +340,9 @@ class _OpenSetRound:
             out = np.empty((len(probes), enrolled), np.float32)
             for start in range(0, len(probes), chunk):
                 d = pairwise(embeddings[probes[start:start + chunk]], g)
+                if usable is not None:
+                    d[:, ~usable[gallery.ravel()]] = np.inf
+                    d[~usable[probes[start:start + chunk]]] = np.inf
                 out[start:start + chunk] = d.reshape(len(d), enrolled, shots).min(-1)
             return out
 
@@ -344,7 +371,7 @@ class _OpenSetRound:
 def open_set_identification(embeddings: np.ndarray, labels: np.ndarray,
                             enrolled: Optional[int] = None, shots: int = 1, rounds: int = 10,
                             seed: int = 0, predict=None, fpir_targets=OPEN_SET_FPIR,
-                            chunk: int = 2048) -> dict:
+                            chunk: int = 2048, usable: Optional[np.ndarray] = None) -> dict:
     """Open-set 1:N identification of the classes in `labels`, measured over seeded rounds.
 
     Per round (`open_set_rounds`): `enrolled` classes (default: half) each enrol `shots` images
@@ -360,6 +387,8 @@ def open_set_identification(embeddings: np.ndarray, labels: np.ndarray,
       calibrated)` (what `identify` would use: `Verdicts.identification_rule`, from the round's
       gallery itself or the card's open-set model): at the threshold it predicts for each
       target and the round's gallery, the FPIR measured and the identification rate there;
+    - with `usable` (each image's domain check), all of it as the service answers: probes out of
+      domain never identified, gallery images out of domain never matched;
     - `curve`: FNIR against FPIR (0, then log-spaced), averaged over rounds, for a DET plot."""
     embeddings = np.asarray(embeddings, np.float32)
     labels = np.asarray(labels)
@@ -371,7 +400,8 @@ def open_set_identification(embeddings: np.ndarray, labels: np.ndarray,
     at_predicted = [([], []) for _ in predictions]  # measured fpir, identification rate
     curves = []
     for gallery, mated, nonmated in draws:
-        r = _OpenSetRound.score(embeddings, labels, gallery, mated, nonmated, chunk)
+        r = _OpenSetRound.score(embeddings, labels, gallery, mated, nonmated, chunk,
+                                None if usable is None else np.asarray(usable, bool))
         rank1.append(np.mean(r.rank <= 1))
         rank5.append(np.mean(r.rank <= 5))
         mated_n.append(len(mated))

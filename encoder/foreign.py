@@ -740,7 +740,8 @@ _DIGIT_FONTS = ("DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSans-Oblique.ttf
 def _digits(rng: Rng, w: int, h: int) -> Image.Image:
     """A handwritten-looking digit (now and then two or three), framed as MNIST frames them: a
     font's glyph with a random pen width, slant and an elastic bend, white on black, its box
-    scaled to 20 of 28 pixels and centred; then blown up to the image's size."""
+    scaled to 20 of 28 pixels and centred, often scanned at 8x8 and blown up again as
+    scikit-learn's digits are; then brought to the image's size."""
     from scipy.ndimage import gaussian_filter, map_coordinates  # scikit-image depends on SciPy
 
     text = "".join(_pick(rng, _DIGITS) for _ in range(1 if rng.random() < 0.85 else
@@ -770,6 +771,9 @@ def _digits(rng: Rng, w: int, h: int) -> Image.Image:
                          Image.Resampling.LANCZOS)
     frame = Image.new("L", (28, 28), 0)
     frame.paste(glyph, ((28 - glyph.width) // 2, (28 - glyph.height) // 2))
+    if rng.random() < 0.4:  # scanned small, as scikit-learn's 8x8 digits are, and blown up
+        frame = frame.resize((8, 8), Image.Resampling.BOX).resize((28, 28),
+                                                                 Image.Resampling.BILINEAR)
     return frame.resize((w, h), Image.Resampling.BILINEAR)
 
 
@@ -839,6 +843,15 @@ def foreign_images(n: int, seed: int, families: Sequence[str] = FAMILIES) -> lis
     """
     families = _check(n, families)
     return list(_stream(int(n), seed, families))
+
+
+def shipped_batch(family: str, n: int, pre: Preprocessing, seed: int) -> np.ndarray:
+    """`n` of a shipped family's real images as they are (no finishing: their own size, polarity
+    and look) as model input for `pre`: what "this kind of image" means when asking whether it
+    is a model's own kind."""
+    images = shipped_images(family)
+    pick = np.random.default_rng(seed).choice(len(images), min(n, len(images)), replace=False)
+    return prepare_batch(images[pick], pre)
 
 
 def foreign_batch(n: int, pre: Preprocessing, seed: int, families: Sequence[str] = FAMILIES) -> np.ndarray:

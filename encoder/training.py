@@ -22,6 +22,7 @@ from .evaluation import HELDOUT_EPISODES, HELDOUT_WAYS, heldout_oneshot, retriev
 from .images import Preprocessing, prepare_batch
 from .fitting import Fit, duration_text, fit_encoder
 from .splits import new_class_labels, split_train_val, validation_warnings
+from .verdict import WEAK_AUC
 
 def oneshot_summary(per_fold: list[dict], grouped: bool) -> dict:
     """The folds' held-out one-shot results for the card: each way's mean over the groups (every
@@ -110,13 +111,18 @@ def train(ds: Dataset, config: TrainConfig, out_dir: str | os.PathLike,
             report(f"warning: operating point {name} is not calibrated: {p.reason}")
     if note:
         report(f"warning: {note}")
+    if cal.roc_auc < WEAK_AUC:
+        report(f"warning: the encoder barely tells the held-out classes apart (ROC AUC "
+               f"{cal.roc_auc:.2f}, under {WEAK_AUC}): the model will verify nothing; train it on "
+               "more classes, or more images of each")
     domain_model = domain_card = None
     if config.domain:
         domain_model, domain_card = fit_domain_model(
             x_all[splits[0][0]], x_all[splits[0][1]], pre, ds.name, seed=config.seed,
             extra_foreign=extra_foreign, epochs=config.domain_epochs, augment=config.augment,
             rejection=REJECTION[config.val_split], report=report,
-            heldout_labels=new_class_labels(ds, config, splits[0][1]))
+            heldout_labels=new_class_labels(ds, config, splits[0][1]),
+            leave_out=config.domain_leave_out)
     validation = _validation_summary(ds, config, splits, measured, pairs, cal)
     training = _training_record(ds, config, splits, measured, saved, train_idx, warnings, started)
     card = ModelCard.for_encoder(saved.encoder, pre, cal, validation, training,

@@ -21,7 +21,8 @@ import numpy as np
 from encoder.distance import euclidean
 from encoder.errors import ConfigError, NotFoundError
 from encoder.images import ImageSource
-from encoder.verdict import DEFAULT_FPIR, DomainCheck, Rule, check_fpir, nearest_impostors
+from encoder.verdict import (DEFAULT_FPIR, DomainCheck, Rule, Verdicts, check_fpir,
+                             nearest_impostors)
 
 from . import folder
 from .errors import GalleryError
@@ -574,8 +575,6 @@ class Gallery:
     def record_domain_checks(self, batch: int = 256, progress=None) -> int:
         """Check the images of the items added before enrolment checked them (from their stored
         originals) and record the result; returns how many were checked."""
-        from .records import Original
-
         if not self.embedder.has_domain_model:
             return 0
         _, unchecked = self.domain_ids()
@@ -604,21 +603,8 @@ class Gallery:
 
     def stats(self) -> GalleryStats:
         with self._mutex, self._store.read() as conn:
-            labels = self._store.label_counts(conn)
-            s, index, rule = self.record, self._index, self.rule()
-            file = self.path / INDEX_FILE
-            return GalleryStats(
-                path=str(self.path), database=self._store.engine.url.render_as_string(True),
-                items=sum(labels.values()),
-                labels={("" if k is None else k): v for k, v in labels.items()},
-                model_id=s.model_id, embedding_dim=s.embedding_dim, threshold=rule.threshold,
-                operating_point=rule.operating_point, fpir=self.fpir,
-                index=index.describe(), vectors=index.index.ntotal,
-                recall_at_10=1.0 if index.exact else (index.recall.at_10 if index.recall else None),
-                recall_measured_on=index.recall.items if index.recall else None,
-                index_bytes=file.stat().st_size if file.exists() else None,
-                generation=self._replica.generation, created=s.created.isoformat(timespec="seconds"),
-                originals=s.originals or "database")
+            return _stats(self.path, self._store, conn, self.record, self._index, self.rule(),
+                          self.fpir, self._replica.generation)
 
     def refresh(self) -> bool:
         """Catch up with changes committed since (by this or another process), and save the
@@ -837,6 +823,49 @@ class Gallery:
 
 
 # --- helpers ---------------------------------------------------------------------------------------
+
+def read_stats(path: Union[str, Path], card, url: Optional[str] = None) -> GalleryStats:
+    """A gallery's numbers read without loading its model, whose card alone decides the verdict
+    defaults (no TensorFlow: `siamese-gallery stats` answers in a moment). The index is as last
+    saved; opening the gallery catches it up."""
+    path = Path(path)
+    store, record = folder.connect(path, url)
+    try:
+        if record.model_id != card.model_id:
+            folder.check_model(path, record.model_id, card.model_id)
+        index, _, _ = VectorIndex.load(path, {
+            "gallery_id": record.gallery_id, "model_id": record.model_id,
+            "spec": str(IndexSpec.parse(record.index)), "dim": record.embedding_dim})
+        default = record.threshold if record.threshold is not None else record.operating_point
+        rule = Verdicts(card).rule(default=default)
+        with store.read() as conn:
+            return _stats(path, store, conn, record, index, rule,
+                          DEFAULT_FPIR if record.fpir is None else record.fpir,
+                          record.generation)
+    finally:
+        store.close()
+
+
+def _stats(path: Path, store: Store, conn, record: GalleryRecord, index: Optional[VectorIndex],
+           rule: Rule, fpir: float, generation: int) -> GalleryStats:
+    labels = store.label_counts(conn)
+    file = path / INDEX_FILE
+    recall = None if index is None else index.recall
+    return GalleryStats(
+        path=str(path), database=store.engine.url.render_as_string(True),
+        items=sum(labels.values()), labels={("" if k is None else k): v for k, v in labels.items()},
+        model_id=record.model_id, embedding_dim=record.embedding_dim, threshold=rule.threshold,
+        operating_point=rule.operating_point, fpir=fpir,
+        index=(index.describe() if index is not None
+               else f"{IndexSpec.parse(record.index)} (no current index file: opening builds it)"),
+        vectors=0 if index is None else index.index.ntotal,
+        recall_at_10=(None if index is None else 1.0 if index.exact
+                      else recall.at_10 if recall else None),
+        recall_measured_on=recall.items if recall else None,
+        index_bytes=file.stat().st_size if file.exists() else None,
+        generation=generation, created=record.created.isoformat(timespec="seconds"),
+        originals=record.originals or "database")
+
 
 def _as_batch(images: Images) -> tuple[list, bool]:
     """(list of images, whether one image was given). A list, a tuple or a 4-D array is a batch;

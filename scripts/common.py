@@ -3,71 +3,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.abc
-import importlib.util
 import logging
-import os
-import re
 import sys
-import tempfile
 import typing
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ banner is noise for users
+from encoder.quiet import install
 
-# What TensorFlow's C++ side prints while it is imported, whatever TF_CPP_MIN_LOG_LEVEL says
-# (its logging is not initialised yet: tensorflow/tensorflow#100442): noise for users.
-TENSORFLOW_NOISE = re.compile(
-    r"WARNING: All log messages before absl::InitializeLog\(\) is called"
-    r"|[IW]\d{4} [\d:.]+ +\d+ (port|cpu_feature_guard)\.cc:\d+\]"
-    r"|To enable the following instructions: ")
-
-
-@contextmanager
-def filtered_stderr(noise: re.Pattern) -> Iterator[None]:
-    """Everything written to file descriptor 2 (C and C++ code included) meanwhile, less the
-    lines `noise` matches at their start, passed on when the block ends."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as caught:
-        os.dup2(caught.fileno(), 2)
-        try:
-            yield
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-            caught.seek(0)
-            for line in caught.read().decode(errors="replace").splitlines(keepends=True):
-                if not noise.match(line):
-                    sys.stderr.write(line)
-            sys.stderr.flush()
-
-
-class QuietTensorFlowImport(importlib.abc.MetaPathFinder):
-    """Imports `tensorflow`, wherever it is first imported, inside `filtered_stderr`."""
-
-    def find_spec(self, name, path, target=None):
-        if name != "tensorflow":
-            return None
-        sys.meta_path.remove(self)  # once, and the real finders find it
-        spec = importlib.util.find_spec(name)
-        if spec is not None and spec.loader is not None:
-            exec_module = spec.loader.exec_module
-
-            def quiet_exec(module):
-                with filtered_stderr(TENSORFLOW_NOISE):
-                    exec_module(module)
-
-            spec.loader.exec_module = quiet_exec
-        return spec
-
-
-if "tensorflow" not in sys.modules and not any(
-        isinstance(f, QuietTensorFlowImport) for f in sys.meta_path):
-    sys.meta_path.insert(0, QuietTensorFlowImport())
+install()  # TensorFlow's start-up lines are noise for users (`encoder` does it too, on import)
 
 
 def run(main: Callable[[], int | None]) -> None:

@@ -101,8 +101,10 @@ def main(argv: list[str] | None = None) -> int:
         check_value("--shots", args.shots, Range(1, integer=True))
     embedder, ds, which_groups = _load(args)
     start = time.perf_counter()
-    embeddings = embedder.embed(ds.images)
+    embeddings, checks = embedder.embed_checked(ds.images)
     embed_seconds = time.perf_counter() - start
+    in_domain = (np.array([c.in_domain is not False for c in checks])
+                 if embedder.has_domain_model else None)
     threshold = embedder.threshold if args.threshold is None else args.threshold
     pairs = pair_metrics(embeddings, ds.labels, threshold, args.seed, rounds=args.pair_rounds)
     results = {"model": embedder.model_id, "dataset": ds.name, "images": len(ds),
@@ -112,8 +114,9 @@ def main(argv: list[str] | None = None) -> int:
                "embed_images_per_second": round(len(ds) / embed_seconds)}
     if ds.skipped:
         results["skipped_files"] = len(ds.skipped)
-    results.update(_trust(embedder, ds, pairs))
-    open_set = _open_set(args, embedder, embeddings, ds.labels) if args.open_set else None
+    results.update(_trust(embedder, ds, pairs, embeddings, in_domain, args.seed))
+    open_set = (_open_set(args, embedder, embeddings, ds.labels, in_domain) if args.open_set
+                else None)
     if open_set is not None:
         results["open_set"] = open_set
     oneshot = _oneshot(args, embeddings, ds) if args.oneshot else []
@@ -156,31 +159,36 @@ def _load(args):
     return embedder, ds, which_groups
 
 
-def _trust(embedder, ds, pairs) -> dict:
-    """The verdict's numbers measured on this data: its operating points, TAR at FAR, the
-    probability's calibration error and the domain check's rejections."""
-    from encoder.calibration import expected_calibration_error
+def _trust(embedder, ds, pairs, embeddings, in_domain, seed: int) -> dict:
+    """The verdict's numbers measured on this data: its operating points on every distinct pair
+    of the test images (by distance, and as the service answers with the domain check), TAR at
+    FAR, the probability's calibration error and the domain check's rejections."""
+    from encoder.calibration import HeldOutPairs, expected_calibration_error
     from encoder.evaluation import operating_point_metrics, tar_at_far
 
     card = embedder.card
+    distinct = HeldOutPairs.of(embeddings, ds.labels, seed)
     results = {"operating_points": operating_point_metrics(
-        pairs.distances, pairs.same, embedder.verdicts.operating_points, card.operating_points),
-        "tar_at_far": tar_at_far(pairs.distances, pairs.same)}
+        distinct, embedder.verdicts.operating_points, card.operating_points,
+        in_domain=in_domain, seed=seed),
+        "tar_at_far": tar_at_far(distinct.distances, distinct.same)}
     results["probability"] = None if card.probability is None else {
-        "ece": expected_calibration_error(card.probability(pairs.distances), pairs.same),
+        "ece": expected_calibration_error(card.probability(distinct.distances), distinct.same),
         "card_ece": card.probability.ece}
     results["domain"] = None
-    if embedder.has_domain_model:
-        rejected = ~embedder.in_domain(ds.images)
+    if in_domain is not None:
+        rejected = ~in_domain
         results["domain"] = {"rejected": float(np.mean(rejected)),
                              "rejected_images": int(rejected.sum()), "images": len(ds),
-                             "card_heldout_rejected": card.domain.heldout_rejected}
+                             "card_heldout_rejected": card.domain.heldout_rejected,
+                             "card_weak": list(card.domain.weak)}
     return results
 
 
-def _open_set(args, embedder, embeddings, labels) -> dict:
-    """Open-set 1:N measured at the thresholds `identify` would take (`predicted`) and at the
-    card's alone (`predicted_by_card`)."""
+def _open_set(args, embedder, embeddings, labels, in_domain) -> dict:
+    """Open-set 1:N measured at the thresholds `identify` would take (`predicted`), also as the
+    service answers with the domain check (`predicted_service`), and at the card's alone
+    (`predicted_by_card`)."""
     from encoder.evaluation import open_set_identification
     from encoder.verdict import nearest_impostors
 
@@ -197,11 +205,13 @@ def _open_set(args, embedder, embeddings, labels) -> dict:
         identities = len(np.unique(gallery_labels))
         return card.open_set.threshold_for(fpir, identities, size / identities)
 
-    def run_open_set(predict):
+    def run_open_set(predict, usable=None):
         return open_set_identification(embeddings, labels, args.enrolled, args.shots,
-                                       args.open_set_rounds, args.seed, predict)
+                                       args.open_set_rounds, args.seed, predict, usable=usable)
 
     open_set = run_open_set(as_identify)
+    open_set["predicted_service"] = (None if in_domain is None else
+                                     run_open_set(as_identify, in_domain)["predicted"])
     open_set["predicted_by_card"] = (None if card.open_set is None else
                                      run_open_set(by_card)["predicted"])
     return open_set
@@ -241,20 +251,38 @@ def _rate(value: float, ci=None) -> str:
 
 
 def trust_lines(results: dict, model_id: str) -> list[str]:
-    """The verdict's measurements as text: operating points, TAR@FAR, probability, domain."""
+    """The verdict's measurements as text: operating points (by distance, and as the service
+    answers), TAR@FAR, probability, domain."""
     from scripts.table import format_table
 
     points = results["operating_points"]
+    service = "service_tar" in next(iter(points.values()))
+
+    def card_far(p) -> str:
+        if p["card_far"] is None:
+            return "-"
+        return (f"{p['card_far']:.4f}" + ("" if p["card_calibrated"] else " (not calibrated)")
+                + (" ABOVE" if p["far_above_card"] else ""))
+
     rows = [[name, f"{p['threshold']:.4f}", _rate(p["tar"], p["tar_ci95"]),
              _rate(p["far"], p["far_ci95"]),
-             "-" if p["card_tar"] is None else f"{p['card_tar']:.4f}",
-             "-" if p["card_far"] is None else f"{p['card_far']:.4f}"]
+             *([f"{p['service_tar']:.4f}", f"{p['service_far']:.4f}"] if service else []),
+             "-" if p["card_tar"] is None else f"{p['card_tar']:.4f}", card_far(p)]
             for name, p in points.items()]
     first = next(iter(points.values()))
-    lines = [f"operating points on the test pairs ({first['positives']:,} same-class, "
-             f"{first['negatives']:,} different-class; 95% Wilson intervals):",
-             format_table(["point", "threshold", "TAR [95% CI]", "FAR [95% CI]", "card TAR",
+    lines = [f"operating points on every distinct pair of the test images "
+             f"({first['positives']:,} same-class, {first['negatives']:,} different-class, "
+             f"{first['classes']} classes; 95% intervals over resampled classes)"
+             + (", by distance and as the service answers (the domain check applied: a pair "
+                "with an image out of domain is never verified):" if service else ":"),
+             format_table(["point", "threshold", "TAR [95% CI]", "FAR [95% CI]",
+                           *(["service TAR", "service FAR"] if service else []), "card TAR",
                            "card FAR"], rows)]
+    above = [name for name, p in points.items() if p["far_above_card"]]
+    if above:
+        lines.append(f"warning: measured FAR above the card's 95% interval at {', '.join(above)}: "
+                     "on these classes the model accepts more different-class pairs than its "
+                     "card says")
     if all(p["card_tar"] is None for p in points.values()):
         lines.append(f"(model {model_id}'s card predates operating points: it predicts no "
                      "TAR/FAR to compare with)")
@@ -275,6 +303,8 @@ def trust_lines(results: dict, model_id: str) -> list[str]:
         else f"{domain['rejected']:.2%} of test images rejected as out of domain "
              f"({domain['rejected_images']:,} of {domain['images']:,}; card: "
              f"{domain['card_heldout_rejected']:.2%} of held-out images)"))
+    for weakness in (domain or {}).get("card_weak", []):
+        lines.append(f"  the card says the domain check is weak: {weakness}")
     return lines
 
 
@@ -301,6 +331,9 @@ def open_set_lines(r: dict) -> list[str]:
         for p in r["fnir_at_fpir"]]).replace("\n", "\n    "))
     for key, title in (("predicted", "the threshold identify takes (from the gallery's own items "
                                       "where they suffice, else the card)"),
+                       ("predicted_service", "the same, as the service answers (a probe out of "
+                                             "domain is nobody; a gallery image out of domain "
+                                             "never matches)"),
                        ("predicted_by_card", "the card's open-set model alone")):
         if r.get(key) is None:
             if key == "predicted_by_card":
@@ -313,8 +346,8 @@ def open_set_lines(r: dict) -> list[str]:
               _mean_sd(p["measured_fpir"]), _mean_sd(p["identification_rate"])]
              for p in r[key]]).replace("\n", "\n    "))
         if not all(p["calibrated"] for p in r[key]):
-            lines.append("    * beyond what calibration measured (stricter than its closest "
-                         "impostor pair)")
+            lines.append("    * not calibrated: stricter than the closest impostor pair the "
+                         "card's held-out classes showed, or measured on too few of them")
     return lines
 
 

@@ -17,7 +17,8 @@ import json
 from pathlib import Path
 
 from scripts.common import add_progress_argument, progress_bar, run
-from scripts.gallery_cli import add_db_url_argument, load_embedder, quiet_faiss
+from scripts.gallery_cli import (add_db_url_argument, load_embedder, load_model_card,
+                                 quiet_faiss)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -70,12 +71,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.action == "check":
         return _check(args, archive)
+    if args.action == "stats":  # the model's card is enough: no TensorFlow to wait for
+        from indexer.gallery import read_stats
+
+        stats = read_stats(args.gallery, load_model_card(args.model, args.gallery), args.db_url)
+        print(json.dumps(stats.to_dict(), indent=2) if args.json else _stats_text(stats))
+        return 0
     embedder = load_embedder(args.model, args.gallery)
     with Gallery.open(args.gallery, embedder, url=args.db_url) as gallery:
-        if args.action == "stats":
-            stats = gallery.stats()
-            print(json.dumps(stats.to_dict(), indent=2) if args.json else _stats_text(stats))
-            return 0
         if args.action == "export":
             with progress_bar(args.progress, desc="exporting", unit="item",
                               total=len(gallery)) as bar:

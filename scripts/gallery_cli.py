@@ -54,6 +54,18 @@ def load_embedder(model: Optional[str], gallery: Optional[str] = None):
     """The model named, else the one the gallery remembers, else the bundled one; loaded once,
     with a hint when no model was named and none is found."""
     from encoder import Embedder
+
+    return _loaded(Embedder.load, model, gallery)
+
+
+def load_model_card(model: Optional[str], gallery: Optional[str] = None):
+    """The card of the model `load_embedder` would load, without loading the model."""
+    from encoder.artifact import load_card
+
+    return _loaded(load_card, model, gallery)
+
+
+def _loaded(load, model: Optional[str], gallery: Optional[str]):
     from encoder.errors import ModelError
     from indexer.folder import model_dir
 
@@ -63,7 +75,7 @@ def load_embedder(model: Optional[str], gallery: Optional[str] = None):
     else:
         path = model_dir(Path(gallery), given, BUNDLED_MODEL)
     try:
-        return Embedder.load(path)
+        return load(path)
     except ModelError as exc:
         if model is None:
             raise ModelError(f"{exc}; pass --model DIR (a model directory written by "

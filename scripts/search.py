@@ -46,16 +46,20 @@ def main(argv: list[str] | None = None) -> int:
     quiet_faiss()
     from encoder.errors import BadImageError, ConfigError
     from indexer import Gallery
+    from indexer.folder import gallery_model_id
 
     if args.identify and args.operating_point:
         raise ConfigError("--identify chooses its threshold from --fpir at the gallery's size; "
                           "--operating-point is for 1:1 verdicts")
     if args.fpir is not None and not args.identify:
         raise ConfigError("--fpir goes with --identify")
-    embedder = load_embedder(args.model, args.gallery)
+    # The images and the gallery first: a missing file or gallery is said in a moment, not
+    # after TensorFlow and the model have loaded.
     images, failed = _read(args.images)
     if not images:
         raise BadImageError("; ".join(f"{name}: {reason}" for name, reason in failed))
+    gallery_model_id(Path(args.gallery), args.db_url)
+    embedder = load_embedder(args.model, args.gallery)
     with Gallery.open(args.gallery, embedder, url=args.db_url) as gallery:
         if args.identify:
             _identify(gallery, args, images, failed)

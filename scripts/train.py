@@ -35,7 +35,6 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     from encoder.datasets import load_dataset
-    from encoder.training import train
 
     config = fields_from_args(TrainConfig, args)
     ds = load_dataset(args.dataset[0], args.dataset[1:], split="train", side=args.input_size,
@@ -48,7 +47,10 @@ def main(argv: list[str] | None = None) -> int:
               + ", ".join(ds.excluded_classes[:20])
               + (" ..." if len(ds.excluded_classes) > 20 else ""))
     pre = Preprocessing(*ds.images.shape[1:], invert=args.invert, fit=ds.fit)
-    train(ds, config, args.out, extra_foreign=load_foreign(args.foreign_dataset, pre))
+    extra_foreign = load_foreign(args.foreign_dataset, pre)
+    from encoder.training import train  # TensorFlow, once the data is known to be good
+
+    train(ds, config, args.out, extra_foreign=extra_foreign)
     return 0
 
 

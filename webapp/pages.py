@@ -32,10 +32,14 @@ bp = Blueprint("pages", __name__)
 route = gallery_routes(bp)
 
 K_CHOICES = (4, 8, 12, 24, 48)
+FPIR_CHOICES = ("0.001", "0.01", "0.05", "0.1")
+CANDIDATES = 5  # the nearest items the identify page shows
 PREVIEW_LIMIT = 4_000_000  # uploaded queries up to this size are shown back, and kept (base64)
+PREVIEW_SIDE = 512  # larger ones, and other formats, are shown as a PNG this big at most
 BROWSER_FORMATS = {"PNG", "JPEG", "GIF", "WEBP", "BMP"}  # what every browser can show
 KEPT = {"image": "kept_image", "image_a": "kept_image_a", "image_b": "kept_image_b"}
 FIELD_WORDS = {"image": "the image", "image_a": "the first image", "image_b": "the second image",
+               "fpir": "the false-identification rate",
                "images": "the images", "metadata": "the metadata", "label": "the label"}
 OPEN_PAGES = {"pages.sign_in", "pages.sign_out", "pages.api_docs"}
 
@@ -109,6 +113,48 @@ def verify():
               "name_a": _file_name("image_a", "first image"),
               "name_b": _file_name("image_b", "second image")}
     return render_template("verify.html", result=result, **options)
+
+
+@route.route("/identify", methods=["GET", "POST"])
+def identify():
+    """1:N in the browser: who, of those enrolled, an image shows, or nobody, with the rule
+    (the threshold for the target FPIR at the gallery's size) and the nearest candidates."""
+    if request.method == "GET":
+        return render_template("identify.html", **_identify_options())
+    csrf.check()
+    try:
+        options = _identify_options()
+        (image, data), name = _page_image("image"), _file_name("image", "your image")
+        gallery = get_gallery()
+        found = gallery.identification(image, fpir=options["fpir"])
+        candidates = gallery.search_results([image], k=CANDIDATES,
+                                            threshold=found.rule.threshold)[0].matches
+    except (SiameseSearchError, HTTPException) as exc:
+        return _form_error("identify.html", exc, _identify_options_or_defaults(),
+                           fields=("image", "fpir"))
+    query = {"src": _data_url(data, image), "caption": name, "kept": _kept(data),
+             "sha256": _sha256(data)}
+    return render_template("identify.html", query=query, found=found, candidates=candidates,
+                           **options)
+
+
+def _identify_options(fpir: Optional[str] = "") -> dict:
+    """The form's target FPIR (`fpir`: "" for the one sent, None for the gallery's), checked, and
+    the rule it gives at the gallery's size now."""
+    fpir = (request.values.get("fpir") or None) if fpir == "" else fpir
+    gallery = get_gallery()
+    training_data = _verdict_context({}, gallery.rule())["training_data"]
+    # The rule checks the value before any image is read; an empty gallery has none to give.
+    rule = gallery.identification_rule(fpir=fpir) if len(gallery) else None
+    return {"fpir": fpir, "fpir_choices": FPIR_CHOICES, "rule": rule,
+            "training_data": training_data}
+
+
+def _identify_options_or_defaults() -> dict:
+    try:
+        return _identify_options()
+    except (SiameseSearchError, HTTPException):
+        return _identify_options(None)
 
 
 # --- the gallery ------------------------------------------------------------------------------------
@@ -356,12 +402,26 @@ def _verdict_context(params: dict, rule) -> dict:
             card.training.get("dataset", "its training data")}
 
 
-def _data_url(data: bytes, image: Image.Image) -> Optional[str]:
-    """The uploaded image, shown back without storing it anywhere."""
-    if len(data) > PREVIEW_LIMIT or image.format not in BROWSER_FORMATS:
-        return None
-    media_type = Image.MIME.get(image.format or "", "application/octet-stream")
-    return f"data:{media_type};base64,{base64.b64encode(data).decode()}"
+def _data_url(data: bytes, image: Image.Image) -> str:
+    """The uploaded image, shown back without storing it anywhere: its own bytes when a browser
+    can show them and they are small, else a PNG of the decoded image (which may have been
+    shrunk already, and so has no format of its own), at most `PREVIEW_SIDE` pixels a side."""
+    import io
+
+    try:
+        kind = Image.open(io.BytesIO(data)).format  # reads the header only
+    except (OSError, ValueError, Image.DecompressionBombError):
+        kind = None
+    if len(data) <= PREVIEW_LIMIT and kind in BROWSER_FORMATS:
+        media_type = Image.MIME.get(kind, "application/octet-stream")
+        return f"data:{media_type};base64,{base64.b64encode(data).decode()}"
+    preview = image.copy()
+    preview.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE))
+    if preview.mode not in ("L", "RGB", "RGBA"):
+        preview = preview.convert("RGBA" if "A" in preview.getbands() else "RGB")
+    out = io.BytesIO()
+    preview.save(out, "PNG")
+    return f"data:image/png;base64,{base64.b64encode(out.getvalue()).decode()}"
 
 
 def _local(target: Optional[str]) -> Optional[str]:

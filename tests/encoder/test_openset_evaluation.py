@@ -29,24 +29,32 @@ def pair_distances(seed, n=400):
 
 # --- operating points and TAR@FAR -----------------------------------------------------------------
 
-def test_operating_points_are_counted_with_wilson_intervals_beside_the_card():
-    fitted = operating_points(HeldOutPairs.of(*clusters(0)))  # the card's, from other images
-    distances, same = pair_distances(1)
+def test_operating_points_are_counted_beside_the_card_and_as_the_service_answers():
+    fitted = operating_points(HeldOutPairs.of(*clusters(0)))  # the card's, from other classes
+    test = HeldOutPairs.of(*clusters(1, classes=30))
     thresholds = {name: p.threshold for name, p in fitted.items()}
-    result = operating_point_metrics(distances, same, thresholds, fitted)
+    in_domain = np.arange(test.images) % 10 != 0  # a tenth of the images refused
+    result = operating_point_metrics(test, thresholds, fitted, in_domain=in_domain)
     assert list(result) == ["balanced", "far-1e-2", "far-1e-3"]
+    both = in_domain[test.first] & in_domain[test.second]
     for name, r in result.items():
         t = thresholds[name]
-        tar_count = int(sum(d <= t for d, s in zip(distances, same) if s))
-        far_count = int(sum(d <= t for d, s in zip(distances, same) if not s))
-        assert r["threshold"] == t and (r["positives"], r["negatives"]) == (400, 400)
-        assert r["tar"] == tar_count / 400 and r["far"] == far_count / 400
-        assert r["tar_ci95"] == list(wilson_interval(tar_count, 400))
-        assert r["far_ci95"] == list(wilson_interval(far_count, 400))
+        accepted = test.distances <= t
+        positives, negatives = test.positives, test.negatives
+        assert r["threshold"] == t and (r["positives"], r["negatives"]) == (positives, negatives)
+        assert r["tar"] == np.sum(accepted & test.same) / positives
+        assert r["far"] == np.sum(accepted & ~test.same) / negatives
+        assert r["far_ci95_pairs"] == list(wilson_interval(int(np.sum(accepted & ~test.same)),
+                                                           negatives))
+        assert r["tar_ci95"][0] <= r["tar"] <= r["tar_ci95"][1]
+        assert r["service_tar"] == np.sum(accepted & test.same & both) / positives
+        assert r["service_far"] == np.sum(accepted & ~test.same & both) / negatives
         assert (r["card_tar"], r["card_far"]) == (fitted[name].tar, fitted[name].far)
+        assert r["far_above_card"] == (r["far"] > fitted[name].far_ci95[1])
     # A card without operating points: measured only.
-    bare = operating_point_metrics(distances, same, {"balanced": 0.7})
-    assert bare["balanced"]["card_tar"] is None and bare["balanced"]["card_far"] is None
+    bare = operating_point_metrics(test, {"balanced": 0.7})
+    assert bare["balanced"]["card_tar"] is None and bare["balanced"]["far_above_card"] is None
+    assert "service_tar" not in bare["balanced"]
 
 
 def test_tar_at_far_is_the_oracle_threshold_on_the_same_pairs():

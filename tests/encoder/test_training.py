@@ -107,7 +107,7 @@ def test_class_loss_trains_the_same_encoder_and_is_recorded(small_folder, tiny_m
     ds = load_image_folder(small_folder)
     config = TrainConfig(epochs=10, seed=3, classes_per_batch=4, images_per_class=8,
                          val_fraction=0.2, val_split="image", augment="none",
-                         min_steps_per_epoch=1, class_weight=0.5)
+                         min_steps_per_epoch=1, class_weight=0.5, domain=False)
     card = train(ds, config, tmp_path / "head", report=lambda s: None)
     plain = Embedder.load(tiny_model)
     assert card.model_id != plain.model_id and card.validation["roc_auc"] > 0.9
@@ -121,7 +121,7 @@ def test_training_learns_and_is_deterministic(small_folder, tiny_model, tmp_path
     ds = load_image_folder(small_folder)
     config = TrainConfig(epochs=10, seed=3, classes_per_batch=4, images_per_class=8,
                          val_fraction=0.2, val_split="image", augment="none",
-                         min_steps_per_epoch=1)
+                         min_steps_per_epoch=1, domain=False)
     card = train(ds, config, tmp_path / "again", report=lambda s: None)
     assert card.model_id == Embedder.load(tiny_model).model_id  # same seed, same weights
     # Four visually distinct classes: a few dozen steps separate them.
@@ -134,7 +134,8 @@ def test_training_learns_and_is_deterministic(small_folder, tiny_model, tmp_path
 def test_tutorial_recipe_trains_with_pairs_and_a_time_budget(small_folder, tmp_path):
     lines = []
     ds = load_image_folder(small_folder)
-    card = train(ds, TrainConfig(arch="tutorial", epochs=50, time_budget=0.5, val_fraction=0.2),
+    card = train(ds, TrainConfig(arch="tutorial", epochs=50, time_budget=0.5, val_fraction=0.2,
+                                 domain=False),
                  tmp_path / "tut", report=lines.append)
     assert card.training["stopped_by"] == "time_budget" and card.training["epochs_run"] == 1
     assert card.architecture == "tutorial" and card.embedding_dim == 48
@@ -260,7 +261,8 @@ def test_card_records_oneshot_accuracy_of_held_out_classes(fashion_test, tmp_pat
     ds = fashion_test.subset(pick)  # 10 classes of 10 images; 5 classes held out
     lines = []
     card = train(ds, TrainConfig(epochs=1, val_split="class", val_fraction=0.5,
-                                 calibration_folds=1, min_steps_per_epoch=5), tmp_path / "m",
+                                 calibration_folds=1, min_steps_per_epoch=5, domain=False),
+                 tmp_path / "m",
                  report=lines.append)
     oneshot = card.validation["oneshot"]
     assert oneshot["episode_classes"] == "any" and set(oneshot) == {"episode_classes", "episodes", "5-way"}
@@ -302,7 +304,7 @@ def test_thin_validation_is_a_warning_on_screen_and_in_the_card(small_folder, tm
     silent, and recorded."""
     ds = load_image_folder(small_folder)
     lines = []
-    card = train(ds, TrainConfig(epochs=1, width=8, min_steps_per_epoch=2),
+    card = train(ds, TrainConfig(epochs=1, width=8, min_steps_per_epoch=2, domain=False),
                  tmp_path / "m", report=lines.append)
     warnings = card.training["warnings"]
     assert len(warnings) == 2

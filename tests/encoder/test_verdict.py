@@ -284,6 +284,25 @@ def test_the_tiny_model_knows_its_domain(tiny_model, small_folder):
     embedder = Embedder.load(tiny_model)
     domain = embedder.card.domain
     assert domain.heldout_rejected <= 0.05 and set(domain.foreign_accepted) >= {"photos", "faces"}
+    # Each kind measured by a check that was not trained against it, and the kinds found to be
+    # the training images' own left out of the foreign ones.
+    from encoder.foreign import FAMILIES
+
+    assert set(domain.left_out) == set(FAMILIES)
+    assert set(domain.foreign_families) == set(FAMILIES) - set(domain.same_kind)
+    assert set(domain.foreign_accepted) == set(domain.foreign_families)
+
+
+def test_a_kind_is_the_training_kind_only_when_it_alone_passes_a_check_not_trained_on_it():
+    from encoder.domain import _same_kind
+
+    # Omniglot characters for a model of characters: accepted far more than the other kinds.
+    assert _same_kind({"noise": 0.01, "text": 0.02, "digits": 0.13, "omniglot": 0.29,
+                       "faces": 0.0}) == {"omniglot": 0.29}
+    # A check that lets most kinds through is weak, not surrounded by its own kind.
+    assert _same_kind({"noise": 0.9, "text": 0.8, "faces": 0.7, "omniglot": 0.85}) == {}
+    assert _same_kind({"a": 0.15, "b": 0.0, "c": 0.0}) == {}  # under 20%: a foreign kind
+    assert len(_same_kind({"a": 0.9, "b": 0.95})) <= 1  # one kind always stays foreign
     own = sorted(small_folder.rglob("*.png"))
     assert np.mean(embedder.in_domain(own)) >= 0.9
     foreign = foreign_batch(200, embedder.card.preprocessing, seed=11)
@@ -371,3 +390,36 @@ def test_a_search_finds_every_match_that_may_be_featureless(model_embedder):
     # A batch's rows do not mix: the same query alone gives its own row.
     alone = model_embedder.may_be_featureless(queries[:1], from_squared(squared[:1]))
     assert (alone[0] == maybe[0]).all()
+
+
+def test_an_encoder_that_barely_tells_classes_apart_verifies_nothing(tiny_model):
+    """A weak model says so rather than verify: under WEAK_AUC on its held-out pairs, every rule
+    says why it is not calibrated, and no distance is verified, however small."""
+    from encoder.verdict import WEAK_AUC
+
+    card = card_with_calibration(load_card(tiny_model))
+    weak = Verdicts(dataclasses.replace(card, validation={**card.validation, "roc_auc": 0.65}))
+    inside = DomainCheck(True, 3.0, "looks like ...")
+    for rule in (weak.rule(), weak.rule("far-1e-3"), weak.rule(threshold=1.0),
+                 weak.identification_rule(20, fpir=0.05)):
+        assert not rule.calibrated and "barely tells apart" in rule.note
+        assert f"under {WEAK_AUC}" in rule.describe()
+        assert not any(v.verified for v in weak.judge([0.0, 0.01], rule, inside))
+    strong = Verdicts(dataclasses.replace(card, validation={**card.validation, "roc_auc": 0.95}))
+    assert strong.judge([0.0], strong.rule(threshold=1.0), inside)[0].verified
+
+
+def test_every_verdict_of_a_model_with_a_weak_domain_check_says_so(tiny_model):
+    card = card_with_calibration(load_card(tiny_model))
+    weak = dataclasses.replace(card, domain=dataclasses.replace(
+        card.domain, weak=["it accepts 12% of faces (target: at most 5%)", "another"]))
+    threshold = card.domain.threshold
+    checks = Verdicts(weak).domain_checks(np.array([threshold + 1, threshold - 1]), 2)
+    assert [c.in_domain for c in checks] == [True, False] and all(c.weak for c in checks)
+    assert all("this model's domain check is weak (it accepts 12% of faces (target: at most 5%), "
+               "and 1 more in its card)" in c.reason for c in checks)
+    assert checks[0].to_dict()["domain_check_weak"] is True
+    strong = dataclasses.replace(card, domain=dataclasses.replace(card.domain, weak=[]))
+    plain = Verdicts(strong).domain_checks(np.array([threshold + 1]), 1)[0]
+    assert not plain.weak and "weak" not in plain.reason
+    assert ModelCard.from_dict(weak.to_dict()).domain.weak == weak.domain.weak

@@ -54,11 +54,15 @@ def test_json_has_operating_points_calibration_domain_and_open_set(tiny_model, s
     assert list(points) == ["balanced", "far-1e-2", "far-1e-3"]
     for name, p in points.items():
         assert p["threshold"] == pytest.approx(card.operating_points[name].threshold)
-        assert (p["positives"], p["negatives"]) == (120, 120)
+        # Every distinct pair of the 120 images of 4 classes, once.
+        assert (p["positives"], p["negatives"], p["classes"]) == (4 * 435, 7140 - 4 * 435, 4)
         assert p["tar_ci95"][0] <= p["tar"] <= p["tar_ci95"][1]
         assert p["far_ci95"][0] <= p["far"] <= p["far_ci95"][1]
         assert (p["card_tar"], p["card_far"]) == (card.operating_points[name].tar,
                                                   card.operating_points[name].far)
+        # What the service answers: the domain check can only take verified pairs away.
+        assert p["service_tar"] <= p["tar"] and p["service_far"] <= p["far"]
+        assert p["far_above_card"] == (p["far"] > card.operating_points[name].far_ci95[1])
     assert points["far-1e-3"]["tar"] <= points["balanced"]["tar"]
     assert [r["far_target"] for r in result["tar_at_far"]] == [0.01, 0.001]
     assert all(r["far"] <= r["far_target"] for r in result["tar_at_far"])
@@ -76,9 +80,12 @@ def test_json_has_operating_points_calibration_domain_and_open_set(tiny_model, s
     assert [p["fpir"] for p in open_set["fnir_at_fpir"]] == FPIRS
     assert [p["fpir"] for p in open_set["predicted"]] == FPIRS
     for p in open_set["predicted_by_card"]:
-        assert (p["threshold"], p["calibrated"]) == card.open_set.threshold_for(p["fpir"], 2)
+        assert p["threshold"] == card.open_set.threshold_for(p["fpir"], 2)[0]
     for p in open_set["predicted"]:  # a gallery of 2 is too small for its own estimate: the card
         assert p["threshold"] == card.open_set.threshold_for(p["fpir"], 2)[0]
+    for by_distance, served in zip(open_set["predicted"], open_set["predicted_service"]):
+        assert served["threshold"] == by_distance["threshold"]
+        assert served["identification_rate"]["mean"] <= by_distance["identification_rate"]["mean"]
         assert 0.0 <= p["measured_fpir"]["mean"] <= 1.0
         assert 0.0 <= p["identification_rate"]["mean"] <= 1.0
     names = ["roc.png", "det.png", "distances.png", "pairs.png", "open_set_det.png"]
@@ -93,10 +100,13 @@ def test_text_output_shows_the_tables(tiny_model, small_folder, capsys):
         "--open-set-rounds", "3", "--shots", "2", "--enrolled", "3"], capsys)
     assert code == 0, err
     lines = out.splitlines()
-    start = lines.index("operating points on the test pairs (120 same-class, 120 different-class; "
-                        "95% Wilson intervals):")
+    start = next(i for i, line in enumerate(lines) if line.startswith(
+        "operating points on every distinct pair of the test images (1,740 same-class, 5,400 "
+        "different-class, 4 classes; 95% intervals over resampled classes), by distance and as "
+        "the service answers"))
     assert lines[start + 1].split() == ["point", "threshold", "TAR", "[95%", "CI]", "FAR", "[95%",
-                                        "CI]", "card", "TAR", "card", "FAR"]
+                                        "CI]", "service", "TAR", "service", "FAR", "card", "TAR",
+                                        "card", "FAR"]
     assert [line.split()[0] for line in lines[start + 3:start + 6]] == ["balanced", "far-1e-2",
                                                                         "far-1e-3"]
     assert "TAR@FAR (oracle: threshold chosen on the test pairs themselves):" in lines
@@ -108,8 +118,9 @@ def test_text_output_shows_the_tables(tiny_model, small_folder, capsys):
                "2 image(s) = gallery of 6, 1 classes not enrolled" in line for line in lines)
     assert any(line.startswith("  rank-1 identification ") for line in lines)
     assert "  the card's open-set model alone, gallery of 6:" in lines
+    assert any(line.startswith("  the same, as the service answers") for line in lines)
     assert any(line.startswith("  the threshold identify takes") for line in lines)
-    assert sum(line.split()[0] in ("0.01", "0.05", "0.1") for line in lines if line.strip()) == 9
+    assert sum(line.split()[0] in ("0.01", "0.05", "0.1") for line in lines if line.strip()) == 12
 
 
 def test_a_card_from_before_says_what_it_lacks(old_model, small_folder, tmp_path, capsys):

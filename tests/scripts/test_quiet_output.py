@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from scripts.common import TENSORFLOW_NOISE
+from encoder.quiet import TENSORFLOW_NOISE
 from tests.support import REPO, SAMPLES, child_env
 
 pytestmark = pytest.mark.slow  # a child process that loads TensorFlow

@@ -183,6 +183,31 @@ def test_verify_two_images(page, screenshots, sample_pngs):
     shoot(browser, screenshots, "verify-same")
 
 
+def test_identify_one_to_many_names_the_item_or_nobody(page, screenshots, sample_pngs):
+    """1:N in the browser, at laptop and phone width: an enrolled image is identified with the
+    rule in words; a target rate is one choice away; a portrait is nobody, said plainly."""
+    browser = page("/identify")
+    assert "Who is this?" in browser.find_element(By.TAG_NAME, "h1").text
+    assert browser.find_element(By.CSS_SELECTOR, "nav a[aria-current=page]").text == "Identify"
+    shoot(browser, screenshots, "identify-form")
+    shirt = sample_pngs["Shirt"][0]
+    Select(browser.find_element(By.CSS_SELECTOR, "select[name=fpir]")).select_by_value("0.1")
+    browser.find_element(By.CSS_SELECTOR, "input[name=image]").send_keys(str(shirt))  # submits
+    verdict = wait_for(browser, ".verdict[data-verdict=identified]")[0]
+    assert "Identified: Shirt" in verdict.text and "10% of people or things not enrolled" in \
+        verdict.text
+    cards = browser.find_elements(By.CSS_SELECTOR, ".matches .card")
+    assert len(cards) == 5 and "identified" in cards[0].text
+    assert browser.find_element(By.CSS_SELECTOR, ".query img").get_attribute("src").startswith(
+        "data:image/png;base64,")  # the query shown back
+    shoot(browser, screenshots, "identify-found")
+    portrait = Path(__file__).resolve().parents[2] / "samples" / "queries" / "portrait.png"
+    browser.find_element(By.CSS_SELECTOR, "input[name=image]").send_keys(str(portrait))
+    notice = wait_for(browser, ".verdict[data-verdict=out-of-domain]")[0]
+    assert "does not look like what this model was trained on" in notice.text
+    shoot(browser, screenshots, "identify-nobody")
+
+
 def test_gallery_browser_labels_paging_and_search_by_item(page, screenshots):
     browser = page("/gallery")
     chips = browser.find_elements(By.CSS_SELECTOR, ".chips a")

@@ -289,3 +289,30 @@ def test_enrolling_a_portrait_flags_it_and_nothing_is_verified_against_it(
     page = client.post("/", data=page_form({"image": field(bag), "k": "60", "threshold": "5"}))
     assert 'data-domain="out-of-domain-item"' in page.get_data(as_text=True)
     assert "✗ out of domain" in page.get_data(as_text=True)
+
+
+def test_the_identify_page_names_the_enrolled_item_or_nobody_with_its_rule(client, sample_pngs,
+                                                                          needs_domain_model):
+    """1:N in the browser: an enrolled image is identified, with the rule in words (the share of
+    strangers taken for someone, the identities enrolled, where the threshold came from) and the
+    nearest candidates; a portrait is nobody, said plainly; a bad target is a message on the
+    form, not an error page."""
+    page = client.get("/identify")
+    html = page.get_data(as_text=True)
+    assert page.status_code == 200 and "Who is this?" in html and "data-rule" in html
+    assert 'href="/identify" aria-current="page"' in html  # linked from every page's menu
+    assert 'href="/identify"' in client.get("/verify").get_data(as_text=True)
+    shirt = sample_pngs["Shirt"][0].read_bytes()
+    html = client.post("/identify", data=page_form({"image": field(shirt, "shirt.png"),
+                                                    "fpir": "0.1"})).get_data(as_text=True)
+    assert 'data-verdict="identified"' in html and "Identified: Shirt" in html
+    assert ("10% of people or things not enrolled would be taken for one of the 10 enrolled "
+            "(50 images), measured on this gallery&#39;s own items") in html
+    assert html.count('class="card ') == 5 and "✓ identified" in html
+    html = client.post("/identify", data=page_form({"image": field(portrait(), "me.jpg")})
+                       ).get_data(as_text=True)
+    assert 'data-verdict="out-of-domain"' in html and "✓ identified" not in html
+    bad = client.post("/identify", data=page_form({"image": field(shirt, "shirt.png"),
+                                                   "fpir": "2"}))
+    assert bad.status_code == 400
+    assert 'data-field="fpir"' in bad.get_data(as_text=True)
