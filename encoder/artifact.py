@@ -50,6 +50,9 @@ class ModelCard:
     # Non-empty: the verdict's calibration does not describe these weights (e.g. a final fit on
     # every class), and why; every rule from this card then says it is not calibrated.
     calibration_note: str = ""
+    # What one class is, in words the pages use for a verdict: "same kind of garment", "same
+    # person". Chosen at training (`TrainConfig.same`); "class" when nobody said.
+    same: str = "class"
 
     @classmethod
     def for_encoder(cls, encoder, pre: Preprocessing, calibration: Calibration,
@@ -97,7 +100,8 @@ class ModelCard:
                        probability=_optional(ProbabilityMap, d.get("probability")),
                        open_set=_optional(OpenSetModel, d.get("open_set")),
                        domain=_optional(DomainCard, d.get("domain")),
-                       calibration_note=str(d.get("calibration_note", "")))
+                       calibration_note=str(d.get("calibration_note", "")),
+                       same=str(d.get("same", "class")))
         except ModelError:
             raise
         except (KeyError, TypeError, ValueError) as exc:
@@ -140,6 +144,10 @@ def save_model(directory: str | os.PathLike, encoder, card: ModelCard, domain_mo
             domain_model.save(tmp / DOMAIN_FILE)
         (tmp / CARD_FILE).write_text(json.dumps(card.to_dict(), indent=2) + "\n")
         if directory.exists():
+            # Anything else the directory holds (a README, plots) stays with the model.
+            for extra in directory.iterdir():
+                if extra.name not in (MODEL_FILE, CARD_FILE, DOMAIN_FILE) and extra.is_file():
+                    shutil.copy2(extra, tmp / extra.name)
             old = directory.with_name(f".{directory.name}.old")
             shutil.rmtree(old, ignore_errors=True)
             directory.rename(old)

@@ -111,16 +111,19 @@ class HeldOutPairs:
     same: np.ndarray  # bool: both of one class
     distances: np.ndarray
     labels: np.ndarray  # class of every held-out image
+    # Classes the model never trained on (a class or group split), which the rates are for;
+    # False: held-out images of the training classes (an image split), the classes it will meet.
+    new_classes: bool = True
 
     @classmethod
     def of(cls, embeddings: np.ndarray, labels: np.ndarray, seed: int = 0,
-           max_pairs: int = MAX_PAIRS) -> "HeldOutPairs":
+           max_pairs: int = MAX_PAIRS, new_classes: bool = True) -> "HeldOutPairs":
         from .distance import euclidean
 
         labels = np.asarray(labels)
         first, second, same = distinct_pairs(labels, seed, max_pairs)
         return cls(first, second, same, euclidean(embeddings[first], embeddings[second])
-                   .astype(np.float64), labels)
+                   .astype(np.float64), labels, new_classes)
 
     @property
     def classes(self) -> int:
@@ -212,7 +215,9 @@ def class_bootstrap(pairs: HeldOutPairs, thresholds: np.ndarray, rounds: int = 2
     """TAR and FAR at each threshold over `rounds` resamples of the held-out data (rounds,
     thresholds): the classes are drawn with replacement, then the images of each class. What
     varies from one set of new classes to the next is the classes, so that is what the intervals
-    resample; re-drawing pairs of the same images would only measure the pairs."""
+    resample; re-drawing pairs of the same images would only measure the pairs. Held-out images
+    of the training classes (`pairs.new_classes` False) keep their classes: only the images
+    within them are drawn again."""
     rng = np.random.default_rng(seed)
     codes = np.unique(pairs.labels, return_inverse=True)[1]
     classes = codes.max() + 1
@@ -221,7 +226,8 @@ def class_bootstrap(pairs: HeldOutPairs, thresholds: np.ndarray, rounds: int = 2
     tar = np.empty((rounds, len(thresholds)))
     far = np.empty((rounds, len(thresholds)))
     for r in range(rounds):
-        times = np.bincount(rng.integers(0, classes, classes), minlength=classes)
+        times = (np.bincount(rng.integers(0, classes, classes), minlength=classes)
+                 if pairs.new_classes else np.ones(classes, np.int64))
         counts = np.zeros(len(codes))
         for c in np.flatnonzero(times):
             members = np.flatnonzero(codes == c)
@@ -318,7 +324,7 @@ def operating_points(pairs: HeldOutPairs, seed: int = 0, note: str = ""
     for k, (name, i) in enumerate(chosen.items()):
         false_accepts = int(round(far[i] * negatives))
         reason = note
-        if not reason and pairs.classes < MIN_CLASSES:
+        if not reason and pairs.new_classes and pairs.classes < MIN_CLASSES:
             reason = (f"{pairs.classes} held-out classes: a rate measured on fewer than "
                       f"{MIN_CLASSES} depends on which classes they happen to be")
         elif not reason and false_accepts < MIN_ERRORS:
@@ -634,12 +640,13 @@ def fit_open_set(embeddings: np.ndarray, labels: np.ndarray, points: int = 120,
 
 
 def verdict_calibration(embeddings: np.ndarray, labels: np.ndarray, seed: int = 0,
-                        note: str = "") -> tuple[HeldOutPairs, dict]:
+                        note: str = "", new_classes: bool = True) -> tuple[HeldOutPairs, dict]:
     """What a model card stores for the verdict, from the embeddings the saved encoder gives
-    held-out images it never trained on, and their labels: the held-out pairs, and the
-    `ModelCard` fields operating_points, probability and open_set (`note`: why the points are
-    not calibrated for the saved encoder, if they are not)."""
-    pairs = HeldOutPairs.of(embeddings, labels, seed)
+    held-out images it never trained on, and their labels (`new_classes`: of classes it never
+    trained on): the held-out pairs, and the `ModelCard` fields operating_points, probability
+    and open_set (`note`: why the points are not calibrated for the saved encoder, if they are
+    not)."""
+    pairs = HeldOutPairs.of(embeddings, labels, seed, new_classes=new_classes)
     return pairs, {"operating_points": operating_points(pairs, seed, note),
                    "probability": fit_probability(pairs, seed),
                    "open_set": fit_open_set(embeddings, labels, seed=seed)}

@@ -101,6 +101,9 @@ class TrainConfig:
                "class is left that it never saw, so its verdict is not calibrated (the card's "
                "operating points are the first fold's encoder's, marked so)")
     deterministic: bool = param(True, "TensorFlow's deterministic ops (same seed, same model)")
+    same: str = param(
+        "class", "what one class of the data is, as the pages say it: \"same person\", \"same "
+                 "product\", \"same kind of garment\" (default: class)")
     domain: bool = param(
         True, "train the domain model that rejects images unlike the training data "
               "(--no-domain leaves inputs unchecked)")

@@ -98,7 +98,8 @@ def train(ds: Dataset, config: TrainConfig, out_dir: str | os.PathLike,
     report(f"calibrating on {len(y_val):,} held-out images of {len(np.unique(y_val))} classes "
            + ("that the saved encoder never trained on" if not config.refit else
               "(the first fold's encoder's: the saved one trained on every class)"))
-    pairs, verdicts = verdict_calibration(e_val, y_val, config.seed, note)
+    pairs, verdicts = verdict_calibration(e_val, y_val, config.seed, note,
+                                          new_classes=config.val_split in ("class", "group"))
     cal = calibrate(pairs.distances, pairs.same, config.far_target)
     report("operating points: " + ", ".join(
         f"{name} {p.threshold:.4f} (TAR {p.tar:.3f}, FAR {p.far:.4f} "
@@ -126,7 +127,8 @@ def train(ds: Dataset, config: TrainConfig, out_dir: str | os.PathLike,
     validation = _validation_summary(ds, config, splits, measured, pairs, cal)
     training = _training_record(ds, config, splits, measured, saved, train_idx, warnings, started)
     card = ModelCard.for_encoder(saved.encoder, pre, cal, validation, training,
-                                 domain=domain_card, calibration_note=note, **verdicts)
+                                 domain=domain_card, calibration_note=note, same=config.same,
+                                 **verdicts)
     save_model(out_dir, saved.encoder, card, domain_model)
     report(f"saved {Path(out_dir)} (model {card.model_id}): threshold {cal.threshold:.4f}, "
            f"val accuracy {cal.accuracy:.4f}"

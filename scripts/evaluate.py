@@ -167,7 +167,10 @@ def _trust(embedder, ds, pairs, embeddings, in_domain, seed: int) -> dict:
     from encoder.evaluation import operating_point_metrics, tar_at_far
 
     card = embedder.card
-    distinct = HeldOutPairs.of(embeddings, ds.labels, seed)
+    # A model trained on held-out images of its own classes (an image split) meets the same
+    # classes again: the intervals then resample images only, not classes.
+    new_classes = card.training.get("settings", {}).get("val_split") != "image"
+    distinct = HeldOutPairs.of(embeddings, ds.labels, seed, new_classes=new_classes)
     results = {"operating_points": operating_point_metrics(
         distinct, embedder.verdicts.operating_points, card.operating_points,
         in_domain=in_domain, seed=seed),

@@ -183,3 +183,17 @@ def test_every_curl_and_python_example_is_found():
     assert sum(n.startswith("README.md") for n in names) >= 4
     assert sum(n.startswith("docs/api.md") for n in names) >= 3
     assert any(n.startswith("docs/deployment.md") for n in names)
+
+
+def test_every_example_on_the_api_docs_page_runs(demo_server, workdir):
+    """/api/docs shows one curl example per operation (the OpenAPI document's `x-example`):
+    each runs against a live server, from a reader's folder, and answers 2xx."""
+    from webapp.openapi import document
+    from webapp.settings import Settings
+
+    spec = document(Settings(gallery=demo_server.gallery))
+    commands = [op["x-example"] for path, methods in spec["paths"].items()
+                if "{gallery}" not in path for op in methods.values()]
+    assert len(commands) == 16 and all(c.startswith("curl ") for c in commands)
+    run_shell("\n".join(commands), demo_server, workdir)
+    assert (workdir / "item-1.png").read_bytes()[:4] == b"\x89PNG"

@@ -90,4 +90,6 @@ def _page_context() -> dict:
             "can_write": access.WRITE in access.granted(served.entry),
             "max_image_size": megabytes(service.settings.max_image_bytes),
             "max_image_bytes": service.settings.max_image_bytes, "endpoint": request.endpoint,
-            "csrf_field": csrf.FIELD, "csrf_token": csrf.token}
+            "csrf_field": csrf.FIELD, "csrf_token": csrf.token,
+            # What "same" means for this model (its card says): the pages' badges and "% same".
+            "same": served.embedder.card.same}

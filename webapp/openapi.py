@@ -192,6 +192,40 @@ def operations(settings: Settings) -> dict[str, dict[str, dict]]:
     }
 
 
+# One runnable example per operation, for the API docs page (`x-example`): from the repository
+# root, against the demo on 127.0.0.1:8000, with the write key in SIAMESE_API_KEY where a change
+# needs it (tests/webapp/test_openapi.py runs every one against a live server).
+HOST = "http://127.0.0.1:8000"
+KEY = '-H "X-API-Key: $SIAMESE_API_KEY" '
+EXAMPLES = {
+    ("post", "/search"): f"curl -F image=@samples/queries/bag.png -F k=3 {HOST}/api/search",
+    ("post", "/search/batch"): "curl -F image=@samples/queries/bag.png "
+                               f"-F image=@samples/queries/coat.png -F k=2 {HOST}/api/search/batch",
+    ("post", "/verify"): "curl -F image_a=@samples/queries/coat.png "
+                         f"-F image_b=@samples/queries/coat-2.png {HOST}/api/verify",
+    ("post", "/verify/batch"): "curl -F image_a=@samples/queries/coat.png "
+                               "-F image_b=@samples/queries/coat-2.png "
+                               "-F image_a=@samples/queries/bag.png "
+                               f"-F image_b=@samples/queries/trouser.png {HOST}/api/verify/batch",
+    ("post", "/identify"): "curl -F image=@samples/queries/sneaker.png -F fpir=0.01 "
+                           f"{HOST}/api/identify",
+    ("get", "/gallery"): f"curl '{HOST}/api/gallery?limit=3&label=Bag'",
+    ("post", "/gallery"): f"curl {KEY}-F image=@samples/queries/trouser.png -F label=Trouser "
+                          f"-F 'metadata={{\"sku\": \"T-1\"}}' {HOST}/api/gallery",
+    ("get", "/gallery/{item_id}"): f"curl {HOST}/api/gallery/1",
+    ("patch", "/gallery/{item_id}"): f"curl -X PATCH {KEY}-H 'Content-Type: application/json' "
+                                     f"-d '{{\"metadata\": {{\"price\": 3.5}}}}' "
+                                     f"{HOST}/api/gallery/1",
+    ("delete", "/gallery/{item_id}"): f"curl -X DELETE {KEY}{HOST}/api/gallery/2",
+    ("get", "/gallery/{item_id}/image"): f"curl -o item-1.png {HOST}/api/gallery/1/image",
+    ("get", "/gallery/{item_id}/neighbours"): f"curl '{HOST}/api/gallery/1/neighbours?k=3'",
+    ("get", "/stats"): f"curl {HOST}/api/stats",
+    ("get", "/healthz"): f"curl {HOST}/healthz",
+    ("get", "/api/galleries"): f"curl {HOST}/api/galleries",
+    ("get", "/api/openapi.json"): f"curl {HOST}/api/openapi.json",
+}
+
+
 def document(settings: Settings) -> dict:
     paths: dict[str, dict] = {
         "/healthz": {"get": {"summary": "Alive, and every gallery's database answers",
@@ -209,9 +243,13 @@ def document(settings: Settings) -> dict:
     gallery_param = {"name": "gallery", "in": "path", "required": True,
                      "schema": {"type": "string", "pattern": "^[a-z0-9][a-z0-9_-]{0,62}$"},
                      "description": "the gallery's name (GET /api/galleries lists them)"}
+    for path, methods in paths.items():
+        for m, op in methods.items():
+            op["x-example"] = EXAMPLES[(m, path)]
     for path, methods in operations(settings).items():
         paths["/api" + path] = {m: {**op, "tags": ["default gallery"],
-                                    "operationId": _operation_id(m, path, named=False)}
+                                    "operationId": _operation_id(m, path, named=False),
+                                    "x-example": EXAMPLES[(m, path)]}
                                 for m, op in methods.items()}
         named = {}
         for m, op in methods.items():

@@ -17,6 +17,7 @@ import math
 from typing import Optional
 
 from flask import Blueprint, redirect, render_template, request, url_for
+from markupsafe import Markup, escape
 from PIL import Image
 from werkzeug.exceptions import HTTPException
 
@@ -259,7 +260,8 @@ def sign_in():
     target = _local(request.values.get("next")) or url_for("pages.search_form")
     wants_write = bool(request.values.get("write"))
     context = {"target": target, "wants_write": wants_write, "needs_key": bool(
-        entry.api_key or entry.read_key), "errors": {}}
+        entry.api_key or entry.read_key), "read_key": bool(entry.read_key),
+        "write_key": bool(entry.api_key), "errors": {}}
     if request.method == "GET":
         return render_template("signin.html", **context)
     csrf.check()
@@ -283,11 +285,23 @@ def sign_out():
 
 @bp.get("/api/docs")
 def api_docs():
-    """The OpenAPI document, readable: every operation, its fields and its answers."""
+    """The OpenAPI document, readable: a table of contents, every operation with a runnable
+    example, its fields and its answers' fields."""
     from .openapi import document
 
     spec = document(get_service().settings)
-    return render_template("api_docs.html", spec=spec, schemas=spec["components"]["schemas"])
+    operations = [(method, path, op) for path, methods in spec["paths"].items()
+                  if "{gallery}" not in path for method, op in methods.items()]
+    return render_template("api_docs.html", spec=spec, schemas=spec["components"]["schemas"],
+                           operations=operations)
+
+
+@bp.app_template_filter("code_spans")
+def code_spans(text: str) -> Markup:
+    """The OpenAPI descriptions' Markdown `code` spans as <code>, the rest escaped."""
+    parts = str(text).split("`")
+    return Markup("".join(str(escape(part)) if i % 2 == 0 else f"<code>{escape(part)}</code>"
+                          for i, part in enumerate(parts)))
 
 
 # --- helpers ----------------------------------------------------------------------------------------

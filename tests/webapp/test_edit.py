@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 
+import pytest
+
 
 def test_an_edit_changes_label_and_metadata_and_every_app_sees_it(make_app, sample_pngs):
     first, second = make_app().test_client(), make_app().test_client()
@@ -58,3 +60,20 @@ def test_neighbours_are_the_nearest_other_items(client):
     assert body["in_domain"] is True and body["domain_reason"].startswith("the gallery item: ")
     assert client.get("/api/gallery/999999/neighbours").status_code == 404
     assert client.get(f"/api/gallery/{item['id']}/neighbours?k=0").status_code == 400
+
+
+@pytest.mark.parametrize("keys, says", [
+    ({"api_key": "w"}, "Anyone can search and browse this gallery without a key; adding, editing "
+                       "and deleting need its <strong>write key</strong>."),
+    ({"api_key": "w", "read_key": "r"}, "Searching and browsing this gallery need its <strong>read "
+                                        "key</strong> (or its write key); adding, editing and "
+                                        "deleting need its <strong>write key</strong>."),
+])
+def test_the_sign_in_page_says_what_a_key_opens_on_this_server(make_app, keys, says):
+    """With only a write key set it once said the gallery needed a key to search and browse,
+    while /gallery answered without one."""
+    client = make_app(**keys).test_client()
+    html = client.get("/signin").get_data(as_text=True)
+    assert says in html and "needs a key to search and browse" not in html
+    if "read_key" not in keys:
+        assert client.get("/gallery").status_code == 200  # as the page says

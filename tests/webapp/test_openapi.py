@@ -54,3 +54,18 @@ def test_the_api_docs_page_lists_every_operation(client):
         for method, operation in methods.items():
             assert f"{method.upper()} {path}" in html
             assert operation["summary"] in html
+
+
+def test_the_api_docs_page_is_navigable_with_examples_and_rendered_code(client):
+    """A table of contents linking every operation, one curl example each, Markdown code as
+    <code> (it showed raw backticks), and the answers' fields in tables."""
+    html = client.get("/api/docs").get_data(as_text=True)
+    document = client.get("/api/openapi.json").get_json()
+    operations = [op for path, methods in document["paths"].items() if "{gallery}" not in path
+                  for op in methods.values()]
+    toc = html[html.index('<nav class="toc"'):html.index("</nav>", html.index('<nav class="toc"'))]
+    assert all(f'href="#{op["operationId"]}"' in toc for op in operations if "operationId" in op)
+    assert html.count('<pre class="example">') == len(operations) == 16
+    assert "`" not in unescape(re.sub(r"<pre.*?</pre>", "", html, flags=re.S))
+    assert "<code>same_image</code>" in html
+    assert "Answer fields (200)" in html and "<code>matches</code>" in html
