@@ -114,16 +114,19 @@ class HeldOutPairs:
     # Classes the model never trained on (a class or group split), which the rates are for;
     # False: held-out images of the training classes (an image split), the classes it will meet.
     new_classes: bool = True
+    groups: Optional[np.ndarray] = None  # each image's group (an alphabet), if the data has them
 
     @classmethod
     def of(cls, embeddings: np.ndarray, labels: np.ndarray, seed: int = 0,
-           max_pairs: int = MAX_PAIRS, new_classes: bool = True) -> "HeldOutPairs":
+           max_pairs: int = MAX_PAIRS, new_classes: bool = True,
+           groups: Optional[np.ndarray] = None) -> "HeldOutPairs":
         from .distance import euclidean
 
         labels = np.asarray(labels)
         first, second, same = distinct_pairs(labels, seed, max_pairs)
         return cls(first, second, same, euclidean(embeddings[first], embeddings[second])
-                   .astype(np.float64), labels, new_classes)
+                   .astype(np.float64), labels, new_classes,
+                   None if groups is None else np.asarray(groups))
 
     @property
     def classes(self) -> int:
@@ -215,9 +218,10 @@ def class_bootstrap(pairs: HeldOutPairs, thresholds: np.ndarray, rounds: int = 2
     """TAR and FAR at each threshold over `rounds` resamples of the held-out data (rounds,
     thresholds): the classes are drawn with replacement, then the images of each class. What
     varies from one set of new classes to the next is the classes, so that is what the intervals
-    resample; re-drawing pairs of the same images would only measure the pairs. Held-out images
-    of the training classes (`pairs.new_classes` False) keep their classes: only the images
-    within them are drawn again."""
+    resample; re-drawing pairs of the same images would only measure the pairs. With groups
+    (alphabets held out whole), the groups are drawn first. Held-out images of the training
+    classes (`pairs.new_classes` False) keep their classes: only the images within them are
+    drawn again."""
     rng = np.random.default_rng(seed)
     codes = np.unique(pairs.labels, return_inverse=True)[1]
     classes = codes.max() + 1
@@ -225,9 +229,21 @@ def class_bootstrap(pairs: HeldOutPairs, thresholds: np.ndarray, rounds: int = 2
     accepted = pairs.distances[:, None] <= np.asarray(thresholds)[None, :]
     tar = np.empty((rounds, len(thresholds)))
     far = np.empty((rounds, len(thresholds)))
+    # With groups (alphabets) held out whole, the groups are drawn first, then the classes of each
+    # drawn group: new alphabets differ more from each other than new characters of one do.
+    group_of = None if pairs.groups is None or not pairs.new_classes else \
+        np.array([pairs.groups[codes == c][0] for c in range(classes)])
     for r in range(rounds):
-        times = (np.bincount(rng.integers(0, classes, classes), minlength=classes)
-                 if pairs.new_classes else np.ones(classes, np.int64))
+        if not pairs.new_classes:
+            times = np.ones(classes, np.int64)
+        elif group_of is None or len(np.unique(group_of)) < 2:
+            times = np.bincount(rng.integers(0, classes, classes), minlength=classes)
+        else:
+            names = np.unique(group_of)
+            times = np.zeros(classes, np.int64)
+            for g in rng.choice(names, len(names)):
+                members = np.flatnonzero(group_of == g)
+                times += np.bincount(rng.choice(members, len(members)), minlength=classes)
         counts = np.zeros(len(codes))
         for c in np.flatnonzero(times):
             members = np.flatnonzero(codes == c)
@@ -640,13 +656,14 @@ def fit_open_set(embeddings: np.ndarray, labels: np.ndarray, points: int = 120,
 
 
 def verdict_calibration(embeddings: np.ndarray, labels: np.ndarray, seed: int = 0,
-                        note: str = "", new_classes: bool = True) -> tuple[HeldOutPairs, dict]:
+                        note: str = "", new_classes: bool = True,
+                        groups: Optional[np.ndarray] = None) -> tuple[HeldOutPairs, dict]:
     """What a model card stores for the verdict, from the embeddings the saved encoder gives
     held-out images it never trained on, and their labels (`new_classes`: of classes it never
     trained on): the held-out pairs, and the `ModelCard` fields operating_points, probability
     and open_set (`note`: why the points are not calibrated for the saved encoder, if they are
     not)."""
-    pairs = HeldOutPairs.of(embeddings, labels, seed, new_classes=new_classes)
+    pairs = HeldOutPairs.of(embeddings, labels, seed, new_classes=new_classes, groups=groups)
     return pairs, {"operating_points": operating_points(pairs, seed, note),
                    "probability": fit_probability(pairs, seed),
                    "open_set": fit_open_set(embeddings, labels, seed=seed)}

@@ -55,7 +55,8 @@ def recalibrate(model_dir: str | Path, ds: Dataset,
                                 for i in range(0, len(val_idx), 1024)])
         y_val = ds.labels[val_idx]
         pairs, verdicts = verdict_calibration(
-            e_val, y_val, config.seed, new_classes=config.val_split in ("class", "group"))
+            e_val, y_val, config.seed, new_classes=config.val_split in ("class", "group"),
+            groups=ds.groups[val_idx] if config.val_split == "group" else None)
         if not _reproduces(card, e_val, y_val, pairs, config):
             raise DatasetError(f"the held-out split of {ds.name} does not reproduce the card's "
                                f"threshold ({card.calibration.threshold:.6f}); not recalibrating")

@@ -98,8 +98,9 @@ def train(ds: Dataset, config: TrainConfig, out_dir: str | os.PathLike,
     report(f"calibrating on {len(y_val):,} held-out images of {len(np.unique(y_val))} classes "
            + ("that the saved encoder never trained on" if not config.refit else
               "(the first fold's encoder's: the saved one trained on every class)"))
-    pairs, verdicts = verdict_calibration(e_val, y_val, config.seed, note,
-                                          new_classes=config.val_split in ("class", "group"))
+    pairs, verdicts = verdict_calibration(
+        e_val, y_val, config.seed, note, new_classes=config.val_split in ("class", "group"),
+        groups=ds.groups[splits[0][1]] if config.val_split == "group" else None)
     cal = calibrate(pairs.distances, pairs.same, config.far_target)
     report("operating points: " + ", ".join(
         f"{name} {p.threshold:.4f} (TAR {p.tar:.3f}, FAR {p.far:.4f} "

@@ -160,8 +160,11 @@ class Gallery:
     def create(cls, path: Union[str, Path], embedder, index: Union[str, IndexSpec] = "flat",
                url: Optional[str] = None, threshold: Optional[float] = None,
                lock_timeout: float = 30.0, operating_point: Optional[str] = None,
-               fpir: Optional[float] = None, originals: Optional[str] = None) -> "Gallery":
-        """A new, empty gallery in folder `path` (created; it must not hold anything yet).
+               fpir: Optional[float] = None, originals: Optional[str] = None,
+               exist_ok: bool = False) -> "Gallery":
+        """A new, empty gallery in folder `path` (created; it must not hold anything yet; with
+        `exist_ok`, a gallery already there is opened instead, its settings as they are, so a
+        script can be run again).
 
         `index`: an `IndexSpec` or its text ("flat", "hnsw:m=16", ...). `url`: keep the metadata at
         this SQLAlchemy URL instead of `path/gallery.db` (then pass it to `open` too: it is not
@@ -172,6 +175,8 @@ class Gallery:
         folder or at this fsspec URL (e.g. s3://bucket/prefix), content-addressed; the database
         keeps the key (`indexer.originals`)."""
         path = Path(path)
+        if exist_ok and (path / folder.GALLERY_FILE).is_file():
+            return cls.open(path, embedder, url=url, lock_timeout=lock_timeout)
         spec = index if isinstance(index, IndexSpec) else IndexSpec.parse(index)
         originals = normalise_originals(originals)
         # The verdict checks both (and not both together), before anything is made.

@@ -141,6 +141,12 @@ def _utc(t: dt.datetime) -> dt.datetime:
     return t if t.tzinfo else t.replace(tzinfo=dt.timezone.utc)  # SQLite keeps no zone
 
 
+def _score(value) -> float:
+    """A domain score as stored: to 4 decimals, as answers show it, so that the same image
+    scored in another batch (float rounding differs in the last bits) stores the same value."""
+    return round(float(value), 4)
+
+
 def _ints(ids: Sequence[int]) -> list[int]:
     """Plain ints: the sqlite3 driver binds NumPy integers as blobs, which match nothing."""
     return [int(i) for i in ids]
@@ -372,7 +378,7 @@ class Store:
         with their images' domain scores (None: not checked)."""
         ids = [int(i) for i in ids]
         scores = [None] * len(ids) if domain_scores is None else \
-            [None if v is None else float(v) for v in domain_scores]
+            [None if v is None else _score(v) for v in domain_scores]
         added = [added] * len(ids) if isinstance(added, dt.datetime) else list(added)
         vectors = np.ascontiguousarray(embeddings, "<f4")
         if self.originals_store is not None:  # before the commit: an unreachable store refuses
@@ -394,7 +400,7 @@ class Store:
         if scores:
             conn.execute(update(ITEMS).where(ITEMS.c.id == bindparam("item")).values(
                 domain_score=bindparam("score")),
-                [{"item": int(i), "score": float(v)} for i, v in scores.items()])
+                [{"item": int(i), "score": _score(v)} for i, v in scores.items()])
 
     def unchecked(self, conn: Connection) -> np.ndarray:
         """The ids of items whose image was never domain-checked, ascending."""

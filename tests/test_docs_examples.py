@@ -169,12 +169,18 @@ def run_python(text: str, server, workdir: Path) -> None:
         assert word in done.stdout, f"the comments say {word!r} is printed; it printed:\n{done.stdout}"
 
 
+# What an example may leave in a reader's clone: what git ignores (see .gitignore).
+LEFT_BEHIND = {"models", "samples", "runs", "galleries", "example.py"}
+
+
 @pytest.mark.parametrize("lang, text", examples())
 def test_example_runs(lang, text, demo_server, workdir):
     if lang == "python":
         run_python(text, demo_server, workdir)
     else:
         run_shell(text, demo_server, workdir)
+    # Nothing untracked in the repository after running it (it once left four files).
+    assert {p.name for p in workdir.iterdir()} <= LEFT_BEHIND
 
 
 def test_every_curl_and_python_example_is_found():
@@ -196,4 +202,4 @@ def test_every_example_on_the_api_docs_page_runs(demo_server, workdir):
                 if "{gallery}" not in path for op in methods.values()]
     assert len(commands) == 16 and all(c.startswith("curl ") for c in commands)
     run_shell("\n".join(commands), demo_server, workdir)
-    assert (workdir / "item-1.png").read_bytes()[:4] == b"\x89PNG"
+    assert (workdir / "runs" / "item-1.png").read_bytes()[:4] == b"\x89PNG"

@@ -194,7 +194,8 @@ def operations(settings: Settings) -> dict[str, dict[str, dict]]:
 
 # One runnable example per operation, for the API docs page (`x-example`): from the repository
 # root, against the demo on 127.0.0.1:8000, with the write key in SIAMESE_API_KEY where a change
-# needs it (tests/webapp/test_openapi.py runs every one against a live server).
+# needs it; what one writes goes in runs/, which git ignores (tests/test_docs_examples.py runs
+# every one against a live server).
 HOST = "http://127.0.0.1:8000"
 KEY = '-H "X-API-Key: $SIAMESE_API_KEY" '
 EXAMPLES = {
@@ -217,7 +218,8 @@ EXAMPLES = {
                                      f"-d '{{\"metadata\": {{\"price\": 3.5}}}}' "
                                      f"{HOST}/api/gallery/1",
     ("delete", "/gallery/{item_id}"): f"curl -X DELETE {KEY}{HOST}/api/gallery/2",
-    ("get", "/gallery/{item_id}/image"): f"curl -o item-1.png {HOST}/api/gallery/1/image",
+    ("get", "/gallery/{item_id}/image"): f"curl --create-dirs -o runs/item-1.png "
+                                         f"{HOST}/api/gallery/1/image",
     ("get", "/gallery/{item_id}/neighbours"): f"curl '{HOST}/api/gallery/1/neighbours?k=3'",
     ("get", "/stats"): f"curl {HOST}/api/stats",
     ("get", "/healthz"): f"curl {HOST}/healthz",

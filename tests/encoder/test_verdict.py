@@ -79,6 +79,27 @@ def test_intervals_resample_classes_not_pairs():
     assert np.all(np.isfinite(far)) and far.std() > 0
 
 
+def test_intervals_resample_whole_groups_when_alphabets_were_held_out():
+    """Two held-out alphabets unlike each other, one of look-alike characters and one of distinct
+    ones: drawing the alphabets first shows how much the rate depends on which come next."""
+    rng = np.random.default_rng(3)
+
+    def alphabet(n, packed):  # character centres around the alphabet's own
+        base = rng.normal(size=16)
+        c = base / np.linalg.norm(base) + packed * rng.normal(size=(n, 16)) / 4
+        return c / np.linalg.norm(c, axis=1, keepdims=True)
+
+    centres = np.r_[alphabet(20, 0.6), alphabet(20, 2.0)]
+    y = np.repeat(np.arange(40), 10)
+    e = centres[y] + 0.25 * rng.normal(size=(400, 16)) / 4
+    e = (e / np.linalg.norm(e, axis=1, keepdims=True)).astype(np.float32)
+    plain = operating_points(HeldOutPairs.of(e, y))["far-1e-2"]
+    grouped = operating_points(HeldOutPairs.of(e, y, groups=y // 20))["far-1e-2"]
+    assert grouped.threshold == plain.threshold and grouped.far == plain.far
+    width = lambda p: p.far_ci95[1] - p.far_ci95[0]  # noqa: E731
+    assert width(grouped) > 1.5 * width(plain)
+
+
 def test_points_the_held_out_classes_cannot_support_are_not_calibrated():
     few = operating_points(heldout(classes=10, per_class=10, spread=0.9))
     assert few["balanced"].calibrated

@@ -463,3 +463,15 @@ def test_items_added_before_enrolment_checked_are_said_so_and_checked_on_request
         assert reopened.neighbours(portrait, threshold=5.0).domain.in_domain is False
     finally:
         reopened.close()
+
+
+def test_create_with_exist_ok_opens_the_gallery_already_there(gallery, model_embedder, db_url):
+    """A script that makes its gallery can be run again (it ended in a traceback, 'already a
+    gallery'); without exist_ok, making one where one is stays an error."""
+    with pytest.raises(GalleryError, match="already a gallery"):
+        Gallery.create(gallery.path, model_embedder, url=db_url)
+    again = Gallery.create(gallery.path, model_embedder, url=db_url, exist_ok=True)
+    try:
+        assert len(again) == len(gallery) and again.record.gallery_id == gallery.record.gallery_id
+    finally:
+        again.close()

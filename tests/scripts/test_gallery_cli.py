@@ -247,7 +247,7 @@ def test_search_marks_the_items_the_model_finds_no_features_in(
     args = [query, "--gallery", gallery, "--model", model_dir]
     code, out, _ = cli(search_cmd, args + ["-k", "2", "--operating-point", "far-1e-3"], capsys)
     lines = out.splitlines()
-    assert code == 0 and lines[0].endswith(": no verified match (far-1e-3 (threshold 0.0597))")
+    assert code == 0 and lines[0].endswith(": no verified match (far-1e-3 (threshold 0.0593))")
     assert "no feat." in lines[1] and "no feat." not in lines[2]
     assert lines[3].startswith("  note: the model finds no features in the images of the items "
                                'marked "no feat."')

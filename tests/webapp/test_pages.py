@@ -173,7 +173,7 @@ def test_verify_two_images(page, screenshots, sample_pngs):
     assert names == [trouser.name, bag.name]
     # The threshold box suggests the chosen operating point's threshold, not the default's.
     assert browser.find_element(By.CSS_SELECTOR, "input[name=threshold]").get_attribute(
-        "placeholder") == "0.060"
+        "placeholder") == "0.059"
     # On a page with a result, choosing a file runs the verification by itself: a click on
     # "Verify" as well would send it twice, and the second answer would replace the first.
     browser.find_element(By.CSS_SELECTOR, "input[name=image_b]").send_keys(str(trouser))
