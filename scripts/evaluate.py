@@ -275,7 +275,7 @@ def trust_lines(results: dict, model_id: str) -> list[str]:
     first = next(iter(points.values()))
     lines = [f"operating points on every distinct pair of the test images "
              f"({first['positives']:,} same-class, {first['negatives']:,} different-class, "
-             f"{first['classes']} classes; 95% intervals over resampled classes)"
+             f"{first['classes']} classes; 95% intervals over resampled {first['resampled']})"
              + (", by distance and as the service answers (the domain check applied: a pair "
                 "with an image out of domain is never verified):" if service else ":"),
              format_table(["point", "threshold", "TAR [95% CI]", "FAR [95% CI]",

@@ -102,7 +102,7 @@ def test_text_output_shows_the_tables(tiny_model, small_folder, capsys):
     lines = out.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith(
         "operating points on every distinct pair of the test images (1,740 same-class, 5,400 "
-        "different-class, 4 classes; 95% intervals over resampled classes), by distance and as "
+        "different-class, 4 classes; 95% intervals over resampled images), by distance and as "
         "the service answers"))
     assert lines[start + 1].split() == ["point", "threshold", "TAR", "[95%", "CI]", "FAR", "[95%",
                                         "CI]", "service", "TAR", "service", "FAR", "card", "TAR",
