@@ -74,6 +74,11 @@ def run(args) -> int:
           f"{r['tar_distances']:.3f} / {r['tar_service']:.3f}", f"{r['kept']:.3f}",
           "{} {:.3f}".format(*max(r["foreign"].items(), key=lambda kv: kv[1])),
           f"{r['fpir']:.3f}", f"{r['identification']:.3f}", len(r["weak"])] for r in results]))
+    print()
+    shapes = list(results[0]["fpir_by_shape"])
+    print(format_table(["kind", *[f"FPIR at 0.05, {s} enrolled" for s in shapes]],
+                       [[r["kind"], *[f"{r['fpir_by_shape'][s]:.3f}" for s in shapes]]
+                        for r in results]))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return 0
@@ -170,6 +175,9 @@ def measure(kind: str, train_dir: Path, unseen_dir: Path, model_dir: Path, seed:
     balanced = card.operating_points["balanced"].threshold
     both = kept[pairs.first] & kept[pairs.second]
     fpir, identification = open_set(embedder, vectors, unseen.labels, seed)
+    shapes = {f"{n}x{shots}": open_set(embedder, vectors, unseen.labels, seed, enrolled=n,
+                                       shots=shots)[0]
+              for n in (5, 15, 25) for shots in (1, 3)}
     return {"kind": kind, "model": card.model_id, "classes": pairs.classes,
             "images": pairs.images, "operating_points": points,
             "ece": expected_calibration_error(card.probability(d), same),
@@ -178,30 +186,31 @@ def measure(kind: str, train_dir: Path, unseen_dir: Path, model_dir: Path, seed:
             "tar_service": float(np.mean((d <= balanced)[same] & both[same])),
             "kept": float(kept.mean()), "foreign": foreign_accepted(embedder, kind),
             "weak": list(card.domain.weak) if card.domain else [],
-            "fpir": fpir, "identification": identification}
+            "fpir": fpir, "identification": identification, "fpir_by_shape": shapes}
 
 
-def open_set(embedder, vectors: np.ndarray, labels: np.ndarray, seed: int, rounds: int = 200
-             ) -> tuple[float, float]:
+def open_set(embedder, vectors: np.ndarray, labels: np.ndarray, seed: int, rounds: int = 200,
+             enrolled: int = ENROLLED, shots: int = SHOTS) -> tuple[float, float]:
     """FPIR and identification rate at the threshold `identify` takes for a target of 0.05, over
-    rounds of ENROLLED classes enrolled with SHOTS images each and STRANGERS classes not."""
+    rounds of `enrolled` classes enrolled with `shots` images each and STRANGERS classes not."""
     from encoder.distance import pairwise
     from encoder.verdict import nearest_impostors
 
     rng = np.random.default_rng(seed)
     classes = np.unique(labels)
-    if len(classes) < ENROLLED + STRANGERS:
+    if len(classes) < enrolled + STRANGERS:
         return float("nan"), float("nan")  # too few new classes to deal
     false, strangers, right, mated = 0, 0, 0, 0
+    count = enrolled
     for _ in range(rounds):
-        chosen = rng.permutation(classes)[:ENROLLED + STRANGERS]
-        enrolled = chosen[:ENROLLED]
-        gallery = np.concatenate([rng.choice(np.flatnonzero(labels == c), SHOTS, replace=False)
+        chosen = rng.permutation(classes)[:count + STRANGERS]
+        enrolled = chosen[:count]
+        gallery = np.concatenate([rng.choice(np.flatnonzero(labels == c), shots, replace=False)
                                   for c in enrolled])
         rule = embedder.verdicts.identification_rule(
             len(gallery), FPIR_TARGET, impostors=nearest_impostors(vectors[gallery],
                                                                    labels[gallery]),
-            identities=ENROLLED)
+            identities=count)
         probes = np.setdiff1d(np.flatnonzero(np.isin(labels, chosen)), gallery)
         distances = pairwise(vectors[probes], vectors[gallery])
         nearest = gallery[distances.argmin(1)]
@@ -221,30 +230,18 @@ def foreign_accepted(embedder, kind: str, n: int = 500) -> dict[str, float]:
     draws from."""
     from PIL import Image
     from skimage import data
-    from sklearn.datasets import load_digits, load_sample_images
 
     from encoder.datasets import load_fashion_mnist
     from encoder.images import prepare_batch
+    from scripts.measure_domain import sklearn_sets
 
     if embedder.domain is None:
         return {}
     pre = embedder.card.preprocessing
     rng = np.random.default_rng(7)
-    digits = (load_digits().images * (255 / 16)).astype(np.uint8)
-    digits = digits[rng.choice(len(digits), n, replace=False)]
-    sets = {"digits, white on black": [Image.fromarray(x).resize((28, 28), Image.BILINEAR)
-                                       for x in digits],
-            "digits, black on white": [Image.fromarray(255 - x).resize((28, 28), Image.BILINEAR)
-                                       for x in digits],
+    sets = {**sklearn_sets(pre, seed=7, n=n),  # digits in both polarities, photo crops
             "LFW faces": [Image.fromarray((f * 255).astype(np.uint8))
                           for f in data.lfw_subset()[:100]]}
-    crops = []
-    for _ in range(n):
-        photo = load_sample_images().images[rng.integers(2)]
-        side = int(rng.integers(32, min(photo.shape[:2])))
-        y, x = rng.integers(0, photo.shape[0] - side), rng.integers(0, photo.shape[1] - side)
-        crops.append(Image.fromarray(photo[y:y + side, x:x + side]))
-    sets["photo crops"] = crops
     if kind != "fashion":
         fashion = load_fashion_mnist(FASHION_MNIST_DIR, "test")
         sets["Fashion-MNIST"] = list(fashion.images[rng.choice(len(fashion), n, replace=False),
@@ -252,5 +249,6 @@ def foreign_accepted(embedder, kind: str, n: int = 500) -> dict[str, float]:
     if kind != "clothing":
         files = sorted(Path(repository_dataset("clothing-small", "train")).glob("*/*.jpg"))
         sets["clothing photos"] = [files[i] for i in rng.choice(len(files), n, replace=False)]
-    return {name: float(np.mean(embedder.in_domain(prepare_batch(images, pre))))
+    return {name: float(np.mean(embedder.in_domain(
+                images if isinstance(images, np.ndarray) else prepare_batch(images, pre))))
             for name, images in sets.items()}

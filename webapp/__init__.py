@@ -92,4 +92,4 @@ def _page_context() -> dict:
             "max_image_bytes": service.settings.max_image_bytes, "endpoint": request.endpoint,
             "csrf_field": csrf.FIELD, "csrf_token": csrf.token,
             # What "same" means for this model (its card says): the pages' badges and "% same".
-            "same": served.embedder.card.same}
+            "same_words": served.embedder.card.same}

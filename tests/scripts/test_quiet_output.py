@@ -12,14 +12,19 @@ from tests.support import REPO, SAMPLES, child_env
 pytestmark = pytest.mark.slow  # a child process that loads TensorFlow
 
 
-def test_a_command_that_loads_the_model_prints_no_tensorflow_banner(tmp_path, model_dir):
+def index_three_bags(tmp_path, model_dir) -> subprocess.CompletedProcess:
+    """siamese-index, in a child process, of three sample bags into tmp_path/g."""
     folder = tmp_path / "photos" / "Bag"
     folder.mkdir(parents=True)
     for png in sorted((SAMPLES / "Bag").glob("*.png"))[:3]:
         (folder / png.name).write_bytes(png.read_bytes())
-    done = subprocess.run([sys.executable, "-m", "scripts.index", str(tmp_path / "photos"),
+    return subprocess.run([sys.executable, "-m", "scripts.index", str(tmp_path / "photos"),
                            "--gallery", str(tmp_path / "g"), "--model", str(model_dir)],
                           capture_output=True, text=True, env=child_env(), cwd=REPO, timeout=300)
+
+
+def test_a_command_that_loads_the_model_prints_no_tensorflow_banner(tmp_path, model_dir):
+    done = index_three_bags(tmp_path, model_dir)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("added 3,")
     lines = done.stderr.splitlines()
@@ -69,13 +74,7 @@ def test_commands_check_their_arguments_before_loading_tensorflow(tmp_path):
 
 
 def test_gallery_stats_reads_the_card_not_the_model(tmp_path, model_dir):
-    folder = tmp_path / "photos" / "Bag"
-    folder.mkdir(parents=True)
-    for png in sorted((SAMPLES / "Bag").glob("*.png"))[:3]:
-        (folder / png.name).write_bytes(png.read_bytes())
-    built = subprocess.run([sys.executable, "-m", "scripts.index", str(tmp_path / "photos"),
-                            "--gallery", str(tmp_path / "g"), "--model", str(model_dir)],
-                           capture_output=True, text=True, env=child_env(), cwd=REPO, timeout=300)
+    built = index_three_bags(tmp_path, model_dir)
     assert built.returncode == 0, built.stderr
     code = ("import runpy, sys\n"
             f"sys.argv = ['siamese-gallery', 'stats', {str(tmp_path / 'g')!r}]\n"

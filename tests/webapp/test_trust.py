@@ -3,6 +3,7 @@ probability and open-set identification, with the bundled model over a real gall
 from __future__ import annotations
 
 import io
+import re
 
 import numpy as np
 import pytest
@@ -218,7 +219,7 @@ def test_the_item_page_of_an_image_the_model_finds_no_features_in_says_so(client
     item = client.post("/api/gallery", data={"image": field(blank, "blank.png"),
                                              "label": "Tee"}).get_json()["item"]
     html = client.get(f"/gallery/{item['id']}").get_data(as_text=True)
-    assert 'data-domain="featureless"' in html and "✓ same?" not in html
+    assert 'data-domain="featureless"' in html and "✓ same kind of garment" not in html
     plain = client.get("/gallery/1")
     assert plain.status_code == 200 and 'data-domain="featureless"' not in plain.get_data(
         as_text=True)
@@ -285,7 +286,7 @@ def test_enrolling_a_portrait_flags_it_and_nothing_is_verified_against_it(
     assert found["item_in_domain"] is False and not found["verified"]
     assert all(m["verified"] for m in everything["matches"] if m["id"] != item["id"])
     html = client.get(f"/gallery/{item['id']}").get_data(as_text=True)
-    assert 'data-domain="out-of-domain"' in html and "✓ same?" not in html
+    assert 'data-domain="out-of-domain"' in html and "✓ same kind of garment" not in html
     page = client.post("/", data=page_form({"image": field(bag), "k": "60", "threshold": "5"}))
     assert 'data-domain="out-of-domain-item"' in page.get_data(as_text=True)
     assert "✗ out of domain" in page.get_data(as_text=True)
@@ -316,3 +317,14 @@ def test_the_identify_page_names_the_enrolled_item_or_nobody_with_its_rule(clien
                                                    "fpir": "2"}))
     assert bad.status_code == 400
     assert 'data-field="fpir"' in bad.get_data(as_text=True)
+
+
+def test_badges_and_percentages_say_what_the_model_judges(client, sample_pngs):
+    """The model's card says what one class is ("kind of garment" for the bundled model): a
+    verified neighbour reads "✓ same kind of garment", not "✓ same?" (a tick with a question
+    mark reads as unsure), and a probability "99% same kind of garment", not "the same garment"."""
+    html = client.get("/gallery/1").get_data(as_text=True)
+    assert "✓ same kind of garment" in html and "✓ same?" not in html
+    assert re.search(r"(\d+|&gt;99|>99)% same kind of garment", html)
+    page = client.post("/", data=page_form({"image": field(sample_pngs["Coat"][0].read_bytes())}))
+    assert "% same kind of garment" in page.get_data(as_text=True)
