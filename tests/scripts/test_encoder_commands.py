@@ -1,6 +1,7 @@
 """The encoder's command-line programs, run in-process through the same wrapper as the console
 commands (so exit codes and one-line errors are what users get)."""
 import json
+import re
 import shutil
 
 import numpy as np
@@ -76,6 +77,10 @@ def test_train_command_writes_a_loadable_model(small_folder, tmp_path, capsys):
         "--no-domain-leave-out"], capsys)
     assert code == 0, err
     assert "epoch 1/1" in out and "saved" in out
+    # The summary says how long training took in words a reader cannot take for a time of day
+    # (it ended "1:50 in all").
+    saved = next(line for line in out.splitlines() if line.startswith("saved "))
+    assert re.search(r"; training took (\d+ min )?\d+ s$", saved), saved
     assert Embedder.load(tmp_path / "m").embedding_dim == 64
 
 
