@@ -710,10 +710,12 @@ class Gallery:
                             added=len(ids))
                 known.update({originals[i].sha256: item_id for i, item_id in zip(new, ids)})
             all_ids = [known[o.sha256] for o in originals]
-            checks = self._item_checks(sorted(set(all_ids)))
+            found = self._item_checks(sorted(set(all_ids)))
+            # (An item another server removed meanwhile has no check to read.)
+            checks = [found.get(i, UNCHECKED_ITEM) for i in all_ids]
             created = set(new)
             return Added(all_ids, [i in created for i in range(len(originals))],
-                         [checks[i].featureless for i in all_ids], [checks[i] for i in all_ids])
+                         [c.featureless for c in checks], checks)
 
     def _embedded(self, originals: Sequence[Original], new: list[int],
                   pixels: Optional[np.ndarray], vectors: Optional[np.ndarray],

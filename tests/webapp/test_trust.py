@@ -328,3 +328,28 @@ def test_badges_and_percentages_say_what_the_model_judges(client, sample_pngs):
     assert re.search(r"(\d+|&gt;99|>99)% same kind of garment", html)
     page = client.post("/", data=page_form({"image": field(sample_pngs["Coat"][0].read_bytes())}))
     assert "% same kind of garment" in page.get_data(as_text=True)
+
+
+@pytest.mark.parametrize("size, kind, mode", [((280, 280), "PNG", "L"), ((1200, 788), "JPEG", "RGB"),
+                                              ((300, 200), "TIFF", "RGB"),
+                                              ((1500, 1500), "PNG", "RGB")])
+def test_every_image_the_page_accepts_is_shown_back(client, size, kind, mode):
+    """Searching with an ordinary photo showed "no preview": the preview was made from the
+    decoded copy, shrunk, which has no format of its own. A browser format small enough comes
+    back as it was sent; anything else as a PNG of at most 512 pixels a side."""
+    import base64
+
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (size[1], size[0], 3 if mode == "RGB" else 1), dtype=np.uint8)
+    image = Image.fromarray(pixels.squeeze(), mode)
+    data = io.BytesIO()
+    image.save(data, kind)
+    html = client.post("/", data=page_form({"image": field(data.getvalue(), f"x.{kind.lower()}")})
+                       ).get_data(as_text=True)
+    assert "no preview" not in html
+    src = re.search(r'<figure[^>]*>\s*<img src="(data:image/[a-z]+;base64,[^"]+)"', html).group(1)
+    shown = Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1])))
+    if kind in ("PNG", "JPEG") and len(data.getvalue()) <= 4_000_000:
+        assert src.startswith(f"data:image/{kind.lower()};") and shown.size == size
+    else:
+        assert src.startswith("data:image/png;") and max(shown.size) <= 512
