@@ -317,10 +317,10 @@ def test_the_tiny_model_knows_its_domain(tiny_model, small_folder):
     assert np.mean(scores >= domain.threshold) <= 0.1
 
 
-def test_a_kind_is_the_training_kind_only_when_it_alone_passes_a_check_not_trained_on_it():
+def test_a_kind_is_the_training_kind_only_when_it_alone_passes_a_check_trained_against_it():
     from encoder.domain import _same_kind
 
-    # Omniglot characters for a model of characters: accepted far more than the other kinds.
+    # Omniglot characters for a model of characters: still accepted far more than the others.
     assert _same_kind({"noise": 0.01, "text": 0.02, "digits": 0.13, "omniglot": 0.29,
                        "faces": 0.0}) == {"omniglot": 0.29}
     # A check that lets most kinds through is weak, not surrounded by its own kind.
