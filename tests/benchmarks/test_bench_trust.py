@@ -1,0 +1,45 @@
+"""The trust benchmark's parts (`python -m benchmarks trust`): its folders hold the classes they
+say, new classes never among the training ones; its measurements, run with the bundled model
+(no training here: the whole benchmark trains four models, 15 minutes), count what they say."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from benchmarks import bench, bench_trust
+from tests.support import cli
+
+
+@pytest.mark.parametrize("kind, train_classes, unseen_classes, per_class", [
+    ("omniglot", 30, 30, 10), ("alphabets", 30, 30, 10), ("fashion", 7, 3, None)])
+def test_the_folders_hold_new_classes_never_trained_on(tmp_path, kind, train_classes,
+                                                       unseen_classes, per_class):
+    train, unseen = bench_trust.make_folders(kind, tmp_path / kind, seed=0)
+    trained = {p.name for p in train.iterdir()}
+    new = {p.name for p in unseen.iterdir()}
+    assert (len(trained), len(new)) == (train_classes, unseen_classes) and not trained & new
+    if per_class:
+        assert all(len(list(c.iterdir())) == per_class for c in train.iterdir())
+    if kind == "alphabets":  # the new characters come from alphabets never trained on
+        alphabets = {name.split("-")[0] for name in trained}
+        assert not alphabets & {name.split("-")[0] for name in new}
+
+
+def test_its_measurements_count_what_they_say(model_embedder, fashion_test):
+    pick = np.concatenate([np.flatnonzero(fashion_test.labels == c)[:20] for c in range(10)])
+    vectors = model_embedder.embed(fashion_test.images[pick])
+    fpir, identified = bench_trust.open_set(model_embedder, vectors, fashion_test.labels[pick],
+                                            seed=0, rounds=20)
+    assert 0.0 <= fpir <= 1.0 and 0.0 < identified <= 1.0
+    too_few = bench_trust.open_set(model_embedder, vectors[:40], fashion_test.labels[pick][:40], 0)
+    assert all(np.isnan(too_few))  # 2 classes cannot deal 5 enrolled and 5 strangers
+    accepted = bench_trust.foreign_accepted(model_embedder, "clothing", n=50)
+    assert set(accepted) >= {"sklearn digits, white on black", "sklearn digits, black on white",
+                             "sklearn photos", "LFW faces", "Fashion-MNIST"}
+    assert accepted["Fashion-MNIST"] > 0.9 and accepted["sklearn digits, white on black"] < 0.1
+
+
+def test_an_unknown_kind_is_one_error_line(capsys):
+    code, _, err = cli(bench, ["trust", "--kinds", "omniglot,faces"], capsys)
+    assert code == 2 and "unknown kind(s) faces; choose from omniglot, alphabets, clothing, " \
+                         "fashion" in err
