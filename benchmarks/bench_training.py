@@ -20,6 +20,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
+    import sys
     from dataclasses import fields
 
     from encoder import Embedder
@@ -33,14 +34,19 @@ def run(args) -> int:
     test_set = load_fashion_mnist(args.dataset, "test")
     known = {f.name for f in fields(TrainConfig)}
     ours = {k: v for k, v in load_card(args.recipe_from).training["settings"].items() if k in known}
+    # The encoders are compared: neither trains a domain check, which would only add time.
     recipes = {"tutorial": TrainConfig(arch="tutorial", epochs=1000, time_budget=args.budget,
-                                       patience=1000, seed=args.seed),
+                                       patience=1000, seed=args.seed, domain=False),
                "ours": TrainConfig(**{**ours, "epochs": 1000, "time_budget": args.budget,
-                                     "patience": 1000, "seed": args.seed})}
+                                     "patience": 1000, "seed": args.seed, "domain": False})}
+    # With --json, stdout carries the JSON alone; training's progress goes to stderr.
+    def report(line: str) -> None:
+        print(line, file=sys.stderr if args.json else sys.stdout)
+
     results = []
     for name, config in recipes.items():
-        print(f"== {name}: {args.budget:.0f} s budget")
-        card = train(train_set, config, Path(args.out) / name)
+        report(f"== {name}: {args.budget:.0f} s budget")
+        card = train(train_set, config, Path(args.out) / name, report=report)
         embedder = Embedder.load(Path(args.out) / name)
         e = embedder.embed(test_set.images)
         pairs = pair_metrics(e, test_set.labels, embedder.threshold, seed=20261128).metrics

@@ -109,9 +109,9 @@ class TrainConfig:
               "(--no-domain leaves inputs unchecked)")
     domain_epochs: int = param(4, "epochs of the domain model", Range(1, integer=True))
     domain_leave_out: bool = param(
-        True, "measure each foreign kind with a domain check trained without it (a minute or "
-              "two more), and leave out of the foreign images a kind that turns out to be the "
-              "training images' own; --no-domain-leave-out skips both")
+        True, "measure each foreign kind with a domain check trained without it (one more "
+              "small check per kind: a minute or more), which says whether kinds of image the "
+              "check never saw may pass; --no-domain-leave-out skips it")
 
     def __post_init__(self) -> None:
         if self.sampler is None:

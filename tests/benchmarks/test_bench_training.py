@@ -17,7 +17,8 @@ def test_training_benchmark_trains_both_recipes_for_the_same_budget(tiny_model, 
         "training", "--dataset", fashion_dir, "--budget", "2", "--recipe-from", tiny_model,
         "--out", tmp_path / "runs", "--json"], capsys)
     assert code == 0, err
-    results = json.loads(out[out.index("["):])
+    results = json.loads(out)  # --json: the JSON alone on stdout
+    assert "== ours: 2 s budget" in err
     assert [r["recipe"] for r in results] == ["tutorial", "ours"]
     assert results[0]["val_loss_vs_tutorial"] == 1.0 and results[1]["val_loss_vs_tutorial"] > 0
     assert all(0 < r["test_accuracy"] <= 1 and r["epochs"] >= 1 for r in results)
