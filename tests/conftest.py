@@ -166,7 +166,8 @@ def small_folder(tmp_path_factory, fashion_test) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory, small_folder) -> Path:
-    """A model really trained (briefly) by `encoder.training.train` on the small folder."""
+    """A model really trained (briefly) by `encoder.training.train` on the small folder, its domain
+    check without the leave-one-kind-out measurement (a dozen more checks: test_domain.py)."""
     from encoder.datasets import load_image_folder
     from encoder.training import TrainConfig, train
 
@@ -174,7 +175,7 @@ def tiny_model(tmp_path_factory, small_folder) -> Path:
     ds = load_image_folder(small_folder)
     train(ds, TrainConfig(epochs=10, seed=3, classes_per_batch=4, images_per_class=8,
                           val_fraction=0.2, val_split="image", augment="none",
-                          min_steps_per_epoch=1), out, report=lambda s: None)
+                          min_steps_per_epoch=1, domain_leave_out=False), out, report=lambda s: None)
     return out
 
 
