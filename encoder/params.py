@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
@@ -81,11 +82,11 @@ def check_value(name: str, value: Any, check: Optional[Check], error: type = Con
 
 
 def parse_int(name: str, text: str, check: Range, error: type = ConfigError) -> int:
-    """`text` as an integer that `check` allows."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise error(f"{name} must be {check.describe()}, not {text!r}") from None
+    """`text` as an integer that `check` allows, written in ASCII digits (Python's `int` also
+    reads other scripts' digits, "٣" as 3, and "1_0" as 10)."""
+    if not re.fullmatch(r"[-+]?[0-9]+", text.strip()):
+        raise error(f"{name} must be {check.describe()}, not {text!r}")
+    value = int(text)
     if not check.allows(value):
         raise error(f"{name} must be {check.describe()}, not {value}")
     return value

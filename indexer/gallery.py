@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import re
 import threading
 from collections import OrderedDict
 from contextlib import contextmanager
@@ -914,6 +915,16 @@ def _match(item: Item, verdict, featureless: bool = False,
 
 
 MAX_ID = 2**63 - 1  # ids are BIGINT in every database
+
+
+ID_DIGITS = "[0-9]{1,19}"  # an id as written: ASCII digits (int() reads "٣" as 3 too)
+
+
+def parse_id(text: str) -> int:
+    """An item id as written in a URL, a form or a command: ASCII digits only."""
+    if not re.fullmatch(ID_DIGITS, text):
+        raise NotFoundError(f"item ids are written in the digits 0-9, not {text[:30]!r}")
+    return _check_id(int(text))
 
 
 def _check_id(item_id: Any) -> int:

@@ -17,6 +17,7 @@ from encoder.verdict import DomainCheck, Rule, Verdict
 
 MAX_LABEL_LENGTH = 200  # characters (the database column's length)
 MAX_METADATA_DEPTH = 32  # levels of nested objects and lists in an item's metadata
+MAX_METADATA_BYTES = 64_000  # an item's metadata as UTF-8 JSON: a record, not a document store
 
 
 @dataclass(frozen=True)
@@ -130,18 +131,31 @@ def sha256_of(data: bytes) -> str:
 
 
 def check_text(name: str, text: str, max_length: Optional[int] = None) -> None:
-    """Text a database can store: no NUL characters (PostgreSQL refuses them), and at most
-    `max_length` characters where its column has a length (PostgreSQL enforces it)."""
+    """Text every database stores and every page shows, on every path in (API, pages, imports):
+    valid Unicode (no lone surrogates, which UTF-8 cannot encode: pages that showed one failed),
+    no NUL characters (PostgreSQL refuses them), and at most `max_length` characters where its
+    column has a length (PostgreSQL enforces it)."""
     if max_length is not None and len(text) > max_length:
         raise ConfigError(f"{name} must be at most {max_length} characters, not {len(text)}")
     if "\x00" in text:
         raise ConfigError(f"{name} must not contain NUL characters")
+    if not _encodes(text):
+        raise ConfigError(f"{name} must be valid Unicode text (it has a lone surrogate)")
+
+
+def _encodes(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def check_metadata(metadata: Any) -> None:
     """Metadata must be a JSON object that round-trips and that every database stores: finite
-    numbers (JSON has no words for NaN or Infinity), no NUL characters, and not nested deeper
-    than `MAX_METADATA_DEPTH`."""
+    numbers (JSON has no words for NaN or Infinity), text as `check_text` wants it (keys too),
+    not nested deeper than `MAX_METADATA_DEPTH`, and at most `MAX_METADATA_BYTES` as JSON (it
+    is read with every item listed: a 50 MB one made every gallery page 100 MB)."""
     if not isinstance(metadata, dict):
         raise ConfigError(f"metadata must be a JSON object, not {type(metadata).__name__}")
     todo = [(metadata, 1)]  # a walk without recursion: any depth is safe to look at
@@ -154,9 +168,12 @@ def check_metadata(metadata: Any) -> None:
                 todo.extend((k, depth) for k in value)
             todo.extend((v, depth + 1) for v in (value.values() if isinstance(value, dict)
                                                  else value))
-        elif isinstance(value, str) and "\x00" in value:
-            raise ConfigError("metadata must not contain NUL characters")
+        elif isinstance(value, str):
+            check_text("metadata", value)
     try:
-        json.dumps(metadata, allow_nan=False)
+        size = len(json.dumps(metadata, allow_nan=False, ensure_ascii=False).encode("utf-8"))
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"metadata must be JSON with finite numbers: {exc}") from None
+    if size > MAX_METADATA_BYTES:
+        raise ConfigError(f"metadata must be at most {MAX_METADATA_BYTES:,} bytes as JSON, "
+                          f"not {size:,}")

@@ -35,6 +35,18 @@ def add_server_arguments(p: argparse.ArgumentParser) -> None:
                                       "searches and reads (SIAMESE_READ_KEY; default: none, open)")
     p.add_argument("--max-image-mb", type=float,
                    help="largest accepted image upload in MB (SIAMESE_MAX_IMAGE_MB; default 20)")
+    p.add_argument("--allowed-host", action="append", metavar="NAME",
+                   help="a host name the server answers to besides its address's own (again for "
+                        "more; * for any; SIAMESE_ALLOWED_HOSTS, comma-separated): requests for "
+                        "other names get 400, so a page that rebinds its name to this address "
+                        "reads nothing")
+    p.add_argument("--trusted-proxies", type=int, metavar="N",
+                   help="proxies in front whose X-Forwarded-For and X-Forwarded-Proto to believe "
+                        "(SIAMESE_TRUSTED_PROXIES; default 0)")
+    p.add_argument("--secret-file", type=Path, metavar="PATH",
+                   help="the file with the secret that signs sign-in cookies and form tokens, "
+                        "made if missing; every server of one deployment needs the same "
+                        "(SIAMESE_SECRET_FILE; default: server-secret in the gallery's folder)")
     p.add_argument("--access-log", action="store_true", help="log every request to stderr")
 
 
@@ -65,7 +77,10 @@ def settings_from(args: argparse.Namespace, environ=None, **defaults):
              "db_url": getattr(args, "db_url", None), "host": args.host, "port": args.port,
              "workers": args.workers, "threads": args.threads, "api_key": args.api_key,
              "read_key": getattr(args, "read_key", None),
-             "max_image_bytes": None if args.max_image_mb is None else int(args.max_image_mb * MB)}
+             "max_image_bytes": None if args.max_image_mb is None else int(args.max_image_mb * MB),
+             "allowed_hosts": tuple(args.allowed_host) if getattr(args, "allowed_host", None)
+             else None, "trusted_proxies": getattr(args, "trusted_proxies", None),
+             "secret_file": getattr(args, "secret_file", None)}
     settings = Settings.from_env(environ, **defaults).replace(**flags)
     if not given:
         return settings

@@ -12,8 +12,13 @@ from typing import TYPE_CHECKING, Optional
 
 from flask import Flask, Response, request, session, url_for
 
+from werkzeug.exceptions import BadRequest
+from werkzeug.middleware.proxy_fix import ProxyFix
+from werkzeug.routing import BaseConverter
+
 from encoder.errors import NotFoundError
 from encoder.images import megabytes
+from indexer.gallery import ID_DIGITS
 
 from . import access, api, csrf, errors, pages
 from .service import (EXTENSION, Service, current, get_gallery, get_service, keep_gallery_name,
@@ -37,6 +42,7 @@ def create_app(settings: Optional[Settings] = None, embedder: Optional["Embedder
     `embedder`: a model already loaded (tests, or several apps in one process sharing one)."""
     settings = Settings.from_env() if settings is None else settings
     app = Flask(__name__)
+    app.url_map.converters["id"] = ItemIdConverter
     app.request_class = UploadRequest
     app.config.update(MAX_CONTENT_LENGTH=settings.max_request_bytes,
                       SIAMESE_MAX_IMAGE_BYTES=settings.max_image_bytes,
@@ -44,6 +50,11 @@ def create_app(settings: Optional[Settings] = None, embedder: Optional["Embedder
                       MAX_FORM_MEMORY_SIZE=1_000_000, MAX_FORM_PARTS=2 * settings.max_batch + 20,
                       JSON_SORT_KEYS=False)
     app.json.sort_keys = False
+    if settings.trusted_proxies:
+        # Behind that many proxies, the client's address and scheme are theirs to say.
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxies,
+                                x_proto=settings.trusted_proxies)
+    app.before_request(_check_host)
     app.extensions[EXTENSION] = Service.load(settings, embedder)
     access.configure(app, settings)
     app.url_value_preprocessor(take_gallery_name)
@@ -56,6 +67,28 @@ def create_app(settings: Optional[Settings] = None, embedder: Optional["Embedder
     app.after_request(csrf.set_cookie)
     app.context_processor(_page_context)
     return app
+
+
+class ItemIdConverter(BaseConverter):
+    """`<id:item_id>`: an item id in ASCII digits. (Werkzeug's `int` matches any script's digits:
+    `DELETE /api/gallery/٣` deleted item 3.)"""
+    regex = ID_DIGITS
+
+    def to_python(self, value: str) -> int:
+        return int(value)
+
+    def to_url(self, value) -> str:
+        return str(int(value))
+
+
+def _check_host() -> None:
+    """Answer only to this server's names (`Settings.host_allowed`), before any view runs: a page
+    of another site whose name was rebound to this address would otherwise read and write as if
+    it were this site."""
+    host = request.host.rsplit(":", 1)[0] if not request.host.endswith("]") else request.host
+    if not get_service().settings.host_allowed(host):
+        raise BadRequest(f"this server does not answer to the host name {host[:100]!r}; its "
+                         "operator can add it with --allowed-host")
 
 
 def _switch_url(name: str) -> str:

@@ -5,44 +5,105 @@ Each gallery may have a write key (`api_key`: changes, and reads too) and a read
 searches and reads). Without a write key, changes are open; without a read key, reads are.
 
 The session cookie says which galleries this browser signed in to and at which level, never the
-key itself. It is signed with a secret derived from the configured keys, so every worker of every
-server with the same keys accepts it, with nothing more to configure, and changing a key signs
-everyone out.
+key itself. It is signed with the server's random secret (`server_secret`), kept in a file that
+every worker and every server of one deployment reads, and it lasts `SESSION_HOURS` at most.
 """
 from __future__ import annotations
 
-import hashlib
+import datetime as dt
 import hmac
+import logging
+import os
+import secrets
+from pathlib import Path
 from typing import Optional
 from urllib.parse import urlsplit
 
-from flask import Flask, request, session
+from flask import Flask, current_app, request, session
+from flask.sessions import SecureCookieSessionInterface
 from werkzeug.exceptions import Forbidden, Unauthorized
+
+from encoder.errors import ConfigError
 
 from .service import current
 from .settings import GalleryEntry, Settings
 
 READ, WRITE = "read", "write"
 SESSION_KEY = "access"  # {gallery name: READ or WRITE}
+SESSION_HOURS = 12  # how long a sign-in lasts
+log = logging.getLogger(__name__)
 
 
-def session_secret(settings: Settings) -> Optional[bytes]:
-    """The session cookie's signing secret: a hash of every key, or None when no gallery has one
-    (then there is nothing to sign in to)."""
-    keys = [k for e in settings.gallery_entries for k in (e.api_key, e.read_key) if k]
-    if not keys:
-        return None
-    material = "\0".join(f"{e.name}\0{e.api_key or ''}\0{e.read_key or ''}"
-                         for e in settings.gallery_entries)
-    return hashlib.sha256(b"siamese-search session\0" + material.encode()).digest()
+def server_secret(settings: Settings) -> bytes:
+    """The random secret that signs session cookies and form tokens: `settings.secret`, else the
+    one in `settings.secret_path`, made there (64 hex digits, mode 600) by the first process to
+    need it. Where no file can be made (a read-only gallery folder, no --secret-file), a random
+    one for this process and its workers: sign-ins then end when the server restarts. Never
+    derived from the keys: a cookie would otherwise be a hash an attacker can test guessed keys
+    against, offline."""
+    if settings.secret is not None:
+        return settings.secret
+    path = settings.secret_path
+    try:
+        return _read_secret(path)
+    except FileNotFoundError:
+        pass
+    try:
+        _create_secret(path)
+        return _read_secret(path)
+    except OSError as exc:
+        log.warning("could not keep the server secret in %s (%s): sign-ins last until the server "
+                    "restarts; give --secret-file a path it can write", path, exc.strerror or exc)
+        return secrets.token_hex(32).encode()
+
+
+def _read_secret(path: Path) -> bytes:
+    try:
+        secret = path.read_bytes().strip()
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise ConfigError(f"cannot read the server secret {path}: {exc.strerror or exc}") from None
+    if len(secret) < 32:
+        raise ConfigError(f"the server secret {path} is {len(secret)} bytes: it must be at least "
+                          "32 random ones (delete it and a new one is made)")
+    return secret
+
+
+def _create_secret(path: Path) -> None:
+    """Write a new secret to `path` unless another process has just done so: written whole to a
+    private temporary file, then linked into place, which fails if `path` exists."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(temporary, path)
+        except FileExistsError:
+            pass
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+class _SessionInterface(SecureCookieSessionInterface):
+    """Flask's signed-cookie session, its cookie `Secure` whenever the request came over TLS
+    (directly, or through a trusted proxy's X-Forwarded-Proto: `Settings.trusted_proxies`)."""
+
+    def get_cookie_secure(self, app: Flask) -> bool:
+        return request.is_secure
 
 
 def configure(app: Flask, settings: Settings) -> None:
-    secret = session_secret(settings)
-    if secret is not None:
-        app.secret_key = secret
+    app.secret_key = server_secret(settings)
+    app.session_interface = _SessionInterface()
+    # A copied cookie is good for this long after sign-in, at most (Flask checks the signature's
+    # age on every request), even if the browser is never closed.
     app.config.update(SESSION_COOKIE_NAME="siamese_session", SESSION_COOKIE_HTTPONLY=True,
-                      SESSION_COOKIE_SAMESITE="Strict")
+                      SESSION_COOKIE_SAMESITE="Strict",
+                      PERMANENT_SESSION_LIFETIME=dt.timedelta(hours=SESSION_HOURS))
 
 
 def level_of(entry: GalleryEntry, key: Optional[str]) -> Optional[str]:
@@ -78,7 +139,7 @@ def granted(entry: GalleryEntry) -> set[str]:
         can.add(WRITE)
     level = level_of(entry, header_key())
     if level is None and request.cookies.get("siamese_session"):
-        level = session.get(SESSION_KEY, {}).get(entry.name)
+        level = _session_level(entry)
     if level == WRITE:
         can |= {READ, WRITE}
     elif level == READ:
@@ -114,9 +175,26 @@ def sign_in(entry: GalleryEntry, key: str) -> Optional[str]:
     """Remember in the session what `key` opens in the gallery; the level, or None."""
     level = level_of(entry, key)
     if level is not None:
-        session[SESSION_KEY] = {**session.get(SESSION_KEY, {}), entry.name: level}
+        session[SESSION_KEY] = {**session.get(SESSION_KEY, {}),
+                                entry.name: [level, _key_tag(entry, level)]}
         session.permanent = False  # gone when the browser closes
     return level
+
+
+def _key_tag(entry: GalleryEntry, level: str) -> str:
+    """A short tag of the key a sign-in used (keyed by the server secret: it says nothing of
+    the key): when the key changes, sign-ins made with the old one stop counting."""
+    key = entry.api_key if level == WRITE else entry.read_key
+    return hmac.new(current_app.secret_key, f"{entry.name}\0{level}\0{key}".encode(),
+                    "sha256").hexdigest()[:16]
+
+
+def _session_level(entry: GalleryEntry) -> Optional[str]:
+    signed = session.get(SESSION_KEY, {}).get(entry.name)
+    if not isinstance(signed, list) or len(signed) != 2 or signed[0] not in (READ, WRITE):
+        return None
+    level, tag = signed
+    return level if hmac.compare_digest(str(tag), _key_tag(entry, level)) else None
 
 
 def sign_out() -> None:

@@ -209,12 +209,12 @@ def list_items():
                    if more else None)
 
 
-@route.get("/gallery/<int:item_id>")
+@route.get("/gallery/<id:item_id>")
 def get_item(item_id: int):
     return jsonify(item=item_json(get_gallery().get(item_id)))
 
 
-@route.route("/gallery/<int:item_id>", methods=["PATCH"])
+@route.route("/gallery/<id:item_id>", methods=["PATCH"])
 @requires_key
 def edit_item(item_id: int):
     """Change an item's label and/or metadata (JSON, or form fields); what is not sent stays."""
@@ -229,7 +229,7 @@ def edit_item(item_id: int):
     return jsonify(item=item_json(get_gallery().edit(item_id, **changes)))
 
 
-@route.get("/gallery/<int:item_id>/neighbours")
+@route.get("/gallery/<id:item_id>/neighbours")
 def item_neighbours(item_id: int):
     settings = get_service().settings
     k = uploads.int_param("k", settings.default_k, 1, settings.max_k)
@@ -239,7 +239,7 @@ def item_neighbours(item_id: int):
                    matches=[match_json(m) for m in result.matches])
 
 
-@route.get("/gallery/<int:item_id>/image")
+@route.get("/gallery/<id:item_id>/image")
 def item_image(item_id: int):
     gallery = get_gallery()
     sha256 = gallery.get(item_id).sha256  # the item's image never changes: its hash names it
@@ -255,7 +255,7 @@ def item_image(item_id: int):
     return response
 
 
-@route.delete("/gallery/<int:item_id>")
+@route.delete("/gallery/<id:item_id>")
 @requires_key
 def delete_item(item_id: int):
     get_gallery().remove([item_id])

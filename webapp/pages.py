@@ -15,6 +15,7 @@ import base64
 import binascii
 import math
 from typing import Optional
+from urllib.parse import urlsplit
 
 from flask import Blueprint, redirect, render_template, request, url_for
 from markupsafe import Markup, escape
@@ -23,6 +24,7 @@ from werkzeug.exceptions import HTTPException
 
 from encoder.errors import ConfigError, SiameseSearchError
 from encoder.images import megabytes
+from indexer.gallery import parse_id
 
 from . import access, csrf, uploads
 from .enrol import add_uploads
@@ -66,7 +68,7 @@ def need_write():
 
 @route.get("/")
 def search_form():
-    item_id = request.args.get("item", type=int)
+    item_id = request.args.get("item", type=parse_id)
     options = _search_options()
     if item_id is None:
         return render_template("search.html", **options)
@@ -83,7 +85,7 @@ def search_form():
 @route.post("/")
 def search():
     csrf.check()
-    item_id = request.form.get("item", type=int)
+    item_id = request.form.get("item", type=parse_id)
     if item_id is not None and not request.files.get("image"):  # new options, same gallery item
         return redirect(url_for("pages.search_form", item=item_id, k=request.form.get("k"),
                                 **uploads.rule_params()), 303)
@@ -173,7 +175,7 @@ def browse():
     items = gallery.items(offset=(page - 1) * settings.page_size, limit=settings.page_size,
                           label=label)
     return render_template("gallery.html", items=items, labels=counts, label=label, total=total,
-                           page=page, pages=pages, deleted=request.args.get("deleted", type=int))
+                           page=page, pages=pages, deleted=request.args.get("deleted", type=parse_id))
 
 
 @route.route("/gallery/add", methods=["GET", "POST"])
@@ -202,12 +204,12 @@ def add():
                            report=report)
 
 
-@route.get("/gallery/<int:item_id>")
+@route.get("/gallery/<id:item_id>")
 def item(item_id: int):
     return _item_page(item_id)
 
 
-@route.post("/gallery/<int:item_id>")
+@route.post("/gallery/<id:item_id>")
 def edit(item_id: int):
     refused = need_write()
     if refused is not None:
@@ -225,7 +227,7 @@ def edit(item_id: int):
     return redirect(url_for("pages.item", item_id=item_id, saved=1), 303)
 
 
-@route.route("/gallery/<int:item_id>/delete", methods=["GET", "POST"])
+@route.route("/gallery/<id:item_id>/delete", methods=["GET", "POST"])
 def delete(item_id: int):
     refused = need_write()
     if refused is not None:
@@ -439,8 +441,15 @@ def _data_url(data: bytes, image: Image.Image) -> str:
 
 
 def _local(target: Optional[str]) -> Optional[str]:
-    """A sign-in's `next`, if it is a path on this site (never another site: no open redirect)."""
-    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+    """A sign-in's `next`, if it is a path on this site (never another site: no open redirect).
+    Browsers drop tabs and newlines from a URL and read a backslash as a slash, so
+    `/%09/evil.example/` (a tab) would be `//evil.example/`, another site: any control character,
+    space or backslash refuses it, as does anything that parses as a scheme or a host."""
+    if not target or "\\" in target or any(ord(c) <= 0x20 or ord(c) == 0x7f for c in target):
+        return None
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc or not parts.path.startswith("/") or \
+            parts.path.startswith("//"):
         return None
     return target
 

@@ -10,6 +10,7 @@ parts of a request that release the GIL (TensorFlow, FAISS, SQLite, Pillow).
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import multiprocessing
 import os
@@ -91,7 +92,11 @@ class Server(BaseApplication):
 def serve(settings: Settings, announce=None, access_log: bool = False) -> int:
     """Run gunicorn until it is stopped (Ctrl-C, SIGTERM). Returns its exit status: 0, or 2 when
     the app could not load in the workers (gunicorn's 4; the workers printed why, one line)."""
+    from .access import server_secret
+
     master = os.getpid()
+    # Read (or made) once, here: every worker forked from this process signs with the same one.
+    settings = dataclasses.replace(settings, secret=server_secret(settings))
     try:
         Server(settings, announce, access_log).run()
     except SystemExit as exc:

@@ -18,6 +18,9 @@ settings can live side by side (the tests build several).
 | SIAMESE_WORKERS        | workers          | 2 (processes, each with the model loaded)   |
 | SIAMESE_THREADS        | threads          | 4 (request threads per worker)              |
 | SIAMESE_BODY_TIMEOUT   | body_timeout     | 30 (seconds to receive an upload; then 408) |
+| SIAMESE_ALLOWED_HOSTS  | allowed_hosts    | the bound address's names (comma-separated) |
+| SIAMESE_TRUSTED_PROXIES| trusted_proxies  | 0 (proxies whose X-Forwarded-* to believe)  |
+| SIAMESE_SECRET_FILE    | secret_file      | the default gallery's folder/server-secret  |
 
 A server of one gallery says so with `gallery`, `model`, `db_url` and the keys; a server of several
 lists them in `galleries` (`siamese-serve --gallery NAME=PATH ...`), each a `GalleryEntry` with its
@@ -55,7 +58,12 @@ ENVIRONMENT = {
     "SIAMESE_WORKERS": ("workers", int),
     "SIAMESE_THREADS": ("threads", int),
     "SIAMESE_BODY_TIMEOUT": ("body_timeout", int),
+    "SIAMESE_ALLOWED_HOSTS": ("allowed_hosts", lambda v: tuple(h.strip() for h in v.split(",")
+                                                               if h.strip())),
+    "SIAMESE_TRUSTED_PROXIES": ("trusted_proxies", int),
+    "SIAMESE_SECRET_FILE": ("secret_file", Path),
 }
+SECRET_FILE = "server-secret"  # in the default gallery's folder, unless secret_file says
 
 
 GALLERY_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}\Z")
@@ -67,6 +75,27 @@ def gallery_name(text: str) -> str:
         raise ConfigError(f"gallery name {text!r}: use 1-63 lower-case letters, digits, - and _, "
                           "starting with a letter or digit")
     return text
+
+
+def _is_address(host: str) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _no_blank(key: Optional[str]) -> Optional[str]:
@@ -136,15 +165,28 @@ class Settings:
     timeout: int = param(120, check=Range(1, 3600, integer=True))
     # seconds to receive a request body, in all and of silence (then 408): slow clients
     body_timeout: int = param(30, check=Range(1, 3600, integer=True))
+    # host names the server answers to besides its bound address's ("*": any); others get 400
+    # before any view runs (a page on another domain that rebinds its name to this address)
+    allowed_hosts: tuple[str, ...] = ()
+    # proxies in front whose X-Forwarded-For and -Proto to believe (Werkzeug's ProxyFix): with
+    # TLS ended at the proxy, cookies are then marked Secure
+    trusted_proxies: int = param(0, check=Range(0, 10, integer=True))
+    # the file that holds the random secret signing session cookies and form tokens; every
+    # worker and every server of one deployment must read the same one
+    secret_file: Optional[Path] = None
+    # the secret itself, once read (`access.server_secret`): `serve` reads it in the master so
+    # that every worker forked from it has the same, even when it could not be kept in a file
+    secret: Optional[bytes] = dataclasses.field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        for name in ("gallery", "model"):
+        for name in ("gallery", "model", "secret_file"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, Path):
                 object.__setattr__(self, name, Path(value))
         object.__setattr__(self, "api_key", _no_blank(self.api_key))
         object.__setattr__(self, "read_key", _no_blank(self.read_key))
         object.__setattr__(self, "galleries", tuple(self.galleries))
+        object.__setattr__(self, "allowed_hosts", tuple(h.lower() for h in self.allowed_hosts))
         names = [g.name for g in self.galleries]
         if len(set(names)) < len(names):
             raise ConfigError("two galleries have the same name: "
@@ -158,6 +200,30 @@ class Settings:
         """The largest request body: two images (verify) as base64 (4/3 of their bytes), and
         room for the fields around them. A batch must fit in it too."""
         return 2 * self.max_image_bytes * 4 // 3 + 1_048_576
+
+    @property
+    def secret_path(self) -> Path:
+        return self.secret_file or self.gallery_entries[0].path / SECRET_FILE
+
+    def host_allowed(self, host: str) -> bool:
+        """Whether a request's Host (name or address, without its port) is this server's: an
+        `allowed_hosts` name, or a name of the address it binds (`localhost` for a loopback
+        one); bound to every interface, any IP address and this machine's names. A rebinding
+        attack comes with its own domain name, never an address."""
+        host = host.lower().strip("[]")
+        if "*" in self.allowed_hosts or host in self.allowed_hosts:
+            return True
+        bound = self.host.lower().strip("[]")
+        if host == bound:
+            return True
+        if _loopback(bound):
+            return host == "localhost" or _loopback(host)
+        if bound in ("0.0.0.0", "::", ""):
+            import socket
+
+            return _is_address(host) or host in ("localhost", socket.gethostname().lower(),
+                                                 socket.getfqdn().lower())
+        return False
 
     @property
     def url(self) -> str:
