@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+import threading
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -109,10 +110,35 @@ def read_bytes(path: Union[str, os.PathLike], max_bytes: int = MAX_IMAGE_BYTES) 
 
 
 NOT_AN_IMAGE = "not an image file that can be read (PNG, JPEG, GIF, WebP, BMP or TIFF)"
+# The formats read; Pillow knows more, some of them containers whose header does not give the
+# size that decoding will make (an ICO holding a 9000x9000 PNG said 256x256, then took 312 MB).
+FORMATS = ("PNG", "JPEG", "GIF", "WEBP", "BMP", "TIFF", "PPM")  # JPEG includes MPO (cameras')
+
+# The decode budget of a process: images decoded at full size at once. A 40 MP image takes up to
+# 160 MB decoded, until it is shrunk; eight at once grew a worker by 2.3 GB. Every path that
+# decodes bytes from outside (search, verify, identify, batches, adds, zips, imports, indexing)
+# holds a slot from opening to shrinking (`decode_shrunk`).
+DECODE_SLOTS = threading.BoundedSemaphore(2)
 
 
 def decode(data: bytes, name: str = "image", max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
-    """Decode image bytes fully, with a precise error for every way they can be bad."""
+    """Decode image bytes fully, with a precise error for every way they can be bad, in one of
+    the process's decode slots. The image comes back full size: where only the model will look
+    at it, `decode_shrunk` keeps less."""
+    with DECODE_SLOTS:
+        return _decode(data, name, max_pixels)
+
+
+def decode_shrunk(data: bytes, name: str, pre: Preprocessing, max_pixels: int = MAX_IMAGE_PIXELS
+                  ) -> tuple[Image.Image, tuple[int, int], Optional[str]]:
+    """`decode`, then `shrink` for `pre` before the decode slot is let go (what the model makes of
+    it is the same: `to_array` shrinks first); with the size and format it had."""
+    with DECODE_SLOTS:
+        img = _decode(data, name, max_pixels)
+        return shrink(img, pre), img.size, img.format
+
+
+def _decode(data: bytes, name: str, max_pixels: int) -> Image.Image:
     if len(data) == 0:
         raise BadImageError(f"{name}: the file is empty")
     if len(data) > MAX_IMAGE_BYTES:
@@ -121,7 +147,7 @@ def decode(data: bytes, name: str = "image", max_pixels: int = MAX_IMAGE_PIXELS)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
+            img = Image.open(io.BytesIO(data), formats=FORMATS)
             # The header gives the size before any pixel is decoded: refuse bombs here.
             if img.width * img.height > max_pixels:
                 raise BadImageError(f"{name}: {img.width}x{img.height} pixels is over the "

@@ -19,6 +19,7 @@ import numpy as np
 import sqlalchemy.exc
 
 from encoder.errors import ModelMismatchError
+from encoder.images import Preprocessing
 
 from . import folder
 from .errors import GalleryError
@@ -137,7 +138,7 @@ def _fill(zf: zipfile.ZipFile, manifest: dict, path: Path, embedder, reembed: bo
         with store.write() as conn:
             for start in range(0, len(items), BATCH):
                 batch = items[start:start + BATCH]
-                images = [_original(zf, item) for item in batch]
+                images = [_original(zf, item, embedder.card.preprocessing) for item in batch]
                 for item in batch:
                     check_metadata(item.get("metadata") or {})
                 pixels = embedder.prepare([o.image for o in images])
@@ -167,12 +168,12 @@ def _fill(zf: zipfile.ZipFile, manifest: dict, path: Path, embedder, reembed: bo
         store.close()
 
 
-def _original(zf: zipfile.ZipFile, item: dict) -> Original:
+def _original(zf: zipfile.ZipFile, item: dict, pre: Preprocessing) -> Original:
     try:
         data = zf.read(f"images/{item['sha256']}")
     except KeyError:
         raise GalleryError(f"the export lacks the image of item {item.get('id')}") from None
-    original = Original.from_bytes(data, item.get("source") or f"item {item['id']}")
+    original = Original.from_bytes(data, item.get("source") or f"item {item['id']}", pre=pre)
     if original.sha256 != item["sha256"]:
         raise GalleryError(f"the image of item {item['id']} is damaged in the export")
     return original

@@ -586,7 +586,8 @@ class Gallery:
         _, unchecked = self.domain_ids()
         for start in range(0, len(unchecked), batch):
             ids = unchecked[start:start + batch]
-            images = [Original.from_bytes(self.image(i)[0], str(i)).image for i in ids]
+            images = [Original.from_bytes(self.image(i)[0], str(i), pre=self.embedder.card.preprocessing)
+                      .image for i in ids]
             scores = self.embedder.domain_score(images)
             with self.writing():
                 with self._store.write() as conn:
@@ -660,7 +661,7 @@ class Gallery:
         batch, _ = _as_batch(images)
         labels = _per_image(labels, len(batch), "labels", str, optional=True)
         metadata = _per_image(metadata, len(batch), "metadata", dict, optional=True)
-        originals = [Original.from_source(image) for image in batch]
+        originals = [Original.from_source(image, self.embedder.card.preprocessing) for image in batch]
         if sources is not None:
             for original, name in zip(originals, _per_image(sources, len(batch), "sources", str)):
                 original.name = name

@@ -17,7 +17,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 
 from encoder.errors import BadImageError, DatasetError, NotFoundError
-from encoder.images import IMAGE_SUFFIXES, image_files, read_bytes
+from encoder.images import IMAGE_SUFFIXES, Preprocessing, image_files, read_bytes
 
 from .gallery import Gallery
 from .records import Original, sha256_of
@@ -142,7 +142,8 @@ def ingest(gallery: Gallery, sources: Sequence[Source], batch_size: int = BATCH_
     chunks = [sources[i:i + batch_size] for i in range(0, len(sources), batch_size)]
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-read") as worker:
         def read(chunk: Sequence[Source]) -> ReadBatch:
-            return read_batch(chunk, gallery.known, gallery.embedder.prepare)
+            return read_batch(chunk, gallery.known, gallery.embedder.prepare,
+                              gallery.embedder.card.preprocessing)
 
         pending = worker.submit(read, chunks[0]) if chunks else None
         for n, chunk in enumerate(chunks):
@@ -183,9 +184,10 @@ class ReadBatch:
 
 
 def read_batch(chunk: Sequence[Source], known: Callable[[list[str]], dict[str, int]],
-               prepare: Callable[[list], np.ndarray]) -> ReadBatch:
+               prepare: Callable[[list], np.ndarray], pre: Preprocessing) -> ReadBatch:
     """Read, hash, decode and prepare a batch of files (here, or in a Ray actor): files whose
-    hash `known` returns are skipped before they are decoded; `prepare` makes the model input."""
+    hash `known` returns are skipped before they are decoded; each is decoded in the process's
+    decode budget and shrunk for the model (`pre`); `prepare` makes the model input."""
     batch = ReadBatch()
     read: list[tuple[Source, bytes, str]] = []
     for source in chunk:
@@ -204,7 +206,7 @@ def read_batch(chunk: Sequence[Source], known: Callable[[list[str]], dict[str, i
             batch.duplicates.append(source)
             continue
         try:
-            batch.originals.append(Original.from_bytes(data, source.path, sha))
+            batch.originals.append(Original.from_bytes(data, source.path, sha, pre=pre))
         except BadImageError as exc:
             batch.failed.append((source, exc))
             continue

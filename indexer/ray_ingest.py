@@ -57,7 +57,8 @@ class ReadAndEmbed:
             with self.store.read() as conn:
                 return self.store.known(conn, hashes)
 
-        read = read_batch(sources, known, self.embedder.prepare)
+        read = read_batch(sources, known, self.embedder.prepare,
+                              self.embedder.card.preprocessing)
         vectors = (self.embedder.embed_prepared(read.pixels) if read.originals
                    else np.zeros((0, self.embedder.embedding_dim), np.float32))
         # The enrolment's domain check, here where the model input is (NaN: no domain model).

@@ -12,7 +12,8 @@ import numpy as np
 from PIL import Image
 
 from encoder.errors import ConfigError
-from encoder.images import ImageSource, decode, encoded, open_image, source_name
+from encoder.images import (ImageSource, Preprocessing, decode, decode_shrunk, encoded, open_image,
+                            source_name)
 from encoder.verdict import DomainCheck, Rule, Verdict
 
 MAX_LABEL_LENGTH = 200  # characters (the database column's length)
@@ -89,19 +90,30 @@ class Match:
 @dataclass
 class Original:
     """An image read and decoded once: its original bytes (stored), their sha256 (identity in the
-    gallery) and the decoded image (embedded). Decoding is `encoder.images.decode`."""
+    gallery), its size and type, and the decoded image (embedded), shrunk for the model when
+    one is given (`encoder.images.decode_shrunk`: the full-size pixels are never kept)."""
 
     data: bytes
     sha256: str
     name: str
     image: Image.Image
     media_type: str
+    size: tuple[int, int] = (0, 0)  # (width, height) as stored, not as shrunk
+
+    def __post_init__(self) -> None:
+        if self.size == (0, 0):
+            self.size = self.image.size
 
     @classmethod
-    def from_bytes(cls, data: bytes, name: str, sha256: Optional[str] = None) -> "Original":
-        image = decode(data, name)
+    def from_bytes(cls, data: bytes, name: str, sha256: Optional[str] = None,
+                   pre: Optional[Preprocessing] = None) -> "Original":
+        if pre is None:
+            image = decode(data, name)
+            size, kind = image.size, image.format
+        else:
+            image, size, kind = decode_shrunk(data, name, pre)
         return cls(data, sha256 or sha256_of(data), name, image,
-                   Image.MIME.get(image.format or "", "application/octet-stream"))
+                   Image.MIME.get(kind or "", "application/octet-stream"), size)
 
     @classmethod
     def decoded_elsewhere(cls, data: bytes, name: str, sha256: str) -> "Original":
@@ -112,18 +124,18 @@ class Original:
                    Image.MIME.get(image.format or "", "application/octet-stream"))
 
     @classmethod
-    def from_source(cls, source: ImageSource) -> "Original":
+    def from_source(cls, source: ImageSource, pre: Optional[Preprocessing] = None) -> "Original":
         """From a path, bytes, a PIL image or a uint8 array (H, W[, C]); images that come without
         bytes are stored as PNG."""
         raw = encoded(source)
         if raw is not None:
-            return cls.from_bytes(*raw)
+            return cls.from_bytes(*raw, pre=pre)
         image = open_image(source)
         name = (f"<array {'x'.join(map(str, source.shape))}>" if isinstance(source, np.ndarray)
                 else source_name(source))
         buffer = io.BytesIO()
         image.save(buffer, format="PNG")
-        return cls.from_bytes(buffer.getvalue(), name)
+        return cls.from_bytes(buffer.getvalue(), name, pre=pre)
 
 
 def sha256_of(data: bytes) -> str:

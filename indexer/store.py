@@ -388,8 +388,8 @@ class Store:
             {"sha256": o.sha256, "media_type": o.media_type,
              "data": None if self.originals_store is not None else o.data} for o in originals])
         conn.execute(insert(ITEMS), [
-            {"id": i, "label": label, "source": o.name, "sha256": o.sha256, "width": o.image.width,
-             "height": o.image.height, "added": when, "metadata": meta, "embedding": v.tobytes(),
+            {"id": i, "label": label, "source": o.name, "sha256": o.sha256, "width": o.size[0],
+             "height": o.size[1], "added": when, "metadata": meta, "embedding": v.tobytes(),
              "domain_score": score}
             for i, o, label, meta, v, when, score in zip(ids, originals, labels, metadata, vectors,
                                                         added, scores)])

@@ -173,7 +173,7 @@ def add_item():
     data, name = uploads.image_bytes("image")
     label = uploads.text_param("label", required=True)
     metadata = uploads.json_object_param("metadata")
-    original = Original.from_bytes(data, name)
+    original = Original.from_bytes(data, name, pre=get_embedder().card.preprocessing)
     gallery = get_gallery()
     added = gallery.add_originals([original], [label], [metadata])
     item_id, created = added.ids[0], added.created[0]

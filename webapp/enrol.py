@@ -23,7 +23,7 @@ from indexer.records import Original
 
 MAX_MEMBERS = 2_000  # entries looked at in one zip
 MAX_UNPACKED = 1_000_000_000  # bytes unpacked from one upload's zips, in all
-BATCH = 32  # images decoded and added at a time (a batch holds its decoded images)
+BATCH = 8  # images added at a time: a batch holds their bytes (each up to the image limit)
 
 
 @dataclass
@@ -57,21 +57,30 @@ def add_uploads(gallery: Gallery, files: list[tuple[str, bytes]], label: Optiona
     """Add each uploaded image, and each image in each uploaded zip, labelled `label` (or, with
     `folder_labels`, by the folder it is in inside its zip, else `label`)."""
     report = Report()
+    # Zip members are unpacked as they are added, a batch at a time: never all held at once
+    # (50 members of 20 MB each grew a worker by 877 MB when they were).
     pending: list[tuple[Outcome, bytes, Optional[str]]] = []
+    seen: dict[str, Outcome] = {}
     budget = [MAX_UNPACKED]
+
+    def add(outcome: Outcome, data: bytes, folder: Optional[str]) -> None:
+        pending.append((outcome, data, folder))
+        if len(pending) == BATCH:
+            _add_batch(gallery, pending, label, metadata, seen)
+            pending.clear()
+
     for name, data in files:
         if zipfile.is_zipfile(io.BytesIO(data)):
             for outcome, member, folder in _members(name, data, max_image_bytes, budget):
                 report.outcomes.append(outcome)
                 if member is not None:
-                    pending.append((outcome, member, folder if folder_labels else None))
+                    add(outcome, member, folder if folder_labels else None)
         else:
             outcome = Outcome(name, "pending")
             report.outcomes.append(outcome)
-            pending.append((outcome, data, None))
-    seen: dict[str, Outcome] = {}
-    for start in range(0, len(pending), BATCH):
-        _add_batch(gallery, pending[start:start + BATCH], label, metadata, seen)
+            add(outcome, data, None)
+    if pending:
+        _add_batch(gallery, pending, label, metadata, seen)
     return report
 
 
@@ -80,7 +89,8 @@ def _add_batch(gallery: Gallery, batch: list[tuple[Outcome, bytes, Optional[str]
     originals, outcomes, labels = [], [], []
     for outcome, data, folder in batch:
         try:
-            original = Original.from_bytes(data, outcome.name or "upload")  # its source
+            original = Original.from_bytes(data, outcome.name or "upload",  # its source
+                                           pre=gallery.embedder.card.preprocessing)
         except BadImageError as exc:
             outcome.status, outcome.reason = "failed", _plain(str(exc), outcome.name)
             continue

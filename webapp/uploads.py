@@ -34,7 +34,7 @@ from werkzeug.http import parse_options_header
 from werkzeug.utils import secure_filename
 
 from encoder.errors import ConfigError
-from encoder.images import decode, megabytes, shrink
+from encoder.images import decode_shrunk, megabytes
 from encoder.params import Range, parse_int
 from indexer.records import MAX_LABEL_LENGTH, check_text
 
@@ -304,11 +304,6 @@ def image(field: str) -> Image.Image:
     return image_and_bytes(field)[0]
 
 
-# Uploads decoded at once in one worker. A 40 MP image decodes to up to 160 MB, held until it is
-# shrunk to twice the model's input; eight at once grew two workers by 4.7 GB (#13).
-DECODE_SLOTS = threading.BoundedSemaphore(2)
-
-
 def image_and_bytes(field: str) -> tuple[Image.Image, bytes]:
     """`image`, shrunk to what the model needs, and the bytes it was decoded from."""
     data, _, where = image_list(field, one=True)[0]
@@ -317,9 +312,7 @@ def image_and_bytes(field: str) -> tuple[Image.Image, bytes]:
 
 def decoded(data: bytes, where: str) -> Image.Image:
     """An uploaded image decoded, checked, and shrunk to what the request's model needs."""
-    pre = get_embedder().card.preprocessing
-    with DECODE_SLOTS:
-        return shrink(decode(data, where), pre)
+    return decode_shrunk(data, where, get_embedder().card.preprocessing)[0]
 
 
 def int_param(name: str, default: int, low: int, high: int) -> int:

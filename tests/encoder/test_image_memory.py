@@ -41,3 +41,69 @@ def test_the_largest_accepted_image_costs_under_300_mb(tmp_path, mode):
     grown, mean = map(float, done.stdout.split())
     assert grown < 300, f"{mode}: {grown:.0f} MB"
     assert 0 < mean < 255  # the sparse pattern survives as a grey level, not black or white
+
+
+def _variant(png: bytes, k: int) -> bytes:
+    """The same PNG with a text chunk saying `k`: other bytes (another sha256, so no add takes it
+    for one already there), the same pixels."""
+    import struct
+    import zlib
+
+    body = b"tEXt" + b"variant\0" + str(k).encode()
+    chunk = struct.pack(">I", len(body) - 4) + body + struct.pack(">I", zlib.crc32(body))
+    end = png.rindex(b"IEND") - 4
+    return png[:end] + chunk + png[end:]
+
+
+ADDS = """
+import io, resource, sys, threading, zipfile
+from indexer import Gallery
+from webapp.enrol import add_uploads
+from encoder import Embedder
+from tests.support import SAMPLES
+big = open(sys.argv[1], "rb").read()
+sys.path.insert(0, ".")
+from tests.encoder.test_image_memory import _variant
+gallery = Gallery.create(sys.argv[2], Embedder.load("models/fashion-mnist"))
+gallery.add([next(SAMPLES.glob("*/*.png"))], labels="warm-up")
+pre = gallery.embedder.card.preprocessing
+start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+zipped = io.BytesIO()
+with zipfile.ZipFile(zipped, "w", zipfile.ZIP_DEFLATED) as z:
+    for k in range(16):
+        z.writestr(f"big{k}.png", _variant(big, k))
+report = add_uploads(gallery, [("many.zip", zipped.getvalue())], "zip", {}, False, 20_000_000)
+assert [o.status for o in report.outcomes] == ["added"] * 16, report.outcomes
+one_zip = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+from indexer.records import Original
+errors = []
+def add(k):
+    try:
+        gallery.add_originals([Original.from_bytes(_variant(big, 100 + k), f"a{k}", pre=pre)],
+                              ["api"], [{}])
+    except Exception as exc:
+        errors.append(exc)
+threads = [threading.Thread(target=add, args=(k,)) for k in range(8)]
+[t.start() for t in threads]; [t.join() for t in threads]
+assert not errors, errors
+print((one_zip - start) / 1024, (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - start) / 1024,
+      len(gallery))
+"""
+
+
+def test_adds_decode_within_the_budget_a_zip_of_16_and_8_at_once(tmp_path):
+    """A zip of 16 worst-case PNGs (16-bit, 6300x6300: 80 MB each decoded) added from the page's
+    path, then 8 added at once as the API adds them: decoded two at a time, each shrunk before
+    its slot is let go, the zip's members unpacked a batch at a time."""
+    side = 6300
+    pixels = np.zeros((side, side), np.uint16)
+    pixels[::7, ::3] = 60000
+    path = tmp_path / "big.png"
+    Image.fromarray(pixels).save(path)
+    done = subprocess.run([sys.executable, "-c", ADDS, path, tmp_path / "gallery"],
+                          capture_output=True, text=True, env=child_env(), cwd=REPO, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    zip_grown, all_grown, items = done.stdout.split()
+    assert int(items) == 1 + 16 + 8
+    assert float(zip_grown) < 300, f"the zip grew the process by {float(zip_grown):.0f} MB"
+    assert float(all_grown) < 600, f"8 adds at once grew it by {float(all_grown):.0f} MB"

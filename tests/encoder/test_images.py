@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from encoder.errors import BadImageError
+from encoder.errors import BadImageError, UnsupportedImageError
 from encoder.images import Preprocessing, decode, open_image, prepare_batch, read_bytes
 
 GREY28 = Preprocessing(28, 28, 1)
@@ -35,6 +35,40 @@ def test_decode_rejects_empty_bytes():
 def test_decode_rejects_non_image_bytes():
     with pytest.raises(BadImageError, match="not an image"):
         decode(b"hello, I am a text file\n" * 10, name="notes.txt")
+
+
+def ico_holding(png: bytes) -> bytes:
+    """An ICO whose one entry is `png`, its directory saying 256x256 (the most it can say)."""
+    header = struct.pack("<HHH", 0, 1, 1)
+    entry = struct.pack("<BBBBHHII", 0, 0, 0, 0, 1, 32, len(png), 6 + 16)
+    return header + entry + png
+
+
+def test_decode_reads_only_the_formats_it_names_not_containers_that_hide_their_size():
+    big = io.BytesIO()
+    Image.new("L", (9000, 9000)).save(big, "PNG")  # 81 MP of black: 80 KB deflated
+    ico = ico_holding(big.getvalue())
+    with pytest.raises(UnsupportedImageError, match="not an image file that can be read"):
+        decode(ico, name="favicon.ico")
+    small = io.BytesIO()
+    Image.new("RGB", (16, 16), "red").save(small, "TGA")  # a format Pillow reads, we do not
+    with pytest.raises(UnsupportedImageError):
+        decode(small.getvalue(), name="red.tga")
+    for kind in ("PNG", "JPEG", "GIF", "WEBP", "BMP", "TIFF", "PPM"):
+        out = io.BytesIO()
+        Image.new("RGB", (20, 10), "red").save(out, kind)
+        assert decode(out.getvalue(), name=f"red.{kind.lower()}").size == (20, 10), kind
+
+
+def test_decode_shrunk_keeps_the_size_and_format_and_prepares_the_same(tmp_path):
+    from encoder.images import decode_shrunk
+
+    rng = np.random.default_rng(3)
+    data = png_bytes(rng.integers(0, 255, (900, 600), np.uint8))
+    pre = Preprocessing(28, 28, 1)
+    small, size, kind = decode_shrunk(data, "big.png", pre)
+    assert size == (600, 900) and kind == "PNG" and max(small.size) < 200
+    assert np.array_equal(prepare_batch([small], pre), prepare_batch([data], pre))
 
 
 def test_decode_rejects_truncated_png():

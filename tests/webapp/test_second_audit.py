@@ -155,3 +155,21 @@ def test_the_session_cookie_is_secure_behind_a_trusted_tls_proxy(make_app):
     proxied = make_app(api_key="w" * 20, trusted_proxies=1)
     assert "Secure" in cookie(proxied, **{"X-Forwarded-Proto": "https"})
     assert "Secure" not in cookie(proxied)
+
+
+def test_an_icon_hiding_a_huge_png_is_refused_on_every_path(client):
+    import io
+
+    from PIL import Image
+
+    from tests.encoder.test_images import ico_holding
+
+    big = io.BytesIO()
+    Image.new("L", (9000, 9000)).save(big, "PNG")
+    ico = ico_holding(big.getvalue())
+    before = client.get("/healthz").get_json()["items"]
+    search = client.post("/api/search", data={"image": (io.BytesIO(ico), "x.ico")})
+    assert search.status_code == 415 and "not an image file" in search.get_json()["error"]["message"]
+    add = client.post("/api/gallery", data={"image": (io.BytesIO(ico), "x.ico"), "label": "x"})
+    assert add.status_code == 415
+    assert client.get("/healthz").get_json()["items"] == before
