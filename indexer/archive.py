@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
+import re
 import shutil
 import zipfile
 from pathlib import Path
@@ -18,16 +19,18 @@ from typing import Any, Optional
 import numpy as np
 import sqlalchemy.exc
 
-from encoder.errors import ModelMismatchError
+from encoder.calibration import OPERATING_POINTS
+from encoder.errors import ConfigError, ModelMismatchError
 from encoder.images import Preprocessing
+from encoder.verdict import check_fpir, check_threshold
 
 from . import folder
 from .errors import GalleryError
 from .files import replace_atomically
-from .gallery import Gallery
+from .gallery import MAX_ID, Gallery
 from .originals import discard
 from .originals import normalise as normalise_originals
-from .records import Original, check_metadata
+from .records import MAX_LABEL_LENGTH, Original, check_metadata, check_text
 from .store import SCHEMA_VERSION, GalleryRecord
 from .vectors import IndexSpec, VectorIndex
 
@@ -106,13 +109,117 @@ def restore(file: Path, path: Path, embedder, reembed: bool = False, progress=No
 
 
 def _manifest(zf: zipfile.ZipFile, file: Path) -> dict[str, Any]:
+    """The export's manifest, every field checked as the API checks what it stores (an archive
+    is input like any other: a forged one is refused whole, before anything is made)."""
     try:
-        manifest = json.loads(zf.read(MANIFEST))
-        assert manifest["format"] == EXPORT_FORMAT and isinstance(manifest["items"], list)
-        return manifest
-    except (KeyError, ValueError, AssertionError, TypeError, zipfile.BadZipFile) as exc:
+        info = zf.getinfo(MANIFEST)
+        if info.file_size > MAX_MANIFEST_BYTES:
+            raise ValueError(f"{MANIFEST} is {info.file_size:,} bytes, over the "
+                             f"{MAX_MANIFEST_BYTES:,} limit")
+        manifest = json.loads(zf.read(MANIFEST), parse_constant=_no_constant)
+        if not isinstance(manifest, dict) or manifest.get("format") != EXPORT_FORMAT or \
+                not isinstance(manifest.get("items"), list):
+            raise ValueError(f"no format {EXPORT_FORMAT} manifest with a list of items")
+    except (KeyError, ValueError, RecursionError, zipfile.BadZipFile, OSError) as exc:
         raise GalleryError(f"{file}: not a gallery export of format {EXPORT_FORMAT} "
                            f"({type(exc).__name__}: {exc})") from None
+    try:
+        _check_manifest(manifest)
+    except (ConfigError, ValueError, TypeError) as exc:
+        raise GalleryError(f"{file}: the export is not valid: {exc}") from None
+    return manifest
+
+
+MAX_MANIFEST_BYTES = 2_000_000_000  # export.json, unpacked: ~100,000 items of the largest metadata
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not JSON")
+
+
+def _check_manifest(manifest: dict) -> None:
+    """Each setting and each item's fields, with the messages the API gives (ConfigError)."""
+    if not isinstance(manifest.get("model_id"), str):
+        raise ConfigError("model_id must be text")
+    dim = manifest.get("embedding_dim")
+    if isinstance(dim, bool) or not isinstance(dim, int) or not 1 <= dim <= 65_536:
+        raise ConfigError(f"embedding_dim must be an integer from 1 to 65536, not {dim!r}")
+    IndexSpec.parse(_text(manifest.get("index") or "flat", "index"))
+    if manifest.get("threshold") is not None:
+        check_threshold(manifest["threshold"])
+    if manifest.get("fpir") is not None:
+        check_fpir(manifest["fpir"])
+    point = manifest.get("operating_point")
+    if point is not None and point not in OPERATING_POINTS:
+        raise ConfigError(f"operating_point must be one of {', '.join(OPERATING_POINTS)}, "
+                          f"not {point!r}")
+    seen_ids: set[int] = set()
+    for n, item in enumerate(manifest["items"]):
+        where = f"item {n + 1} of the manifest"
+        if not isinstance(item, dict):
+            raise ConfigError(f"{where} must be an object, not {type(item).__name__}")
+        item_id = item.get("id")
+        if isinstance(item_id, bool) or not isinstance(item_id, int) or \
+                not 1 <= item_id <= MAX_ID:
+            raise ConfigError(f"{where}: id must be an integer from 1 to {MAX_ID}, not "
+                              f"{str(item_id)[:40]!r}")
+        if item_id in seen_ids:
+            raise ConfigError(f"{where}: id {item_id} is there twice")
+        seen_ids.add(item_id)
+        where = f"item {item_id}"
+        sha = item.get("sha256")
+        if not isinstance(sha, str) or not re.fullmatch(r"[0-9a-f]{64}", sha):
+            raise ConfigError(f"{where}: sha256 must be 64 lower-case hex digits")
+        label = item.get("label")
+        if label is not None:
+            check_text(f"{where}: label", _text(label, f"{where}: label"), MAX_LABEL_LENGTH)
+        if item.get("source") is not None:
+            check_text(f"{where}: source", _text(item["source"], f"{where}: source"), 1000)
+        try:
+            check_metadata(item.get("metadata") or {})
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+        try:
+            added = dt.datetime.fromisoformat(_text(item.get("added"), f"{where}: added"))
+        except ValueError:
+            raise ConfigError(f"{where}: added must be an ISO date and time, not "
+                              f"{str(item.get('added'))[:40]!r}") from None
+        if added.tzinfo is None:
+            raise ConfigError(f"{where}: added must say its time zone")
+
+
+def _text(value: Any, name: str) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"{name} must be text, not {type(value).__name__}")
+    return value
+
+
+def _embeddings(zf: zipfile.ZipFile, rows: int, dim: int) -> np.ndarray:
+    """The export's embeddings, their header read first: a float32 (rows, dim) array whose data
+    is all there, or GalleryError (a forged header once claimed 256e9 floats, 954 GiB)."""
+    try:
+        info = zf.getinfo(EMBEDDINGS)
+        with zf.open(info) as f:
+            version = np.lib.format.read_magic(f)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            shape, fortran, dtype = read_header(f)
+            if shape != (rows, dim) or dtype != np.dtype("<f4") or fortran:
+                raise ValueError(f"{EMBEDDINGS} holds {dtype} {shape}, not float32 "
+                                 f"({rows}, {dim}) for the manifest's items")
+            data = f.read(rows * dim * 4 + 1)
+        if len(data) != rows * dim * 4:
+            raise ValueError(f"{EMBEDDINGS} is cut short or too long")
+        return np.frombuffer(data, "<f4").reshape(rows, dim)
+    except KeyError:
+        raise GalleryError(f"the export has no {EMBEDDINGS}") from None
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
+        raise GalleryError(f"the export's embeddings cannot be read: {exc}") from None
+
+
+# An export's embedding may differ from its image's, embedded again here, by float noise only
+# (other CPUs, other batch sizes); more, and it was not made from that image.
+EMBEDDING_TOLERANCE = 1e-3
 
 
 def _fill(zf: zipfile.ZipFile, manifest: dict, path: Path, embedder, reembed: bool,
@@ -120,10 +227,7 @@ def _fill(zf: zipfile.ZipFile, manifest: dict, path: Path, embedder, reembed: bo
     """Make the gallery folder at `path` and store the export's items in one transaction; on a
     failure, drop what it made in an external database and originals store."""
     items = manifest["items"]
-    vectors = None if reembed else np.load(io.BytesIO(zf.read(EMBEDDINGS)))
-    if vectors is not None and vectors.shape != (len(items), embedder.embedding_dim):
-        raise GalleryError(f"the export's embeddings have shape {vectors.shape}, not "
-                           f"({len(items)}, {embedder.embedding_dim})")
+    vectors = None if reembed else _embeddings(zf, len(items), embedder.embedding_dim)
     spec = IndexSpec.parse(manifest.get("index") or "flat")
     ids = [int(item["id"]) for item in items]
     record = GalleryRecord(
@@ -139,11 +243,19 @@ def _fill(zf: zipfile.ZipFile, manifest: dict, path: Path, embedder, reembed: bo
             for start in range(0, len(items), BATCH):
                 batch = items[start:start + BATCH]
                 images = [_original(zf, item, embedder.card.preprocessing) for item in batch]
-                for item in batch:
-                    check_metadata(item.get("metadata") or {})
                 pixels = embedder.prepare([o.image for o in images])
-                rows = (embedder.embed_prepared(pixels) if vectors is None
-                        else vectors[start:start + len(batch)])
+                # Embedded again from the images, never taken on the export's word: its own are
+                # kept (bit for bit) only where they agree.
+                rows = embedder.embed_prepared(pixels)
+                if vectors is not None:
+                    given = vectors[start:start + len(batch)]
+                    off = np.linalg.norm(given - rows, axis=1)
+                    if off.max() > EMBEDDING_TOLERANCE:
+                        bad = batch[int(off.argmax())]
+                        raise GalleryError(
+                            f"the export's embedding of item {bad['id']} is not its image's "
+                            f"(distance {off.max():.4f}): the export was altered; nothing imported")
+                    rows = given
                 # The domain check as enrolment makes it, on the images (not the export's word).
                 scores = (embedder.domain_score_prepared(pixels) if embedder.has_domain_model
                           else None)

@@ -5,6 +5,7 @@ import json
 import zipfile
 
 import numpy as np
+import pytest
 
 from indexer import Gallery
 from scripts import gallery as gallery_cmd
@@ -251,3 +252,116 @@ def test_index_flags_a_portrait_and_check_records_what_older_galleries_never_che
     code, out, _ = cli(gallery_cmd, ["check", gallery, "--record", "--progress", "never"], capsys)
     assert code == 0 and "checked and recorded the domain of 49 item(s)" in out
     assert f"enrol another image of each: {me}" in out and "were added before" not in out
+
+
+@pytest.fixture(scope="module")
+def export_zip(tmp_path_factory, fashion_test, model_dir):
+    """An honest export of a small gallery, made once; each forgery starts from it."""
+    tmp = tmp_path_factory.mktemp("export")
+    write_fashion_pngs(tmp / "photos", fashion_test, range(6))
+    with Gallery.create(tmp / "g", _embedder(model_dir)) as g:
+        paths = sorted((tmp / "photos").rglob("*.png"))
+        g.add(paths, labels=[p.parent.name for p in paths])
+        archive_export(g, tmp / "backup.zip")
+    return tmp / "backup.zip"
+
+
+def archive_export(gallery, file):
+    from indexer import archive
+
+    archive.export(gallery, file)
+
+
+def _forge(source, target, manifest=None, embeddings=None):
+    """A copy of the export `source` with its manifest (a function of the parsed JSON, or bytes)
+    and/or its embeddings member (bytes) replaced."""
+    with zipfile.ZipFile(source) as src, zipfile.ZipFile(target, "w") as dst:
+        for info in src.infolist():
+            data = src.read(info)
+            if info.filename == "export.json" and manifest is not None:
+                data = manifest if isinstance(manifest, bytes) else \
+                    json.dumps(manifest(json.loads(data))).encode()
+            if info.filename == "embeddings.npy" and embeddings is not None:
+                data = embeddings
+            dst.writestr(info, data)
+
+
+def _item(n, **fields):
+    def change(m):
+        m["items"][n].update(fields)
+        return m
+    return change
+
+
+def _drop_id(m):
+    del m["items"][0]["id"]
+    return m
+
+
+def _same_ids(m):
+    m["items"][1]["id"] = m["items"][0]["id"]
+    return m
+
+
+def _npy_header(shape):
+    import io
+
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_2_0(buffer, {"descr": "<f4", "fortran_order": False,
+                                                  "shape": shape})
+    return np.lib.format.magic(2, 0) + buffer.getvalue()[8:]
+
+
+FORGERIES = {
+    "a label that is an object": (_item(0, label={"a": 1}), None, "label must be text"),
+    "an id past 2^63": (_item(0, id=2**63), None, "id must be an integer from 1 to"),
+    "a negative id": (_item(0, id=-4), None, "id must be an integer from 1 to"),
+    "an id that is text": (_item(0, id="7"), None, "id must be an integer"),
+    "the same id twice": (_same_ids, None, "is there twice"),
+    "a date that is not one": (_item(0, added="yesterday"), None, "added must be an ISO date"),
+    "no id": (_drop_id, None, "id must be an integer"),
+    "a threshold that is text": (lambda m: {**m, "threshold": "close"}, None, "threshold must be"),
+    "an unknown operating point": (lambda m: {**m, "operating_point": "lenient"}, None,
+                                   "operating_point must be one of"),
+    "a 10,000-character label": (_item(0, label="x" * 10_000), None, "at most 200 characters"),
+    "NUL in a label": (_item(0, label="Bag\0"), None, "NUL"),
+    "a lone surrogate in metadata": (_item(0, metadata={"a": "\ud800"}), None, "valid Unicode"),
+    "a sha256 that is not one": (_item(0, sha256="../../etc/passwd"), None, "sha256 must be"),
+    "items that are not a list": (lambda m: {**m, "items": {"1": {}}}, None, "not a gallery export"),
+    "a manifest that is not JSON": (b"{not json", None, "not a gallery export"),
+    "embeddings claiming 256e9 floats": (None, _npy_header((4_000_000_000, 64)), "holds float32"),
+    "embeddings cut short": (None, _npy_header((6, 64)) + b"\0" * 100, "cut short"),
+}
+
+
+@pytest.mark.parametrize("name", FORGERIES)
+def test_a_forged_export_is_one_error_line_and_leaves_nothing(export_zip, tmp_path, model_dir,
+                                                              capsys, name):
+    manifest, embeddings, message = FORGERIES[name]
+    _forge(export_zip, tmp_path / "forged.zip", manifest, embeddings)
+    code, out, err = cli(gallery_cmd, ["import", tmp_path / "forged.zip", tmp_path / "g",
+                                       "--model", model_dir, "--progress", "never"], capsys)
+    assert code == 2 and message in error_line(err), err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "g").exists() and not list(tmp_path.glob(".g*"))
+
+
+def test_an_export_whose_embeddings_were_swapped_is_refused(export_zip, tmp_path, model_dir,
+                                                             capsys):
+    """Item 1 given item 2's embedding: a search for item 2's image would name item 1."""
+    import io
+
+    with zipfile.ZipFile(export_zip) as z:
+        vectors = np.load(io.BytesIO(z.read("embeddings.npy")))
+    vectors[0] = vectors[1]
+    buffer = io.BytesIO()
+    np.save(buffer, vectors)
+    _forge(export_zip, tmp_path / "forged.zip", embeddings=buffer.getvalue())
+    code, _, err = cli(gallery_cmd, ["import", tmp_path / "forged.zip", tmp_path / "g",
+                                     "--model", model_dir, "--progress", "never"], capsys)
+    assert code == 2 and "is not its image's" in error_line(err)
+    assert not (tmp_path / "g").exists()
+    # The honest export imports, its embeddings kept as they were.
+    code, _, err = cli(gallery_cmd, ["import", export_zip, tmp_path / "ok", "--model", model_dir,
+                                     "--progress", "never"], capsys)
+    assert code == 0, err
