@@ -8,6 +8,7 @@ import io
 import itertools
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -65,14 +66,18 @@ def copy_gallery(request, backend: str, folder: Path) -> tuple[Path, Optional[st
 
 # --- the pages' CSRF token ------------------------------------------------------------------------
 
-# A double-submit token (webapp/csrf.py): any well-formed value, the same in cookie and field.
-CSRF_TOKEN = "test-token-" + "x" * 32
-CSRF_COOKIE = f"siamese_csrf={CSRF_TOKEN}"
+TOKEN_FIELD = re.compile(r'name="csrf_token" value="([^"]+)"')
 
 
-def page_form(fields: dict) -> dict:
-    """A page form's fields with the CSRF token a browser would send from the page."""
-    return {**fields, "csrf_token": CSRF_TOKEN}
+def page_form(client, fields: dict) -> dict:
+    """A page form's fields with the CSRF token a browser would send from the page: the one a
+    page gave this test client (its session), fetched once."""
+    token = getattr(client, "csrf_token", None)
+    for page in ("/signin", "/"):  # a server with no keys has no sign-in form
+        if token is None:
+            found = TOKEN_FIELD.search(client.get(page).get_data(as_text=True))
+            token = client.csrf_token = found.group(1) if found else None
+    return {**fields, "csrf_token": token}
 
 
 # --- commands, in-process ------------------------------------------------------------------------
@@ -136,6 +141,12 @@ class LiveServer:
                 return response.status, dict(response.headers), response.read()
         except urllib.error.HTTPError as exc:
             return exc.code, dict(exc.headers), exc.read()
+
+    def page_session(self) -> tuple[str, str]:
+        """(Cookie header, CSRF token) of a browser that has opened one of this server's pages."""
+        _, headers, body = self.request("GET", "/")
+        cookie = headers["Set-Cookie"].split(";", 1)[0]
+        return cookie, TOKEN_FIELD.search(body.decode()).group(1)
 
     def json(self, method: str, path: str, **kw) -> tuple[int, dict]:
         status, _, body = self.request(method, path, **kw)

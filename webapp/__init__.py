@@ -57,6 +57,7 @@ def create_app(settings: Optional[Settings] = None, embedder: Optional["Embedder
     app.before_request(_check_host)
     app.extensions[EXTENSION] = Service.load(settings, embedder)
     access.configure(app, settings)
+    csrf.configure(app)
     app.url_value_preprocessor(take_gallery_name)
     app.url_defaults(keep_gallery_name)
     errors.register(app)
@@ -64,7 +65,6 @@ def create_app(settings: Optional[Settings] = None, embedder: Optional["Embedder
     app.register_blueprint(api.health)
     app.register_blueprint(pages.bp)
     app.after_request(_security_headers)
-    app.after_request(csrf.set_cookie)
     app.context_processor(_page_context)
     return app
 

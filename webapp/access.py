@@ -102,7 +102,11 @@ def configure(app: Flask, settings: Settings) -> None:
     # A copied cookie is good for this long after sign-in, at most (Flask checks the signature's
     # age on every request), even if the browser is never closed.
     app.config.update(SESSION_COOKIE_NAME="siamese_session", SESSION_COOKIE_HTTPONLY=True,
-                      SESSION_COOKIE_SAMESITE="Strict",
+                      # Lax, not Strict: a visitor who follows a link here from another site
+                      # arrives without a Strict cookie, and the form token made for that page
+                      # would replace their session (and sign them out). Cross-site POSTs carry
+                      # no Lax cookie; forms need their token and a same-site Origin besides.
+                      SESSION_COOKIE_SAMESITE="Lax",
                       PERMANENT_SESSION_LIFETIME=dt.timedelta(hours=SESSION_HOURS))
 
 

@@ -10,7 +10,7 @@ from typing import Optional
 
 import pytest
 
-from tests.support import (BACKENDS, CSRF_TOKEN, PER_LABEL, SAMPLES, copy_gallery, multipart,
+from tests.support import (BACKENDS, PER_LABEL, SAMPLES, copy_gallery, multipart,
                            start_serve)
 from webapp import Settings, create_app
 
@@ -91,11 +91,8 @@ def app(make_app):
 
 @pytest.fixture
 def client(app):
-    """A test client whose browser holds the pages' CSRF cookie (`tests.support.page_form` adds
-    the matching field to a page form)."""
-    c = app.test_client()
-    c.set_cookie("siamese_csrf", CSRF_TOKEN)
-    return c
+    """A test client (`tests.support.page_form` gives its page forms their CSRF token)."""
+    return app.test_client()
 
 
 def upload(path_or_bytes, name: str = "image.png") -> tuple[io.BytesIO, str]:

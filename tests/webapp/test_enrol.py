@@ -41,7 +41,7 @@ def declare_size(data: bytes, name: str, size: int) -> bytes:
 
 def add_page(client, files: list[tuple[bytes, str]], label: str = "Bag") -> tuple[int, dict, str]:
     """POST the add form; (status, {file: (status, reason)} of the report, the report's title)."""
-    response = client.post("/gallery/add", data=page_form(
+    response = client.post("/gallery/add", data=page_form(client, 
         {"images": [(io.BytesIO(data), name) for data, name in files], "label": label}))
     page = response.get_data(as_text=True)
     rows = re.findall(r'data-status="(\w+)">\s*<td class="file">(.*?)</td>\s*<td[^>]*>(.*?)</td>',
@@ -56,7 +56,6 @@ def add_page(client, files: list[tuple[bytes, str]], label: str = "Bag") -> tupl
 def test_a_zip_bomb_is_reported_and_nothing_else_is_lost(make_app, sample_pngs):
     app = make_app(max_image_bytes=LIMIT_MB * MB)
     client = app.test_client()
-    client.set_cookie("siamese_csrf", page_form({})["csrf_token"])
     before = client.get("/healthz").get_json()["items"]
     zeros = bytes(8 * MB)  # 8 MB of zeros: 8 kB deflated
     good = sample_pngs["Bag"][0].read_bytes()
@@ -133,7 +132,7 @@ def test_an_added_image_the_model_finds_no_features_in_is_shown_first_with_a_not
     assert state == "added" and text.endswith(
         'Note: the model finds no features in this image, so no other image will be verified '
         'against this item.</span>')
-    page = client.post("/gallery/add", data=page_form({"images": [
+    page = client.post("/gallery/add", data=page_form(client, {"images": [
         (io.BytesIO(png(featureless[1])), "blank-2.png")] + [
         (io.BytesIO(png(9100 + n)), f"more-{n}.png") for n in range(11)]})).get_data(as_text=True)
     # More than ten plain adds are folded away; the one with a note is in the table above them.

@@ -570,28 +570,37 @@ def test_api_docs_page(manage, screenshots):
 
 
 def test_page_forms_need_their_csrf_token(app, sample_pngs):
-    """A form POST must carry the token of its page's cookie (double submit): none, another, or
-    a field without the cookie (what a cross-site form could send) is refused with 403."""
+    """A form POST must carry the token its page gave this browser's session, signed by the
+    server: none, a made-up one, one of another session, or one sent from another site's page is
+    refused with 403 (a client-chosen value in a cookie and a field once passed)."""
     client = app.test_client()
     page = client.get("/")
     token = re.search(r'name="csrf_token" value="([^"]+)"', page.get_data(as_text=True)).group(1)
     cookie = page.headers["Set-Cookie"]
-    assert f"siamese_csrf={token}" in cookie and "SameSite=Strict" in cookie
-    assert "HttpOnly" in cookie
+    assert cookie.startswith("siamese_session=") and "HttpOnly" in cookie
+    assert "SameSite=Lax" in cookie and token not in cookie  # the session holds it signed
     image = sample_pngs["Bag"][0].read_bytes()
 
-    def post(path, fields):
-        return client.post(path, data={**fields, "image": (io.BytesIO(image), "q.png"),
-                                       "image_a": (io.BytesIO(image), "a.png"),
-                                       "image_b": (io.BytesIO(image), "b.png")})
+    def post(path, fields, who=client, **headers):
+        return who.post(path, headers=headers,
+                        data={**fields, "image": (io.BytesIO(image), "q.png"),
+                              "image_a": (io.BytesIO(image), "a.png"),
+                              "image_b": (io.BytesIO(image), "b.png")})
 
     assert post("/", {"csrf_token": token}).status_code == 200
     assert post("/verify", {"csrf_token": token}).status_code == 200
-    for fields in ({}, {"csrf_token": "another-" + "y" * 40}):
+    assert post("/", {"csrf_token": token}, Origin="http://localhost").status_code == 200
+    forged = "A" * 43  # what the audit's attacker chose for both the cookie and the field
+    for fields in ({}, {"csrf_token": forged}, {"csrf_token": token[:-2] + "xx"}):
         refused = post("/", fields)
         assert refused.status_code == 403 and refused.mimetype == "text/html"
         assert "reload the page" in refused.get_data(as_text=True)
         assert post("/verify", fields).status_code == 403
-    stranger = app.test_client()  # another browser: no cookie, a token copied from elsewhere
-    assert stranger.post("/", data={"csrf_token": token,
-                                    "image": (io.BytesIO(image), "q.png")}).status_code == 403
+    # The right token, from a page of another site: refused by the Origin check.
+    cross = post("/", {"csrf_token": token}, Origin="http://evil.example")
+    assert cross.status_code == 403 and "other sites" in cross.get_data(as_text=True)
+    stranger = app.test_client()  # another browser: its own session, a token copied from this one
+    stranger.get("/")
+    assert post("/", {"csrf_token": token}, who=stranger).status_code == 403
+    stranger.set_cookie("siamese_csrf", forged)  # the old double-submit cookie counts for nothing
+    assert post("/", {"csrf_token": forged}, who=stranger).status_code == 403

@@ -94,19 +94,18 @@ def test_settings_name_the_hosts_of_the_bound_address():
 def test_sign_in_goes_back_only_to_a_path_of_this_site(make_app, target):
     app = make_app(api_key="w" * 20)
     client = app.test_client()
-    client.set_cookie("siamese_csrf", page_form({})["csrf_token"])
-    r = client.post(f"/signin?next={target}", data=page_form({"key": "w" * 20}))
+    r = client.post(f"/signin?next={target}", data=page_form(client, {"key": "w" * 20}))
     assert r.status_code == 303
     location = r.headers["Location"]
     parts = urlsplit(location)
     assert not parts.scheme and not parts.netloc and location.startswith("/")
     assert not location.startswith("//") and not any(c in location for c in "\\\t\r\n")
-    ok = client.post("/signin?next=/gallery%3Flabel%3DBag", data=page_form({"key": "w" * 20}))
+    ok = client.post("/signin?next=/gallery%3Flabel%3DBag", data=page_form(client, {"key": "w" * 20}))
     assert ok.headers["Location"] == "/gallery?label=Bag"
 
 
 def test_sign_out_works_on_a_server_with_no_keys(client):
-    r = client.post("/signout", data=page_form({}))
+    r = client.post("/signout", data=page_form(client, {}))
     assert r.status_code == 303 and r.headers["Location"] == "/"
 
 
@@ -120,8 +119,7 @@ def test_the_session_secret_is_random_kept_with_the_gallery_and_shared(make_app,
     assert second.secret_key == first.secret_key == text.encode()
     # A sign-in on one server (or worker) counts on another that reads the same secret.
     a = first.test_client()
-    a.set_cookie("siamese_csrf", page_form({})["csrf_token"])
-    a.post("/signin", data=page_form({"key": "w" * 20}))
+    a.post("/signin", data=page_form(a, {"key": "w" * 20}))
     cookie = a.get_cookie("siamese_session")
     assert cookie is not None and "w" * 20 not in cookie.value
     b = second.test_client()
@@ -145,8 +143,7 @@ def test_an_unreadable_secret_file_is_a_clear_error(make_app, tmp_path):
 def test_the_session_cookie_is_secure_behind_a_trusted_tls_proxy(make_app):
     def cookie(app, **headers):
         client = app.test_client()
-        client.set_cookie("siamese_csrf", page_form({})["csrf_token"])
-        r = client.post("/signin", data=page_form({"key": "w" * 20}), headers=headers)
+        r = client.post("/signin", data=page_form(client, {"key": "w" * 20}), headers=headers)
         assert r.status_code == 303
         return next(h for h in r.headers.getlist("Set-Cookie") if h.startswith("siamese_session="))
 

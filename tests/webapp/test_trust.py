@@ -156,7 +156,7 @@ def test_a_gallery_default_operating_point_applies_to_every_request(make_app, up
 
 def test_the_search_page_says_plainly_that_a_portrait_is_not_what_the_model_knows(
         client, needs_domain_model):
-    r = client.post("/", data=page_form({"image": field(portrait(), "me.jpg")}))
+    r = client.post("/", data=page_form(client, {"image": field(portrait(), "me.jpg")}))
     html = r.get_data(as_text=True)
     assert r.status_code == 200
     assert 'data-verdict="out-of-domain"' in html and 'data-verdict="verified"' not in html
@@ -167,7 +167,7 @@ def test_the_search_page_says_plainly_that_a_portrait_is_not_what_the_model_know
 
 def test_the_verify_page_names_the_operating_point_and_probability(client, upload, sample_pngs):
     shoe = sample_pngs["Sandal"][0]
-    html = client.post("/verify", data=page_form({
+    html = client.post("/verify", data=page_form(client, {
         "image_a": upload(shoe), "image_b": upload(shoe), "operating_point": "far-1e-3"})
     ).get_data(as_text=True)
     assert 'data-verdict="verified"' in html and "operating point far-1e-3" in html
@@ -186,7 +186,7 @@ def test_two_images_the_model_finds_no_features_in_are_not_the_same(client, fash
     body = client.post("/api/verify", data={**pair, "operating_point": "far-1e-3"}).get_json()
     assert body["distance"] == 0 and body["verified"] is False and body["in_domain"] is False
     assert body["domain_reason"].startswith("the first image: the model finds no features")
-    html = client.post("/verify", data=page_form({
+    html = client.post("/verify", data=page_form(client, {
         "image_a": field(png(Image.fromarray(fashion_test.images[a].squeeze())), "coat.png"),
         "image_b": field(png(Image.fromarray(fashion_test.images[b].squeeze())), "dress.png")})
     ).get_data(as_text=True)
@@ -246,12 +246,12 @@ def test_a_search_beside_an_item_the_model_finds_no_features_in_does_not_verify_
     found = client.post("/api/identify", data={"image": field(shirt, "shirt.png"),
                                                "threshold": "5"}).get_json()
     assert found["match"]["id"] == second and found["nearest"]["featureless"] is False
-    html = client.post("/", data=page_form({"image": field(shirt, "shirt.png"), "k": "3",
+    html = client.post("/", data=page_form(client, {"image": field(shirt, "shirt.png"), "k": "3",
                                             "threshold": "5"})).get_data(as_text=True)
     assert 'data-verdict="verified"' in html and f"item {second} at distance" in html
     assert f"Item {item['id']} is an image the model finds no features in" in html
     assert html.count("✗ no features") == 1
-    strict = client.post("/", data=page_form({
+    strict = client.post("/", data=page_form(client, {
         "image": field(shirt, "shirt.png"), "k": "3", "operating_point": "far-1e-3"})
     ).get_data(as_text=True)
     assert 'data-verdict="none"' in strict
@@ -287,7 +287,7 @@ def test_enrolling_a_portrait_flags_it_and_nothing_is_verified_against_it(
     assert all(m["verified"] for m in everything["matches"] if m["id"] != item["id"])
     html = client.get(f"/gallery/{item['id']}").get_data(as_text=True)
     assert 'data-domain="out-of-domain"' in html and "✓ same kind of garment" not in html
-    page = client.post("/", data=page_form({"image": field(bag), "k": "60", "threshold": "5"}))
+    page = client.post("/", data=page_form(client, {"image": field(bag), "k": "60", "threshold": "5"}))
     assert 'data-domain="out-of-domain-item"' in page.get_data(as_text=True)
     assert "✗ out of domain" in page.get_data(as_text=True)
 
@@ -304,16 +304,16 @@ def test_the_identify_page_names_the_enrolled_item_or_nobody_with_its_rule(clien
     assert 'href="/identify" aria-current="page"' in html  # linked from every page's menu
     assert 'href="/identify"' in client.get("/verify").get_data(as_text=True)
     shirt = sample_pngs["Shirt"][0].read_bytes()
-    html = client.post("/identify", data=page_form({"image": field(shirt, "shirt.png"),
+    html = client.post("/identify", data=page_form(client, {"image": field(shirt, "shirt.png"),
                                                     "fpir": "0.1"})).get_data(as_text=True)
     assert 'data-verdict="identified"' in html and "Identified: Shirt" in html
     assert ("10% of people or things not enrolled would be taken for one of the 10 enrolled "
             "(50 images), measured on this gallery&#39;s own items") in html
     assert html.count('class="card ') == 5 and "✓ identified" in html
-    html = client.post("/identify", data=page_form({"image": field(portrait(), "me.jpg")})
+    html = client.post("/identify", data=page_form(client, {"image": field(portrait(), "me.jpg")})
                        ).get_data(as_text=True)
     assert 'data-verdict="out-of-domain"' in html and "✓ identified" not in html
-    bad = client.post("/identify", data=page_form({"image": field(shirt, "shirt.png"),
+    bad = client.post("/identify", data=page_form(client, {"image": field(shirt, "shirt.png"),
                                                    "fpir": "2"}))
     assert bad.status_code == 400
     assert 'data-field="fpir"' in bad.get_data(as_text=True)
@@ -326,7 +326,7 @@ def test_badges_and_percentages_say_what_the_model_judges(client, sample_pngs):
     html = client.get("/gallery/1").get_data(as_text=True)
     assert "✓ same kind of garment" in html and "✓ same?" not in html
     assert re.search(r"(\d+|&gt;99|>99)% same kind of garment", html)
-    page = client.post("/", data=page_form({"image": field(sample_pngs["Coat"][0].read_bytes())}))
+    page = client.post("/", data=page_form(client, {"image": field(sample_pngs["Coat"][0].read_bytes())}))
     assert "% same kind of garment" in page.get_data(as_text=True)
 
 
@@ -344,7 +344,7 @@ def test_every_image_the_page_accepts_is_shown_back(client, size, kind, mode):
     image = Image.fromarray(pixels.squeeze(), mode)
     data = io.BytesIO()
     image.save(data, kind)
-    html = client.post("/", data=page_form({"image": field(data.getvalue(), f"x.{kind.lower()}")})
+    html = client.post("/", data=page_form(client, {"image": field(data.getvalue(), f"x.{kind.lower()}")})
                        ).get_data(as_text=True)
     assert "no preview" not in html
     src = re.search(r'<figure[^>]*>\s*<img src="(data:image/[a-z]+;base64,[^"]+)"', html).group(1)
