@@ -628,6 +628,13 @@ class Gallery:
 
     # --- writing ---------------------------------------------------------------------------------
 
+    def revoke_session(self, sid: str, until: dt.datetime) -> None:
+        """Record that web session `sid` signed out (`webapp.access`), until it would expire."""
+        self._store.revoke_session(sid, until)
+
+    def session_revoked(self, sid: str) -> bool:
+        return self._store.session_revoked(sid)
+
     @contextmanager
     def writing(self) -> Iterator["Gallery"]:
         """Hold the writer lock for several changes. Each change takes it anyway; when the

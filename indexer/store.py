@@ -107,8 +107,18 @@ class ChangeRow(Base):
     ids: Mapped[bytes] = mapped_column(LargeBinary)  # int64 little-endian item ids
 
 
+class RevokedSessionRow(Base):
+    """A web session signed out before it expired (`webapp.access`): its cookie is refused until
+    then, on every worker and server that shares this database."""
+
+    __tablename__ = "revoked_sessions"
+    sid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    until: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), index=True)
+
+
 GALLERY, IMAGES, ITEMS, CHANGES = (GalleryRow.__table__, ImageRow.__table__, ItemRow.__table__,
                                    ChangeRow.__table__)
+REVOKED = RevokedSessionRow.__table__
 _ITEM_COLUMNS = [ITEMS.c.id, ITEMS.c.label, ITEMS.c.source, ITEMS.c.sha256, ITEMS.c.width,
                  ITEMS.c.height, IMAGES.c.media_type, ITEMS.c.added, ITEMS.c.metadata,
                  ITEMS.c.domain_score]
@@ -244,6 +254,26 @@ class Store:
                     conn.execute(select(GALLERY.c.id).where(GALLERY.c.id == 1).with_for_update())
                 yield conn
 
+    # --- signed-out web sessions -------------------------------------------------------------------
+
+    def revoke_session(self, sid: str, until: dt.datetime) -> None:
+        """Refuse session `sid` until `until` (its own transaction, not the gallery's writer
+        lock: a sign-out waits for no index write); the expired ones go at the same time."""
+        if self.read_only:
+            raise OSError(errno.EROFS, "the gallery's folder is read-only")
+        with self.engine.begin() as conn:
+            conn.execute(delete(REVOKED).where(REVOKED.c.until < dt.datetime.now(dt.timezone.utc)))
+            conn.execute(delete(REVOKED).where(REVOKED.c.sid == sid))
+            conn.execute(insert(REVOKED).values(sid=sid, until=until))
+
+    def session_revoked(self, sid: str) -> bool:
+        """Whether `sid` was signed out (never, in a read-only gallery of before the table)."""
+        if self.read_only and not inspect(self.engine).has_table(REVOKED.name):
+            return False
+        with self.engine.connect() as conn:
+            return conn.execute(select(REVOKED.c.sid).where(REVOKED.c.sid == sid)).first() \
+                is not None
+
     # --- the gallery row -------------------------------------------------------------------------
 
     def initialise(self, record: GalleryRecord) -> None:
@@ -268,7 +298,7 @@ class Store:
         they need). Not on a read-only database."""
         if self.read_only:
             return
-        Base.metadata.create_all(self.engine, tables=[CHANGES])  # only if it is not there
+        Base.metadata.create_all(self.engine, tables=[CHANGES, REVOKED])  # if they are not there
         found = inspect(self.engine)
         added = [(table, c) for table in (GALLERY, ITEMS)
                  for present in [{c["name"] for c in found.get_columns(table.name)}]

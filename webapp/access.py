@@ -19,18 +19,19 @@ from pathlib import Path
 from typing import Optional
 from urllib.parse import urlsplit
 
-from flask import Flask, current_app, request, session
+from flask import Flask, current_app, g, request, session
 from flask.sessions import SecureCookieSessionInterface
 from werkzeug.exceptions import Forbidden, Unauthorized
 
 from encoder.errors import ConfigError
 
-from .service import current
+from .service import current, get_service
 from .settings import GalleryEntry, Settings
 
 READ, WRITE = "read", "write"
 SESSION_KEY = "access"  # {gallery name: READ or WRITE}
 SESSION_HOURS = 12  # how long a sign-in lasts
+SESSION_ID = "sid"  # a random id per signed-in session, for revocation
 log = logging.getLogger(__name__)
 
 
@@ -181,6 +182,7 @@ def sign_in(entry: GalleryEntry, key: str) -> Optional[str]:
     if level is not None:
         session[SESSION_KEY] = {**session.get(SESSION_KEY, {}),
                                 entry.name: [level, _key_tag(entry, level)]}
+        session.setdefault(SESSION_ID, secrets.token_urlsafe(24))  # what a sign-out revokes
         session.permanent = False  # gone when the browser closes
     return level
 
@@ -198,11 +200,35 @@ def _session_level(entry: GalleryEntry) -> Optional[str]:
     if not isinstance(signed, list) or len(signed) != 2 or signed[0] not in (READ, WRITE):
         return None
     level, tag = signed
-    return level if hmac.compare_digest(str(tag), _key_tag(entry, level)) else None
+    if not hmac.compare_digest(str(tag), _key_tag(entry, level)) or _revoked():
+        return None
+    return level
+
+
+def _revoked() -> bool:
+    """Whether this session signed out (a copy of its cookie kept from before is refused): the
+    default gallery's database keeps the sign-outs, for every worker and server that shares it.
+    Asked once a request."""
+    if "session_revoked" not in g:
+        sid = session.get(SESSION_ID)
+        g.session_revoked = not isinstance(sid, str) or \
+            get_service().default.gallery.session_revoked(sid)
+    return g.session_revoked
 
 
 def sign_out() -> None:
+    """Forget the sign-ins in this browser, and refuse the session's cookie from anywhere else
+    until it would have expired. A gallery that cannot record it (read-only) still forgets."""
+    sid = session.get(SESSION_ID)
+    if isinstance(sid, str):
+        until = dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=SESSION_HOURS)
+        try:
+            get_service().default.gallery.revoke_session(sid, until)
+        except OSError as exc:  # a read-only folder
+            log.warning("sign-out not recorded (%s): the old cookie stays valid until it "
+                        "expires", exc.strerror or exc)
     session.pop(SESSION_KEY, None)
+    session.pop(SESSION_ID, None)
 
 
 def same_origin() -> None:

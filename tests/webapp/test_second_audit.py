@@ -170,3 +170,27 @@ def test_an_icon_hiding_a_huge_png_is_refused_on_every_path(client):
     add = client.post("/api/gallery", data={"image": (io.BytesIO(ico), "x.ico"), "label": "x"})
     assert add.status_code == 415
     assert client.get("/healthz").get_json()["items"] == before
+
+
+def test_signing_out_revokes_the_session_everywhere(make_app):
+    """A copy of a signed-in cookie, taken before sign-out, no longer opens the gallery: not on
+    this server, nor on another sharing its database and secret."""
+    app = make_app(api_key="w" * 20)
+    browser = app.test_client()
+    browser.post("/signin", data=page_form(browser, {"key": "w" * 20}))
+    copied = browser.get_cookie("siamese_session").value
+    other = make_app(api_key="w" * 20).test_client()  # another worker or server
+    other.set_cookie("siamese_session", copied)
+    assert other.get("/gallery/add").status_code == 200  # signed in to write: the add page
+    r = browser.post("/signout", data=page_form(browser, {}))
+    assert r.status_code == 303
+    assert browser.get("/gallery/add").status_code == 302  # signed out here
+    thief = app.test_client()
+    thief.set_cookie("siamese_session", copied)
+    for client in (thief, other):
+        refused = client.get("/gallery/add")
+        assert refused.status_code == 302 and "/signin" in refused.headers["Location"]
+        assert client.delete("/api/gallery/1").status_code == 401
+    # Signing in again makes a new session, which works.
+    browser.post("/signin", data=page_form(browser, {"key": "w" * 20}))
+    assert browser.get("/gallery/add").status_code == 200
