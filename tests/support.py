@@ -20,6 +20,7 @@ from typing import Optional
 
 import pytest
 from PIL import Image
+from werkzeug.datastructures import Headers
 
 from benchmarks.bench_web import free_port, stop
 
@@ -125,7 +126,7 @@ class LiveServer:
         self.url = f"http://127.0.0.1:{port}"
 
     def request(self, method: str, path: str, fields: dict | None = None,
-                headers: dict | None = None, json_body=None) -> tuple[int, dict, bytes]:
+                headers: dict | None = None, json_body=None) -> tuple[int, Headers, bytes]:
         """(status, headers, body). `fields`: {name: str or (filename, bytes)}, sent multipart;
         or `json_body`, sent as JSON."""
         body, all_headers = None, dict(headers or {})
@@ -136,11 +137,12 @@ class LiveServer:
             body = json.dumps(json_body).encode()
             all_headers["Content-Type"] = "application/json"
         req = urllib.request.Request(self.url + path, data=body, method=method, headers=all_headers)
+        # Header names are case-insensitive (the server sends them in lower case).
         try:
             with urllib.request.urlopen(req, timeout=30) as response:
-                return response.status, dict(response.headers), response.read()
+                return response.status, Headers(response.headers.items()), response.read()
         except urllib.error.HTTPError as exc:
-            return exc.code, dict(exc.headers), exc.read()
+            return exc.code, Headers(exc.headers.items()), exc.read()
 
     def page_session(self) -> tuple[str, str]:
         """(Cookie header, CSRF token) of a browser that has opened one of this server's pages."""

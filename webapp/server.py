@@ -5,8 +5,10 @@ TensorFlow runtime does not survive a fork). Each worker builds its own app afte
 model and the gallery load once per worker, and the workers share the gallery through its files
 (one writer at a time, by its lock; readers catch up by its generation counter).
 
-The worker class is gthread: a few threads per worker keep connections alive and overlap the
-parts of a request that release the GIL (TensorFlow, FAISS, SQLite, Pillow).
+Each worker is an event loop (uvicorn's gunicorn worker, with httptools) in front of a few
+threads (`front.Front`): the loop reads each request whole, however slowly a client sends its
+headers or body, and the threads run the app on complete requests, overlapping the parts that
+release the GIL (TensorFlow, FAISS, SQLite, Pillow).
 """
 from __future__ import annotations
 
@@ -14,10 +16,12 @@ import dataclasses
 import logging
 import multiprocessing
 import os
+import signal
 
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
 from gunicorn.errors import AppImportError, HaltServer
+from uvicorn_worker import UvicornWorker
 
 from encoder.errors import SiameseSearchError
 
@@ -41,8 +45,8 @@ class Server(BaseApplication):
         s = self.settings
         host = f"[{s.host}]" if ":" in s.host else s.host
         for key, value in {
-            "bind": [f"{host}:{s.port}"], "workers": s.workers, "worker_class": "gthread",
-            "threads": s.threads, "timeout": s.timeout, "graceful_timeout": 10, "keepalive": 5,
+            "bind": [f"{host}:{s.port}"], "workers": s.workers,
+            "worker_class": "webapp.server.Worker", "threads": s.threads, "timeout": s.timeout, "graceful_timeout": 10, "keepalive": 5,
             "backlog": 2048, "preload_app": False, "proc_name": "siamese-serve",
             "accesslog": "-" if self.access_log else None, "errorlog": "-", "loglevel": "info",
             "post_worker_init": self._worker_ready, "worker_exit": self._worker_exit,
@@ -52,11 +56,13 @@ class Server(BaseApplication):
             self.cfg.set("control_socket_disable", True)
 
     def load(self):
-        """In each worker, after the fork: the app, with its own model and gallery."""
+        """In each worker, after the fork: the app, with its own model and gallery, behind the
+        worker's front."""
         from . import create_app
+        from .front import Front
 
         try:
-            return create_app(self.settings)
+            return Front(create_app(self.settings), self.settings)
         except SiameseSearchError as exc:
             # gunicorn prints this message and stops (no traceback, no endless restarts).
             raise AppImportError(f"error: {exc}") from None
@@ -68,7 +74,7 @@ class Server(BaseApplication):
 
     def _worker_ready(self, worker) -> None:
         """In a worker, its app loaded: log it; the first worker tells the user where to go."""
-        service = worker.wsgi.extensions[EXTENSION]
+        service = worker.wsgi.app.extensions[EXTENSION]
         default, more = service.default, len(service.galleries) - 1
         worker.log.info("worker %s ready: gallery of %d items, model %s%s", worker.pid,
                         len(default.gallery), default.embedder.model_id,
@@ -82,11 +88,29 @@ class Server(BaseApplication):
     @staticmethod
     def _worker_exit(server, worker) -> None:
         """In a worker on its way out: close its gallery (index saved, connections closed)."""
-        app = getattr(worker, "wsgi", None)
+        app = getattr(getattr(worker, "wsgi", None), "app", None)
         service = app.extensions.get(EXTENSION) if app is not None else None
         if service is not None:
             service.close()
             worker.log.info("worker %s closed its gallery", worker.pid)
+
+
+class Worker(UvicornWorker):
+    """uvicorn's gunicorn worker: httptools parses requests on the event loop. X-Forwarded-*
+    headers are the app's to believe or not (`Settings.trusted_proxies`), not uvicorn's (which
+    believes any from 127.0.0.1 by default)."""
+
+    CONFIG_KWARGS = {"loop": "asyncio", "http": "httptools", "proxy_headers": False,
+                     "lifespan": "off", "server_header": False}
+
+    def init_signals(self) -> None:
+        """uvicorn handles SIGTERM and SIGINT while it serves, then raises them again once it has
+        stopped, which under the default handler killed the worker before gunicorn's
+        `worker_exit` closed its galleries (index saved, database log folded back). Here the
+        raised-again signal does nothing, and the worker exits as gunicorn expects."""
+        super().init_signals()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: None)
 
 
 def serve(settings: Settings, announce=None, access_log: bool = False) -> int:

@@ -160,7 +160,7 @@ class Settings:
     port: int = param(8000, check=Range(0, 65535, integer=True))
     # gunicorn worker processes; each loads the model once, after the fork
     workers: int = param(2, check=Range(1, 64, integer=True))
-    threads: int = param(4, check=Range(1, 256, integer=True))  # gunicorn threads per worker (gthread)
+    threads: int = param(4, check=Range(1, 256, integer=True))  # threads per worker that run the app
     # gunicorn: seconds before a silent worker is restarted (loading included)
     timeout: int = param(120, check=Range(1, 3600, integer=True))
     # seconds to receive a request body, in all and of silence (then 408): slow clients

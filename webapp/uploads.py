@@ -19,9 +19,6 @@ import base64
 import binascii
 import io
 import json
-import socket
-import threading
-import time
 from typing import Any, Optional
 
 from flask import Request, current_app, g, request
@@ -39,6 +36,7 @@ from encoder.params import Range, parse_int
 from indexer.records import MAX_LABEL_LENGTH, check_text
 
 from .errors import MissingFieldError
+from .front import SLOW_BODY
 from .service import get_embedder
 
 
@@ -83,56 +81,14 @@ class MultipartFormParser(FormDataParser):
         return stream, self.cls(form), self.cls(files)
 
 
-BODY_GRACE = 5.0  # seconds a body may take to get going ...
-MIN_BODY_RATE = 4_000  # ... after which it must have come at this many bytes per second
-BODY_CHUNK = 16_384  # bytes read at a time, so that progress can be seen
-
-
 def read_body(stream) -> bytes:
-    """The request body, received within `SIAMESE_BODY_TIMEOUT` seconds and, after the first
-    `BODY_GRACE` seconds, at `MIN_BODY_RATE` bytes per second on average (else 408): a client
-    trickling its upload holds one of the server's few threads, and a handful of them would
-    starve every other request. When the time is up the connection's reading side is shut, which
-    ends the read however slowly the bytes come. A buffering proxy in front (docs/deployment.md)
-    is the full answer; this bounds what a slow client costs without one."""
-    timeout = current_app.config.get("SIAMESE_BODY_TIMEOUT")
-    connection = request.environ.get("gunicorn.socket")
-    if not timeout or connection is None:
-        return stream.read()
-    expired, done = threading.Event(), threading.Event()
-    received, why = [0], []
-    start = time.monotonic()
-
-    def watch() -> None:
-        while not done.wait(0.5):
-            elapsed = time.monotonic() - start
-            too_slow = elapsed >= BODY_GRACE and received[0] < MIN_BODY_RATE * elapsed
-            if elapsed >= timeout or too_slow:
-                why.append(f"it took over {timeout:g} s" if elapsed >= timeout else
-                           f"it came at under {MIN_BODY_RATE / 1000:g} KB/s")
-                expired.set()
-                try:
-                    connection.shutdown(socket.SHUT_RD)
-                except OSError:
-                    pass  # already closed
-                return
-
-    watcher = threading.Thread(target=watch, daemon=True, name="body-deadline")
-    watcher.start()
-    chunks = []
-    try:
-        while chunk := stream.read(BODY_CHUNK):
-            chunks.append(chunk)
-            received[0] += len(chunk)
-    except Exception:
-        if not expired.is_set():
-            raise
-    finally:
-        done.set()
-    if expired.is_set():
-        raise RequestTimeout(f"the upload was too slow ({why[0]}); send it faster, or through a "
+    """The request body. The worker's front (`front.Front`) has received it whole before the app
+    runs, or says why it stopped (too slow: 408)."""
+    why = request.environ.get(SLOW_BODY)
+    if why:
+        raise RequestTimeout(f"the upload was too slow ({why}); send it faster, or through a "
                              "proxy that buffers uploads")
-    return b"".join(chunks)
+    return stream.read()
 
 
 def _parse_multipart_body(body: bytes, boundary: bytes, max_parts: Optional[int]

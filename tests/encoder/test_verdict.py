@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import numpy as np
 import pytest
@@ -182,10 +183,16 @@ def test_open_set_needs_two_classes():
 
 
 def card_with_calibration(card: ModelCard) -> ModelCard:
+    return dataclasses.replace(card, **calibration(), calibration_note="")
+
+
+@functools.lru_cache(maxsize=1)
+def calibration() -> dict:
+    """Operating points, probability map and open-set model of 200 synthetic classes: their
+    bootstrap intervals over 2 million pairs take most of a minute, so once a session."""
     pairs = heldout(classes=200, per_class=10, spread=0.9)
-    return dataclasses.replace(card, operating_points=operating_points(pairs),
-                               probability=fit_probability(pairs),
-                               open_set=fit_open_set(*clusters()), calibration_note="")
+    return {"operating_points": operating_points(pairs), "probability": fit_probability(pairs),
+            "open_set": fit_open_set(*clusters())}
 
 
 def test_rules_name_their_operating_point_and_check_their_parameters(tiny_model):

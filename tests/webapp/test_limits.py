@@ -98,3 +98,26 @@ def test_an_upload_slower_than_the_minimum_rate_is_cut_off_before_the_timeout(se
     answer = trickle(server.port, body, content_type)
     assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
     assert b"it came at under 4 KB/s" in answer
+
+
+def test_clients_sending_their_headers_slowly_hold_no_thread(small_limit_server):
+    """16 connections each sending a header line every half second (the worker has 4 threads,
+    which such clients once held, so that nothing else was answered): /healthz is answered
+    meanwhile, and each slow request is answered once its headers end."""
+    slow = []
+    for n in range(16):
+        s = socket.create_connection(("127.0.0.1", small_limit_server.port), timeout=60)
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        slow.append(s)
+    try:
+        for line in range(3):
+            for s in slow:
+                s.sendall(f"X-Slow-{line}: {line}\r\n".encode())
+            status, body = small_limit_server.json("GET", "/healthz")  # urllib: 30 s at most
+            assert status == 200 and body["status"] == "ok"
+        for s in slow:
+            s.sendall(b"\r\n")
+            assert s.recv(65536).startswith(b"HTTP/1.1 200")
+    finally:
+        for s in slow:
+            s.close()
