@@ -9,6 +9,7 @@ import numpy as np
 
 from . import distance as _distance
 from .artifact import ModelCard, load_model
+from .batcher import Batcher
 from .errors import ModelError
 from .images import ImageSource, prepare_batch
 from .verdict import DomainCheck, Rule, Verdict, Verdicts
@@ -44,10 +45,16 @@ class Embedder:
         self.featureless = featureless_embeddings(model)
         # Called as a concrete function: the polymorphic wrapper's argument checks cost ~0.3 ms
         # a call, a third of embedding one image.
-        self._forward = tf.function(
-            lambda x: model(x, training=False),
-            input_signature=[tf.TensorSpec((None, *card.preprocessing.shape), tf.uint8)]
-        ).get_concrete_function()
+        spec = [tf.TensorSpec((None, *card.preprocessing.shape), tf.uint8)]
+        self._forward = tf.function(lambda x: model(x, training=False),
+                                    input_signature=spec).get_concrete_function()
+        # The encoder and the domain check in one compiled call, and concurrent callers' images
+        # in one batch (`batcher.Batcher`): what a service's requests go through.
+        self._both = None if domain is None else tf.function(
+            lambda x: (model(x, training=False), domain.model(x, training=False)[:, 0]),
+            input_signature=spec).get_concrete_function()
+        self.batcher = Batcher(self._embed_and_score)
+        self._op_error = tf.errors.OpError
 
     @classmethod
     def load(cls, path: Union[str, os.PathLike], batch_size: int = 256) -> "Embedder":
@@ -119,9 +126,26 @@ class Embedder:
         return self.embed_checked_prepared(self.prepare(images))
 
     def embed_checked_prepared(self, batch: np.ndarray) -> tuple[np.ndarray, list[DomainCheck]]:
-        scores = None if self.domain is None else self.domain.score(batch)
-        vectors = self.embed_prepared(batch)
-        return vectors, self.verdicts.domain_checks(scores, len(batch), self.is_featureless(vectors))
+        vectors, *scores = self.batcher(batch)
+        return vectors, self.verdicts.domain_checks(scores[0] if scores else None, len(batch),
+                                                    self.is_featureless(vectors))
+
+    def _embed_and_score(self, batch: np.ndarray) -> tuple[np.ndarray, ...]:
+        """(embeddings,) or (embeddings, domain scores) of model-ready input, one compiled call a
+        `batch_size` chunk."""
+        try:
+            if self._both is None:
+                return (self.embed_prepared(batch),)
+            vectors = np.empty((len(batch), self.embedding_dim), np.float32)
+            scores = np.empty(len(batch), np.float32)
+            for start in range(0, len(batch), self.batch_size):
+                v, s = self._both(batch[start:start + self.batch_size])
+                vectors[start:start + len(v)] = v
+                scores[start:start + len(s)] = s
+            return vectors, scores
+        except self._op_error as exc:  # out of memory, a kernel that failed: 503, not 500
+            raise ModelError(f"the model call failed ({type(exc).__name__}: "
+                             f"{exc.message[:200]}); try again") from None
 
     def is_featureless(self, vectors: np.ndarray) -> np.ndarray:
         """True for each embedding that is one of the model's featureless points: the model found

@@ -1,0 +1,59 @@
+"""`encoder.batcher.Batcher`, with the real model: concurrent callers' images in one call, each
+answered with its own rows, as one at a time would answer them."""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from encoder.batcher import Batcher
+
+
+def test_concurrent_images_are_embedded_together_and_answered_as_alone(model_embedder,
+                                                                      fashion_test):
+    e = model_embedder
+    x = e.prepare(fashion_test.images[:240])
+    alone_v = np.stack([e.embed_prepared(x[i:i + 1])[0] for i in range(len(x))])
+    alone_s = np.concatenate([e.domain.score(x[i:i + 1]) for i in range(len(x))])
+    calls, rows = e.batcher.calls, e.batcher.rows
+    got: list = [None] * len(x)
+    start = threading.Barrier(8)
+
+    def caller(k: int) -> None:
+        start.wait()
+        for i in range(k, len(x), 8):
+            got[i] = e.batcher(x[i:i + 1])
+
+    threads = [threading.Thread(target=caller, args=(k,)) for k in range(8)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    vectors = np.stack([g[0][0] for g in got])
+    scores = np.array([g[1][0] for g in got])
+    # Float rounding only (a batch's matrix products are summed in another order).
+    assert np.abs(vectors - alone_v).max() < 1e-5 and np.abs(scores - alone_s).max() < 1e-3
+    assert e.batcher.rows - rows == len(x)
+    assert e.batcher.calls - calls < len(x)  # some calls took several callers' images
+    # Alone, a caller leads its own call at once: one call, one image.
+    calls = e.batcher.calls
+    e.batcher(x[:1])
+    assert e.batcher.calls == calls + 1
+
+
+def test_a_failed_call_fails_its_callers_and_the_next_call_works():
+    fail = threading.Event()
+
+    def call(rows):
+        if fail.is_set():
+            raise RuntimeError("the model call failed")
+        return rows * 2, rows.sum(axis=1)
+
+    batcher = Batcher(call, max_rows=4)
+    fail.set()
+    with pytest.raises(RuntimeError, match="the model call failed"):
+        batcher(np.ones((1, 3)))
+    fail.clear()
+    doubled, sums = batcher(np.arange(6.0).reshape(2, 3))
+    assert doubled.tolist() == [[0, 2, 4], [6, 8, 10]] and sums.tolist() == [3, 12]
+    big, _ = batcher(np.ones((5, 3)))  # more than max_rows: a call of its own
+    assert big.shape == (5, 3)
