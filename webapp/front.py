@@ -10,7 +10,10 @@ see a request that is all there, and a slow reader of an answer holds no thread 
 A body must arrive within `Settings.body_timeout` seconds, and after its first `BODY_GRACE`
 seconds at `MIN_BODY_RATE` bytes a second on average; one that does not, or that is larger than
 the request limit, is not read further, and the app answers it (408, 413: its own messages, as
-JSON or a page) on a connection that then closes.
+JSON or a page) on a connection that then closes. Bodies over `LARGE_BODY` are received a few at
+a time (as many as the worker has threads): each may be up to the request limit (42 MB), and a
+few dozen clients uploading at once would otherwise all be held in memory together. A search's
+upload is far smaller and never waits.
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ from urllib.parse import unquote_to_bytes
 BODY_GRACE = 5.0  # seconds a body may take to get going ...
 MIN_BODY_RATE = 4_000  # ... after which it must have come at this many bytes per second
 SLOW_BODY = "siamese.slow_body"  # environ: why the body was not received (uploads.read_body)
+LARGE_BODY = 1_000_000  # bytes: a body over this (or of no declared length) takes a large slot
 
 
 class Front:
@@ -37,6 +41,7 @@ class Front:
         self.body_timeout = settings.body_timeout
         self.threads = settings.threads
         self._pool: Optional[ThreadPoolExecutor] = None
+        self._large: Optional[asyncio.Semaphore] = None
 
     @property
     def pool(self) -> ThreadPoolExecutor:
@@ -73,6 +78,15 @@ class Front:
         declared = _content_length(scope)
         if declared is not None and declared > self.limit:
             return b"", "", False
+        chunked = any(name == b"transfer-encoding" for name, _ in scope["headers"])
+        if (declared is not None and declared <= LARGE_BODY) or (declared is None and not chunked):
+            return await self._receive(receive)
+        if self._large is None:  # made on the worker's event loop
+            self._large = asyncio.Semaphore(self.threads)
+        async with self._large:
+            return await self._receive(receive)
+
+    async def _receive(self, receive) -> tuple[Optional[bytes], str, bool]:
         chunks, received, start = [], 0, time.monotonic()
         while True:
             elapsed = time.monotonic() - start

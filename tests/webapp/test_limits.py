@@ -121,3 +121,29 @@ def test_clients_sending_their_headers_slowly_hold_no_thread(small_limit_server)
     finally:
         for s in slow:
             s.close()
+
+
+def test_large_uploads_are_received_a_few_at_a_time_and_searches_pass_them(small_limit_server,
+                                                                          sample_pngs):
+    """Bodies over 1 MB wait for one of the worker's few large slots (tests/webapp/test_front.py);
+    small ones never wait: with 6 clients each sending a 1.1 MB body slowly, a search's small
+    upload is answered meanwhile, and each slow one gets its 408."""
+    large = []
+    for n in range(6):
+        s = socket.create_connection(("127.0.0.1", small_limit_server.port), timeout=60)
+        s.sendall(b"POST /api/search HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: "
+                  b"application/json\r\nContent-Length: 1100000\r\n\r\n" + b" " * 50_000)
+        large.append(s)
+    try:
+        png = sample_pngs["Bag"][0].read_bytes()
+        status, body = small_limit_server.json("POST", "/api/search",
+                                               fields={"image": ("bag.png", png)})
+        assert status == 200 and body["matches"][0]["label"] == "Bag"
+        answers = []
+        for s in large:  # each is cut off in turn (2 s timeout here) with its own 408
+            s.settimeout(30)
+            answers.append(s.recv(65536))
+        assert all(a.startswith(b"HTTP/1.1 408") for a in answers), [a[:60] for a in answers]
+    finally:
+        for s in large:
+            s.close()
