@@ -53,12 +53,12 @@ def run(args: argparse.Namespace) -> int:
                        "ready: gallery of")
         try:
             rows = {}
-            rss_idle = rss(server.process.pid)
+            rss_idle, workers_idle = rss(server.process.pid), worker_rss(server.process.pid)
             rows["search, alone"] = searches(port, queries, args.seconds)
             with background(args.hostile, lambda stop: hostile_client(port, worst, stop)) as sent:
                 rows[f"search, {args.hostile} clients sending worst-case images"] = searches(
                     port, queries, args.seconds)
-                rss_busy = rss(server.process.pid)
+                rss_busy, workers_busy = rss(server.process.pid), worker_rss(server.process.pid)
             rows["healthz, alone"] = probes(port, args.seconds)
             with background(args.slow, lambda stop: slow_client(port, stop)), \
                     background(args.slow, lambda stop: slow_header_client(port, stop)):
@@ -72,7 +72,9 @@ def run(args: argparse.Namespace) -> int:
     h_alone, h_slow = rows["healthz, alone"], rows[f"healthz, {args.slow} slow clients"]
     print(f"worst-case images ({sum(sent)} sent): search p99 {busy['p99'] / alone['p99']:.1f}x "
           f"alone ({busy['p99']:.0f} ms); server memory {rss_idle / 1e6:,.0f} MB idle, "
-          f"{rss_busy / 1e6:,.0f} MB under them")
+          f"{rss_busy / 1e6:,.0f} MB under them; per worker "
+          + ", ".join(f"{a / 1e6:,.0f} -> {b / 1e6:,.0f} MB"
+                      for a, b in zip(sorted(workers_idle), sorted(workers_busy))))
     print(f"slow clients: {h_slow['answered']:.0%} of health probes answered "
           f"({h_alone['answered']:.0%} alone), p99 {h_slow['p99'] / h_alone['p99']:.1f}x alone")
     return 0
@@ -90,11 +92,19 @@ def worst_case_png() -> bytes:
 
 def rss(pid: int) -> int:
     """Resident memory of a process and its children (gunicorn's master and workers)."""
+    return sum(worker_rss(pid)) + _rss(["-p", str(pid)])[0]
+
+
+def worker_rss(pid: int) -> list[int]:
+    """Resident memory of each child (gunicorn's workers) of a process."""
+    return _rss(["--ppid", str(pid)])
+
+
+def _rss(select: list[str]) -> list[int]:
     import subprocess
 
-    out = subprocess.run(["ps", "-o", "rss=", "--ppid", str(pid), "-p", str(pid)],
-                         capture_output=True, text=True).stdout
-    return sum(int(v) for v in out.split()) * 1024
+    out = subprocess.run(["ps", "-o", "rss=", *select], capture_output=True, text=True).stdout
+    return [int(v) * 1024 for v in out.split()]
 
 
 class background:

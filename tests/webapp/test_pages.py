@@ -71,7 +71,7 @@ def wait_for(browser, selector: str, timeout: float = 30, text: str = ""):
 
 def shoot(browser, screenshots, name: str, only: str = "") -> None:
     """Full-page screenshots at laptop and phone widths (or `only` one); checks that neither
-    scrolls sideways, that every image has loaded and that no card cuts its badge."""
+    scrolls sideways, that every image has loaded and that no card cuts its badges or percentages."""
     for label, size in (("laptop", LAPTOP), ("phone", PHONE)):
         if only and label != only:
             continue
@@ -89,10 +89,10 @@ def shoot(browser, screenshots, name: str, only: str = "") -> None:
             " && i.naturalWidth === 0).map(i => i.src.slice(0, 80))")
         assert not broken, broken
         cut = browser.execute_script(
-            "return [...document.querySelectorAll('.card .badge')].filter(b => {"
+            "return [...document.querySelectorAll('.card .badge, .card .probability')].filter(b => {"
             " const r = b.getBoundingClientRect(), c = b.closest('.card').getBoundingClientRect();"
             " return r.right > c.right + 0.5 || r.left < c.left - 0.5; }).map(b => b.textContent)")
-        assert not cut, f"{name}: badges cut by their card at {label} width: {cut}"
+        assert not cut, f"{name}: badges or percentages cut by their card at {label} width: {cut}"
         browser.execute_script("window.scrollTo(0, 0)")  # else the sticky header shows mid-page
         content = browser.execute_cdp_cmd("Page.getLayoutMetrics", {})["cssContentSize"]
         shot = browser.execute_cdp_cmd("Page.captureScreenshot", {
@@ -332,8 +332,19 @@ def go(browser, target, timeout: float = 120) -> None:
     that page."""
     old = browser.find_element(By.TAG_NAME, "html")
     click(browser, target)
-    WebDriverWait(browser, timeout).until(staleness_of(old))
+    WebDriverWait(browser, timeout).until(lambda _: gone(old))
     wait_for(browser, "footer", timeout)
+
+
+def gone(element) -> bool:
+    """Whether a page's element is gone with its page. Asked mid-navigation, chromedriver may
+    answer "Node with given id does not belong to the document" instead of a stale element."""
+    try:
+        return staleness_of(element)(None)
+    except WebDriverException as exc:
+        if "does not belong to the document" in str(exc):
+            return True
+        raise
 
 
 def sign_in(browser, key: str) -> None:
