@@ -103,14 +103,25 @@ class Worker(UvicornWorker):
     CONFIG_KWARGS = {"loop": "asyncio", "http": "httptools", "proxy_headers": False,
                      "lifespan": "off", "server_header": False}
 
+    stopping = False
+
     def init_signals(self) -> None:
         """uvicorn handles SIGTERM and SIGINT while it serves, then raises them again once it has
         stopped, which under the default handler killed the worker before gunicorn's
-        `worker_exit` closed its galleries (index saved, database log folded back). Here the
-        raised-again signal does nothing, and the worker exits as gunicorn expects."""
+        `worker_exit` closed its galleries (index saved, database log folded back). Here such a
+        signal only notes that the worker is to stop: raised again, it does nothing more, and
+        the worker exits as gunicorn expects; received while the app still loads, the worker
+        stops instead of starting to serve."""
         super().init_signals()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: None)
+            signal.signal(sig, self._stop)
+
+    def _stop(self, *_) -> None:
+        self.stopping = True
+
+    async def _serve(self) -> None:
+        if not self.stopping:
+            await super()._serve()
 
 
 def serve(settings: Settings, announce=None, access_log: bool = False) -> int:
