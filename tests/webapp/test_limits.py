@@ -68,7 +68,7 @@ def trickle(port: int, body: bytes, content_type: str) -> bytes:
     slow.settimeout(5)
     try:
         while b"\r\n\r\n" in answer and len(answer.split(b"\r\n\r\n", 1)[1]) < int(
-                answer.split(b"Content-Length: ", 1)[1].split(b"\r\n", 1)[0]):
+                answer.lower().split(b"content-length: ", 1)[1].split(b"\r\n", 1)[0]):
             more = slow.recv(65536)  # the rest of the answer
             if not more:
                 break
