@@ -117,18 +117,26 @@ class Embedder:
     def in_domain(self, images: Images) -> np.ndarray:
         """True for each image that looks like the model's training data and in which the
         encoder finds features (`is_featureless`)."""
-        batch = self.prepare(images)
-        return ((self.domain_score_prepared(batch) >= self.card.domain.threshold)
-                & ~self.is_featureless(self.embed_prepared(batch)))
+        if self.domain is None:
+            raise ModelError(f"model {self.model_id} has no domain model (trained before the "
+                             "domain check; siamese-calibrate adds one)")
+        vectors, scores = self.embed_and_score_prepared(self.prepare(images))
+        return (scores >= self.card.domain.threshold) & ~self.is_featureless(vectors)
 
     def embed_checked(self, images: Images) -> tuple[np.ndarray, list[DomainCheck]]:
         """Embeddings and each image's domain check, from one preprocessing pass."""
         return self.embed_checked_prepared(self.prepare(images))
 
     def embed_checked_prepared(self, batch: np.ndarray) -> tuple[np.ndarray, list[DomainCheck]]:
+        vectors, scores = self.embed_and_score_prepared(batch)
+        return vectors, self.verdicts.domain_checks(scores, len(batch), self.is_featureless(vectors))
+
+    def embed_and_score_prepared(self, batch: np.ndarray
+                                 ) -> tuple[np.ndarray, Optional[np.ndarray]]:
+        """Embeddings and domain scores (None without a domain model) of model-ready input, from
+        one compiled call for both; concurrent callers' small batches go in one (`batcher`)."""
         vectors, *scores = self.batcher(batch)
-        return vectors, self.verdicts.domain_checks(scores[0] if scores else None, len(batch),
-                                                    self.is_featureless(vectors))
+        return vectors, scores[0] if scores else None
 
     def _embed_and_score(self, batch: np.ndarray) -> tuple[np.ndarray, ...]:
         """(embeddings,) or (embeddings, domain scores) of model-ready input, one compiled call a

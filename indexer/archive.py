@@ -246,7 +246,8 @@ def _fill(zf: zipfile.ZipFile, manifest: dict, path: Path, embedder, reembed: bo
                 pixels = embedder.prepare([o.image for o in images])
                 # Embedded again from the images, never taken on the export's word: its own are
                 # kept (bit for bit) only where they agree.
-                rows = embedder.embed_prepared(pixels)
+                # The domain check as enrolment makes it, on the images (not the export's word).
+                rows, scores = embedder.embed_and_score_prepared(pixels)
                 if vectors is not None:
                     given = vectors[start:start + len(batch)]
                     off = np.linalg.norm(given - rows, axis=1)
@@ -256,9 +257,6 @@ def _fill(zf: zipfile.ZipFile, manifest: dict, path: Path, embedder, reembed: bo
                             f"the export's embedding of item {bad['id']} is not its image's "
                             f"(distance {off.max():.4f}): the export was altered; nothing imported")
                     rows = given
-                # The domain check as enrolment makes it, on the images (not the export's word).
-                scores = (embedder.domain_score_prepared(pixels) if embedder.has_domain_model
-                          else None)
                 written += [o.sha256 for o in images]
                 store.insert(conn, [int(i["id"]) for i in batch], images,
                              [i.get("label") for i in batch],

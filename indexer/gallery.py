@@ -737,9 +737,10 @@ class Gallery:
                     None if scores is None else np.asarray(scores, np.float64)[new])
         batch = pixels[new] if pixels is not None else \
             self.embedder.prepare([originals[i].image for i in new])
-        vectors = (np.asarray(vectors, np.float32)[new] if vectors is not None
-                   else self.embedder.embed_prepared(batch))
-        return vectors, self.embedder.domain_score_prepared(batch) if domain else None
+        if vectors is None:
+            return self.embedder.embed_and_score_prepared(batch)
+        return (np.asarray(vectors, np.float32)[new],
+                self.embedder.domain_score_prepared(batch) if domain else None)
 
     def _item_checks(self, ids: Sequence[int]) -> dict[int, DomainCheck]:
         """Each item's check (`item_check`), from its stored embedding and domain score."""

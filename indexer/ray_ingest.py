@@ -59,12 +59,12 @@ class ReadAndEmbed:
 
         read = read_batch(sources, known, self.embedder.prepare,
                               self.embedder.card.preprocessing)
-        vectors = (self.embedder.embed_prepared(read.pixels) if read.originals
-                   else np.zeros((0, self.embedder.embedding_dim), np.float32))
-        # The enrolment's domain check, here where the model input is (NaN: no domain model).
-        scores = (self.embedder.domain_score_prepared(read.pixels)
-                  if read.originals and self.embedder.has_domain_model
-                  else np.full(len(read.originals), np.nan))
+        vectors = np.zeros((0, self.embedder.embedding_dim), np.float32)
+        scores = None
+        if read.originals:  # with the enrolment's domain check, here where the model input is
+            vectors, scores = self.embedder.embed_and_score_prepared(read.pixels)
+        if scores is None:  # NaN: no domain model
+            scores = np.full(len(read.originals), np.nan)
         rows: dict[str, list] = {k: [] for k in ("index", "sha256", "data", "error", "state",
                                                  "vector", "score")}
 

@@ -50,12 +50,7 @@ class Front:
         return self._pool
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] == "lifespan":
-            while (await receive())["type"] != "lifespan.shutdown":
-                pass
-            await send({"type": "lifespan.shutdown.complete"})
-            return
-        if scope["type"] != "http":
+        if scope["type"] != "http":  # no lifespan (the worker runs with it off), no websockets
             return
         body, slow, whole = await self._body(scope, receive)
         if body is None:
