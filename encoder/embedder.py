@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 from typing import Iterable, Optional, Sequence, Union
 
@@ -22,6 +23,9 @@ FEATURELESS_GAP = 1e-4
 # FAISS's float32 squared distances are exact up to rounding, at most this share of the squared
 # norms: 50 times what was measured (flat and HNSW, 64 and 128 dimensions, unit vectors: 2e-7).
 FAISS_ROUNDING = 1e-5
+# Batches up to this many images go through LiteRT (one thread, the calling one), larger ones
+# through TensorFlow, which spreads a batch over every core: bulk indexing's wall time.
+LITE_ROWS = 64
 
 
 class Embedder:
@@ -31,7 +35,8 @@ class Embedder:
     function, in batches; one image costs about a millisecond, not the ~100 ms of `model.predict`.
     """
 
-    def __init__(self, model, card: ModelCard, batch_size: int = 256, domain=None):
+    def __init__(self, model, card: ModelCard, batch_size: int = 256, domain=None,
+                 lite: bool = False):
         import tensorflow as tf
 
         from .models import featureless_embeddings  # Keras, once a model is there to embed with
@@ -53,17 +58,23 @@ class Embedder:
         self._both = None if domain is None else tf.function(
             lambda x: (model(x, training=False), domain.model(x, training=False)[:, 0]),
             input_signature=spec).get_concrete_function()
-        self.batcher = Batcher(self._embed_and_score)
+        # `lite`: the batcher's calls (up to LITE_ROWS images) run the same graph in LiteRT, for a
+        # service: per image a third of the CPU at one image, no more at 64 (docs/results.md).
+        # Converting takes ~0.4 s, more than a command that embeds a few images gains.
+        self.lite = None if not lite else _Lite(
+            self._both or self._forward, [model] + ([domain.model] if domain else []))
+        self.batcher = Batcher(self._embed_and_score, max_rows=LITE_ROWS)
         self._op_error = tf.errors.OpError
 
     @classmethod
-    def load(cls, path: Union[str, os.PathLike], batch_size: int = 256) -> "Embedder":
+    def load(cls, path: Union[str, os.PathLike], batch_size: int = 256, lite: bool = False
+             ) -> "Embedder":
         from .domain import load_domain_model
 
         model, card = load_model(path)
         domain = None if card.domain is None else \
             load_domain_model(path, card.domain, card.preprocessing)
-        embedder = cls(model, card, batch_size, domain)
+        embedder = cls(model, card, batch_size, domain, lite)
         embedder.directory = Path(path).resolve()
         return embedder
 
@@ -142,6 +153,8 @@ class Embedder:
         """(embeddings,) or (embeddings, domain scores) of model-ready input, one compiled call a
         `batch_size` chunk."""
         try:
+            if self.lite is not None and len(batch) <= LITE_ROWS:
+                return self.lite(batch)
             if self._both is None:
                 return (self.embed_prepared(batch),)
             vectors = np.empty((len(batch), self.embedding_dim), np.float32)
@@ -207,3 +220,42 @@ class Embedder:
     def distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """Euclidean distance between embeddings, row-wise (broadcasts (D,) against (N, D))."""
         return _distance.euclidean(a, b)
+
+
+class _Lite:
+    """A compiled call (uint8 images -> float32 outputs) converted to a LiteRT interpreter:
+    `_Lite(fn, models)(batch)` -> the same outputs as `fn(batch)`, as NumPy arrays, within float
+    rounding (1.5e-7 in embeddings, 6e-6 in domain logits, measured on both bundled models).
+    TensorFlow spends ~0.5 ms of Python and ~0.4 ms of scheduling on each call of a small model;
+    LiteRT's interpreter runs it on the calling thread with the GIL released. One interpreter,
+    resized to each batch (a few microseconds), so calls are serialised."""
+
+    def __init__(self, fn, models) -> None:
+        import tensorflow as tf
+        from ai_edge_litert.interpreter import Interpreter
+
+        from .quiet import LITE_NOISE, filtered_stderr
+
+        holder = tf.Module()  # the variables the converter freezes into the flat model
+        holder.variables_ = [w.value for m in models for w in m.weights]
+        with filtered_stderr(LITE_NOISE):
+            content = tf.lite.TFLiteConverter.from_concrete_functions([fn], holder).convert()
+            self.interpreter = Interpreter(model_content=content, num_threads=1)
+            self.interpreter.allocate_tensors()
+        self.input = self.interpreter.get_input_details()[0]["index"]
+        self.shape = tuple(self.interpreter.get_input_details()[0]["shape"][1:])
+        # (N, D) embeddings first, then (N,) scores: the order of `fn`'s outputs.
+        details = sorted(self.interpreter.get_output_details(), key=lambda d: -len(d["shape"]))
+        self.outputs = [d["index"] for d in details]
+        self.rows = 1
+        self.lock = threading.Lock()
+
+    def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, ...]:
+        with self.lock:
+            if len(batch) != self.rows:
+                self.interpreter.resize_tensor_input(self.input, (len(batch), *self.shape))
+                self.interpreter.allocate_tensors()
+                self.rows = len(batch)
+            self.interpreter.set_tensor(self.input, np.ascontiguousarray(batch, np.uint8))
+            self.interpreter.invoke()
+            return tuple(self.interpreter.get_tensor(i) for i in self.outputs)

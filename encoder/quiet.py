@@ -26,6 +26,13 @@ TENSORFLOW_NOISE = re.compile(
     r"|E\d{4} [\d:.]+ +\d+ node_def_util\.cc:\d+\] NodeDef mentions attribute "
     r"use_unbounded_threadpool ")
 
+# Converting a model to LiteRT and starting its interpreter: MLIR's and XNNPACK's progress lines.
+LITE_NOISE = re.compile(
+    TENSORFLOW_NOISE.pattern +
+    r"|INFO: Created TensorFlow Lite XNNPACK delegate"
+    r"|[IW]\d{4} [\d:.]+ +\d+ (tf_tfl_flatbuffer_helpers|flatbuffer_export|"
+    r"tf_saved_model_freeze_variables|fallback_to_flex_ops)\.cc:\d+\]")
+
 
 @contextmanager
 def filtered_stderr(noise: re.Pattern = TENSORFLOW_NOISE) -> Iterator[None]:

@@ -67,7 +67,7 @@ class Service:
                 where = entry.model_dir().resolve()
                 if where not in models:
                     limit_tensorflow_threads(settings.tf_threads)
-                    models[where] = Embedder.load(where)
+                    models[where] = Embedder.load(where, lite=True)
                 gallery = Gallery.open(entry.path, models[where], url=entry.db_url)
                 galleries[entry.name] = Served(entry, models[where], gallery)
                 log.debug("gallery %s (%s): %d items, model %s", entry.name, entry.path,

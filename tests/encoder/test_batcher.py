@@ -57,3 +57,26 @@ def test_a_failed_call_fails_its_callers_and_the_next_call_works():
     assert doubled.tolist() == [[0, 2, 4], [6, 8, 10]] and sums.tolist() == [3, 12]
     big, _ = batcher(np.ones((5, 3)))  # more than max_rows: a call of its own
     assert big.shape == (5, 3)
+
+
+@pytest.mark.parametrize("model", ["fashion-mnist", "omniglot"])
+def test_the_services_litert_call_answers_as_tensorflow_does(model):
+    """A service's embedder (`lite=True`) runs batches of up to LITE_ROWS images in LiteRT: the
+    same embeddings and domain logits as TensorFlow's compiled call, within float rounding, at
+    every batch size it sees (the interpreter is resized from one call to the next)."""
+    from encoder import Embedder
+    from encoder.embedder import LITE_ROWS
+    from tests.conftest import ROOT
+
+    lite = Embedder.load(ROOT / "models" / model, lite=True)
+    assert lite.lite is not None
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (LITE_ROWS + 6, *lite.card.preprocessing.shape), dtype=np.uint8)
+    for rows in (1, 5, 1, LITE_ROWS, 3):
+        want_v, want_s = (t.numpy() for t in lite._both(x[:rows]))
+        got_v, got_s = lite.embed_and_score_prepared(x[:rows])
+        assert got_v.shape == want_v.shape and got_s.shape == want_s.shape
+        assert np.abs(got_v - want_v).max() < 1e-6 and np.abs(got_s - want_s).max() < 1e-4
+    calls = lite.batcher.calls
+    lite.embed_and_score_prepared(x)  # more than LITE_ROWS: TensorFlow, all cores, one call
+    assert lite.batcher.calls == calls
