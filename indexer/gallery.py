@@ -13,6 +13,7 @@ import re
 import threading
 from collections import OrderedDict
 from contextlib import contextmanager
+from functools import lru_cache
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence, Union
@@ -152,6 +153,7 @@ class Gallery:
         # added and its id is never reused, so a cached item is right for as long as the index
         # holds its id (`search_vectors` only asks for ids the index, synced, returned).
         self._item_cache: OrderedDict[int, Item] = OrderedDict()
+        self._item_check = lru_cache(maxsize=ITEM_CACHE)(self._score_check)
         # (gallery size, nearest impostor distances, identities): `_impostor_basis`
         self._impostors: Optional[tuple[int, np.ndarray, int]] = None
 
@@ -453,8 +455,13 @@ class Gallery:
             return FEATURELESS_ITEM
         if item.domain_score is None and self.embedder.card.domain is not None:
             return UNCHECKED_ITEM
+        return self._item_check(item.domain_score)
+
+    def _score_check(self, score: Optional[float]) -> DomainCheck:
+        """`item_check` of a recorded score (kept per score for the item cache's items:
+        `_item_check`; a search judges k items)."""
         check = self.embedder.verdicts.domain_checks(
-            None if item.domain_score is None else np.array([item.domain_score]), 1)[0]
+            None if score is None else np.array([score]), 1)[0]
         return replace(check, reason="the gallery item: " + check.reason)
 
     def _cached_items(self, ids: set[int]) -> dict[int, Item]:

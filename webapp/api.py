@@ -42,17 +42,18 @@ def openapi_document():
     return jsonify(openapi.document(get_service().settings))
 
 
-def match_json(m: Match, query_sha256: Optional[str] = None) -> dict[str, Any]:
+def match_json(m: Match, query_sha256: Optional[str] = None, images: Optional[str] = None
+               ) -> dict[str, Any]:
     """A match in an answer whose rule and domain check are said once, at the top. `same_image`:
     the item's original is byte for byte the query (its distance is 0 for that reason);
     `featureless`: the model finds no features in the item's image, `item_in_domain`: the item's
     image looked like the model's training data when it was added (False: it did not; null: not
-    checked); neither kind is ever verified."""
+    checked); neither kind is ever verified. `images`: `image_base()`, when the caller has it."""
     return {"id": m.id, "label": m.label, "distance": rounded(m.distance),
             "probability": rounded_probability(m.probability), "verified": m.verified,
             "same_image": query_sha256 is not None and m.sha256 == query_sha256,
             "featureless": m.featureless, "item_in_domain": m.item_in_domain,
-            "image_url": image_url(m.id), "metadata": m.metadata}
+            "image_url": f"{images or image_base()}/{m.id}/image", "metadata": m.metadata}
 
 
 def verdict_context(rule, domain) -> dict[str, Any]:
@@ -68,11 +69,16 @@ def item_json(item: Item) -> dict[str, Any]:
 
 
 def image_url(item_id: int) -> str:
-    """`url_for("api.item_image", item_id=...)`, built once per request (url_for costs ~15 us
-    a call, and a search answers with up to 100 of these)."""
+    """`url_for("api.item_image", item_id=...)`."""
+    return f"{image_base()}/{item_id}/image"
+
+
+def image_base() -> str:
+    """What item images' URLs start with, built once per request (url_for costs ~15 us a call,
+    and a search answers with up to 100 of these)."""
     if "image_url" not in g:
         g.image_url = url_for("api.item_image", item_id=0).removesuffix("/0/image")
-    return f"{g.image_url}/{item_id}/image"
+    return g.image_url
 
 
 def requires_key(view):
@@ -113,8 +119,9 @@ def search():
     k = uploads.int_param("k", settings.default_k, 1, settings.max_k)
     gallery = get_gallery()
     result = gallery.search_results([image], k=k, **uploads.rule_params())[0]
+    query, images = sha256_of(data), image_base()
     return jsonify(model=gallery.model_id, **verdict_context(result.rule, result.domain),
-                   matches=[match_json(m, sha256_of(data)) for m in result.matches])
+                   matches=[match_json(m, query, images) for m in result.matches])
 
 
 @route.post("/search/batch")
@@ -126,9 +133,10 @@ def search_batch():
     k = uploads.int_param("k", settings.default_k, 1, settings.max_k)
     gallery = get_gallery()
     results = gallery.search_results(images, k=k, **uploads.rule_params())
+    base = image_base()
     return jsonify(model=gallery.model_id, **(results[0].rule.to_dict()), results=[
-        {**r.domain.to_dict(), "matches": [match_json(m, sha256_of(data)) for m in r.matches]}
-        for r, (data, _, _) in zip(results, found)])
+        {**r.domain.to_dict(), "matches": [match_json(m, query, base) for m in r.matches]}
+        for r, query in zip(results, (sha256_of(data) for data, _, _ in found))])
 
 
 @route.post("/verify")
@@ -162,9 +170,10 @@ def identify():
     image, data = uploads.image_and_bytes("image")
     threshold = uploads.rule_params()["threshold"]
     result = get_gallery().identification(image, fpir=uploads.fpir_param(), threshold=threshold)
+    query = sha256_of(data)
     return jsonify(model=get_gallery().model_id, **verdict_context(result.rule, result.domain),
-                   match=match_json(result.match, sha256_of(data)) if result.match else None,
-                   nearest=match_json(result.nearest, sha256_of(data)) if result.nearest else None)
+                   match=match_json(result.match, query) if result.match else None,
+                   nearest=match_json(result.nearest, query) if result.nearest else None)
 
 
 @route.post("/gallery")
