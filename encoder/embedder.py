@@ -231,7 +231,7 @@ class _Lite:
     LiteRT's interpreter runs it on the calling thread with the GIL released. One interpreter,
     resized to each batch (a few microseconds), so calls are serialised."""
 
-    def __init__(self, fn, models) -> None:
+    def __init__(self, fn, models, threads: int = 1) -> None:
         import tensorflow as tf
         from ai_edge_litert.interpreter import Interpreter
 
@@ -241,7 +241,7 @@ class _Lite:
         holder.variables_ = [w.value for m in models for w in m.weights]
         with filtered_stderr(LITE_NOISE):
             content = tf.lite.TFLiteConverter.from_concrete_functions([fn], holder).convert()
-            self.interpreter = Interpreter(model_content=content, num_threads=1)
+            self.interpreter = Interpreter(model_content=content, num_threads=threads)
             self.interpreter.allocate_tensors()
         self.input = self.interpreter.get_input_details()[0]["index"]
         self.shape = tuple(self.interpreter.get_input_details()[0]["shape"][1:])

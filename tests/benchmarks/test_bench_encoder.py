@@ -14,3 +14,9 @@ def test_encoder_benchmark_prints_a_table_with_its_baseline(tiny_model, fashion_
                                  "--repeats", "5"], capsys)
     assert code == 0, err
     assert "baseline: model.predict, one image" in out and "Embedder.embed, batch of 1,024" in out
+    # The model-call alternatives, each against TensorFlow's compiled call at 1, 8 and 64 images,
+    # LiteRT's outputs within float rounding of TensorFlow's.
+    calls = [line for line in out.splitlines() if line.lstrip().startswith(("TensorFlow", "LiteRT"))]
+    assert len(calls) == 12, out
+    lite = [line for line in calls if "LiteRT, 1 thread" in line]
+    assert len(lite) == 3 and all(float(line.split()[-1]) < 1e-4 for line in lite), lite
