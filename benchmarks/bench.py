@@ -22,7 +22,8 @@ BENCHMARKS = {
                 "with 10% writes, vs one server"),
     "hardening": ("benchmarks.bench_hardening", "searches while clients send worst-case images, "
                   "health probes while clients trickle bodies, vs alone"),
-    "web": ("benchmarks.bench_web", "POST /api/search over HTTP, 1-16 clients, vs a naive Flask server"),
+    "web": ("benchmarks.bench_web", "search, identify, verify and a mixed load with writes over "
+            "HTTP, 1-16 clients, vs a naive Flask server and the model's own batched rate"),
     "trust": ("benchmarks.bench_trust", "models trained on folders of several kinds, measured on "
               "classes they never saw, vs what their cards state"),
 }
