@@ -32,6 +32,10 @@ DEFAULT_FPIR = 0.01
 # A gallery's own items give its 1:N threshold once they show at least this many false
 # identifications at the target (fewer: the card's open-set model decides).
 MIN_FALSE_IDENTIFICATIONS = 5
+# Below that, the card's threshold is scaled to the gallery's spread once it has this many items
+# with an impostor (`Verdicts.identification_rule`), by at most these factors: a spread-out
+# gallery makes the threshold only so much more lenient.
+MIN_SCALE_ITEMS, SCALE_RANGE = 5, (0.25, 2.0)
 EXPLICIT = "threshold"  # the operating point's name when the caller gave a threshold
 
 
@@ -61,7 +65,10 @@ class Rule:
     gallery_size: Optional[int] = None  # ... at this gallery size (items) ...
     identities: Optional[int] = None  # ... holding this many identities (labels)
     calibrated: bool = True  # False: held-out data cannot show its rate, or a card without it
-    basis: Optional[str] = None  # 1:N: "gallery" (its own items) or "card" (held-out classes)
+    # 1:N: "gallery" (its own items), "card" (held-out classes) or "scaled-card" (the card's
+    # threshold times `scale`, the gallery's spread against what the card expects)
+    basis: Optional[str] = None
+    scale: Optional[float] = None
     note: str = ""  # why it is not calibrated, in words a reader can act on
 
     def describe(self) -> str:
@@ -79,6 +86,8 @@ class Rule:
         if self.operating_point == "fpir":
             d.update(fpir=self.fpir, gallery_size=self.gallery_size,
                      identities=self.identities, basis=self.basis)
+            if self.scale is not None:
+                d["scale"] = round(self.scale, 4)
         if not self.calibrated:
             d.update(calibrated=False, calibration_note=self.note)
         return d
@@ -216,7 +225,9 @@ class Verdicts:
         leave-one-out estimate of the FPIR at this size, for this encoder and these classes.
         The card's open-set model, measured on held-out classes, predicted FPIRs up to 7 times
         too high on Omniglot alphabets unlike its calibration alphabets (docs/trust.md); it
-        decides when the gallery has too few items to show `MIN_FALSE_IDENTIFICATIONS`."""
+        decides when the gallery has too few items to show `MIN_FALSE_IDENTIFICATIONS`, its
+        threshold scaled to the gallery's own spread (`gallery_scale`) once the gallery has a
+        few items with an impostor."""
         if threshold is not None and fpir is not None:
             raise ConfigError("give a target fpir or a threshold, not both")
         if threshold is not None:
@@ -237,7 +248,11 @@ class Verdicts:
                 self.rule("far-1e-3").threshold, "fpir", calibrated=False, basis="card",
                 note=f"model {self.card.model_id}'s card has no open-set model; this is its "
                      "far-1e-3 threshold", **size))
-        t, measured = model.threshold_for(fpir, identities, gallery_size / identities)
+        shots = gallery_size / identities
+        t, measured = model.threshold_for(fpir, identities, shots)
+        scale = gallery_scale(model, impostors, identities, shots)
+        if scale is not None:
+            t *= scale
         note = self.card.calibration_note
         if not note and not measured:
             note = (f"FPIR {fpir:g} with {identities:,} enrolled needs a threshold stricter than "
@@ -246,7 +261,8 @@ class Verdicts:
         elif not note and model.classes is not None and model.classes < MIN_CLASSES:
             note = (f"measured on {model.classes} held-out classes: fewer than {MIN_CLASSES}, "
                     "and which classes they happen to be decides the rate")
-        return self._said(Rule(t, "fpir", calibrated=not note, basis="card", note=note, **size))
+        return self._said(Rule(t, "fpir", calibrated=not note, note=note, scale=scale,
+                               basis="card" if scale is None else "scaled-card", **size))
 
     def probability(self, distances) -> Optional[np.ndarray]:
         """P(same class | distance) for each distance; None if the card has no calibrated map."""
@@ -296,6 +312,25 @@ class Verdicts:
                                        f"model was trained on ({domain.training_data}){caveat}",
                                        weak=weak))
         return out
+
+
+def gallery_scale(model, impostors: Optional[np.ndarray], identities: int, shots: float
+                  ) -> Optional[float]:
+    """How much farther apart this gallery's identities lie than the card's held-out classes
+    would: the median of the items' nearest-impostor distances against the card's prediction
+    of it (for an item, the other N - 1 identities are a gallery of N - 1, so half the items
+    have an impostor within the threshold where the card predicts FPIR 0.5 at N - 1), clipped
+    to `SCALE_RANGE`. None when the gallery is too small to say (`MIN_SCALE_ITEMS`).
+
+    New classes need not lie as the held-out ones did: on Omniglot folders, the card alone
+    predicted FPIR 0.05 where galleries of 15-25 new characters measured 0.09-0.14, and 0.14-0.25
+    on alphabets it never saw; scaled, 0.05-0.06 and 0.09-0.11 (docs/trust.md)."""
+    if impostors is None or identities < 2 or len(impostors) < MIN_SCALE_ITEMS:
+        return None
+    expected, measured = model.threshold_for(0.5, identities - 1, shots)
+    if not measured or expected <= 0:
+        return None
+    return float(np.clip(np.median(impostors) / expected, *SCALE_RANGE))
 
 
 def leave_one_out_threshold(impostors: np.ndarray, fpir: float) -> float:

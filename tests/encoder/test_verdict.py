@@ -352,7 +352,41 @@ def test_a_large_enough_gallery_sets_its_own_identification_threshold(tiny_model
     rule = verdicts.identification_rule(100, fpir=0.05, impostors=impostors)
     assert (rule.basis, rule.threshold) == ("gallery", t)
     few = impostors[: int(MIN_FALSE_IDENTIFICATIONS / 0.05) - 1]  # too few to show 5
-    assert verdicts.identification_rule(100, fpir=0.05, impostors=few).basis == "card"
+    assert verdicts.identification_rule(100, fpir=0.05, impostors=few).basis == "scaled-card"
+
+
+def test_a_small_gallery_scales_the_cards_threshold_to_its_own_spread(tiny_model):
+    """Too small to read its threshold from its own items, a gallery still shows how far apart
+    its identities lie: the card's threshold is scaled by the median of its items' nearest-
+    impostor distances against the card's prediction of that median (where the card predicts
+    FPIR 0.5 for the other N - 1 identities), within SCALE_RANGE; with too few items, or one
+    identity, the card's threshold alone."""
+    from encoder.verdict import MIN_SCALE_ITEMS, SCALE_RANGE, nearest_impostors
+
+    verdicts = Verdicts(card_with_calibration(load_card(tiny_model)))
+    model = verdicts.card.open_set
+    e, labels = clusters(classes=5, per_class=3, seed=2)
+    impostors = nearest_impostors(e, labels)
+    card_t = model.threshold_for(0.05, 5, 3)[0]
+    expected = model.threshold_for(0.5, 4, 3)[0]
+    rule = verdicts.identification_rule(15, fpir=0.05, impostors=impostors, identities=5)
+    scale = float(np.clip(np.median(impostors) / expected, *SCALE_RANGE))
+    assert (rule.basis, rule.scale) == ("scaled-card", pytest.approx(scale))
+    assert rule.threshold == pytest.approx(card_t * scale)
+    assert rule.to_dict()["scale"] == round(scale, 4)
+    # Identities twice as close together: a threshold half as large (inside the range).
+    half = verdicts.identification_rule(15, fpir=0.05, impostors=impostors / 2, identities=5)
+    if SCALE_RANGE[0] < scale / 2:
+        assert half.threshold == pytest.approx(rule.threshold / 2)
+    # However far apart they lie, at most SCALE_RANGE[1] times the card's threshold.
+    far = verdicts.identification_rule(15, fpir=0.05, impostors=impostors * 1e3, identities=5)
+    assert far.threshold == pytest.approx(card_t * SCALE_RANGE[1])
+    # Too few items to say, or nobody else enrolled: the card's threshold as it is.
+    for few, identities in ((impostors[:MIN_SCALE_ITEMS - 1], 5), (impostors, 1)):
+        alone = verdicts.identification_rule(15, fpir=0.05, impostors=few, identities=identities)
+        assert (alone.basis, alone.scale) == ("card", None)
+        assert alone.threshold == model.threshold_for(0.05, identities, 15 / identities)[0]
+        assert "scale" not in alone.to_dict()
 
 
 def test_images_the_model_finds_no_features_in_are_never_verified(model_embedder, fashion_test):

@@ -117,10 +117,12 @@ def test_identify_picks_its_threshold_for_the_target_fpir_at_the_gallery_size(
     assert strict["threshold"] < loose["threshold"]
     # 50 items are enough to show 5 false identifications at 0.1: the gallery's own estimate
     assert loose["basis"] == "gallery"
-    # ... but not 0.05 of them at 0.001: the card's open-set model
-    assert strict["basis"] == "card"
-    expected, _ = model_embedder.card.open_set.threshold_for(0.001, 10, 5)
-    assert strict["threshold"] == pytest.approx(expected, abs=1e-6)
+    # ... but not 0.05 of them at 0.001: the card's open-set model, scaled to how far apart
+    # this gallery's ten labels lie (its items' median nearest impostor against the card's)
+    assert strict["basis"] == "scaled-card"
+    card, _ = model_embedder.card.open_set.threshold_for(0.001, 10, 5)
+    assert strict["threshold"] == pytest.approx(card * strict["scale"], abs=1e-6)
+    assert 0.25 <= strict["scale"] <= 2
     assert loose["match"]["distance"] < 1e-3  # the very image is enrolled
 
 
