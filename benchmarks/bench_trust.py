@@ -76,9 +76,13 @@ def run(args) -> int:
           f"{r['fpir']:.3f}", f"{r['identification']:.3f}", len(r["weak"])] for r in results]))
     print()
     shapes = list(results[0]["fpir_by_shape"])
-    print(format_table(["kind", *[f"FPIR at 0.05, {s} enrolled" for s in shapes]],
-                       [[r["kind"], *[f"{r['fpir_by_shape'][s]:.3f}" for s in shapes]]
-                        for r in results]))
+    print(format_table(
+        ["kind", "threshold", *[f"FPIR at 0.05, {s} enrolled" for s in shapes]],
+        [[r["kind"] if key == "fpir_by_shape" else "", name,
+          *[f"{r[key][s]:.3f}" for s in shapes]]
+         for r in results for key, name in (("fpir_by_shape", "identify's (scaled)"),
+                                            ("fpir_by_shape_card", "the card's alone"),
+                                            ("fpir_by_shape_oracle", "oracle: fitted on the new"))]))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return 0
@@ -151,7 +155,7 @@ def _omniglot_folders(kind: str, train_dir: Path, unseen_dir: Path, rng) -> None
 
 def measure(kind: str, train_dir: Path, unseen_dir: Path, model_dir: Path, seed: int) -> dict:
     from encoder import Embedder
-    from encoder.calibration import HeldOutPairs, expected_calibration_error
+    from encoder.calibration import HeldOutPairs, expected_calibration_error, fit_open_set
     from encoder.datasets import load_image_folder
     from encoder.training import TrainConfig, train
 
@@ -175,9 +179,19 @@ def measure(kind: str, train_dir: Path, unseen_dir: Path, model_dir: Path, seed:
     balanced = card.operating_points["balanced"].threshold
     both = kept[pairs.first] & kept[pairs.second]
     fpir, identification = open_set(embedder, vectors, unseen.labels, seed)
-    shapes = {f"{n}x{shots}": open_set(embedder, vectors, unseen.labels, seed, enrolled=n,
-                                       shots=shots)[0]
-              for n in (5, 15, 25) for shots in (1, 3)}
+    # The product's threshold (the card's, scaled to the gallery), against the card's alone and
+    # an oracle: the open-set model fitted on the new classes themselves.
+    oracle = fit_open_set(vectors, unseen.labels, seed=seed)
+    shapes, by_card, by_oracle = {}, {}, {}
+    for n in (5, 15, 25):
+        for shots in (1, 3):
+            shape = f"{n}x{shots}"
+            shapes[shape] = open_set(embedder, vectors, unseen.labels, seed, enrolled=n,
+                                     shots=shots)[0]
+            by_card[shape] = open_set(embedder, vectors, unseen.labels, seed, enrolled=n,
+                                      shots=shots, model=card.open_set)[0]
+            by_oracle[shape] = open_set(embedder, vectors, unseen.labels, seed, enrolled=n,
+                                        shots=shots, model=oracle)[0]
     return {"kind": kind, "model": card.model_id, "classes": pairs.classes,
             "images": pairs.images, "operating_points": points,
             "ece": expected_calibration_error(card.probability(d), same),
@@ -186,13 +200,15 @@ def measure(kind: str, train_dir: Path, unseen_dir: Path, model_dir: Path, seed:
             "tar_service": float(np.mean((d <= balanced)[same] & both[same])),
             "kept": float(kept.mean()), "foreign": foreign_accepted(embedder, kind),
             "weak": list(card.domain.weak) if card.domain else [],
-            "fpir": fpir, "identification": identification, "fpir_by_shape": shapes}
+            "fpir": fpir, "identification": identification, "fpir_by_shape": shapes,
+            "fpir_by_shape_card": by_card, "fpir_by_shape_oracle": by_oracle}
 
 
 def open_set(embedder, vectors: np.ndarray, labels: np.ndarray, seed: int, rounds: int = 200,
-             enrolled: int = ENROLLED, shots: int = SHOTS) -> tuple[float, float]:
+             enrolled: int = ENROLLED, shots: int = SHOTS, model=None) -> tuple[float, float]:
     """FPIR and identification rate at the threshold `identify` takes for a target of 0.05, over
-    rounds of `enrolled` classes enrolled with `shots` images each and STRANGERS classes not."""
+    rounds of `enrolled` classes enrolled with `shots` images each and STRANGERS classes not;
+    or, given an open-set `model`, at that model's threshold alone (not scaled to the gallery)."""
     from encoder.distance import pairwise
     from encoder.verdict import nearest_impostors
 
@@ -207,14 +223,17 @@ def open_set(embedder, vectors: np.ndarray, labels: np.ndarray, seed: int, round
         enrolled = chosen[:count]
         gallery = np.concatenate([rng.choice(np.flatnonzero(labels == c), shots, replace=False)
                                   for c in enrolled])
-        rule = embedder.verdicts.identification_rule(
-            len(gallery), FPIR_TARGET, impostors=nearest_impostors(vectors[gallery],
-                                                                   labels[gallery]),
-            identities=count)
+        if model is None:
+            threshold = embedder.verdicts.identification_rule(
+                len(gallery), FPIR_TARGET, impostors=nearest_impostors(vectors[gallery],
+                                                                       labels[gallery]),
+                identities=count).threshold
+        else:
+            threshold = model.threshold_for(FPIR_TARGET, count, shots)[0]
         probes = np.setdiff1d(np.flatnonzero(np.isin(labels, chosen)), gallery)
         distances = pairwise(vectors[probes], vectors[gallery])
         nearest = gallery[distances.argmin(1)]
-        hit = distances.min(1) <= rule.threshold
+        hit = distances.min(1) <= threshold
         is_mated = np.isin(labels[probes], enrolled)
         false += int(np.sum(hit & ~is_mated))
         strangers += int(np.sum(~is_mated))

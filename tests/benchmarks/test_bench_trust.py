@@ -31,6 +31,17 @@ def test_its_measurements_count_what_they_say(model_embedder, fashion_test):
     fpir, identified = bench_trust.open_set(model_embedder, vectors, fashion_test.labels[pick],
                                             seed=0, rounds=20)
     assert 0.0 <= fpir <= 1.0 and 0.0 < identified <= 1.0
+    # The card's threshold alone, and an oracle's: an open-set model fitted on these very classes
+    from encoder.calibration import fit_open_set
+
+    oracle = fit_open_set(vectors, fashion_test.labels[pick])
+    for model in (model_embedder.card.open_set, oracle):
+        alone, found = bench_trust.open_set(model_embedder, vectors, fashion_test.labels[pick],
+                                            seed=0, rounds=20, model=model)
+        assert 0.0 <= alone <= 1.0 and 0.0 < found <= 1.0
+    # ... which, fitted on them, predicts what they measure, within the rounds' noise
+    assert abs(bench_trust.open_set(model_embedder, vectors, fashion_test.labels[pick], seed=0,
+                                    rounds=200, model=oracle)[0] - bench_trust.FPIR_TARGET) < 0.03
     too_few = bench_trust.open_set(model_embedder, vectors[:40], fashion_test.labels[pick][:40], 0)
     assert all(np.isnan(too_few))  # 2 classes cannot deal 5 enrolled and 5 strangers
     accepted = bench_trust.foreign_accepted(model_embedder, "clothing", n=50)
