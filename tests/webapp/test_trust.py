@@ -310,8 +310,13 @@ def test_the_identify_page_names_the_enrolled_item_or_nobody_with_its_rule(clien
                                                     "fpir": "0.1"})).get_data(as_text=True)
     assert 'data-verdict="identified"' in html and "Identified: Shirt" in html
     assert ("10% of people or things not enrolled would be taken for one of the 10 enrolled "
-            "(50 images), measured on this gallery&#39;s own items") in html
+            "(50 images), measured on this gallery's own items") in html
     assert html.count('class="card ') == 5 and "✓ identified" in html
+    # 50 items cannot show 5 strangers in 1,000: the card's threshold, scaled to this gallery
+    html = client.post("/identify", data=page_form(client, {"image": field(shirt, "shirt.png"),
+                                                    "fpir": "0.001"})).get_data(as_text=True)
+    assert re.search(r"measured on the model's held-out classes and scaled by \d\.\d\d to "
+                     r"how far apart this gallery's enrolled lie", html), html
     html = client.post("/identify", data=page_form(client, {"image": field(portrait(), "me.jpg")})
                        ).get_data(as_text=True)
     assert 'data-verdict="out-of-domain"' in html and "✓ identified" not in html
