@@ -1,6 +1,7 @@
 """`Embedder`: a loaded model that turns images into embeddings, fast."""
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from pathlib import Path
@@ -16,6 +17,7 @@ from .images import ImageSource, prepare_batch
 from .verdict import DomainCheck, Rule, Verdict, Verdicts
 
 Images = Union[np.ndarray, Sequence[ImageSource], Iterable[ImageSource]]
+log = logging.getLogger(__name__)
 # An embedding this near a featureless point is that point: the compiled model and the layers
 # called one by one agree to ~1e-7, and an image the model describes at all lies ~1e-3 or more
 # away (Fashion-MNIST test images under affine distortion: the nearest 2.4e-3).
@@ -63,8 +65,14 @@ class Embedder:
         # `lite`: the batcher's calls (up to LITE_ROWS images) run the same graph in LiteRT, for a
         # service: per image a third of the CPU at one image, no more at 64 (docs/results.md).
         # Converting takes ~0.4 s, more than a command that embeds a few images gains.
-        self.lite = None if not lite else _Lite(
-            self._both or self._forward, [model] + ([domain.model] if domain else []))
+        self.lite = None
+        if lite:
+            try:
+                self.lite = _Lite(self._both or self._forward,
+                                  [model] + ([domain.model] if domain else []))
+            except ImportError:  # no LiteRT wheel for this platform (Windows): TensorFlow it is
+                log.warning("model %s: ai-edge-litert is not installed, so its small batches "
+                            "run in TensorFlow (about 3 times the CPU a request)", card.model_id)
         self.batcher = Batcher(self._embed_and_score, max_rows=LITE_ROWS)
         self._op_error = tf.errors.OpError
 

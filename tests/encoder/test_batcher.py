@@ -80,3 +80,24 @@ def test_the_services_litert_call_answers_as_tensorflow_does(model):
     calls = lite.batcher.calls
     lite.embed_and_score_prepared(x)  # more than LITE_ROWS: TensorFlow, all cores, one call
     assert lite.batcher.calls == calls
+
+
+def test_without_litert_a_services_model_runs_in_tensorflow(monkeypatch, caplog):
+    """Where ai-edge-litert has no wheel (Windows), a service's embedder says so once and runs
+    its small batches in TensorFlow, with the same answers."""
+    import sys
+
+    from encoder import Embedder
+    from tests.conftest import ROOT
+
+    for name in ("ai_edge_litert", "ai_edge_litert.interpreter"):
+        monkeypatch.setitem(sys.modules, name, None)  # as if not installed: import fails
+    with caplog.at_level("WARNING", logger="encoder.embedder"):
+        embedder = Embedder.load(ROOT / "models" / "fashion-mnist", lite=True)
+    assert embedder.lite is None
+    assert "ai-edge-litert is not installed" in caplog.text
+    x = np.random.default_rng(1).integers(0, 256, (3, *embedder.card.preprocessing.shape),
+                                          dtype=np.uint8)
+    vectors, scores = embedder.embed_and_score_prepared(x)
+    want_v, want_s = (t.numpy() for t in embedder._both(x))
+    assert np.array_equal(vectors, want_v) and np.array_equal(scores, want_s)
