@@ -334,6 +334,17 @@ SCHEMAS = {
                                   "results": {"type": "array", "items": VERDICT}},
                                  ["model", "operating_point", "threshold", "results"]),
     "Identification": _object({"model": {"type": "string"}, **RULE, **DOMAIN,
+                               "fpir": {"type": "number"}, "gallery_size": {"type": "integer"},
+                               "identities": {"type": "integer", "description":
+                                              "labels enrolled, each unlabelled item its own"},
+                               "basis": {"type": "string",
+                                         "enum": ["gallery", "scaled-card", "card"],
+                                         "description": "where the threshold came from: the "
+                                         "gallery's own items, the card's open-set model scaled "
+                                         "to the gallery's spread, or the card's alone"},
+                               "scale": {"type": "number", "description": "with scaled-card: "
+                                         "the gallery's median nearest-impostor distance against "
+                                         "the card's prediction of it (0.25-2)"},
                                "match": {"oneOf": [ref("Match"), {"type": "null"}]},
                                "nearest": {"oneOf": [ref("Match"), {"type": "null"}],
                                            "description": "the nearest item that can be judged "
