@@ -25,7 +25,8 @@ def test_bench_web_runs_small(model_dir, fashion_dir, capsys):
         (server, endpoint, c) for c in (1, 2)
         for server, endpoint in [("ours", "search"), ("naive", "search"), ("ours", "identify"),
                                  ("ours", "verify"), ("ours", "mixed")]]
-    assert all(r["requests"] > 0 and r["errors"] == 0 and r["non_2xx"] == 0 for r in rows), rows
+    bad = [r for r in rows if not (r["requests"] > 0 and r["errors"] == 0 and r["non_2xx"] == 0)]
+    assert not bad, bad
     assert all(r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"] for r in rows), rows
     assert all(r["statuses"] == {"200": r["requests"]} for r in rows if r["endpoint"] != "mixed")
     # The mixed load added items (201) and deleted them (204), each answer checked; a client's
