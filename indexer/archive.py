@@ -244,9 +244,9 @@ def _fill(zf: zipfile.ZipFile, manifest: dict, path: Path, embedder, reembed: bo
                 batch = items[start:start + BATCH]
                 images = [_original(zf, item, embedder.card.preprocessing) for item in batch]
                 pixels = embedder.prepare([o.image for o in images])
-                # Embedded again from the images, never taken on the export's word: its own are
-                # kept (bit for bit) only where they agree.
-                # The domain check as enrolment makes it, on the images (not the export's word).
+                # Embedded and domain-checked again from the images, as enrolment does, never
+                # taken on the export's word: its embeddings are kept (bit for bit) only where
+                # they agree.
                 rows, scores = embedder.embed_and_score_prepared(pixels)
                 if vectors is not None:
                     given = vectors[start:start + len(batch)]
