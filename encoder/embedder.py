@@ -244,11 +244,11 @@ class _Lite:
         import tensorflow as tf
         from ai_edge_litert.interpreter import Interpreter
 
-        from .quiet import LITE_NOISE, filtered_stderr
+        from .quiet import LITE_NOISE, filtered_stderr, quiet_loggers
 
         holder = tf.Module()  # the variables the converter freezes into the flat model
         holder.variables_ = [w.value for m in models for w in m.weights]
-        with filtered_stderr(LITE_NOISE):
+        with filtered_stderr(LITE_NOISE), quiet_loggers("absl", "tensorflow"):
             content = tf.lite.TFLiteConverter.from_concrete_functions([fn], holder).convert()
             self.interpreter = Interpreter(model_content=content, num_threads=threads)
             self.interpreter.allocate_tensors()

@@ -11,6 +11,7 @@ while TensorFlow is imported (`QuietTensorFlowImport`) and while a model fits (`
 from __future__ import annotations
 
 import importlib.abc
+import logging
 import importlib.util
 import os
 import re
@@ -32,6 +33,22 @@ LITE_NOISE = re.compile(
     r"|INFO: Created TensorFlow Lite XNNPACK delegate"
     r"|[IW]\d{4} [\d:.]+ +\d+ (tf_tfl_flatbuffer_helpers|flatbuffer_export|"
     r"tf_saved_model_freeze_variables|fallback_to_flex_ops)\.cc:\d+\]")
+
+
+@contextmanager
+def quiet_loggers(*names: str, level: int = logging.WARNING) -> Iterator[None]:
+    """The Python loggers `names` at `level` at least meanwhile: TensorFlow's converter logs its
+    progress at INFO (a function's inputs renamed, assets written to a temporary folder), which a
+    server whose logging shows INFO (gunicorn's) would print."""
+    loggers = [logging.getLogger(name) for name in names]
+    before = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(max(level, logger.level))
+    try:
+        yield
+    finally:
+        for logger, old in zip(loggers, before):
+            logger.setLevel(old)
 
 
 @contextmanager

@@ -2,6 +2,7 @@
 answered with its own rows, as one at a time would answer them."""
 from __future__ import annotations
 
+import logging
 import threading
 
 import numpy as np
@@ -60,7 +61,7 @@ def test_a_failed_call_fails_its_callers_and_the_next_call_works():
 
 
 @pytest.mark.parametrize("model", ["fashion-mnist", "omniglot"])
-def test_the_services_litert_call_answers_as_tensorflow_does(model):
+def test_the_services_litert_call_answers_as_tensorflow_does(model, caplog):
     """A service's embedder (`lite=True`) runs batches of up to LITE_ROWS images in LiteRT: the
     same embeddings and domain logits as TensorFlow's compiled call, within float rounding, at
     every batch size it sees (the interpreter is resized from one call to the next)."""
@@ -68,8 +69,15 @@ def test_the_services_litert_call_answers_as_tensorflow_does(model):
     from encoder.embedder import LITE_ROWS
     from tests.conftest import ROOT
 
-    lite = Embedder.load(ROOT / "models" / model, lite=True)
+    loggers = [logging.getLogger(name) for name in ("absl", "tensorflow")]
+    levels = [logger.level for logger in loggers]
+    with caplog.at_level("INFO"):  # as a server's logging shows it (gunicorn's)
+        lite = Embedder.load(ROOT / "models" / model, lite=True)
     assert lite.lite is not None
+    # Converting logs nothing a server's log would show (TensorFlow's renamed inputs, its
+    # temporary assets folder), and leaves those loggers as they were.
+    assert not [r for r in caplog.records if r.name in ("absl", "tensorflow")], caplog.text
+    assert [logger.level for logger in loggers] == levels
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (LITE_ROWS + 6, *lite.card.preprocessing.shape), dtype=np.uint8)
     for rows in (1, 5, 1, LITE_ROWS, 3):
