@@ -75,6 +75,15 @@ def run(args) -> int:
           "{} {:.3f}".format(*max(r["foreign"].items(), key=lambda kv: kv[1])),
           f"{r['fpir']:.3f}", f"{r['identification']:.3f}", len(r["weak"])] for r in results]))
     print()
+    halves = [r for r in results if r["classes"] >= 10]
+    if halves:
+        print(format_table(
+            ["kind", "ECE on half the new classes: card's map", "a map fitted on the other half",
+             "one fitted on that half itself"],
+            [[r["kind"], *[f"{r['ece_halves'][k]:.3f}" for k in ("card", "other_half",
+                                                                  "in_sample")]]
+             for r in halves]))
+        print()
     shapes = list(results[0]["fpir_by_shape"])
     print(format_table(
         ["kind", "threshold", *[f"FPIR at 0.05, {s} enrolled" for s in shapes]],
@@ -196,12 +205,35 @@ def measure(kind: str, train_dir: Path, unseen_dir: Path, model_dir: Path, seed:
             "images": pairs.images, "operating_points": points,
             "ece": expected_calibration_error(card.probability(d), same),
             "card_ece": card.probability.ece,
+            "ece_halves": ece_halves(card, vectors, unseen.labels, seed),
             "tar_distances": float(np.mean(d[same] <= balanced)),
             "tar_service": float(np.mean((d <= balanced)[same] & both[same])),
             "kept": float(kept.mean()), "foreign": foreign_accepted(embedder, kind),
             "weak": list(card.domain.weak) if card.domain else [],
             "fpir": fpir, "identification": identification, "fpir_by_shape": shapes,
             "fpir_by_shape_card": by_card, "fpir_by_shape_oracle": by_oracle}
+
+
+def ece_halves(card, vectors: np.ndarray, labels: np.ndarray, seed: int, rounds: int = 20
+               ) -> dict[str, float]:
+    """What any calibration from other classes could reach: the new classes dealt in two halves
+    (`rounds` times), the ECE on one half of the card's map, of a map fitted on the other half
+    (held-out classes as good as they come: the same encoder, the same kind, as many classes),
+    and of a map fitted on that half itself (the measurement's own noise). Means."""
+    from encoder.calibration import HeldOutPairs, expected_calibration_error, fit_probability
+
+    rng, classes = np.random.default_rng(seed), np.unique(labels)
+    out: dict[str, list[float]] = {"card": [], "other_half": [], "in_sample": []}
+    for _ in range(rounds):
+        order = rng.permutation(classes)
+        fit_on, judged = (HeldOutPairs.of(vectors[np.isin(labels, half)],
+                                          labels[np.isin(labels, half)], seed)
+                          for half in (order[:len(order) // 2], order[len(order) // 2:]))
+        for name, mapping in (("card", card.probability), ("other_half",
+                                                           fit_probability(fit_on, seed)),
+                              ("in_sample", fit_probability(judged, seed))):
+            out[name].append(expected_calibration_error(mapping(judged.distances), judged.same))
+    return {name: float(np.mean(v)) for name, v in out.items()}
 
 
 def open_set(embedder, vectors: np.ndarray, labels: np.ndarray, seed: int, rounds: int = 200,
