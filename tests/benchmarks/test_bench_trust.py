@@ -54,3 +54,14 @@ def test_an_unknown_kind_is_one_error_line(capsys):
     code, _, err = cli(bench, ["trust", "--kinds", "omniglot,faces"], capsys)
     assert code == 2 and "unknown kind(s) faces; choose from omniglot, alphabets, clothing, " \
                          "fashion" in err
+
+
+def test_ece_halves_judge_three_maps_on_the_same_half(model_embedder, fashion_test):
+    pick = np.concatenate([np.flatnonzero(fashion_test.labels == c)[:20] for c in range(10)])
+    vectors = model_embedder.embed(fashion_test.images[pick])
+    halves = bench_trust.ece_halves(model_embedder.card, vectors, fashion_test.labels[pick],
+                                    seed=0, rounds=5)
+    assert set(halves) == {"card", "other_half", "in_sample"}
+    assert all(0.0 <= v <= 1.0 for v in halves.values())
+    # A map fitted on the very pairs it is judged on is the best of the three, on average.
+    assert halves["in_sample"] < min(halves["card"], halves["other_half"])
