@@ -471,8 +471,17 @@ class Gallery:
 
     def _cached_items(self, ids: set[int]) -> dict[int, Item]:
         """The items of `ids` (mutex held): from the cache, the rest from the database (one
-        query, ~0.5 ms saved on a search whose items are all cached)."""
+        query, ~0.5 ms saved on a search whose items are all cached). Items another process
+        changed since they were cached are dropped first: only those, where the change log says
+        which (clearing the cache at every change made each search after one read its items
+        again, and with 10% of requests writing, most did)."""
         cache = self._item_cache
+        stale = self._replica.take_stale()
+        if stale is None:
+            cache.clear()
+        else:
+            for i in stale:
+                cache.pop(i, None)
         found = {}
         for i in ids & cache.keys():
             cache.move_to_end(i)
@@ -633,10 +642,7 @@ class Gallery:
             self._replica.sync()
             if self._replica.snapshot_due():
                 self._replica.flush()
-            moved = self._replica.generation != before
-            if moved:  # another process may have edited a cached item's label or metadata
-                self._item_cache.clear()
-            return moved
+            return self._replica.generation != before
 
     # --- writing ---------------------------------------------------------------------------------
 

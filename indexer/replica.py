@@ -56,6 +56,9 @@ class Replica:
         self.changed_items = 0  # items added or removed in memory since that file
         self.unsaved_since: Optional[float] = None  # when the first change since it was applied
         self.removal_since: Optional[float] = None  # ... and the first removal
+        # Ids whose items changed in the database, by the changes synced since the gallery last
+        # took them (`take_stale`); None: any item may have (the index was reloaded or rebuilt).
+        self.stale: Optional[set[int]] = set()
 
     @property
     def unsaved(self) -> bool:
@@ -85,6 +88,11 @@ class Replica:
         self.model_id, self.generation = self.record.model_id, self.record.generation
         self.save()
 
+    def take_stale(self) -> Optional[set[int]]:
+        """The ids whose items changed since the last call (None: any may have), forgotten."""
+        stale, self.stale = self.stale, set()
+        return stale
+
     def changed(self, generation: int, update: Callable[[VectorIndex], None],
                 added: int = 0, removed: int = 0) -> None:
         """After a committed change that `added` or `removed` items: apply it to the in-memory
@@ -112,6 +120,7 @@ class Replica:
             fits = (self.index is not None and self.index.spec == spec
                     and self.model_id == record.model_id)
             if not (fits and self._replay(conn, self.generation, record.generation)):
+                self.stale = None
                 repaired = self._reload(conn, record, fits)
             self.model_id, self.generation = record.model_id, record.generation
         if repaired and not self.lock.held:
@@ -148,6 +157,12 @@ class Replica:
         changes = self.store.changes(conn, after, upto)
         if changes is None:
             return False
+        if self.stale is not None:
+            if any(c.op == "record" for c in changes):
+                self.stale = None
+            else:
+                for change in changes:
+                    self.stale.update(change.ids.tolist())
         added, removed = _net(changes)
         self.index.remove(removed)
         if len(added):

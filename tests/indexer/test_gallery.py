@@ -149,6 +149,26 @@ def test_items_another_process_removed_leave_the_answer_at_k(gallery, png_folder
     assert [m.id for m in gallery.search(path, k=10)] == before
 
 
+def test_another_workers_edit_shows_here_even_after_a_write_of_ours(gallery, png_folder,
+                                                                   model_embedder, db_url):
+    """This worker caches its matches' items. Another edits one's label; this one then writes
+    (its write catches up with the other's change first) and searches: the new label, not the
+    cached one. Only the edited item is read again: the others stay cached."""
+    path = sorted(png_folder.rglob("*.png"))[0]
+    matches = gallery.search(path, k=5)
+    edited, kept = matches[0].id, [m.id for m in matches[1:]]
+    other = Gallery.open(gallery.path, model_embedder, url=db_url)  # another worker
+    try:
+        other.edit(edited, label="relabelled elsewhere")
+    finally:
+        other.close()
+    gallery.add(np.zeros((28, 28), np.uint8), labels="ours")
+    assert set(kept) <= gallery._item_cache.keys()
+    found = {m.id: m.label for m in gallery.search(path, k=5)}
+    assert found[edited] == "relabelled elsewhere"
+    assert set(kept) <= gallery._item_cache.keys() and edited in gallery._item_cache
+
+
 def test_reopen_uses_the_saved_index(gallery, model_embedder, caplog, db_url):
     path, before = gallery.path, gallery.search(np.zeros((28, 28), np.uint8), k=5)
     gallery.close()
