@@ -72,7 +72,7 @@ class WriterLock:
             # in one line.
             raise OSError(exc.errno, f"cannot open the gallery's lock file to write: "
                           f"{exc.strerror}", str(self.path)) from None
-        pause = 0.001
+        started = time.monotonic()
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -87,11 +87,11 @@ class WriterLock:
                     raise GalleryError(
                         f"gallery {self.path.parent.name!r} is busy: another process{holder} is "
                         f"writing to it; waited {self.timeout:g} s for it to finish") from None
-                # An add or a delete holds the lock for a few milliseconds: look again soon,
-                # then less and less often (a fixed 50 ms made the web benchmark's writes wait
-                # 50-100 ms behind the other worker's, its p99 200 ms).
-                time.sleep(pause)
-                pause = min(2 * pause, 0.05)
+                # An add or a delete holds the lock for a few milliseconds, and under a steady
+                # stream of them a waiter that sleeps longer leaves the lock idle while writers
+                # queue (50 ms pauses: adds waited 70-490 ms in the web benchmark's mixed load).
+                # A long wait (an import holds it for minutes) looks less often.
+                time.sleep(0.002 if time.monotonic() - started < 1.0 else 0.05)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._fd, self._depth = fd, 1
