@@ -152,10 +152,11 @@ class Gallery:
         self._store = store
         self._lock = WriterLock(path / LOCK_FILE, lock_timeout)
         self._mutex = threading.RLock()
-        self._replica = Replica(path, store, self._lock, record, self._check_model)
-        # Search results' items, by id, least recently used first. An item never changes once
-        # added and its id is never reused, so a cached item is right for as long as the index
-        # holds its id (`search_vectors` only asks for ids the index, synced, returned).
+        self._replica = Replica(path, store, self._lock, record, self._check_model,
+                                stale_limit=ITEM_CACHE)
+        # Search results' items, by id, least recently used first. A cached item is right until
+        # it is edited or removed: this process's own changes drop it at once, another's when
+        # the replica has synced them (`_cached_items`); ids are never reused.
         self._item_cache: OrderedDict[int, Item] = OrderedDict()
         self._item_check = lru_cache(maxsize=ITEM_CACHE)(self._score_check)
         # (gallery size, nearest impostor distances, identities): `_impostor_basis`

@@ -45,7 +45,7 @@ class Replica:
     how far the index file on disk lags behind it."""
 
     def __init__(self, path: Path, store: Store, lock: WriterLock, record: GalleryRecord,
-                 check: Callable[[GalleryRecord], None]):
+                 check: Callable[[GalleryRecord], None], stale_limit: int = 50_000):
         self.path, self.store, self.lock = path, store, lock
         self.record = record  # the gallery's row as last read (or written) by this process
         self.check = check  # refuses a record this process cannot serve (another model)
@@ -57,8 +57,11 @@ class Replica:
         self.unsaved_since: Optional[float] = None  # when the first change since it was applied
         self.removal_since: Optional[float] = None  # ... and the first removal
         # Ids whose items changed in the database, by the changes synced since the gallery last
-        # took them (`take_stale`); None: any item may have (the index was reloaded or rebuilt).
+        # took them (`take_stale`); None: any item may have (the index was reloaded or rebuilt),
+        # or more than `stale_limit` did (a big import seen by a worker that does not search:
+        # its item cache is cleared whole instead of the set growing with every id).
         self.stale: Optional[set[int]] = set()
+        self.stale_limit = stale_limit
 
     @property
     def unsaved(self) -> bool:
@@ -163,6 +166,8 @@ class Replica:
             else:
                 for change in changes:
                     self.stale.update(change.ids.tolist())
+                if len(self.stale) > self.stale_limit:
+                    self.stale = None
         added, removed = _net(changes)
         self.index.remove(removed)
         if len(added):

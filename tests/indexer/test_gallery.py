@@ -169,6 +169,25 @@ def test_another_workers_edit_shows_here_even_after_a_write_of_ours(gallery, png
     assert set(kept) <= gallery._item_cache.keys() and edited in gallery._item_cache
 
 
+def test_a_big_change_elsewhere_clears_the_item_cache_instead_of_listing_every_id(
+        gallery, png_folder, model_embedder, db_url):
+    """Past `stale_limit` changed ids (an import seen by a worker that does not search), the
+    replica stops listing them and the whole item cache goes at the next search."""
+    files = sorted(png_folder.rglob("*.png"))
+    first = {m.id for m in gallery.search(files[0], k=5)}
+    assert first <= gallery._item_cache.keys()
+    gallery._replica.stale_limit = 2
+    other = Gallery.open(gallery.path, model_embedder, url=db_url)  # another worker
+    try:
+        other.add([np.full((28, 28), 40 * n, np.uint8) for n in range(1, 4)])
+    finally:
+        other.close()
+    gallery.refresh()
+    assert gallery._replica.stale is None
+    second = {m.id for m in gallery.search(files[-1], k=5)}
+    assert first - second and not (first - second) & gallery._item_cache.keys()
+
+
 def test_reopen_uses_the_saved_index(gallery, model_embedder, caplog, db_url):
     path, before = gallery.path, gallery.search(np.zeros((28, 28), np.uint8), k=5)
     gallery.close()
