@@ -16,7 +16,7 @@ Clients are threads in this process, each with one keep-alive connection, postin
 Fashion-MNIST *training* images (never in the gallery) as multipart uploads, for a fixed time
 after a short warm-up. Every answer is checked: a 2xx status, and the JSON its endpoint answers.
 Note the clients share the machine's cores with the servers; they are kept lean (`Connection`:
-~0.1 ms of CPU a request, where `http.client` took ~0.24) so that they take little from them.
+0.10-0.15 ms of CPU a request, where `http.client` took ~0.24) so that they take little from them.
 
 The ceiling, measured first while no server runs: the model's own batched rate in one process
 (`Embedder.embed_and_score_prepared` on batches of 256 prepared images, TensorFlow, all cores).
@@ -439,7 +439,7 @@ class Connection:
     """One keep-alive HTTP/1.1 connection to 127.0.0.1, as lean as a client can be in Python: a
     request is written in one `sendall`, the answer read by its Content-Length. The clients share
     the machine's two cores with the servers: `http.client` took ~0.24 ms of CPU a request (a
-    quarter of a core at 1,000 requests a second, taken from the servers); this takes ~0.06."""
+    quarter of a core at 1,000 requests a second, taken from the servers); this takes 0.10-0.15."""
 
     def __init__(self, port: int, timeout: float = 60) -> None:
         self.port = port

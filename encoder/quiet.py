@@ -11,8 +11,8 @@ while TensorFlow is imported (`QuietTensorFlowImport`) and while a model fits (`
 from __future__ import annotations
 
 import importlib.abc
-import logging
 import importlib.util
+import logging
 import os
 import re
 import sys

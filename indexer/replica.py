@@ -45,7 +45,7 @@ class Replica:
     how far the index file on disk lags behind it."""
 
     def __init__(self, path: Path, store: Store, lock: WriterLock, record: GalleryRecord,
-                 check: Callable[[GalleryRecord], None], stale_limit: int = 50_000):
+                 check: Callable[[GalleryRecord], None], stale_limit: int):
         self.path, self.store, self.lock = path, store, lock
         self.record = record  # the gallery's row as last read (or written) by this process
         self.check = check  # refuses a record this process cannot serve (another model)
