@@ -10,10 +10,11 @@ see a request that is all there, and a slow reader of an answer holds no thread 
 A body must arrive within `Settings.body_timeout` seconds, and after its first `BODY_GRACE`
 seconds at `MIN_BODY_RATE` bytes a second on average; one that does not, or that is larger than
 the request limit, is not read further, and the app answers it (408, 413: its own messages, as
-JSON or a page) on a connection that then closes. Bodies over `LARGE_BODY` are received a few at
-a time (as many as the worker has threads): each may be up to the request limit (42 MB), and a
-few dozen clients uploading at once would otherwise all be held in memory together. A search's
-upload is far smaller and never waits.
+JSON or a page) on a connection that then closes, after a moment of reading and dropping what
+still comes (`server.Protocol`: otherwise a reset can destroy the answer). Bodies over
+`LARGE_BODY` are received a few at a time (as many as the worker has threads): each may be up to
+the request limit (42 MB), and a few dozen clients uploading at once would otherwise all be held
+in memory together. A search's upload is far smaller and never waits.
 """
 from __future__ import annotations
 

@@ -21,6 +21,7 @@ import signal
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
 from gunicorn.errors import AppImportError, HaltServer
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn_worker import UvicornWorker
 
 from encoder.errors import SiameseSearchError
@@ -31,6 +32,8 @@ from .service import EXTENSION
 from .settings import Settings
 
 log = logging.getLogger(__name__)
+
+LINGER = 5.0  # seconds an answer's connection goes on reading a body it did not want
 
 
 class Server(BaseApplication):
@@ -95,12 +98,59 @@ class Server(BaseApplication):
             worker.log.info("worker %s closed its gallery", worker.pid)
 
 
+class Protocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, with a lingering close (as nginx and Apache do). An answer
+    sent before its request's body was all read (413, 408) closed a socket with the client's
+    bytes still unread, and the kernel answers that with a reset, which can destroy the answer
+    before the client reads it (a client still uploading got ConnectionResetError instead of its
+    413). Here such a connection sends its answer and its end of the stream, then reads and drops
+    whatever still comes, until the client closes or `LINGER` seconds pass."""
+
+    lingering = False
+
+    def on_headers_complete(self) -> None:
+        super().on_headers_complete()
+        if self.cycle is not None:
+            self.cycle.transport = _LingeringTransport(self)
+
+    def data_received(self, data: bytes) -> None:
+        if not self.lingering:
+            super().data_received(data)
+
+    def linger(self) -> None:
+        """In place of closing: linger where the body is still arriving, else close."""
+        transport = self.transport
+        if transport.is_closing():
+            return
+        if self.lingering or self.cycle is None or not self.cycle.more_body:
+            transport.close()
+            return
+        self.lingering = True
+        transport.write_eof()  # after what is buffered: the answer
+        self.flow.resume_reading()
+        self.loop.call_later(LINGER, transport.close)
+
+
+class _LingeringTransport:
+    """The connection as a request's cycle sees it: closing it lingers (`Protocol.linger`)."""
+
+    def __init__(self, protocol: Protocol) -> None:
+        self._protocol = protocol
+        self._transport = protocol.transport
+
+    def __getattr__(self, name):
+        return getattr(self._transport, name)
+
+    def close(self) -> None:
+        self._protocol.linger()
+
+
 class Worker(UvicornWorker):
     """uvicorn's gunicorn worker: httptools parses requests on the event loop. X-Forwarded-*
     headers are the app's to believe or not (`Settings.trusted_proxies`), not uvicorn's (which
     believes any from 127.0.0.1 by default)."""
 
-    CONFIG_KWARGS = {"loop": "asyncio", "http": "httptools", "proxy_headers": False,
+    CONFIG_KWARGS = {"loop": "asyncio", "http": Protocol, "proxy_headers": False,
                      "lifespan": "off", "server_header": False}
 
     stopping = False

@@ -49,6 +49,24 @@ def test_a_chunked_body_over_the_limit_is_413(small_limit_server, sample_pngs):
     assert b"the request is over the 1.18 MB limit" in body
 
 
+def test_a_client_that_sends_its_whole_body_before_reading_gets_its_413(small_limit_server):
+    """The declared length is over the limit, so the server answers without reading the body;
+    the client sends all 8 MB anyway, then reads. Its answer is the 413, not a reset (the server
+    drains what comes after its answer, then closes)."""
+    for _ in range(3):
+        client = socket.create_connection(("127.0.0.1", small_limit_server.port), timeout=30)
+        body = b"\0" * 8_000_000
+        client.sendall(b"POST /api/search HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: "
+                       b"multipart/form-data; boundary=x\r\nContent-Length: %d\r\n\r\n" % len(body))
+        client.sendall(body)
+        answer = b""
+        while chunk := client.recv(65536):
+            answer += chunk
+        client.close()
+        assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+        assert b'"too_large"' in answer and b"connection: close" in answer.lower()
+
+
 def trickle(port: int, body: bytes, content_type: str) -> bytes:
     """Send a POST whose body comes a byte every 0.2 s; the server's answer."""
     slow = socket.create_connection(("127.0.0.1", port), timeout=60)
