@@ -60,6 +60,10 @@ METHOD = "outlier-exposure CNN on the model input"
 KEEP = 0.98  # target: held-out images of the training kind (new classes) kept at least this often
 FOREIGN_LIMIT = 0.05  # target: each foreign kind accepted at most this often
 SAME_KIND = 0.2  # a kind still accepted this often by a check trained against it is its own
+# The held-out images the threshold is set on show whether new classes are kept only from this
+# many classes (each judged at the threshold the others set) and images (one image is then 1%,
+# under the 2% a miss allows); below either, training says so before it starts.
+MIN_HELDOUT_CLASSES, MIN_HELDOUT_IMAGES = 4, 100
 MIN_FOREIGN = 8000  # foreign training images at the least: a few hundred taught little
 LEAVE_OUT_IMAGES = 5000  # in-domain training images of each leave-one-kind-out check
 FOREIGN_MEASURED = 500  # fresh foreign images of each kind the figures are measured on
@@ -303,7 +307,7 @@ def _heldout_rejected(held: np.ndarray, labels: Optional[np.ndarray], foreign: n
     """The share of held-out in-domain images rejected as new classes will be: with four or more
     held-out classes, each class's images judged at the threshold the other classes set (leave
     one class out); else counted where the threshold was set."""
-    if labels is None or len(np.unique(labels)) < 4:
+    if labels is None or len(np.unique(labels)) < MIN_HELDOUT_CLASSES:
         return float(np.mean(held < _threshold(held, foreign, rejection))) if len(held) else 0.0, \
             None
     classes = np.unique(labels)
@@ -311,6 +315,24 @@ def _heldout_rejected(held: np.ndarray, labels: Optional[np.ndarray], foreign: n
                                                              rejection)))
                    for c in classes)
     return rejected / len(held), int(len(classes))
+
+
+def thin_check_warning(heldout_labels: Optional[np.ndarray], train_classes: int) -> Optional[str]:
+    """Before training, the words for a domain check whose held-out classes are too few to
+    measure it (`MIN_HELDOUT_CLASSES`, `MIN_HELDOUT_IMAGES`); None when they suffice, or when the
+    held-out images are of the training classes (an image split: no new classes to keep)."""
+    if heldout_labels is None:
+        return None
+    images, classes = len(heldout_labels), len(np.unique(heldout_labels))
+    if classes >= MIN_HELDOUT_CLASSES and images >= MIN_HELDOUT_IMAGES:
+        return None
+    return (f"thin domain check: it learns from {train_classes} classes and sets its threshold on "
+            f"{images} held-out images of {classes} other classes, under the "
+            f"{MIN_HELDOUT_CLASSES} classes and {MIN_HELDOUT_IMAGES} images that show whether "
+            f"new classes are kept (one image is {1 / max(images, 1):.0%}). Checks this small "
+            "learn the classes more than their kind (docs/trust.md: one trained on 4 of a "
+            "clothing folder's 7 classes accepted 77-99% of most foreign kinds) and are likely to "
+            "be marked weak. Add classes")
 
 
 def _weaknesses(training_data: str, rejected: float, classes: Optional[int],

@@ -17,7 +17,7 @@ from .calibration import (HeldOutPairs, calibrate, cross_validated_accuracy, ope
                           verdict_calibration)
 from .config import TrainConfig
 from .datasets import Dataset
-from .domain import REJECTION, fit_domain_model
+from .domain import REJECTION, fit_domain_model, thin_check_warning
 from .evaluation import HELDOUT_EPISODES, HELDOUT_WAYS, heldout_oneshot, retrieval_metrics
 from .images import Preprocessing, prepare_batch
 from .fitting import Fit, duration_text, fit_encoder
@@ -88,6 +88,10 @@ def train(ds: Dataset, config: TrainConfig, out_dir: str | os.PathLike,
     time_budget = config.time_budget / (folds + int(config.refit)) if config.time_budget else None
     splits = [split_train_val(ds, config, fold=k) for k in range(folds)]  # errors before training
     warnings = validation_warnings(ds, requested, splits)
+    if config.domain:
+        train_classes = len(np.unique(ds.labels[splits[0][0]]))
+        thin = thin_check_warning(new_class_labels(ds, config, splits[0][1]), train_classes)
+        warnings += [thin] if thin else []
     for warning in warnings:
         report(f"warning: {warning}")
     measured = _validate(x_all, pre, ds, config, splits, time_budget, report)

@@ -37,3 +37,16 @@ def test_each_kind_is_measured_left_out_and_the_training_kind_is_not_foreign(fas
     assert max(card.foreign_accepted.values()) <= 0.05
     scores = DomainModel(model).score(foreign_batch(300, pre, seed=5, families=("photos",)))
     assert np.mean(scores >= card.threshold) <= 0.05
+
+
+def test_a_check_with_too_few_held_out_classes_is_a_warning_before_training():
+    from encoder.domain import thin_check_warning
+
+    assert thin_check_warning(None, 4) is None  # an image split: held out of the training classes
+    assert thin_check_warning(np.repeat(np.arange(10), 10), 20) is None  # 10 classes, 100 images
+    few_classes = thin_check_warning(np.repeat(np.arange(3), 40), 4)
+    assert few_classes.startswith("thin domain check: it learns from 4 classes and sets its "
+                                  "threshold on 120 held-out images of 3 other classes")
+    few_images = thin_check_warning(np.repeat(np.arange(5), 10), 12)
+    assert "50 held-out images of 5 other classes" in few_images
+    assert "one image is 2%" in few_images and few_images.endswith("Add classes")

@@ -299,24 +299,27 @@ def test_resolve_decides_every_auto_setting_as_the_network_would(small_folder):
 
 @pytest.mark.slow
 def test_thin_validation_is_a_warning_on_screen_and_in_the_card(small_folder, tmp_path):
-    """Four classes: auto would use three calibration folds but cannot, and the threshold is
-    calibrated on the two held-out classes (one pair of different classes): both said, not
-    silent, and recorded."""
+    """Four classes: auto would use three calibration folds but cannot, the threshold is
+    calibrated on the two held-out classes (one pair of different classes), and the domain check
+    learns from two classes: all said before training starts, and recorded."""
     ds = load_image_folder(small_folder)
     lines = []
-    card = train(ds, TrainConfig(epochs=1, width=8, min_steps_per_epoch=2, domain=False),
+    card = train(ds, TrainConfig(epochs=1, width=8, min_steps_per_epoch=2, domain_epochs=1,
+                                 domain_leave_out=False),
                  tmp_path / "m", report=lines.append)
     warnings = card.training["warnings"]
-    assert len(warnings) == 2
+    assert len(warnings) == 3
     assert warnings[0].startswith("calibration folds: 3 folds (the default for small classes) "
                                   "need 6 classes or more, this data has 4")
     assert warnings[1].startswith("thin validation: the threshold is calibrated on 2 held-out "
                                   "class(es), 1 pair(s) of different classes")
     assert "--val-split image" in warnings[1]
+    assert warnings[2].startswith("thin domain check: it learns from 2 classes and sets its "
+                                  "threshold on 60 held-out images of 2 other classes")
     shown = [line for line in lines if line.startswith("warning: ")]
-    assert shown[:2] == [f"warning: {w}" for w in warnings]
-    assert lines.index(shown[0]) < min(i for i, l in enumerate(lines) if l.startswith("epoch 1/1"))
-    assert "2 warning(s) above" in lines[-1]
+    assert shown[:3] == [f"warning: {w}" for w in warnings]
+    assert lines.index(shown[2]) < min(i for i, l in enumerate(lines) if l.startswith("epoch 1/1"))
+    assert "3 warning(s) above" in lines[-1]
     settings = json.loads((tmp_path / "m" / "card.json").read_text())["training"]["settings"]
     assert (settings["embedding_dim"], settings["depth"]) == (64, 3)
 
