@@ -17,6 +17,8 @@ import logging
 import multiprocessing
 import os
 import signal
+import time
+from typing import Optional
 
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
@@ -34,6 +36,8 @@ from .settings import Settings
 log = logging.getLogger(__name__)
 
 LINGER = 5.0  # seconds an answer's connection goes on reading a body it did not want
+SLACK = 1  # a worker accepts while it holds at most this many connections more than the fewest
+PATIENCE = 0.02  # seconds a worker leaves a waiting connection to the others before taking it
 
 
 class Server(BaseApplication):
@@ -42,6 +46,7 @@ class Server(BaseApplication):
         self.announce = announce  # called once, by the first worker ready to answer
         self.access_log = access_log
         self._announced = multiprocessing.Value("b", 0)  # shared with the forked workers
+        self.balance = Balance(settings.workers)
         super().__init__()
 
     def load_config(self) -> None:
@@ -53,6 +58,7 @@ class Server(BaseApplication):
             "backlog": 2048, "preload_app": False, "proc_name": "siamese-serve",
             "accesslog": "-" if self.access_log else None, "errorlog": "-", "loglevel": "info",
             "post_worker_init": self._worker_ready, "worker_exit": self._worker_exit,
+            "child_exit": self._child_exit,
         }.items():
             self.cfg.set(key, value)
         if "control_socket_disable" in self.cfg.settings:  # gunicorn >= 24: no ~/.gunicorn socket
@@ -88,6 +94,10 @@ class Server(BaseApplication):
         if first and self.announce is not None:
             self.announce(self.settings)
 
+    def _child_exit(self, server, worker) -> None:
+        """In the master, a worker gone (however it ended): its connections no longer count."""
+        self.balance.leave(worker.pid)
+
     @staticmethod
     def _worker_exit(server, worker) -> None:
         """In a worker on its way out: close its gallery (index saved, connections closed)."""
@@ -96,6 +106,86 @@ class Server(BaseApplication):
         if service is not None:
             service.close()
             worker.log.info("worker %s closed its gallery", worker.pid)
+
+
+class Balance:
+    """How many connections each worker holds, in memory the workers share (made by the master
+    before it forks them), so that a worker leaves a new connection to one that holds fewer.
+
+    Every worker is woken by each connection waiting on the socket they share, and asyncio's
+    accept loop takes every connection waiting when it wakes: 16 clients connecting at once went
+    16 to one worker and none to the other in most rounds, and a proxy's keep-alive connections
+    stay where they land. The busier worker's requests then queue for its threads while the
+    other's idle (16 clients split 13/3: p99 38 ms; split 8/8: 28-29 ms)."""
+
+    def __init__(self, workers: int) -> None:
+        # (pid, connections) for each worker; room for replacements while old workers leave.
+        self.table = multiprocessing.RawArray("q", 4 * max(workers, 1))
+        self.lock = multiprocessing.Lock()
+        self.slot: Optional[int] = None  # this worker's pair (in the worker)
+        self._declined = self._waiting = 0.0
+
+    def join(self, pid: int) -> None:
+        """In a worker after the fork: take a free pair (none free: this worker always accepts)."""
+        with self.lock:
+            for i in range(0, len(self.table), 2):
+                if self.table[i] == 0:
+                    self.table[i], self.table[i + 1] = pid, 0
+                    self.slot = i
+                    return
+
+    def leave(self, pid: int) -> None:
+        with self.lock:
+            for i in range(0, len(self.table), 2):
+                if self.table[i] == pid:
+                    self.table[i] = self.table[i + 1] = 0
+
+    def opened(self) -> None:  # only this worker's event loop writes its count
+        if self.slot is not None:
+            self.table[self.slot + 1] += 1
+
+    def closed(self) -> None:
+        if self.slot is not None:
+            self.table[self.slot + 1] -= 1
+
+    def my_turn(self) -> bool:
+        """Whether to accept a waiting connection now: this worker holds no more than `SLACK`
+        over the fewest any worker holds, or the connection has waited `PATIENCE` for the
+        others (a worker too busy to accept must not keep a client waiting)."""
+        if self.slot is None:
+            return True
+        mine = self.table[self.slot + 1]
+        fewest = min(self.table[i + 1] for i in range(0, len(self.table), 2) if self.table[i])
+        if mine <= fewest + SLACK:
+            return True
+        now = time.monotonic()
+        if now - self._declined > 0.005:  # declines come every ~0.5 ms while one waits
+            self._waiting = now
+        self._declined = now
+        return now - self._waiting >= PATIENCE
+
+
+class _Listener:
+    """The listening socket as a worker's event loop sees it: it accepts a connection only in
+    this worker's turn (`Balance`), and counts it."""
+
+    def __init__(self, sock, balance: Balance) -> None:
+        self._sock = sock
+        self._balance = balance
+
+    def accept(self):
+        if not self._balance.my_turn():
+            # Leave it to the worker whose turn it is. The socket stays readable until that
+            # worker accepts, so this loop would spin: a short sleep gives the GIL and the CPU
+            # to the others meanwhile.
+            time.sleep(0.0005)
+            raise BlockingIOError
+        accepted = self._sock.accept()
+        self._balance.opened()  # at once: the loop may accept more before any protocol starts
+        return accepted
+
+    def __getattr__(self, name):
+        return getattr(self._sock, name)
 
 
 class Protocol(HttpToolsProtocol):
@@ -107,6 +197,12 @@ class Protocol(HttpToolsProtocol):
     whatever still comes, until the client closes or `LINGER` seconds pass."""
 
     lingering = False
+    balance: Optional[Balance] = None  # the worker's (`Worker._serve`); counted from accept on
+
+    def connection_lost(self, exc) -> None:
+        super().connection_lost(exc)
+        if self.balance is not None:
+            self.balance.closed()
 
     def on_headers_complete(self) -> None:
         super().on_headers_complete()
@@ -171,6 +267,10 @@ class Worker(UvicornWorker):
 
     async def _serve(self) -> None:
         if not self.stopping:
+            balance = self.app.balance
+            balance.join(os.getpid())
+            Protocol.balance = balance
+            self.sockets = [_Listener(sock, balance) for sock in self.sockets]
             await super()._serve()
 
 

@@ -2,10 +2,15 @@
 from __future__ import annotations
 
 import io
+import os
+import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -262,3 +267,62 @@ def test_demo_reembeds_a_gallery_built_with_an_earlier_model(tmp_path, model_dir
     reopened = Gallery.open(gallery, Embedder.load(other_model_dir))
     assert len(reopened) == 5
     reopened.close()
+
+
+def _ready_workers(log: Path) -> list[int]:
+    return [int(pid) for pid in re.findall(r"worker (\d+) ready", log.read_text())]
+
+
+def _held_by_each(workers: list[int], port: int, client_ports: set[int]) -> list[int]:
+    """How many of the connections from `client_ports` each worker holds (Linux: the server's
+    ends in /proc/net/tcp, found among each worker's open files)."""
+    ends = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, remote, state, inode = fields[1], fields[2], fields[3], fields[9]
+        if (state == "01" and int(local.split(":")[1], 16) == port
+                and int(remote.split(":")[1], 16) in client_ports):
+            ends.add(f"socket:[{inode}]")
+    held = []
+    for pid in workers:
+        n = 0
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                n += os.readlink(f"/proc/{pid}/fd/{fd}") in ends
+            except OSError:  # closed meanwhile
+                pass
+        held.append(n)
+    return held
+
+
+def _connect_together(server, workers: list[int], n: int = 16) -> list[int]:
+    """Open `n` connections at once; how many each worker took (sorted). They are closed."""
+    clients = [socket.create_connection(("127.0.0.1", server.port), timeout=10) for _ in range(n)]
+    ports = {c.getsockname()[1] for c in clients}
+    deadline = time.monotonic() + 10
+    while sum(held := _held_by_each(workers, server.port, ports)) < n:
+        assert time.monotonic() < deadline, held
+        time.sleep(0.05)
+    for c in clients:
+        c.close()
+    time.sleep(0.1)  # the workers see the closes
+    return sorted(held)
+
+
+@pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads Linux's /proc")
+def test_connections_that_arrive_together_are_shared_by_the_workers(own_server):
+    """16 clients connecting at once, ten times: each worker takes 6 or more every time (without
+    the shared counts one worker took all 16 in most rounds). A worker killed leaves the count
+    with it: its replacement and the other share the next connections alike."""
+    workers = _ready_workers(own_server.log)
+    assert len(workers) == 2
+    rounds = [_connect_together(own_server, workers) for _ in range(10)]
+    assert all(fewer >= 6 for fewer, _ in rounds), rounds
+    os.kill(workers[0], signal.SIGKILL)
+    deadline = time.monotonic() + 120
+    while len(_ready_workers(own_server.log)) < 3:
+        assert time.monotonic() < deadline, own_server.log.read_text()[-2000:]
+        time.sleep(0.2)
+    workers = _ready_workers(own_server.log)[1:]
+    rounds = [_connect_together(own_server, workers) for _ in range(5)]
+    assert all(fewer >= 6 for fewer, _ in rounds), rounds
