@@ -118,15 +118,20 @@ class Balance:
     stay where they land. The busier worker's requests then queue for its threads while the
     other's idle (16 clients split 13/3: p99 38 ms; split 8/8: 28-29 ms)."""
 
+    RETIRED = 2 ** 62  # the count of a worker that no longer listens: never the fewest
+
     def __init__(self, workers: int) -> None:
-        # (pid, connections) for each worker; room for replacements while old workers leave.
-        self.table = multiprocessing.RawArray("q", 4 * max(workers, 1))
+        # (pid, connections) for each worker; room for replacements while old workers leave
+        # (a reload starts new workers before the old ones go). A worker that finds no room
+        # always accepts.
+        self.table = multiprocessing.RawArray("q", 8 * max(workers, 1))
         self.lock = multiprocessing.Lock()
         self.slot: Optional[int] = None  # this worker's pair (in the worker)
-        self._declined = self._waiting = 0.0
+        self._waiting: Optional[float] = None  # since when a connection is left to the others
+        self._declined = 0.0  # when one last was
 
     def join(self, pid: int) -> None:
-        """In a worker after the fork: take a free pair (none free: this worker always accepts)."""
+        """In a worker after the fork: take a free pair."""
         with self.lock:
             for i in range(0, len(self.table), 2):
                 if self.table[i] == 0:
@@ -135,34 +140,54 @@ class Balance:
                     return
 
     def leave(self, pid: int) -> None:
-        with self.lock:
+        """In the master, a worker gone. A worker killed inside `join` would hold the lock for
+        ever: past a second, the pair is cleared without it (pids are unique among the living)."""
+        locked = self.lock.acquire(timeout=1)
+        try:
             for i in range(0, len(self.table), 2):
                 if self.table[i] == pid:
                     self.table[i] = self.table[i + 1] = 0
+        finally:
+            if locked:
+                self.lock.release()
 
     def opened(self) -> None:  # only this worker's event loop writes its count
-        if self.slot is not None:
+        if self.slot is not None and self.table[self.slot + 1] < self.RETIRED:
             self.table[self.slot + 1] += 1
 
     def closed(self) -> None:
-        if self.slot is not None:
+        if self.slot is not None and self.table[self.slot + 1] < self.RETIRED:
             self.table[self.slot + 1] -= 1
 
-    def my_turn(self) -> bool:
-        """Whether to accept a waiting connection now: this worker holds no more than `SLACK`
-        over the fewest any worker holds, or the connection has waited `PATIENCE` for the
-        others (a worker too busy to accept must not keep a client waiting)."""
+    def retire(self) -> None:
+        """This worker has stopped listening (a graceful stop): the others stop waiting for it
+        to take connections, though it lives on a while to finish its requests."""
+        if self.slot is not None:
+            self.table[self.slot + 1] = self.RETIRED
+
+    def turn(self) -> tuple[bool, bool]:
+        """(accept a waiting connection now, whether one has been left to the others for a
+        while): this worker holds no more than `SLACK` over the fewest any worker holds, or a
+        connection has waited `PATIENCE` for the others, who may be too busy to take it; then
+        the next waits its own `PATIENCE`, so a late worker costs one connection in each."""
         if self.slot is None:
-            return True
+            return True, False
         mine = self.table[self.slot + 1]
         fewest = min(self.table[i + 1] for i in range(0, len(self.table), 2) if self.table[i])
-        if mine <= fewest + SLACK:
-            return True
         now = time.monotonic()
-        if now - self._declined > 0.005:  # declines come every ~0.5 ms while one waits
+        if mine <= fewest + SLACK:
+            self._waiting = None
+            return True, False
+        # A gap of 0.1 s between refusals: the one before was taken by another worker, and
+        # this is another connection (while one waits, the loop comes back within milliseconds).
+        if self._waiting is None or now - self._declined > 0.1:
             self._waiting = now
+        recent = now - self._declined < 0.002
         self._declined = now
-        return now - self._waiting >= PATIENCE
+        if now - self._waiting >= PATIENCE:
+            self._waiting = now
+            return True, False
+        return False, recent
 
 
 class _Listener:
@@ -174,15 +199,22 @@ class _Listener:
         self._balance = balance
 
     def accept(self):
-        if not self._balance.my_turn():
-            # Leave it to the worker whose turn it is. The socket stays readable until that
-            # worker accepts, so this loop would spin: a short sleep gives the GIL and the CPU
-            # to the others meanwhile.
-            time.sleep(0.0005)
+        accept, spinning = self._balance.turn()
+        if not accept:
+            # Left to another worker: the socket stays readable until that one takes it, so
+            # this loop comes straight back. Every worker is woken by each connection, so the
+            # first refusal costs nothing; while one keeps waiting, a short sleep gives the
+            # CPU to the worker whose turn it is.
+            if spinning:
+                time.sleep(0.0002)
             raise BlockingIOError
         accepted = self._sock.accept()
         self._balance.opened()  # at once: the loop may accept more before any protocol starts
         return accepted
+
+    def close(self) -> None:  # asyncio's server stops listening: a graceful stop
+        self._balance.retire()
+        self._sock.close()
 
     def __getattr__(self, name):
         return getattr(self._sock, name)
@@ -204,49 +236,61 @@ class Protocol(HttpToolsProtocol):
         if self.balance is not None:
             self.balance.closed()
 
+    def _unsupported_upgrade_warning(self) -> None:
+        """A WebSocket upgrade is answered by the app as a plain request (400); uvicorn's
+        warning would tell the operator to install a WebSocket library the app has no use for."""
+
+    def on_response_complete(self) -> None:
+        if not self.lingering:  # a lingering connection starts no pipelined request, no timer
+            super().on_response_complete()
+
     def on_headers_complete(self) -> None:
         super().on_headers_complete()
         if self.cycle is not None:
-            self.cycle.transport = _LingeringTransport(self)
+            self.cycle.transport = _LingeringTransport(self, self.cycle)
 
     def data_received(self, data: bytes) -> None:
         if not self.lingering:
             super().data_received(data)
 
-    def linger(self) -> None:
-        """In place of closing: linger where the body is still arriving, else close."""
+    def linger(self, cycle) -> None:
+        """In place of closing after `cycle`'s answer: linger where more may still come (its
+        body, or requests sent after it), else close."""
         transport = self.transport
         if transport.is_closing():
             return
-        if self.lingering or self.cycle is None or not self.cycle.more_body:
+        if self.lingering or (not cycle.more_body and self.cycle is cycle):
             transport.close()
             return
         self.lingering = True
+        self.pipeline.clear()  # requests sent after this one are not answered
         transport.write_eof()  # after what is buffered: the answer
         self.flow.resume_reading()
-        self.loop.call_later(LINGER, transport.close)
+        self.loop.call_later(LINGER, transport.close)  # a no-op once closed
 
 
 class _LingeringTransport:
     """The connection as a request's cycle sees it: closing it lingers (`Protocol.linger`)."""
 
-    def __init__(self, protocol: Protocol) -> None:
+    def __init__(self, protocol: Protocol, cycle) -> None:
         self._protocol = protocol
+        self._cycle = cycle
         self._transport = protocol.transport
 
     def __getattr__(self, name):
         return getattr(self._transport, name)
 
     def close(self) -> None:
-        self._protocol.linger()
+        self._protocol.linger(self._cycle)
 
 
 class Worker(UvicornWorker):
     """uvicorn's gunicorn worker: httptools parses requests on the event loop. X-Forwarded-*
     headers are the app's to believe or not (`Settings.trusted_proxies`), not uvicorn's (which
-    believes any from 127.0.0.1 by default)."""
+    believes any from 127.0.0.1 by default). No WebSockets: the app has none, and an upgraded
+    connection left the count of connections (`Balance`) one too high for good."""
 
-    CONFIG_KWARGS = {"loop": "asyncio", "http": Protocol, "proxy_headers": False,
+    CONFIG_KWARGS = {"loop": "asyncio", "http": Protocol, "ws": "none", "proxy_headers": False,
                      "lifespan": "off", "server_header": False}
 
     stopping = False

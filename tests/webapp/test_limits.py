@@ -5,6 +5,7 @@ import http.client
 import select
 import shutil
 import socket
+import time
 
 import pytest
 
@@ -65,6 +66,29 @@ def test_a_client_that_sends_its_whole_body_before_reading_gets_its_413(small_li
         client.close()
         assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
         assert b'"too_large"' in answer and b"connection: close" in answer.lower()
+
+
+def test_requests_sent_after_a_refused_body_are_not_run(small_limit_server):
+    """A chunked body over the limit, then a GET and the start of another POST in the same
+    stream: the 413 is the one answer, and the server runs nothing after it (the GET used to run
+    and then fail to write on a connection already half closed)."""
+    before = small_limit_server.log.read_text()
+    body = b"\0" * 1_500_000
+    chunked = b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+    client = socket.create_connection(("127.0.0.1", small_limit_server.port), timeout=30)
+    client.sendall(b"POST /api/search HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: "
+                   b"multipart/form-data; boundary=x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                   + chunked + b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+                   b"POST /api/search HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n"
+                   b"Content-Type: multipart/form-data; boundary=x\r\n\r\nabc")
+    answer = b""
+    while chunk := client.recv(65536):
+        answer += chunk
+    client.close()
+    assert answer.startswith(b"HTTP/1.1 413") and answer.count(b"HTTP/1.1 ") == 1, answer[:300]
+    time.sleep(0.5)  # anything run after it would have logged by now
+    log = small_limit_server.log.read_text()[len(before):]
+    assert "Exception in ASGI application" not in log and "Traceback" not in log, log[-2000:]
 
 
 def trickle(port: int, body: bytes, content_type: str) -> bytes:

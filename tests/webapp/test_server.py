@@ -305,8 +305,19 @@ def _connect_together(server, workers: list[int], n: int = 16) -> list[int]:
         time.sleep(0.05)
     for c in clients:
         c.close()
-    time.sleep(0.1)  # the workers see the closes
+    while _server_ends(server.port, ports):  # each worker has counted its closes
+        assert time.monotonic() < deadline + 10
+        time.sleep(0.02)
     return sorted(held)
+
+
+def _server_ends(port: int, client_ports: set[int]) -> int:
+    """The server's ends of those connections not yet closed by the server (established, or
+    closed by the client only); a worker counts a close before it closes its end."""
+    return sum(1 for line in Path("/proc/net/tcp").read_text().splitlines()[1:]
+               if (fields := line.split())[3] in ("01", "08")
+               and int(fields[1].split(":")[1], 16) == port
+               and int(fields[2].split(":")[1], 16) in client_ports)
 
 
 @pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads Linux's /proc")
@@ -326,3 +337,21 @@ def test_connections_that_arrive_together_are_shared_by_the_workers(own_server):
     workers = _ready_workers(own_server.log)[1:]
     rounds = [_connect_together(own_server, workers) for _ in range(5)]
     assert all(fewer >= 6 for fewer, _ in rounds), rounds
+
+
+def test_a_websocket_upgrade_is_a_plain_400(server):
+    """The app serves no WebSockets: the upgrade is answered as a request (an upgraded connection
+    used to leave the worker's count of connections one too high for good), and the log gets no
+    advice to install a WebSocket library."""
+    before = len(server.log.read_text())
+    client = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    client.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\n"
+                   b"Upgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                   b"Sec-WebSocket-Version: 13\r\n\r\n")
+    answer = b""
+    while b'"bad_request"' not in answer and (chunk := client.recv(65536)):  # the body may
+        answer += chunk  # come after the headers
+    client.close()
+    assert answer.startswith(b"HTTP/1.1 400") and b'"bad_request"' in answer, answer[:300]
+    time.sleep(0.3)
+    assert "WebSocket" not in server.log.read_text()[before:]
