@@ -8,7 +8,9 @@ model and the gallery load once per worker, and the workers share the gallery th
 Each worker is an event loop (uvicorn's gunicorn worker, with httptools) in front of a few
 threads (`front.Front`): the loop reads each request whole, however slowly a client sends its
 headers or body, and the threads run the app on complete requests, overlapping the parts that
-release the GIL (TensorFlow, FAISS, SQLite, Pillow).
+release the GIL (TensorFlow, FAISS, SQLite, Pillow). The workers take turns accepting
+connections by how many each holds (`Balance`), and a connection closed on a body left unread
+lingers a moment (`Protocol`).
 """
 from __future__ import annotations
 
