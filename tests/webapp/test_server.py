@@ -273,16 +273,23 @@ def _ready_workers(log: Path) -> list[int]:
     return [int(pid) for pid in re.findall(r"worker (\d+) ready", log.read_text())]
 
 
-def _held_by_each(workers: list[int], port: int, client_ports: set[int]) -> list[int]:
-    """How many of the connections from `client_ports` each worker holds (Linux: the server's
-    ends in /proc/net/tcp, found among each worker's open files)."""
+def _server_ends(port: int, client_ports: set[int], states: tuple[str, ...]) -> set[str]:
+    """The server's ends of the connections from `client_ports` in those TCP states, as a
+    worker's open files name them (Linux's /proc/net/tcp: 01 established, 08 closed by the
+    client only)."""
     ends = set()
     for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
         fields = line.split()
         local, remote, state, inode = fields[1], fields[2], fields[3], fields[9]
-        if (state == "01" and int(local.split(":")[1], 16) == port
+        if (state in states and int(local.split(":")[1], 16) == port
                 and int(remote.split(":")[1], 16) in client_ports):
             ends.add(f"socket:[{inode}]")
+    return ends
+
+
+def _held_by_each(workers: list[int], port: int, client_ports: set[int]) -> list[int]:
+    """How many of the connections from `client_ports` each worker holds."""
+    ends = _server_ends(port, client_ports, ("01",))
     held = []
     for pid in workers:
         n = 0
@@ -305,19 +312,11 @@ def _connect_together(server, workers: list[int], n: int = 16) -> list[int]:
         time.sleep(0.05)
     for c in clients:
         c.close()
-    while _server_ends(server.port, ports):  # each worker has counted its closes
+    # A worker counts a close before it closes its end: once no end is open, all are counted.
+    while _server_ends(server.port, ports, ("01", "08")):
         assert time.monotonic() < deadline + 10
         time.sleep(0.02)
     return sorted(held)
-
-
-def _server_ends(port: int, client_ports: set[int]) -> int:
-    """The server's ends of those connections not yet closed by the server (established, or
-    closed by the client only); a worker counts a close before it closes its end."""
-    return sum(1 for line in Path("/proc/net/tcp").read_text().splitlines()[1:]
-               if (fields := line.split())[3] in ("01", "08")
-               and int(fields[1].split(":")[1], 16) == port
-               and int(fields[2].split(":")[1], 16) in client_ports)
 
 
 @pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads Linux's /proc")
