@@ -77,7 +77,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="unmeasured seconds before each measurement (default: %(default)s)")
     p.add_argument("--workers", type=int, default=2, help="gunicorn workers, both servers "
                                                           "(default: %(default)s)")
-    p.add_argument("--threads", type=int, default=4, help="threads per worker, both servers "
+    p.add_argument("--threads", type=int, default=2, help="threads per worker, both servers "
                                                           "(default: %(default)s)")
     p.add_argument("--skip-baseline", action="store_true", help="measure our server only")
     p.add_argument("--endpoints", default=",".join(ENDPOINTS),

@@ -29,10 +29,10 @@ import errno
 import json
 import math
 import os
-from contextlib import contextmanager
+import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 import faiss
 import numpy as np
@@ -51,7 +51,7 @@ POINTS_PER_LIST = 39  # FAISS warns when k-means gets fewer training points per 
 TRAIN_POINTS_PER_LIST = 64  # ivf: k-means sample (FAISS would take up to 256 per list: slow, no better)
 TOMBSTONE_LIMIT = 0.2  # hnsw: rebuild once this share of the graph is deleted items
 RETRAIN_GROWTH = 4  # ivf: retrain once the index holds this many times its training set
-FEW_QUERIES = 16  # below this many queries, search on one thread (see `_one_thread`)
+FEW_QUERIES = 16  # below this many queries, search on one thread (see `_threads_for`)
 
 
 @dataclass(frozen=True)
@@ -133,20 +133,23 @@ class Recall:
     items: int
 
 
-@contextmanager
-def _one_thread(queries: int) -> Iterator[None]:
-    """Search a few queries on one OpenMP thread. Splitting one query over threads costs more than
-    it saves, and on a busy machine the threads' barrier can cost 10x the search (16 ms instead of
-    1 ms for 100k vectors here). OpenMP's thread count is per calling thread: others are untouched."""
-    if queries >= FEW_QUERIES:
-        yield
-        return
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    try:
-        yield
-    finally:
-        faiss.omp_set_num_threads(before)
+def _threads_for(rows: int) -> None:
+    """Set this thread's OpenMP threads for a FAISS call on `rows` vectors: one for a few queries
+    or vectors, all the machine's otherwise. Splitting one query over threads costs more than it
+    saves, and on a busy machine the threads' barrier can cost 10x the search (16 ms instead of
+    1 ms for 100k vectors here). OpenMP's thread count is per calling thread: others are untouched.
+    A thread keeps its setting until the next call needs the other, so a service's searches do not
+    call into FAISS three more times each (every call lets the GIL go to another thread)."""
+    default = getattr(_omp, "default", None)
+    if default is None:
+        default = _omp.default = _omp.threads = faiss.omp_get_max_threads()
+    wanted = 1 if rows < FEW_QUERIES else default
+    if _omp.threads != wanted:
+        faiss.omp_set_num_threads(wanted)
+        _omp.threads = wanted
+
+
+_omp = threading.local()  # per thread: OpenMP's thread count at first sight, and as set now
 
 
 class VectorIndex:
@@ -180,6 +183,7 @@ class VectorIndex:
             nlist = spec.nlist_for(len(vectors))
             ivf = faiss.IndexIVFFlat(faiss.IndexFlatL2(dim), dim, nlist)
             sample = np.random.default_rng(0).permutation(len(vectors))[:TRAIN_POINTS_PER_LIST * nlist]
+            _threads_for(len(sample))
             ivf.train(vectors[np.sort(sample)])
             trained_on = len(vectors)
         else:  # flat, or ivf too small to train
@@ -218,6 +222,7 @@ class VectorIndex:
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         if len(ids):
+            _threads_for(len(ids))
             self.index.add_with_ids(np.ascontiguousarray(vectors, np.float32).reshape(-1, self.dim),
                                     np.ascontiguousarray(ids, np.int64))
 
@@ -316,8 +321,8 @@ class VectorIndex:
         elif self.spec.kind == "ivf" and self.trained_on:
             params = faiss.SearchParametersIVF(nprobe=min(nprobe or self.spec.nprobe,
                                                           self.index.nlist))
-        with _one_thread(len(queries)):
-            squared, ids = self.index.search(queries, k, params=params)
+        _threads_for(len(queries))
+        squared, ids = self.index.search(queries, k, params=params)
         return from_squared(squared), ids
 
     # --- files -----------------------------------------------------------------------------------
@@ -403,6 +408,7 @@ def measure_recall(index: VectorIndex, ids: np.ndarray, vectors: np.ndarray, k: 
     rng = np.random.default_rng(seed)
     sample = np.sort(rng.choice(len(vectors), min(queries, len(vectors)), replace=False))
     q = vectors[sample]
+    _threads_for(len(q))
     _, exact = faiss.knn(q, vectors, k + 1)
     _, found = index.search(q, k + 1)
     scores = []

