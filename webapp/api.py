@@ -12,7 +12,7 @@ from __future__ import annotations
 from functools import wraps
 from typing import Any, Optional
 
-from flask import Blueprint, Response, g, jsonify, request, url_for
+from flask import Blueprint, Response, current_app, g, jsonify, request, url_for
 
 from encoder.errors import ConfigError
 from encoder.verdict import rounded, rounded_probability
@@ -74,11 +74,19 @@ def image_url(item_id: int) -> str:
 
 
 def image_base() -> str:
-    """What item images' URLs start with, built once per request (url_for costs ~15 us a call,
-    and a search answers with up to 100 of these)."""
-    if "image_url" not in g:
-        g.image_url = url_for("api.item_image", item_id=0).removesuffix("/0/image")
-    return g.image_url
+    """What item images' URLs start with: built by url_for once for each gallery and mount
+    point (url_for costs 15-25 us a call, and a search answers with up to 100 of these)."""
+    known = current_app.extensions.setdefault(IMAGE_BASES, {})
+    key = (request.script_root, g.get("gallery_name"))
+    base = known.get(key)
+    if base is None:
+        if len(known) >= 256:  # mount points come from the server, names from the settings
+            known.clear()
+        base = known[key] = url_for("api.item_image", item_id=0).removesuffix("/0/image")
+    return base
+
+
+IMAGE_BASES = "siamese.image_bases"  # app.extensions: image_base's answers
 
 
 def requires_key(view):

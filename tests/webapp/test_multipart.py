@@ -1,10 +1,16 @@
 """Multipart bodies as real clients (curl, browsers, requests) write them go through the fast
-parser (python-multipart); quirky and malformed ones still get werkzeug's answers."""
+paths (a plain split, else python-multipart); quirky and malformed ones still get werkzeug's
+answers."""
 from __future__ import annotations
 
 from flask import request
 
-from webapp.uploads import _parse_multipart_body
+import random
+
+import pytest
+
+from webapp.uploads import (_disposition, _parse_multipart_body, _parse_with_python_multipart,
+                            _split_plain_multipart)
 
 BOUNDARY = b"----siamese-test-boundary-7c1f"
 
@@ -72,3 +78,68 @@ def test_a_body_cut_short_is_a_json_error(client, sample_pngs, multipart):
     body, content_type = multipart({"image": ("q.png", sample_pngs["Bag"][0].read_bytes())})
     assert_error(post(client, body[:len(body) // 2], content_type), 400)
     assert_error(post(client, body[:-10], content_type), 400)
+
+
+def _body(parts: list[tuple[list[bytes], bytes]], boundary: bytes = BOUNDARY) -> bytes:
+    return b"".join(b"--" + boundary + b"\r\n" + b"".join(h + b"\r\n" for h in headers) + b"\r\n"
+                    + data + b"\r\n" for headers, data in parts) + b"--" + boundary + b"--\r\n"
+
+
+def test_plain_bodies_split_exactly_as_python_multipart_parses_them():
+    """The splitter that takes the common case (`bytes.find`, ten times faster) gives what
+    python-multipart gives, part for part, on bodies whose data is full of line breaks, dashes
+    and bytes that are not text."""
+    rng = random.Random(0)
+    alphabet = b"ab\r\n-\x00\xff\t :\"="
+    for _ in range(400):
+        parts = []
+        for i in range(rng.randint(1, 6)):
+            headers = [b'Content-Disposition: form-data; name="f%d"' % i
+                       + (b'; filename="x%d.png"' % i if rng.random() < 0.5 else b"")]
+            if rng.random() < 0.5:
+                headers.append(b"Content-Type:" + b" " * rng.randint(0, 2) + b"image/png")
+            if rng.random() < 0.2:
+                headers = []
+            data = bytes(rng.choice(alphabet) for _ in range(rng.randint(0, 60)))
+            parts.append((headers, data))
+        body = _body(parts)
+        if rng.random() < 0.5:
+            body = body[:-2]  # no line break after the close delimiter
+        fast = _split_plain_multipart(body, BOUNDARY, max_parts=100)
+        assert fast is not None and fast == _parse_with_python_multipart(body, BOUNDARY, 100)
+        assert [data for _, data in fast] == [data for _, data in parts]
+
+
+@pytest.mark.parametrize("body", [
+    b"preamble\r\n" + _body([([b'Content-Disposition: form-data; name="k"'], b"3")]),
+    _body([([b'Content-Disposition: form-data; name="k"'], b"3")]) + b"epilogue",
+    _body([([b'Content-Disposition: form-data; name="k"'], b"3")]).replace(b"\r\n", b"\n"),
+    _body([([b'Content-Disposition: form-data; name="k"'], b"3")]).replace(
+        BOUNDARY + b"\r\n", BOUNDARY + b"  \r\n", 1),  # transport padding after a boundary
+    _body([([b'Content-Disposition: form-data;', b' name="k"'], b"3")]),  # a folded header
+    _body([([b'Content-Disposition : form-data; name="k"'], b"3")]),
+    _body([([b'Content-Disposition: form-data; name="k"'], b"3")])[:-4],  # no close delimiter
+    b"--" + BOUNDARY + b"--\r\n",  # no parts at all
+])
+def test_anything_unusual_is_left_to_python_multipart_and_werkzeug(body):
+    assert _split_plain_multipart(body, BOUNDARY, max_parts=100) is None
+
+
+def test_the_plain_splitter_counts_parts_against_the_limit():
+    body = _body([([b'Content-Disposition: form-data; name="f%d"' % i], b"x") for i in range(5)])
+    assert len(_split_plain_multipart(body, BOUNDARY, max_parts=5)) == 5
+    with pytest.raises(Exception, match="more than 4 form fields"):
+        _split_plain_multipart(body, BOUNDARY, max_parts=4)
+
+
+@pytest.mark.parametrize("value", [
+    'form-data; name="image"; filename="q.png"', 'form-data;name="x";filename="y"',
+    'Form-Data; NAME="x"; FileName="Y.png"', 'form-data; name="x"; filename=""',
+    'form-data ; name="\u00e9"', 'form-data; name=image',
+    'form-data; name="a b"; filename="C:\\\\x\\\\y.png"',
+    "form-data; name=\"x\"; filename*=UTF-8''%e2%82%ac.png", 'attachment; filename="x"', "",
+])
+def test_a_content_disposition_reads_as_werkzeug_reads_it(value):
+    from werkzeug.http import parse_options_header
+
+    assert _disposition(value) == parse_options_header(value)[1]
