@@ -233,6 +233,7 @@ class VectorIndex:
         if self.spec.kind == "hnsw":  # the graph cannot drop nodes: hide them from searches
             self._set_deleted(np.union1d(self._deleted, ids))
         else:
+            _threads_for(len(ids))
             self.index.remove_ids(faiss.IDSelectorBatch(ids))
 
     def scrub(self) -> int:

@@ -94,14 +94,16 @@ def read_body(stream) -> bytes:
 
 
 # A part's Content-Disposition as browsers, curl and requests write it: form-data; name="..."; ...
-_PLAIN_DISPOSITION = re.compile(r'(?i:form-data)(?:\s*;\s*[A-Za-z0-9_.-]+="[^"\\\r\n]*")*\s*')
-_PLAIN_PARAMETER = re.compile(r';\s*([A-Za-z0-9_.-]+)="([^"\\\r\n]*)"')
+# with werkzeug's separators (spaces and tabs only) and no value it would decode (no backslash,
+# no %: browsers write a quote in a file name as %22).
+_PLAIN_DISPOSITION = re.compile(r'(?i:form-data)(?:[ \t]*;[ \t]*[A-Za-z0-9_.-]+="[^"\\\r\n%]*")*[ \t]*')
+_PLAIN_PARAMETER = re.compile(r';[ \t]*([A-Za-z0-9_.-]+)="([^"\\\r\n%]*)"')
 
 
 def _disposition(value: Optional[str]) -> dict[str, str]:
     """A part's Content-Disposition parameters, names in lower case. The plain form is read by a
-    regular expression (2 us); anything else (unquoted or escaped values, RFC 2231's `name*=`)
-    by werkzeug's parser (25 us)."""
+    regular expression (2 us); anything else (unquoted, escaped or percent-encoded values,
+    RFC 2231's `name*=`) by werkzeug's parser (25 us)."""
     if value is not None and _PLAIN_DISPOSITION.fullmatch(value):
         return {name.lower(): text for name, text in _PLAIN_PARAMETER.findall(value)}
     return parse_options_header(value)[1]
@@ -153,6 +155,10 @@ def _parse_with_python_multipart(body: bytes, boundary: bytes, max_parts: Option
     return parsed
 
 
+MAX_PART_HEADERS, MAX_HEADER_LINE = 8, 4096
+_TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # a header name (RFC 9110)
+
+
 def _split_plain_multipart(body: bytes, boundary: bytes, max_parts: Optional[int]
                            ) -> Optional[list[tuple[list[tuple[str, str]], bytes]]]:
     """The parts of a body as clients write it (no preamble or epilogue, CRLF line ends, each
@@ -173,12 +179,18 @@ def _split_plain_multipart(body: bytes, boundary: bytes, max_parts: Optional[int
         end = body.find(b"\r\n" + delimiter, head_end + 4)
         if head_end < 0 or end < 0:
             return None
+        lines = body[at + 2:head_end].split(b"\r\n") if head_end > at else []
+        # python-multipart's limits (8 headers a part, 4 kB a line), or what it would refuse
+        # (a name that is not a token, a stray CR or LF): left to it, and so to its answers.
+        if len(lines) > MAX_PART_HEADERS or any(len(line) > MAX_HEADER_LINE for line in lines):
+            return None
         headers = []
-        for line in body[at + 2:head_end].split(b"\r\n") if head_end > at else ():
+        for line in lines:
             name, colon, value = line.partition(b":")
-            if not colon or not name or name.strip() != name:
+            value = value.lstrip(b" ")
+            if not colon or not _TOKEN.fullmatch(name) or b"\r" in value or b"\n" in value:
                 return None
-            headers.append((name.decode("latin-1"), value.lstrip(b" \t").decode("latin-1")))
+            headers.append((name.decode("latin-1"), value.decode("latin-1")))
         data = body[head_end + 4:end]
         if delimiter in data:  # werkzeug's quirky kind (see `_parse_with_python_multipart`)
             return None
