@@ -179,9 +179,13 @@ def _split_plain_multipart(body: bytes, boundary: bytes, max_parts: Optional[int
         end = body.find(b"\r\n" + delimiter, head_end + 4)
         if head_end < 0 or end < 0:
             return None
-        lines = body[at + 2:head_end].split(b"\r\n") if head_end > at else []
         # python-multipart's limits (8 headers a part, 4 kB a line), or what it would refuse
         # (a name that is not a token, a stray CR or LF): left to it, and so to its answers.
+        # The block's size is checked before it is split: megabytes of empty lines are not
+        # made into a list.
+        if head_end - at > MAX_PART_HEADERS * (MAX_HEADER_LINE + 2):
+            return None
+        lines = body[at + 2:head_end].split(b"\r\n") if head_end > at else []
         if len(lines) > MAX_PART_HEADERS or any(len(line) > MAX_HEADER_LINE for line in lines):
             return None
         headers = []
