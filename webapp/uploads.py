@@ -96,7 +96,8 @@ def read_body(stream) -> bytes:
 # A part's Content-Disposition as browsers, curl and requests write it: form-data; name="..."; ...
 # with werkzeug's separators (spaces and tabs only) and no value it would decode (no backslash,
 # no %: browsers write a quote in a file name as %22).
-_PLAIN_DISPOSITION = re.compile(r'(?i:form-data)(?:[ \t]*;[ \t]*[A-Za-z0-9_.-]+="[^"\\\r\n%]*")*[ \t]*')
+_PLAIN_DISPOSITION = re.compile(
+    r'(?i:form-data)(?:[ \t]*;[ \t]*[A-Za-z0-9_.-]+="[^"\\\r\n%]*")*[ \t]*')
 _PLAIN_PARAMETER = re.compile(r';[ \t]*([A-Za-z0-9_.-]+)="([^"\\\r\n%]*)"')
 
 
@@ -111,11 +112,16 @@ def _disposition(value: Optional[str]) -> dict[str, str]:
 
 def _parse_multipart_body(body: bytes, boundary: bytes, max_parts: Optional[int]
                           ) -> Optional[list[tuple[Headers, bytes]]]:
-    """The (headers, data) of each part, or None when python-multipart cannot parse the body."""
+    """The (headers, data) of each part (split plainly, else by python-multipart), or None when
+    neither can parse the body, or when a part holds the boundary: RFC 2046 forbids that, so
+    the body is werkzeug's kind of quirky (an empty part with no line break before the next
+    boundary), and werkzeug's parser reads it."""
     parts = _split_plain_multipart(body, boundary, max_parts)
     if parts is None:
         parts = _parse_with_python_multipart(body, boundary, max_parts)
-    return None if parts is None else [(Headers(headers), data) for headers, data in parts]
+    if parts is None or any(b"--" + boundary in data for _, data in parts):
+        return None
+    return [(Headers(headers), data) for headers, data in parts]
 
 
 def _parse_with_python_multipart(body: bytes, boundary: bytes, max_parts: Optional[int]
@@ -147,12 +153,7 @@ def _parse_with_python_multipart(body: bytes, boundary: bytes, max_parts: Option
         return None
     if parser.state != MultipartState.END:
         return None
-    parsed = [(headers, b"".join(chunks)) for headers, chunks in parts]
-    # A boundary cannot occur inside a part (RFC 2046); when one does, the body is werkzeug's
-    # kind of quirky (an empty part with no line break before the next boundary).
-    if any(b"--" + boundary in data for _, data in parsed):
-        return None
-    return parsed
+    return [(headers, b"".join(chunks)) for headers, chunks in parts]
 
 
 MAX_PART_HEADERS, MAX_HEADER_LINE = 8, 4096
@@ -196,8 +197,6 @@ def _split_plain_multipart(body: bytes, boundary: bytes, max_parts: Optional[int
                 return None
             headers.append((name.decode("latin-1"), value.decode("latin-1")))
         data = body[head_end + 4:end]
-        if delimiter in data:  # werkzeug's quirky kind (see `_parse_with_python_multipart`)
-            return None
         if max_parts is not None and len(parts) >= max_parts:
             raise RequestEntityTooLarge(f"more than {max_parts} form fields")
         parts.append((headers, data))

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import json
+import threading
 
+import faiss
 import numpy as np
 import pytest
 
@@ -121,10 +123,6 @@ def test_a_few_queries_search_on_one_openmp_thread_and_many_on_all(vectors):
     """OpenMP's thread count is per calling thread: a thread that searched one query keeps one
     thread (a service's threads do not set it again each search), one that searches many gets the
     machine's back, and other threads never see either setting."""
-    import threading
-
-    import faiss
-
     ids, x = vectors
     index = VectorIndex.build(IndexSpec.parse("flat"), x.shape[1], ids, x)
     default = faiss.omp_get_max_threads()
