@@ -21,6 +21,7 @@ from encoder.images import megabytes
 from indexer.gallery import ID_DIGITS
 
 from . import access, api, csrf, errors, pages
+from .answers import JSONProvider
 from .service import (EXTENSION, Service, current, get_gallery, get_service, keep_gallery_name,
                       take_gallery_name)
 from .settings import Settings
@@ -49,7 +50,7 @@ def create_app(settings: Optional[Settings] = None, embedder: Optional["Embedder
                       SIAMESE_BODY_TIMEOUT=settings.body_timeout,
                       MAX_FORM_MEMORY_SIZE=1_000_000, MAX_FORM_PARTS=2 * settings.max_batch + 20,
                       JSON_SORT_KEYS=False)
-    app.json.sort_keys = False
+    app.json = JSONProvider(app)
     if settings.trusted_proxies:
         # Behind that many proxies, the client's address and scheme are theirs to say.
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxies,

@@ -67,6 +67,32 @@ def test_metadata_that_is_not_plain_json_is_400(client, sample_pngs, metadata, m
     json.loads(listed)  # every stored item is still plain JSON (no Infinity)
 
 
+def test_answers_are_utf8_json_and_big_integers_come_back_whole(client, sample_pngs):
+    """Answers are written by orjson: text beyond ASCII as UTF-8 (the same JSON as the \\u
+    escapes of Flask's encoder). orjson refuses integers past 64 bits; metadata holding one (valid
+    JSON, kept exactly) is answered by Flask's encoder, every digit intact."""
+    pixels = np.array(Image.open(sample_pngs["Bag"][1]))
+    pixels[0, 0] ^= 1  # a new image, not one the test gallery holds
+    bag = png_of(pixels)
+    metadata = {"note": "Größe 42 — 靴", "small": -2 ** 63}
+    answer = client.post("/api/gallery", data={"image": (io.BytesIO(bag), "b.png"),
+                                               "label": "Bäg", "metadata": json.dumps(metadata)})
+    assert answer.status_code == 201, answer.data[:300]
+    item = answer.get_json()["item"]["id"]
+    searched = client.post("/api/search", data={"image": (io.BytesIO(bag), "b.png"), "k": "1"})
+    assert searched.status_code == 200 and searched.mimetype == "application/json"
+    assert "Bäg".encode() in searched.data and b"\\u" not in searched.data
+    assert searched.get_json()["matches"][0]["metadata"] == metadata
+
+    metadata["serial"] = 2 ** 70
+    edited = client.patch(f"/api/gallery/{item}", json={"metadata": metadata})
+    assert edited.status_code == 200, edited.data[:300]
+    got = client.get(f"/api/gallery/{item}")
+    assert got.status_code == 200 and got.mimetype == "application/json"
+    assert json.loads(got.data)["item"]["metadata"] == metadata
+    assert b"1180591620717411303424" in got.data
+
+
 def test_the_gallery_refuses_such_metadata_and_reports_what_it_added(tmp_path, model_embedder,
                                                                     sample_pngs):
     from indexer import Gallery
