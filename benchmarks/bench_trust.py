@@ -16,8 +16,10 @@ baseline of this benchmark: the card's own figures, as ratios):
 Kinds (all from the repository's datasets/): `omniglot` (characters drawn at random from the
 eight alphabets, in the sizes, colours and file formats of `scripts/make_folder.py`), `alphabets`
 (the same, trained on four alphabets and measured on the four others), `clothing` (real photos:
-seven garment classes to train, the three others new) and `fashion` (Fashion-MNIST: seven
-classes, three new).
+seven garment classes to train, the three others new), `fashion` (Fashion-MNIST: seven
+classes, three new) and `photos` (scikit-image's sample photographs, each quarter of one a class
+photographed ten times: shifted, scaled, turned, lit and compressed differently; 30 quarters of
+ten photographs to train, 24 of six others new: a shop's products by photo, in miniature).
 """
 from __future__ import annotations
 
@@ -30,7 +32,7 @@ import numpy as np
 
 from scripts.common import FASHION_MNIST_DIR, OMNIGLOT_BACKGROUND, repository_dataset
 
-KINDS = ("omniglot", "alphabets", "clothing", "fashion")
+KINDS = ("omniglot", "alphabets", "clothing", "fashion", "photos")
 FPIR_TARGET, ENROLLED, SHOTS, STRANGERS = 0.05, 5, 3, 5
 
 
@@ -107,6 +109,8 @@ def make_folders(kind: str, out: Path, seed: int) -> tuple[Path, Path]:
     rng = np.random.default_rng(seed)
     if kind in ("omniglot", "alphabets"):
         _omniglot_folders(kind, train_dir, unseen_dir, rng)
+    elif kind == "photos":
+        _photo_folders(train_dir, unseen_dir, rng)
     elif kind == "clothing":
         root = Path(repository_dataset("clothing-small", "train"))
         classes = rng.permutation(sorted(p.name for p in root.iterdir() if p.is_dir()))
@@ -158,6 +162,47 @@ def _omniglot_folders(kind: str, train_dir: Path, unseen_dir: Path, rng) -> None
                 buf = io.BytesIO()
                 image.save(buf, format={".jpg": "JPEG", ".gif": "GIF"}.get(suffix, "PNG"))
                 (target / f"{i:05d}{suffix}").write_bytes(buf.getvalue())
+
+
+# scikit-image's photographs (no drawings, no duplicates: `cat` is `chelsea`)
+PHOTOS = ("astronaut", "camera", "coffee", "chelsea", "coins", "moon", "rocket", "hubble_deep_field",
+          "immunohistochemistry", "retina", "clock", "grass", "gravel", "brick", "microaneurysms",
+          "cell")
+
+
+def _photo_folders(train_dir: Path, unseen_dir: Path, rng) -> None:
+    """Each quarter of a photograph is a class (an object), taken 10 times as a phone would:
+    a crop of 60-100% of it, turned up to 10 degrees, lit 0.75-1.25x, 48-160 pixels, JPEG or
+    PNG. The classes to train come from 10 photographs and the new ones from the 6 others, so
+    no new class shares a photograph with one trained on."""
+    from PIL import Image, ImageEnhance
+    from skimage import data
+
+    photos = rng.permutation(PHOTOS)
+    for names, folder, keep in ((photos[:10], train_dir, 30), (photos[10:], unseen_dir, 24)):
+        quarters = []
+        for name in names:
+            a = getattr(data, str(name))()
+            img = Image.fromarray(a, "L" if a.ndim == 2 else "RGB")
+            w, h = img.width // 2, img.height // 2
+            quarters += [(f"{name}-{i}", img.crop((x, y, x + w, y + h)))
+                         for i, (x, y) in enumerate(((0, 0), (w, 0), (0, h), (w, h)))]
+        for i in rng.permutation(len(quarters))[:keep]:
+            label, quarter = quarters[i]
+            (folder / label).mkdir(parents=True, exist_ok=True)
+            for j in range(10):
+                scale = rng.uniform(0.6, 1.0)
+                cw, ch = quarter.width * scale, quarter.height * scale
+                x0, y0 = rng.uniform(0, quarter.width - cw), rng.uniform(0, quarter.height - ch)
+                view = quarter.rotate(rng.uniform(-10, 10), Image.Resampling.BILINEAR)
+                view = view.crop((round(x0), round(y0), round(x0 + cw), round(y0 + ch)))
+                side = int(rng.integers(48, 161))
+                view = view.resize((side, round(side * ch / cw)), Image.Resampling.BILINEAR)
+                view = ImageEnhance.Brightness(view).enhance(rng.uniform(0.75, 1.25))
+                if rng.random() < 0.5:
+                    view.save(folder / label / f"{j}.jpg", quality=int(rng.integers(60, 96)))
+                else:
+                    view.save(folder / label / f"{j}.png")
 
 
 # --- the measurement ------------------------------------------------------------------------------
@@ -278,7 +323,8 @@ def foreign_accepted(embedder, kind: str, n: int = 500) -> dict[str, float]:
     """The share of each set of real foreign images the domain check accepts: none of them is
     what it trained against (scikit-learn's digits in both polarities and its sample photos,
     Fashion-MNIST test images, clothing photos), except the LFW faces, which its `faces` family
-    draws from."""
+    draws from. Photographs of things are not foreign to the `photos` kind: its sets are the
+    digits, the faces and Fashion-MNIST's thumbnails."""
     from PIL import Image
     from skimage import data
 
@@ -297,7 +343,9 @@ def foreign_accepted(embedder, kind: str, n: int = 500) -> dict[str, float]:
         fashion = load_fashion_mnist(FASHION_MNIST_DIR, "test")
         sets["Fashion-MNIST"] = list(fashion.images[rng.choice(len(fashion), n, replace=False),
                                                     :, :, 0])
-    if kind != "clothing":
+    if kind == "photos":
+        del sets["sklearn photos"]
+    if kind not in ("clothing", "photos"):
         files = sorted(Path(repository_dataset("clothing-small", "train")).glob("*/*.jpg"))
         sets["clothing photos"] = [files[i] for i in rng.choice(len(files), n, replace=False)]
     return {name: float(np.mean(embedder.in_domain(

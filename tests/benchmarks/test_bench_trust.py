@@ -11,7 +11,8 @@ from tests.support import cli
 
 
 @pytest.mark.parametrize("kind, train_classes, unseen_classes, per_class", [
-    ("omniglot", 30, 30, 10), ("alphabets", 30, 30, 10), ("fashion", 7, 3, None)])
+    ("omniglot", 30, 30, 10), ("alphabets", 30, 30, 10), ("fashion", 7, 3, None),
+    ("photos", 30, 24, 10)])
 def test_the_folders_hold_new_classes_never_trained_on(tmp_path, kind, train_classes,
                                                        unseen_classes, per_class):
     train, unseen = bench_trust.make_folders(kind, tmp_path / kind, seed=0)
@@ -20,9 +21,15 @@ def test_the_folders_hold_new_classes_never_trained_on(tmp_path, kind, train_cla
     assert (len(trained), len(new)) == (train_classes, unseen_classes) and not trained & new
     if per_class:
         assert all(len(list(c.iterdir())) == per_class for c in train.iterdir())
-    if kind == "alphabets":  # the new characters come from alphabets never trained on
-        alphabets = {name.split("-")[0] for name in trained}
-        assert not alphabets & {name.split("-")[0] for name in new}
+    if kind in ("alphabets", "photos"):  # new characters from alphabets never trained on, new
+        # objects from photographs never trained on
+        groups = {name.rsplit("-", 1)[0] for name in trained}
+        assert not groups & {name.rsplit("-", 1)[0] for name in new}
+    if kind == "photos":  # each object photographed differently each time
+        from PIL import Image
+
+        views = [Image.open(f) for f in sorted(next(train.iterdir()).iterdir())]
+        assert len({v.size for v in views}) > 5 and {v.format for v in views} <= {"JPEG", "PNG"}
 
 
 def test_its_measurements_count_what_they_say(model_embedder, fashion_test):
@@ -53,7 +60,7 @@ def test_its_measurements_count_what_they_say(model_embedder, fashion_test):
 def test_an_unknown_kind_is_one_error_line(capsys):
     code, _, err = cli(bench, ["trust", "--kinds", "omniglot,faces"], capsys)
     assert code == 2 and "unknown kind(s) faces; choose from omniglot, alphabets, clothing, " \
-                         "fashion" in err
+                         "fashion, photos" in err
 
 
 def test_ece_halves_judge_three_maps_on_the_same_half(model_embedder, fashion_test):
