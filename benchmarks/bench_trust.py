@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import time
 from pathlib import Path
 
@@ -172,8 +173,8 @@ PHOTOS = ("astronaut", "camera", "coffee", "chelsea", "coins", "moon", "rocket",
 
 def _photo_folders(train_dir: Path, unseen_dir: Path, rng) -> None:
     """Each quarter of a photograph is a class (an object), taken 10 times as a phone would:
-    a crop of 60-100% of it, turned up to 10 degrees, lit 0.75-1.25x, 48-160 pixels, JPEG or
-    PNG. The classes to train come from 10 photographs and the new ones from the 6 others, so
+    a crop of 60-100% of it, turned up to 10 degrees (and cut to what the turn leaves filled),
+    lit 0.75-1.25x, 48-160 pixels on its longer side, JPEG or PNG. The classes to train come from 10 photographs and the new ones from the 6 others, so
     no new class shares a photograph with one trained on."""
     from PIL import Image, ImageEnhance
     from skimage import data
@@ -194,10 +195,19 @@ def _photo_folders(train_dir: Path, unseen_dir: Path, rng) -> None:
                 scale = rng.uniform(0.6, 1.0)
                 cw, ch = quarter.width * scale, quarter.height * scale
                 x0, y0 = rng.uniform(0, quarter.width - cw), rng.uniform(0, quarter.height - ch)
-                view = quarter.rotate(rng.uniform(-10, 10), Image.Resampling.BILINEAR)
-                view = view.crop((round(x0), round(y0), round(x0 + cw), round(y0 + ch)))
-                side = int(rng.integers(48, 161))
-                view = view.resize((side, round(side * ch / cw)), Image.Resampling.BILINEAR)
+                view = quarter.crop((round(x0), round(y0), round(x0 + cw), round(y0 + ch)))
+                # Turned, then cut to the largest centred box of its shape the turn leaves
+                # filled (no black corners).
+                turn = rng.uniform(-10, 10)
+                c, s = abs(math.cos(math.radians(turn))), abs(math.sin(math.radians(turn)))
+                keep = 1 / (c + s * max(view.width, view.height) / min(view.width, view.height))
+                kw, kh = view.width * keep, view.height * keep
+                view = view.rotate(turn, Image.Resampling.BILINEAR).crop((
+                    round((view.width - kw) / 2), round((view.height - kh) / 2),
+                    round((view.width + kw) / 2), round((view.height + kh) / 2)))
+                side = int(rng.integers(48, 161))  # the longer side
+                size = (side, round(side * kh / kw)) if kw >= kh else (round(side * kw / kh), side)
+                view = view.resize(size, Image.Resampling.BILINEAR)
                 view = ImageEnhance.Brightness(view).enhance(rng.uniform(0.75, 1.25))
                 if rng.random() < 0.5:
                     view.save(folder / label / f"{j}.jpg", quality=int(rng.integers(60, 96)))

@@ -70,7 +70,7 @@ def test_metadata_that_is_not_plain_json_is_400(client, sample_pngs, metadata, m
 def test_answers_are_utf8_json_and_big_integers_come_back_whole(client, sample_pngs):
     """Answers are written by orjson: text beyond ASCII as UTF-8 (the same JSON as the \\u
     escapes of Flask's encoder). orjson refuses integers past 64 bits; metadata holding one (valid
-    JSON, kept exactly) is answered by Flask's encoder, every digit intact."""
+    JSON, kept exactly) is answered by Flask's encoder, every digit intact, in UTF-8 too."""
     pixels = np.array(Image.open(sample_pngs["Bag"][1]))
     pixels[0, 0] ^= 1  # a new image, not one the test gallery holds
     bag = png_of(pixels)
@@ -91,6 +91,7 @@ def test_answers_are_utf8_json_and_big_integers_come_back_whole(client, sample_p
     assert got.status_code == 200 and got.mimetype == "application/json"
     assert json.loads(got.data)["item"]["metadata"] == metadata
     assert b"1180591620717411303424" in got.data
+    assert "Größe".encode() in got.data and b"\\u" not in got.data
 
 
 def test_the_gallery_refuses_such_metadata_and_reports_what_it_added(tmp_path, model_embedder,
