@@ -11,9 +11,9 @@ from typing import Any
 
 import orjson
 from flask import Response
-from flask.json.provider import DefaultJSONProvider, _default
+from flask.json.provider import DefaultJSONProvider
 
-# Dates and dataclasses go to Flask's `_default`, so they read as they always did (an HTTP date,
+# Dates and dataclasses go to Flask's `default`, so they read as they always did (an HTTP date,
 # not orjson's RFC 3339).
 _OPTIONS = (orjson.OPT_APPEND_NEWLINE | orjson.OPT_PASSTHROUGH_DATETIME
             | orjson.OPT_PASSTHROUGH_DATACLASS)
@@ -28,7 +28,7 @@ class JSONProvider(DefaultJSONProvider):
         if not indent:
             try:
                 return self._app.response_class(
-                    orjson.dumps(obj, default=_default, option=_OPTIONS), mimetype=self.mimetype)
+                    orjson.dumps(obj, default=self.default, option=_OPTIONS), mimetype=self.mimetype)
             except TypeError:  # orjson.JSONEncodeError is one
                 pass
         layout = {"indent": 2} if indent else {"separators": (",", ":")}
