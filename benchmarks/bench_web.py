@@ -75,10 +75,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="measured seconds per concurrency, naive baseline (default: %(default)s)")
     p.add_argument("--warmup", type=float, default=2.0,
                    help="unmeasured seconds before each measurement (default: %(default)s)")
-    p.add_argument("--workers", type=int, default=2, help="gunicorn workers, both servers "
-                                                          "(default: %(default)s)")
-    p.add_argument("--threads", type=int, default=2, help="threads per worker, both servers "
-                                                          "(default: %(default)s)")
+    from webapp.settings import Settings
+
+    served = Settings()
+    p.add_argument("--workers", type=int, default=served.workers,
+                   help="gunicorn workers, both servers (default: the service's, %(default)s)")
+    p.add_argument("--threads", type=int, default=served.threads,
+                   help="threads per worker, both servers (default: the service's, %(default)s)")
     p.add_argument("--skip-baseline", action="store_true", help="measure our server only")
     p.add_argument("--endpoints", default=",".join(ENDPOINTS),
                    help="rows to measure at each concurrency, comma-separated, of "
