@@ -8,6 +8,7 @@ scale twice (the tutorial's plotting code divided by 255 twice).
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import threading
@@ -114,45 +115,71 @@ NOT_AN_IMAGE = "not an image file that can be read (PNG, JPEG, GIF, WebP, BMP or
 # size that decoding will make (an ICO holding a 9000x9000 PNG said 256x256, then took 312 MB).
 FORMATS = ("PNG", "JPEG", "GIF", "WEBP", "BMP", "TIFF", "PPM")  # JPEG includes MPO (cameras')
 
-# The decode budget of a process: images decoded at full size at once. A 40 MP image takes up to
-# 160 MB decoded, until it is shrunk; eight at once grew a worker by 2.3 GB. Every path that
+# The decode budget of a process: large images decoded at full size at once. A 40 MP image takes
+# up to 160 MB decoded, until it is shrunk; eight at once grew a worker by 2.3 GB. Every path that
 # decodes bytes from outside (search, verify, identify, batches, adds, zips, imports, indexing)
-# holds a slot from opening to shrinking (`decode_shrunk`).
+# holds a slot from opening to shrinking (`decode_shrunk`) an image of over `SLOT_FREE_PIXELS`.
 DECODE_SLOTS = threading.BoundedSemaphore(2)
+# An image this small decodes to at most 4 MB and in about a millisecond: it takes no slot, so
+# the usual query never waits behind two huge decodes (8 clients sending worst-case images held
+# both slots of each worker, and a normal search waited its turn: p99 642 ms).
+SLOT_FREE_PIXELS = 1_000_000
 
 
 def decode(data: bytes, name: str = "image", max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
     """Decode image bytes fully, with a precise error for every way they can be bad, in one of
-    the process's decode slots. The image comes back full size: where only the model will look
-    at it, `decode_shrunk` keeps less."""
-    with DECODE_SLOTS:
-        return _decode(data, name, max_pixels)
+    the process's decode slots when it is large. The image comes back full size: where only the
+    model will look at it, `decode_shrunk` keeps less."""
+    img = _opened(data, name, max_pixels)
+    with _slot(img):
+        return _loaded(img, name)
 
 
 def decode_shrunk(data: bytes, name: str, pre: Preprocessing, max_pixels: int = MAX_IMAGE_PIXELS
                   ) -> tuple[Image.Image, tuple[int, int], Optional[str]]:
     """`decode`, then `shrink` for `pre` before the decode slot is let go (what the model makes of
     it is the same: `to_array` shrinks first); with the size and format it had."""
-    with DECODE_SLOTS:
-        img = _decode(data, name, max_pixels)
+    img = _opened(data, name, max_pixels)
+    with _slot(img):
+        img = _loaded(img, name)
         return shrink(img, pre), img.size, img.format
 
 
-def _decode(data: bytes, name: str, max_pixels: int) -> Image.Image:
+def _slot(img: Image.Image):
+    return DECODE_SLOTS if img.width * img.height > SLOT_FREE_PIXELS else contextlib.nullcontext()
+
+
+def _opened(data: bytes, name: str, max_pixels: int) -> Image.Image:
+    """The image's header read (no pixel decoded yet), its size checked."""
     if len(data) == 0:
         raise BadImageError(f"{name}: the file is empty")
     if len(data) > MAX_IMAGE_BYTES:
         raise BadImageError(f"{name}: {megabytes(len(data))} is over the "
                             f"{megabytes(MAX_IMAGE_BYTES)} limit")
+    with _image_errors(name):
+        img = Image.open(io.BytesIO(data), formats=FORMATS)
+        # The header gives the size before any pixel is decoded: refuse bombs here.
+        if img.width * img.height > max_pixels:
+            raise BadImageError(f"{name}: {img.width}x{img.height} pixels is over the "
+                                f"{max_pixels:,}-pixel limit (decompression bomb?)")
+    return img
+
+
+def _loaded(img: Image.Image, name: str) -> Image.Image:
+    with _image_errors(name):
+        img.load()
+    if img.width == 0 or img.height == 0:
+        raise BadImageError(f"{name}: image has no pixels")
+    return img
+
+
+@contextlib.contextmanager
+def _image_errors(name: str):
+    """Pillow's ways of failing on bad bytes, as our errors, each with its message."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data), formats=FORMATS)
-            # The header gives the size before any pixel is decoded: refuse bombs here.
-            if img.width * img.height > max_pixels:
-                raise BadImageError(f"{name}: {img.width}x{img.height} pixels is over the "
-                                    f"{max_pixels:,}-pixel limit (decompression bomb?)")
-            img.load()
+            yield
     except BadImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
@@ -161,9 +188,6 @@ def _decode(data: bytes, name: str, max_pixels: int) -> Image.Image:
         raise UnsupportedImageError(f"{name}: {NOT_AN_IMAGE}") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise BadImageError(f"{name}: the image is cut short or damaged ({exc})") from None
-    if img.width == 0 or img.height == 0:
-        raise BadImageError(f"{name}: image has no pixels")
-    return img
 
 
 def encoded(source: ImageSource) -> Optional[tuple[bytes, str]]:

@@ -107,3 +107,42 @@ def test_adds_decode_within_the_budget_a_zip_of_16_and_8_at_once(tmp_path):
     assert int(items) == 1 + 16 + 8
     assert float(zip_grown) < 300, f"the zip grew the process by {float(zip_grown):.0f} MB"
     assert float(all_grown) < 600, f"8 adds at once grew it by {float(all_grown):.0f} MB"
+
+
+def _png(side: int) -> bytes:
+    import io
+
+    out = io.BytesIO()
+    Image.fromarray(np.full((side, side), 128, np.uint8)).save(out, "PNG")
+    return out.getvalue()
+
+
+def test_small_images_decode_while_large_ones_hold_every_slot():
+    """Only images of over a megapixel take a decode slot: with both held (two huge decodes in
+    progress), a query of the usual size decodes at once, and a large one waits for a slot."""
+    import threading
+
+    from encoder import images
+
+    small, large = _png(64), _png(1200)
+    done: dict[str, tuple] = {}
+
+    def run(name, data):
+        done[name] = images.decode_shrunk(data, name, images.Preprocessing(28, 28, 1))[1:]
+
+    for _ in range(2):
+        images.DECODE_SLOTS.acquire()
+    try:
+        waiting = threading.Thread(target=run, args=("large", large), daemon=True)
+        waiting.start()
+        quick = threading.Thread(target=run, args=("small", small), daemon=True)
+        quick.start()
+        quick.join(timeout=60)
+        assert done.get("small") == ((64, 64), "PNG")
+        waiting.join(timeout=1.0)
+        assert waiting.is_alive() and "large" not in done  # no slot for it yet
+    finally:
+        for _ in range(2):
+            images.DECODE_SLOTS.release()
+    waiting.join(timeout=60)
+    assert done["large"] == ((1200, 1200), "PNG")
