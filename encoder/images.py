@@ -15,7 +15,7 @@ import threading
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence, Union
+from typing import Any, Iterable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -119,7 +119,8 @@ FORMATS = ("PNG", "JPEG", "GIF", "WEBP", "BMP", "TIFF", "PPM")  # JPEG includes 
 # up to 160 MB decoded, until it is shrunk; eight at once grew a worker by 2.3 GB. Every path that
 # decodes bytes from outside (search, verify, identify, batches, adds, zips, imports, indexing)
 # holds a slot from opening to shrinking (`decode_shrunk`) an image of over `SLOT_FREE_PIXELS`.
-DECODE_SLOTS = threading.BoundedSemaphore(2)
+DECODE_SLOT_COUNT = 2
+DECODE_SLOTS = threading.BoundedSemaphore(DECODE_SLOT_COUNT)
 # An image this small decodes to at most 4 MB and in about a millisecond: it takes no slot, so
 # the usual query never waits behind two huge decodes (8 clients sending worst-case images held
 # both slots of each worker, and a normal search waited its turn: p99 642 ms).
@@ -146,7 +147,30 @@ def decode_shrunk(data: bytes, name: str, pre: Preprocessing, max_pixels: int = 
 
 
 def _slot(img: Image.Image):
-    return DECODE_SLOTS if img.width * img.height > SLOT_FREE_PIXELS else contextlib.nullcontext()
+    return _large_decode() if img.width * img.height > SLOT_FREE_PIXELS else contextlib.nullcontext()
+
+
+_stepping = threading.local()
+
+
+@contextlib.contextmanager
+def stepping_aside(hook) -> Iterator[None]:
+    """While this thread waits for a decode slot and decodes a large image, it runs `hook()` (a
+    context manager): the server's request threads give up their turn to run meanwhile
+    (`webapp.front.Front`), so that a few clients sending huge images cannot hold every turn."""
+    before = getattr(_stepping, "hook", None)
+    _stepping.hook = hook
+    try:
+        yield
+    finally:
+        _stepping.hook = before
+
+
+@contextlib.contextmanager
+def _large_decode() -> Iterator[None]:
+    hook = getattr(_stepping, "hook", None)
+    with (hook() if hook is not None else contextlib.nullcontext()), DECODE_SLOTS:
+        yield
 
 
 def _opened(data: bytes, name: str, max_pixels: int) -> Image.Image:

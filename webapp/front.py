@@ -19,12 +19,16 @@ in memory together. A search's upload is far smaller and never waits.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Optional
 from urllib.parse import unquote_to_bytes
+
+from encoder.images import DECODE_SLOT_COUNT, stepping_aside
 
 BODY_GRACE = 5.0  # seconds a body may take to get going ...
 MIN_BODY_RATE = 4_000  # ... after which it must have come at this many bytes per second
@@ -33,22 +37,39 @@ LARGE_BODY = 1_000_000  # bytes: a body over this (or of no declared length) tak
 
 
 class Front:
-    """ASGI to WSGI, buffered: `Front(flask_app, settings)`. The app runs on `settings.threads`
-    threads; everything that waits on a client runs on the event loop."""
+    """ASGI to WSGI, buffered: `Front(flask_app, settings)`. The app runs `settings.threads`
+    requests at a time; everything that waits on a client runs on the event loop.
+
+    A request decoding an image of over a megapixel steps aside while it waits for a decode
+    slot and decodes (`encoder.images.stepping_aside`), and the pool has a thread more for each
+    slot, so such requests never hold every turn: with 2 threads and no stepping aside, 8
+    clients sending worst-case images pushed a normal search's p99 to 1.25 s; with 4 threads
+    running at once, 0.15 s, but the mixed load's p99 doubled (docs/deployment.md)."""
 
     def __init__(self, app, settings) -> None:
         self.app = app
         self.limit = settings.max_request_bytes
         self.body_timeout = settings.body_timeout
         self.threads = settings.threads
+        self._turns = threading.BoundedSemaphore(self.threads)
         self._pool: Optional[ThreadPoolExecutor] = None
         self._large: Optional[asyncio.Semaphore] = None
 
     @property
     def pool(self) -> ThreadPoolExecutor:
         if self._pool is None:  # made in the worker, after the fork
-            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="request")
+            self._pool = ThreadPoolExecutor(self.threads + DECODE_SLOT_COUNT,
+                                            thread_name_prefix="request")
         return self._pool
+
+    @contextlib.contextmanager
+    def _aside(self):
+        """A request's turn given up while it decodes a large image, taken again after."""
+        self._turns.release()
+        try:
+            yield
+        finally:
+            self._turns.acquire()
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":  # no lifespan (the worker runs with it off), no websockets
@@ -113,12 +134,13 @@ class Front:
             answer["headers"] = [(k.lower().encode("latin-1"), v.encode("latin-1"))
                                  for k, v in headers]
 
-        result = self.app(environ, start_response)
-        try:
-            chunks = [bytes(c) for c in result]
-        finally:
-            if hasattr(result, "close"):
-                result.close()
+        with self._turns, stepping_aside(self._aside):
+            result = self.app(environ, start_response)
+            try:
+                chunks = [bytes(c) for c in result]
+            finally:
+                if hasattr(result, "close"):
+                    result.close()
         return answer["status"], answer["headers"], chunks
 
 

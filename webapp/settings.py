@@ -16,7 +16,7 @@ settings can live side by side (the tests build several).
 | SIAMESE_HOST           | host             | 127.0.0.1                                   |
 | SIAMESE_PORT           | port             | 8000                                        |
 | SIAMESE_WORKERS        | workers          | 2 (processes, each with the model loaded)   |
-| SIAMESE_THREADS        | threads          | 4 (request threads per worker)              |
+| SIAMESE_THREADS        | threads          | 2 (requests a worker runs at once)          |
 | SIAMESE_BODY_TIMEOUT   | body_timeout     | 30 (seconds to receive an upload; then 408) |
 | SIAMESE_ALLOWED_HOSTS  | allowed_hosts    | the bound address's names (comma-separated) |
 | SIAMESE_TRUSTED_PROXIES| trusted_proxies  | 0 (proxies whose X-Forwarded-* to believe)  |
@@ -160,10 +160,10 @@ class Settings:
     port: int = param(8000, check=Range(0, 65535, integer=True))
     # gunicorn worker processes; each loads the model once, after the fork
     workers: int = param(2, check=Range(1, 64, integer=True))
-    # threads per worker that run the app: 4, so that requests whose images are slow to decode
-    # leave threads for the others (2 kept the tail shorter, but let 8 clients sending
-    # worst-case images push a normal search's p99 past 1 s: docs/deployment.md)
-    threads: int = param(4, check=Range(1, 256, integer=True))
+    # requests a worker runs at once (on as many threads, and one more for each decode slot,
+    # which a request decoding a huge image steps aside to: `front.Front`): 2 kept the tail
+    # shortest (docs/deployment.md)
+    threads: int = param(2, check=Range(1, 256, integer=True))
     # gunicorn: seconds before a silent worker is restarted (loading included)
     timeout: int = param(120, check=Range(1, 3600, integer=True))
     # seconds to receive a request body, in all and of silence (then 408): slow clients

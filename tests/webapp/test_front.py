@@ -84,3 +84,61 @@ def test_the_environ_is_what_a_wsgi_server_gives():
     # The path as undecoded bytes in Latin-1 (PEP 3333), repeated headers joined.
     assert sent[1]["body"] == "GET /gallery/cafÃ© k=3 a,b 0".encode()
     front.pool.shutdown()
+
+
+def test_a_request_decoding_a_huge_image_steps_aside_for_the_others():
+    """With one request at a time, a request waiting for a decode slot (both held: two huge
+    decodes elsewhere) gives up its turn, so the next request is answered meanwhile; it takes
+    its turn again once it has decoded."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from encoder import images
+
+    out = io.BytesIO()
+    Image.fromarray(np.full((1200, 1200), 90, np.uint8)).save(out, "PNG")
+    huge = out.getvalue()
+
+    def app(environ, start_response):
+        if environ["PATH_INFO"] == "/huge":
+            size = images.decode_shrunk(huge, "huge", images.Preprocessing(28, 28, 1))[1]
+            start_response("200 OK", [("Content-Type", "text/plain")])
+            return [f"decoded {size[0]}x{size[1]}".encode()]
+        return echo(environ, start_response)
+
+    front = Front(app, Settings(gallery="g", threads=1))
+
+    async def call(path):
+        async def receive():
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        sent = []
+
+        async def send(message):
+            sent.append(message)
+
+        await front(scope(path=path), receive, send)
+        return sent[1]["body"]
+
+    async def main():
+        waiting = asyncio.create_task(call("/huge"))
+        await asyncio.sleep(0.2)  # it has its turn, and waits for a slot
+        other = await asyncio.wait_for(call("/api/search"), timeout=60)
+        assert not waiting.done() and other.startswith(b"POST /api/search")
+        for _ in range(images.DECODE_SLOT_COUNT):
+            images.DECODE_SLOTS.release()
+        released[0] = True
+        return await asyncio.wait_for(waiting, timeout=60)
+
+    released = [False]
+    for _ in range(images.DECODE_SLOT_COUNT):
+        images.DECODE_SLOTS.acquire()
+    try:
+        assert asyncio.run(main()) == b"decoded 1200x1200"
+    finally:
+        if not released[0]:
+            for _ in range(images.DECODE_SLOT_COUNT):
+                images.DECODE_SLOTS.release()
+        front.pool.shutdown(wait=False)
