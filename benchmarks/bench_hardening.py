@@ -1,5 +1,6 @@
 """Hardening benchmark: what hostile clients cost everyone else, on a real siamese-serve (2
-workers of --threads threads, the service's default 2) over a gallery of --size sample images.
+workers, each running --threads requests at once: the service's default 2) over a gallery of
+--size sample images.
 
 1. Worst-case images: 8 clients each sending, again and again, a 6300x6300 16-bit PNG (77 KB,
    under the 40 MP limit; decoding it naively took 760 MB and 1.5 s). Measured: a normal search's
@@ -31,15 +32,15 @@ from benchmarks.bench_web import build_gallery, free_port, multipart, query_imag
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from webapp.settings import Settings
+
     add_benchmark_arguments(p)
     p.add_argument("--size", type=int, default=1000, help="gallery size (default: %(default)s)")
     p.add_argument("--seconds", type=float, default=20, help="per phase (default: %(default)s)")
     p.add_argument("--hostile", type=int, default=8,
                    help="worst-case image clients (default: %(default)s)")
-    from webapp.settings import Settings
-
     p.add_argument("--threads", type=int, default=Settings().threads,
-                   help="threads per worker (default: the service's, %(default)s)")
+                   help="requests a worker runs at once (default: the service's, %(default)s)")
     p.add_argument("--slow", type=int, default=64,
                    help="slow-body clients, and as many slow-header ones (default: %(default)s)")
 
@@ -69,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
                 rows[f"healthz, {args.slow} slow clients"] = probes(port, args.seconds)
         finally:
             server.stop()
-    print(f"\n2 workers x {args.threads} threads")
+    print(f"\n2 workers, each running {args.threads} requests at once")
     print(f"{'':<52} {'answered':>9} {'p50 ms':>8} {'p99 ms':>8}")
     for name, r in rows.items():
         print(f"{name:<52} {r['answered']:>9.1%} {r['p50']:>8.1f} {r['p99']:>8.1f}")

@@ -166,21 +166,22 @@ def _omniglot_folders(kind: str, train_dir: Path, unseen_dir: Path, rng) -> None
 
 
 # scikit-image's photographs (no drawings, no duplicates: `cat` is `chelsea`)
-PHOTOS = ("astronaut", "camera", "coffee", "chelsea", "coins", "moon", "rocket", "hubble_deep_field",
-          "immunohistochemistry", "retina", "clock", "grass", "gravel", "brick", "microaneurysms",
-          "cell")
+PHOTOS = ("astronaut", "camera", "coffee", "chelsea", "coins", "moon", "rocket",
+          "hubble_deep_field", "immunohistochemistry", "retina", "clock", "grass", "gravel",
+          "brick", "microaneurysms", "cell")
 
 
 def _photo_folders(train_dir: Path, unseen_dir: Path, rng) -> None:
     """Each quarter of a photograph is a class (an object), taken 10 times as a phone would:
     a crop of 60-100% of it, turned up to 10 degrees (and cut to what the turn leaves filled),
-    lit 0.75-1.25x, 48-160 pixels on its longer side, JPEG or PNG. The classes to train come from 10 photographs and the new ones from the 6 others, so
-    no new class shares a photograph with one trained on."""
+    lit 0.75-1.25x, 48-160 pixels on its longer side, JPEG or PNG. The classes to train come
+    from 10 photographs and the new ones from the 6 others, so no new class shares a photograph
+    with one trained on."""
     from PIL import Image, ImageEnhance
     from skimage import data
 
     photos = rng.permutation(PHOTOS)
-    for names, folder, keep in ((photos[:10], train_dir, 30), (photos[10:], unseen_dir, 24)):
+    for names, folder, classes in ((photos[:10], train_dir, 30), (photos[10:], unseen_dir, 24)):
         quarters = []
         for name in names:
             a = getattr(data, str(name))()
@@ -188,7 +189,7 @@ def _photo_folders(train_dir: Path, unseen_dir: Path, rng) -> None:
             w, h = img.width // 2, img.height // 2
             quarters += [(f"{name}-{i}", img.crop((x, y, x + w, y + h)))
                          for i, (x, y) in enumerate(((0, 0), (w, 0), (0, h), (w, h)))]
-        for i in rng.permutation(len(quarters))[:keep]:
+        for i in rng.permutation(len(quarters))[:classes]:
             label, quarter = quarters[i]
             (folder / label).mkdir(parents=True, exist_ok=True)
             for j in range(10):
@@ -200,8 +201,8 @@ def _photo_folders(train_dir: Path, unseen_dir: Path, rng) -> None:
                 # filled (no black corners).
                 turn = rng.uniform(-10, 10)
                 c, s = abs(math.cos(math.radians(turn))), abs(math.sin(math.radians(turn)))
-                keep = 1 / (c + s * max(view.width, view.height) / min(view.width, view.height))
-                kw, kh = view.width * keep, view.height * keep
+                inside = 1 / (c + s * max(view.width, view.height) / min(view.width, view.height))
+                kw, kh = view.width * inside, view.height * inside
                 view = view.rotate(turn, Image.Resampling.BILINEAR).crop((
                     round((view.width - kw) / 2), round((view.height - kh) / 2),
                     round((view.width + kw) / 2), round((view.height + kh) / 2)))

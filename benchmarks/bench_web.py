@@ -81,7 +81,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=served.workers,
                    help="gunicorn workers, both servers (default: the service's, %(default)s)")
     p.add_argument("--threads", type=int, default=served.threads,
-                   help="threads per worker, both servers (default: the service's, %(default)s)")
+                   help="requests a worker runs at once (threads), both servers (default: the "
+                        "service's, %(default)s)")
     p.add_argument("--skip-baseline", action="store_true", help="measure our server only")
     p.add_argument("--endpoints", default=",".join(ENDPOINTS),
                    help="rows to measure at each concurrency, comma-separated, of "

@@ -147,7 +147,8 @@ def decode_shrunk(data: bytes, name: str, pre: Preprocessing, max_pixels: int = 
 
 
 def _slot(img: Image.Image):
-    return _large_decode() if img.width * img.height > SLOT_FREE_PIXELS else contextlib.nullcontext()
+    large = img.width * img.height > SLOT_FREE_PIXELS
+    return _large_decode() if large else contextlib.nullcontext()
 
 
 _stepping = threading.local()

@@ -28,7 +28,8 @@ def add_server_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int,
                    help="worker processes, each with its own copy of the model (SIAMESE_WORKERS; "
                         "default 2)")
-    p.add_argument("--threads", type=int, help="requests a worker runs at once, each on a thread (SIAMESE_THREADS; default 2)")
+    p.add_argument("--threads", type=int, help="requests a worker runs at once, each on a thread "
+                                               "(SIAMESE_THREADS; default 2)")
     p.add_argument("--api-key", help="write key: required in X-API-Key for gallery changes "
                                      "(SIAMESE_API_KEY; default: none, changes are open)")
     p.add_argument("--read-key", help="read key: required in X-API-Key (or the write key) for "

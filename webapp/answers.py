@@ -27,8 +27,8 @@ class JSONProvider(DefaultJSONProvider):
         indent = (self.compact is None and self._app.debug) or self.compact is False
         if not indent:
             try:
-                return self._app.response_class(
-                    orjson.dumps(obj, default=self.default, option=_OPTIONS), mimetype=self.mimetype)
+                body = orjson.dumps(obj, default=self.default, option=_OPTIONS)
+                return self._app.response_class(body, mimetype=self.mimetype)
             except TypeError:  # orjson.JSONEncodeError is one
                 pass
         layout = {"indent": 2} if indent else {"separators": (",", ":")}
